@@ -1,0 +1,234 @@
+"""Decoder-only Transformer: GPT-2 style and LLaMA style, chosen by the config.
+
+Notation: B batch, T time, C = n_embd channels, V vocab, n_head query heads, n_kv_head key/value heads,
+head_size = C // n_head.
+
+GPT-2 (Radford et al. 2019): learned positions, LayerNorm, GELU MLP, biases, tied input/output embeddings.
+LLaMA (Touvron et al. 2023): rotary positions, RMSNorm, SwiGLU MLP, no biases, grouped-query attention
+(LLaMA 2, notes 004 §GQA). Both are pre-LN: x + Attn(Norm(x)), then x + MLP(Norm(x)).
+The model predicts token t+1 from tokens ≤ t: the causal LM objective −Σ log p(x_{t+1} | x_≤t) (notes 003).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from danlu.errors import DanluError
+from danlu.nn.attention import KVCache, SelfAttention, build_attention_mask
+from danlu.nn.layers import make_mlp, make_norm
+from danlu.nn.position import rope_cache
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 4096
+    block_size: int = 256  # the longest context the model can see (positions table / RoPE table length)
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int | None = None  # grouped-query attention; None means n_head (plain multi-head)
+    n_embd: int = 128
+    intermediate_size: int | None = None  # MLP width; None means 4·C (gpt2) or LLaMA's 8/3·C rounded
+    norm: str = "layernorm"  # "layernorm" | "rmsnorm"
+    norm_eps: float = 1e-5
+    mlp: str = "gelu_tanh"  # "gelu_tanh" | "gelu" | "relu" | "swiglu"
+    position: str = "learned"  # "learned" | "rope"
+    rope_theta: float = 10000.0
+    bias: bool = True  # biases in linear layers and LayerNorm
+    qkv_bias: bool | None = None  # Qwen2 keeps q/k/v biases with bias=False; None means `bias`
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.qkv_bias is None:
+            self.qkv_bias = self.bias
+        if self.intermediate_size is None:
+            if self.mlp == "swiglu":  # 2/3 of 4C keeps the parameter count of a 4C MLP, rounded up to 32
+                self.intermediate_size = 32 * math.ceil(8 * self.n_embd / 3 / 32)
+            else:
+                self.intermediate_size = 4 * self.n_embd
+        problems = []
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            problems.append(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if self.n_head % self.n_kv_head:
+            problems.append(f"n_head {self.n_head} is not divisible by n_kv_head {self.n_kv_head}")
+        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
+            problems.append(f"RoPE needs an even head_size, got {self.n_embd // self.n_head}")
+        if self.position not in ("learned", "rope"):
+            problems.append(f"position must be 'learned' or 'rope', got {self.position!r}")
+        if problems:
+            raise DanluError("bad GPT config: " + "; ".join(problems))
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> GPTConfig:
+        if name not in PRESETS:
+            raise DanluError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise DanluError(f"GPT config has unknown fields {unknown}; known fields: {sorted(known)}")
+        return cls(**d)
+
+
+_GPT2 = dict(norm="layernorm", norm_eps=1e-5, mlp="gelu_tanh", position="learned", bias=True)
+_LLAMA = dict(norm="rmsnorm", norm_eps=1e-5, mlp="swiglu", position="rope", bias=False, tie_embeddings=False)
+
+# Named presets: the tiny ones train on 2 CPU cores in minutes; the others have real models' shapes.
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2-tiny": dict(_GPT2, n_layer=4, n_head=4, n_embd=128, block_size=256),
+    "llama-tiny": dict(
+        _LLAMA, n_layer=4, n_head=4, n_kv_head=2, n_embd=128, block_size=256, tie_embeddings=True
+    ),
+    "gpt2-small": dict(_GPT2, n_layer=6, n_head=6, n_embd=384, block_size=512),
+    "gpt2-124m": dict(_GPT2, vocab_size=50257, n_layer=12, n_head=12, n_embd=768, block_size=1024),
+    "smollm2-135m": dict(
+        _LLAMA,
+        vocab_size=49152,
+        n_layer=30,
+        n_head=9,
+        n_kv_head=3,
+        n_embd=576,
+        intermediate_size=1536,
+        block_size=8192,
+        rope_theta=100000.0,
+        tie_embeddings=True,
+    ),
+}
+
+
+@dataclass
+class GPTOutput:
+    logits: torch.Tensor  # (B, T, V)
+    loss: torch.Tensor | None = None
+
+
+class Block(nn.Module):
+    """One pre-LN Transformer block: x + Attn(Norm(x)), then x + MLP(Norm(x))."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.norm1 = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, bias=cfg.bias)
+        self.attn = SelfAttention(cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.qkv_bias, cfg.bias, cfg.dropout)
+        self.norm2 = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, bias=cfg.bias)
+        self.mlp = make_mlp(cfg.mlp, cfg.n_embd, cfg.intermediate_size, cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask, rope, kv_cache: KVCache | None, layer: int) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), mask, rope, kv_cache, layer))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class GPT(nn.Module):
+    """A decoder-only language model. `forward(input_ids, attention_mask, labels, kv_cache)` -> GPTOutput."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.position == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # one matrix both embeds and un-embeds (Press & Wolf 2017)
+        if cfg.position == "rope":
+            cos, sin = rope_cache(cfg.block_size, cfg.head_size, cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, head_size)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        # GPT-2 scales the residual projections by 1/sqrt(2·n_layer): each block adds two to the residual stream.
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.proj.weight", "mlp.proj.weight", "mlp.down.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.wpe is not None:
+            n -= self.wpe.weight.numel()
+        return n
+
+    def new_kv_cache(self, B: int, max_len: int | None = None) -> KVCache:
+        cfg, p = self.config, self.wte.weight
+        return KVCache(
+            cfg.n_layer, B, cfg.n_kv_head, max_len or cfg.block_size, cfg.head_size, p.device, p.dtype
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> GPTOutput:
+        """input_ids (B, T); attention_mask (B, past + T) of 1/0; labels (B, T) aligned with input_ids
+        (shifted here, -100 ignored); kv_cache filled in place. Returns logits (B, T, V) and the mean loss."""
+        B, T = input_ids.shape
+        past = kv_cache.seq_len if kv_cache is not None else 0
+        if past + T > self.config.block_size:
+            raise DanluError(
+                f"sequence of {past + T} tokens is longer than the model's context block_size="
+                f"{self.config.block_size}; shorten the input or use a model with a longer context"
+            )
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=input_ids.device).unsqueeze(0)  # (1, T)
+        x = self.wte(input_ids)  # (B, T, C)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(position_ids)
+        else:
+            rope = (
+                self.rope_cos[position_ids][:, None],
+                self.rope_sin[position_ids][:, None],
+            )  # (B|1, 1, T, hs)
+        x = self.drop(x)
+        mask = build_attention_mask(attention_mask, T, past, input_ids.device)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, rope, kv_cache, i)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels)
+        return GPTOutput(logits=logits, loss=loss)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting labels[t+1] from position t; -100 labels are ignored.
+
+    The labels are shifted (not the logits), so no (B, T-1, V) copy of the logits is made.
+    """
+    shifted = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T)
+    return F.cross_entropy(logits.flatten(0, 1).float(), shifted.flatten(), ignore_index=-100)

@@ -1,0 +1,129 @@
+"""Scaled dot-product attention, multi-head and grouped-query, with masks and a key/value cache.
+
+Notation: B batch, T query length, S key length (past + T), C channels, n_head query heads,
+n_kv_head key/value heads (GQA: n_kv_head divides n_head; MHA: equal; MQA: 1), head_size = C // n_head.
+
+Attention(Q, K, V) = softmax(Q Kᵀ / sqrt(head_size)) V  (Vaswani et al. 2017, eq. 1; notes 003 §Self-Attention).
+We call `torch.nn.functional.scaled_dot_product_attention`, which picks a fused kernel (flash / memory-efficient
+/ math) for the device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from danlu.nn.position import apply_rope
+
+
+class KVCache:
+    """Preallocated keys and values for every layer, so decoding one token costs O(S) instead of O(S²).
+
+    Buffers are (B, n_kv_head, max_len, head_size); `seq_len` counts the positions already filled. A fixed
+    buffer (rather than concatenating) keeps shapes static, which `torch.compile` / CUDA graphs need.
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        B: int,
+        n_kv_head: int,
+        max_len: int,
+        head_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        shape = (B, n_kv_head, max_len, head_size)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.max_len = max_len
+        self.seq_len = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, n_kv_head, T, head_size) at the current position; return all keys/values so far."""
+        start, T = self.seq_len, k.shape[2]
+        if start + T > self.max_len:
+            raise ValueError(f"KV cache full: {start} + {T} tokens exceed its max_len {self.max_len}")
+        self.k[layer][:, :, start : start + T] = k
+        self.v[layer][:, :, start : start + T] = v
+        return self.k[layer][:, :, : start + T], self.v[layer][:, :, : start + T]
+
+    def advance(self, T: int) -> None:
+        """Called once per forward, after every layer has written its T new positions."""
+        self.seq_len += T
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (beam search keeps the surviving beams)."""
+        self.k = [k.index_select(0, index) for k in self.k]
+        self.v = [v.index_select(0, index) for v in self.v]
+
+
+def build_attention_mask(
+    attention_mask: torch.Tensor | None, T: int, past: int, device: torch.device
+) -> torch.Tensor | None:
+    """The boolean (B or 1, 1, T, S) mask SDPA takes (True = may attend), or None when plain causal suffices.
+
+    attention_mask: (B, S) with 1 for real tokens and 0 for padding, S = past + T (keys of the cache included).
+    Query i (absolute position past + i) may attend key j iff j <= past + i (causal) and key j is not padding.
+    """
+    S = past + T
+    if attention_mask is None and past == 0:
+        return None  # the caller uses is_causal=True, the fastest path
+    if attention_mask is None and T == 1:
+        return None  # one new token attends everything in the cache
+    q_pos = torch.arange(past, S, device=device).unsqueeze(1)  # (T, 1)
+    k_pos = torch.arange(S, device=device).unsqueeze(0)  # (1, S)
+    mask = (k_pos <= q_pos)[None, None]  # (1, 1, T, S)
+    if attention_mask is not None:
+        keys = attention_mask[:, None, None, :].bool()  # (B, 1, 1, S)
+        # A padding query would otherwise attend nothing (softmax of all -inf is NaN): let it see itself.
+        mask = (mask & keys) | (k_pos == q_pos)[None, None]
+    return mask
+
+
+class SelfAttention(nn.Module):
+    """Multi-head (or grouped-query) self-attention with an optional rotary position and KV cache."""
+
+    def __init__(
+        self, C: int, n_head: int, n_kv_head: int, qkv_bias: bool, proj_bias: bool, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        assert C % n_head == 0 and n_head % n_kv_head == 0
+        self.n_head, self.n_kv_head, self.head_size = n_head, n_kv_head, C // n_head
+        # One matmul for q, k and v: [q (n_head·hs) | k (n_kv_head·hs) | v (n_kv_head·hs)].
+        self.qkv = nn.Linear(C, (n_head + 2 * n_kv_head) * self.head_size, bias=qkv_bias)
+        self.proj = nn.Linear(C, C, bias=proj_bias)
+        self.dropout = dropout
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        kv_cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        hs, nh, nkv = self.head_size, self.n_head, self.n_kv_head
+        q, k, v = self.qkv(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, n_head, T, head_size)
+        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, n_kv_head, T, head_size)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, n_kv_head, T, head_size)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.seq_len
+            k, v = kv_cache.update(layer, k, v)  # (B, n_kv_head, S, head_size)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None and past == 0 and T > 1,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=nkv != nh,  # each group of n_head / n_kv_head query heads shares one k/v head
+        )  # (B, n_head, T, head_size)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.proj(y)

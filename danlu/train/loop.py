@@ -1,0 +1,346 @@
+"""The one training loop: AdamW, warmup + decay, gradient accumulation and clipping, mixed precision on CUDA,
+periodic evaluation, metrics, atomic checkpoints with exact resume, and DDP under `torchrun`.
+
+Vocabulary (notes 004 §epochs/batches/iterations): a *micro-batch* is what one forward pass sees; `grad_accum`
+micro-batches make one *step* (one optimizer update, one *iteration*); an *epoch* is one pass over the training
+tokens, reported as tokens seen / corpus size because blocks are sampled at random offsets.
+
+Batches come from `batch_fn(split, step, micro)`, a pure function of its arguments (see danlu.data.datasets), so
+resuming restores only the model, the optimizer and the step: the rest of the run is bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from danlu.errors import DanluError
+from danlu.fileio import atomic_write_bytes, atomic_write_text
+from danlu.train.schedule import lr_at
+
+BatchFn = Callable[[str, int, int], dict[str, torch.Tensor]]
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    batch_size: int = 32  # sequences per micro-batch, summed over all processes
+    grad_accum: int = 1  # micro-batches per optimizer step
+    block_size: int = 128  # tokens per training sequence
+    lr: float = 1e-3
+    min_lr: float | None = None  # None: lr / 10
+    warmup_steps: int = 50
+    decay: str = "cosine"  # "cosine" | "linear" | "constant"
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    eval_interval: int = 100
+    eval_batches: int = 10
+    ckpt_interval: int = 0  # 0: only at the end (and at every eval when > 0)
+    seed: int = 1337
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
+    dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 elsewhere) | "float32" | "bfloat16"
+    compile: bool = False
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
+            (
+                self.min_lr is None or 0 <= self.min_lr <= self.lr,
+                f"min_lr must be in [0, lr], got {self.min_lr}",
+            ),
+            (self.max_steps > 0, f"max_steps must be positive, got {self.max_steps}"),
+            (self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}"),
+            (self.grad_accum > 0, f"grad_accum must be positive, got {self.grad_accum}"),
+            (self.block_size > 1, f"block_size must be at least 2, got {self.block_size}"),
+            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (
+                self.decay in ("cosine", "linear", "constant"),
+                f"decay must be cosine|linear|constant: {self.decay!r}",
+            ),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
+            (
+                self.dtype in ("auto", "float32", "bfloat16"),
+                f"dtype must be auto|float32|bfloat16: {self.dtype!r}",
+            ),
+        ]
+        bad = [msg for ok, msg in checks if not ok]
+        if bad:
+            raise DanluError("bad training config: " + "; ".join(bad))
+        if self.min_lr is None:
+            self.min_lr = self.lr / 10
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DanluError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices only: norms' gains, biases and (1-D) other vectors are not regularised toward zero."""
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class DistInfo:
+    """rank / world size from torchrun's environment; a single process when it is absent."""
+
+    def __init__(self) -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def train(
+    model: nn.Module,
+    batch_fn: BatchFn,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    save_fn: Callable[[nn.Module, Path], None] | None = None,
+    resume: bool = False,
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Train `model` on batches from `batch_fn`; write metrics.jsonl, loss.png and checkpoints to `out_dir`.
+
+    `save_fn(model, dir)` writes a model checkpoint (model weights, config, tokenizer) into `dir`; the loop adds
+    `trainer_state.json` and `optimizer.pt` beside it for `resume=True`. `eval_fn(model)` may add metrics to each
+    evaluation. `on_step(step, metrics)` is called after each step (tests use it to interrupt a run).
+    Returns a summary: steps, first/final train and validation loss, tokens seen, seconds.
+    """
+    out_dir = Path(out_dir)
+    dist = DistInfo()
+    if cfg.batch_size % dist.world_size:
+        raise DanluError(f"batch_size {cfg.batch_size} is not divisible by the {dist.world_size} processes")
+    device = resolve_device(cfg.device)
+    if dist.enabled:
+        import torch.distributed as tdist
+
+        if device.type == "cuda":
+            device = torch.device("cuda", dist.local_rank)
+            torch.cuda.set_device(device)
+        if not tdist.is_initialized():
+            tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    block_limit = getattr(getattr(model, "config", None), "block_size", None)
+    if block_limit is not None and cfg.block_size > block_limit:
+        raise DanluError(
+            f"block_size {cfg.block_size} is larger than the model's context ({block_limit} positions); "
+            f"use --block-size {block_limit} or less, or a model with a longer context"
+        )
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        fused=device.type == "cuda",  # one kernel for all parameters on GPU
+    )
+    ckpt_dir = out_dir / "checkpoint"
+    start_step, history = 0, {"first_train_loss": None, "first_val_loss": None}
+    if resume:
+        start_step, history = _restore(ckpt_dir, model, optimizer, device)
+    train_model: nn.Module = model
+    if cfg.compile:
+        train_model = torch.compile(model)
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    metrics_path = out_dir / "metrics.jsonl"
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(metrics_path, start_step)
+
+    def log(record: dict[str, Any]) -> None:
+        if dist.is_main:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+    @torch.no_grad()
+    def evaluate(step: int) -> dict[str, float]:
+        model.eval()
+        losses = []
+        for i in range(cfg.eval_batches):
+            with autocast:
+                losses.append(model(**to_device(batch_fn("val", i, 0))).loss.float())
+        val_loss = _mean_over_ranks(torch.stack(losses).mean(), dist).item()
+        result = {"val_loss": val_loss}
+        if eval_fn is not None:
+            result.update(eval_fn(model))
+        model.train()
+        if history["first_val_loss"] is None:
+            history["first_val_loss"] = val_loss
+        log({"step": step, **result})
+        return result
+
+    def checkpoint(step: int) -> None:
+        if not dist.is_main or save_fn is None:
+            return
+        save_fn(model, ckpt_dir)  # atomic: replaces the whole directory
+        state = {"step": step, "train_config": asdict(cfg), "history": history, "world_size": dist.world_size}
+        extra = {"optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
+        if device.type == "cuda":
+            extra["rng_cuda"] = torch.cuda.get_rng_state(device)
+        import io
+
+        buf = io.BytesIO()
+        torch.save(extra, buf)
+        atomic_write_bytes(ckpt_dir / "optimizer.pt", buf.getvalue())
+        atomic_write_text(ckpt_dir / "trainer_state.json", json.dumps(state, indent=2))
+
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size
+    bar = None
+    if cfg.show_progress and dist.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+    model.train()
+    t0 = time.perf_counter()
+    last_val: dict[str, float] = {}
+    train_loss = float("nan")
+    for step in range(start_step, cfg.max_steps):
+        lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr, cfg.decay)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(cfg.grad_accum):
+            batch = to_device(batch_fn("train", step, micro))
+            # Only the last micro-batch all-reduces gradients across processes.
+            sync = micro == cfg.grad_accum - 1
+            ctx = train_model.no_sync() if dist.enabled and not sync else nullcontext()
+            with ctx:
+                with autocast:
+                    loss = train_model(**batch).loss / cfg.grad_accum
+                loss.backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        train_loss = _mean_over_ranks(loss_sum, dist).item()
+        if not math.isfinite(train_loss):
+            raise DanluError(
+                f"training diverged at step {step + 1}: loss is {train_loss}; lower --lr (now {cfg.lr}) or "
+                "raise --warmup-steps"
+            )
+        if history["first_train_loss"] is None:
+            history["first_train_loss"] = train_loss
+        elapsed = time.perf_counter() - t0
+        done = step + 1
+        record = {
+            "step": done,
+            "loss": train_loss,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "tokens": done * tokens_per_step,
+            "elapsed_s": round(elapsed, 3),
+            "tok_per_s": round((done - start_step) * tokens_per_step / max(elapsed, 1e-9), 1),
+        }
+        log(record)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{train_loss:.3f}", lr=f"{lr:.1e}", **{k: f"{v:.3f}" for k, v in last_val.items()}
+            )
+        is_last = done == cfg.max_steps
+        if (cfg.eval_interval and done % cfg.eval_interval == 0) or is_last or done == 1:
+            last_val = evaluate(done)
+        if is_last or (cfg.ckpt_interval and done % cfg.ckpt_interval == 0):
+            checkpoint(done)
+        if on_step is not None:
+            on_step(done, record)
+    if bar is not None:
+        bar.close()
+    if dist.is_main:
+        from danlu.train.plots import plot_loss_curve
+
+        plot_loss_curve(metrics_path, out_dir / "loss.png")
+    return {
+        "steps": cfg.max_steps,
+        "first_train_loss": history["first_train_loss"],
+        "final_train_loss": train_loss,
+        "first_val_loss": history["first_val_loss"],
+        "final_val_loss": last_val.get("val_loss"),
+        **{k: v for k, v in last_val.items() if k != "val_loss"},
+        "tokens": cfg.max_steps * tokens_per_step,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def _mean_over_ranks(x: torch.Tensor, dist: DistInfo) -> torch.Tensor:
+    if not dist.enabled:
+        return x
+    import torch.distributed as tdist
+
+    x = x.detach().clone()
+    tdist.all_reduce(x, op=tdist.ReduceOp.SUM)
+    return x / dist.world_size
+
+
+def _restore(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device):
+    state_file = ckpt_dir / "trainer_state.json"
+    if not state_file.is_file():
+        raise DanluError(
+            f"cannot resume: {state_file} does not exist. Resume needs the --out folder of an earlier run that "
+            "saved a checkpoint; drop --resume to start afresh"
+        )
+    from danlu.models.checkpoints import load_model
+
+    state = json.loads(state_file.read_text())
+    model.load_state_dict(load_model(ckpt_dir).state_dict())
+    try:
+        extra = torch.load(ckpt_dir / "optimizer.pt", map_location=device, weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say so instead of a pickle traceback
+        raise DanluError(f"cannot resume: {ckpt_dir / 'optimizer.pt'} is unreadable ({e})") from e
+    optimizer.load_state_dict(extra["optimizer"])
+    torch.set_rng_state(extra["rng_cpu"].cpu())
+    if "rng_cuda" in extra and device.type == "cuda":
+        torch.cuda.set_rng_state(extra["rng_cuda"].cpu(), device)
+    return int(state["step"]), state.get("history", {"first_train_loss": None, "first_val_loss": None})
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop records past the checkpoint so the log reads as one uninterrupted run."""
+    if not path.exists():
+        return
+    if step == 0:
+        path.unlink()
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
