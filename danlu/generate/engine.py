@@ -27,6 +27,7 @@ class GenerationOptions:
     stop: list[str] = field(default_factory=list)  # stop strings: output is cut before the first one
     seed: int | None = None
     add_eos_stop: bool = True  # stop at the tokenizer's end-of-text id
+    stop_token_ids: list[int] = field(default_factory=list)  # more ids that end a row (chat: <|im_end|>)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -61,8 +62,10 @@ def _prepare(model, tokenizer, prompts: list[str], opts: GenerationOptions):
 
 @torch.no_grad()
 def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, opts: GenerationOptions,
-                 eos_id: int | None) -> Iterator[torch.Tensor]:  # fmt: skip
-    """Yield the next token of every row, (B,), until all rows stopped or max_new_tokens; KV-cached."""
+                 stop_ids: list[int]) -> Iterator[torch.Tensor]:  # fmt: skip
+    """Yield the next token of every row, (B,), until every row produced a stop id or max_new_tokens.
+
+    A finished row keeps receiving its stop id (ignored by the callers); decoding is KV-cached."""
     B, T = input_ids.shape
     device = input_ids.device
     generator = None
@@ -74,17 +77,25 @@ def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, o
     mask = attention_mask
     logits = model(input_ids, attention_mask=mask, kv_cache=cache, position_ids=position_ids).logits[:, -1]
     done = torch.zeros(B, dtype=torch.bool, device=device)
+    stop_tensor = torch.tensor(stop_ids, device=device)
     for _ in range(opts.max_new_tokens):
         tok = next_token(logits, opts.temperature, opts.top_k, opts.top_p, generator)  # (B,)
-        if eos_id is not None and opts.add_eos_stop:
-            tok = tok.masked_fill(done, eos_id)
-            done |= tok == eos_id
+        if stop_ids:
+            tok = tok.masked_fill(done, stop_ids[0])
+            done |= torch.isin(tok, stop_tensor)
         yield tok
         if bool(done.all()):
             return
         mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], dim=1)  # (B, S)
         logits = model(tok[:, None], attention_mask=mask, kv_cache=cache, position_ids=next_pos).logits[:, -1]
         next_pos = next_pos + 1
+
+
+def _stop_ids(tokenizer, opts: GenerationOptions) -> list[int]:
+    ids = list(opts.stop_token_ids)
+    if opts.add_eos_stop and tokenizer.eos_token_id is not None:
+        ids.insert(0, tokenizer.eos_token_id)
+    return ids
 
 
 class _TextTracker:
@@ -140,14 +151,14 @@ def generate(model, tokenizer, prompt: str | list[str], **options) -> str | list
     model.eval()
     input_ids, attention_mask = _prepare(model, tokenizer, prompts, opts)
     trackers = [_TextTracker(tokenizer, opts.stop) for _ in prompts]
-    ended = [False] * len(prompts)  # EOS or a stop string reached
+    ended = [False] * len(prompts)  # a stop id or a stop string reached
     texts = ["" for _ in prompts]
-    eos = tokenizer.eos_token_id
-    for tok in generate_ids(model, input_ids, attention_mask, opts, eos):
+    stop_ids = _stop_ids(tokenizer, opts)
+    for tok in generate_ids(model, input_ids, attention_mask, opts, stop_ids):
         for i, t in enumerate(tok.tolist()):
             if ended[i]:
                 continue
-            if t == eos and opts.add_eos_stop:
+            if t in stop_ids:
                 ended[i] = True
                 continue
             texts[i] += trackers[i].push(t)
@@ -165,10 +176,10 @@ def stream(model, tokenizer, prompt: str, **options) -> Iterator[str]:
     model.eval()
     input_ids, attention_mask = _prepare(model, tokenizer, [prompt], opts)
     tracker = _TextTracker(tokenizer, opts.stop)
-    eos = tokenizer.eos_token_id
-    for tok in generate_ids(model, input_ids, attention_mask, opts, eos):
+    stop_ids = _stop_ids(tokenizer, opts)
+    for tok in generate_ids(model, input_ids, attention_mask, opts, stop_ids):
         t = int(tok[0])
-        if t == eos and opts.add_eos_stop:
+        if t in stop_ids:
             break
         piece = tracker.push(t)
         if piece:

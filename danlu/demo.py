@@ -1,0 +1,248 @@
+"""`danlu demo`: the whole life of a model on the embedded world, in one command.
+
+Stages run in order and each adds its metrics to `metrics.json` (one entry per stage) and a section to
+`report.md`; plots are PNGs beside them. Later stages (SFT, reward, DPO, ...) register themselves in STAGES.
+
+    danlu demo --out runs/demo            # world -> tokenizer -> pretrain -> samples, ~5 minutes on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from danlu.errors import DanluError
+from danlu.fileio import atomic_write_text
+
+
+@dataclass
+class DemoContext:
+    out: Path
+    args: argparse.Namespace
+    state: dict[str, Any] = field(default_factory=dict)  # objects handed from stage to stage
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> its metrics
+    sections: list[str] = field(default_factory=list)  # report.md sections, in order
+
+    def say(self, message: str) -> None:
+        if not self.args.quiet:
+            print(message, flush=True)
+
+
+# ------------------------------------------------------------------------------------------- the stages
+def stage_world(ctx: DemoContext) -> dict[str, Any]:
+    from danlu.data.world import build_world, write_world
+
+    paths = write_world(ctx.out / "world", seed=ctx.args.seed, size=ctx.args.size)
+    world = build_world(seed=ctx.args.seed, size=ctx.args.size)
+    ctx.state["world"], ctx.state["world_dir"] = world, ctx.out / "world"
+    counts = {
+        name: sum(1 for _ in open(p, encoding="utf-8")) for name, p in paths.items() if p.suffix == ".jsonl"
+    }
+    size_mb = sum(Path(p).stat().st_size for p in paths.values()) / 1e6
+    ctx.sections.append(
+        "## 1. The world\n\n"
+        f"A synthetic bilingual world (seed {ctx.args.seed}, size `{ctx.args.size}`), {size_mb:.1f} MB of JSONL in "
+        "`world/`: facts about invented people, places and animals in English and Chinese, short stories, arithmetic, "
+        "and the records later stages train on.\n\n| file | records |\n|---|---:|\n"
+        + "".join(f"| `{name}` | {n:,} |\n" for name, n in sorted(counts.items()))
+    )
+    return {"files": len(paths), "megabytes": round(size_mb, 2), "records": counts}
+
+
+def stage_tokenizer(ctx: DemoContext) -> dict[str, Any]:
+    from danlu.data.formats import read_texts
+    from danlu.tokenizers.bpe import BPETokenizer
+
+    texts = read_texts(ctx.state["world_dir"] / "pretrain_train.jsonl")
+    tok = BPETokenizer.train(texts, vocab_size=ctx.args.vocab_size, show_progress=not ctx.args.quiet)
+    tok.save(ctx.out / "tokenizer")
+    ctx.state["tokenizer"] = tok
+    sample = texts[0][:80]
+    n_chars = sum(len(t) for t in texts[:500])
+    n_tokens = sum(len(ids) for ids in tok.encode_batch(texts[:500]))
+    pieces = [tok.decode([i]) for i in tok.encode(sample)]
+    ctx.sections.append(
+        "## 2. Tokenizer\n\n"
+        f"Byte-level BPE trained on the pretraining text: {tok.vocab_size:,} tokens "
+        f"({n_chars / n_tokens:.2f} characters per token). How it cuts a sentence:\n\n"
+        f"```\n{' | '.join(pieces)}\n```\n"
+    )
+    return {"vocab_size": tok.vocab_size, "chars_per_token": round(n_chars / n_tokens, 3)}
+
+
+def stage_pretrain(ctx: DemoContext) -> dict[str, Any]:
+    from danlu.train.loop import TrainConfig
+    from danlu.train.pretrain import pretrain
+
+    a = ctx.args
+    cfg = TrainConfig(
+        max_steps=a.steps, batch_size=a.batch_size, block_size=a.block_size, lr=a.lr, warmup_steps=a.steps // 20,
+        eval_interval=max(1, a.steps // 10), eval_batches=8, device=a.device, seed=a.seed,
+        show_progress=not a.quiet,
+    )  # fmt: skip
+    result = pretrain(ctx.state["world_dir"], ctx.state["tokenizer"], ctx.out / "pretrain", a.preset, cfg)
+    ctx.state["model"] = result.model
+    s = result.summary
+    ratio = s["final_val_loss"] / s["first_val_loss"]
+    ctx.sections.append(
+        "## 3. Pretraining (causal LM)\n\n"
+        f"Preset `{a.preset}` ({s['params'] / 1e6:.2f} M parameters), {s['steps']} steps of {a.batch_size}×{a.block_size} "
+        f"tokens ({s['epochs']:.2f} epochs of {s['train_tokens']:,} tokens) in {s['seconds']:.0f} s.\n\n"
+        f"Validation loss {s['first_val_loss']:.3f} → **{s['final_val_loss']:.3f}** nats/token "
+        f"({ratio:.0%} of its first value; perplexity {_exp(s['final_val_loss']):.1f}).\n\n"
+        "![loss curve](pretrain/loss.png)\n\nCheckpoint: `pretrain/checkpoint/` "
+        '(try `danlu generate --model pretrain/checkpoint "Zovelan"`).\n'
+    )
+    return {
+        k: s[k]
+        for k in ("params", "steps", "tokens", "epochs", "seconds", "first_val_loss", "final_val_loss")
+    } | {
+        "val_loss_ratio": round(ratio, 4),
+        "final_val_perplexity": round(_exp(s["final_val_loss"]), 3),
+    }
+
+
+def stage_samples(ctx: DemoContext) -> dict[str, Any]:
+    import danlu
+    from danlu.data.formats import read_texts
+
+    model, tok, world = ctx.state["model"].eval(), ctx.state["tokenizer"], ctx.state["world"]
+    val = read_texts(ctx.state["world_dir"] / "pretrain_val.jsonl")
+    prompts = _sample_prompts(val, n=ctx.args.samples)
+    outs = danlu.generate(
+        model, tok, prompts, max_new_tokens=48, temperature=0.8, top_k=50, seed=ctx.args.seed
+    )
+    vocabulary = {w.lower() for w in world.vocabulary()}
+    valid = total = 0
+    lines = []
+    for prompt, out in zip(prompts, outs):
+        words = split_words(out)
+        ok = sum(w.lower() in vocabulary for w in words)
+        valid, total = valid + ok, total + len(words)
+        lines.append(f"- **{prompt}**{out.rstrip()}")
+    frac = valid / max(1, total)
+    ctx.state["samples"] = list(zip(prompts, outs))
+    ctx.sections.append(
+        "## 4. Samples from the pretrained model\n\n"
+        f"Temperature 0.8, top-k 50. **{frac:.1%}** of the {total} generated words (English words and Chinese "
+        "characters) belong to the world's vocabulary.\n\n" + "\n".join(lines) + "\n"
+    )
+    return {"samples": len(prompts), "valid_word_fraction": round(frac, 4), "words": total}
+
+
+STAGES: dict[str, Callable[[DemoContext], dict[str, Any]]] = {
+    "world": stage_world,
+    "tokenizer": stage_tokenizer,
+    "pretrain": stage_pretrain,
+    "samples": stage_samples,
+}
+DEFAULT_STAGES = ["world", "tokenizer", "pretrain", "samples"]
+
+
+# ------------------------------------------------------------------------------------------- helpers
+_WORD = re.compile(r"[A-Za-z]+|[\u4e00-\u9fff]")
+
+
+def split_words(text: str) -> list[str]:
+    """English words and single Chinese characters (Chinese has no spaces; a character is its unit here)."""
+    return _WORD.findall(text)
+
+
+def _exp(x: float) -> float:
+    import math
+
+    return math.exp(min(x, 50))
+
+
+def _sample_prompts(texts: list[str], n: int) -> list[str]:
+    """The first few words (English) or characters (Chinese) of held-out documents, alternating languages."""
+    en = [t for t in texts if t[:1].isascii()]
+    zh = [t for t in texts if not t[:1].isascii()]
+    prompts = []
+    for i in range(n):
+        pool = en if (i % 2 == 0 and en) or not zh else zh
+        t = pool[(i // 2) % len(pool)]
+        prompts.append(" ".join(t.split(" ")[:3]) + " " if t[:1].isascii() else t[:4])
+    return prompts
+
+
+def write_report(ctx: DemoContext, total_seconds: float) -> None:
+    metrics = {
+        "danlu_version": _version(),
+        "seed": ctx.args.seed,
+        "device": ctx.args.device,
+        "stages": ctx.metrics,
+        "total_seconds": round(total_seconds, 1),
+    }
+    atomic_write_text(ctx.out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False))
+    table = "| stage | seconds | key metrics |\n|---|---:|---|\n"
+    for name, m in ctx.metrics.items():
+        keys = ", ".join(f"{k} {_fmt(v)}" for k, v in m.items() if k != "seconds" and not isinstance(v, dict))
+        table += f"| {name} | {m.get('seconds', 0):.0f} | {keys} |\n"
+    head = (
+        "# danlu demo report\n\n"
+        f"The whole life of a small language model on danlu's embedded world, on `{ctx.args.device}` "
+        f"({platform.machine()}, {total_seconds / 60:.1f} minutes). Machine-readable figures: `metrics.json`.\n\n"
+        + table
+    )
+    atomic_write_text(ctx.out / "report.md", head + "\n" + "\n".join(ctx.sections))
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _version() -> str:
+    import danlu
+
+    return danlu.__version__
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    stages = args.stages.split(",") if args.stages else DEFAULT_STAGES
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise DanluError(f"unknown demo stage(s) {unknown}; available: {', '.join(STAGES)}")
+    for needed in DEFAULT_STAGES[:3]:  # every later stage stands on these
+        if needed not in stages:
+            stages.insert(DEFAULT_STAGES.index(needed), needed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = DemoContext(out=out, args=args)
+    t_start = time.perf_counter()
+    for name in stages:
+        ctx.say(f"== {name}")
+        t0 = time.perf_counter()
+        ctx.metrics[name] = {**STAGES[name](ctx), "seconds": round(time.perf_counter() - t0, 1)}
+        write_report(ctx, time.perf_counter() - t_start)  # a partial report survives an interruption
+    ctx.say(f"\nreport: {out / 'report.md'}  metrics: {out / 'metrics.json'}")
+    for prompt, text in ctx.state.get("samples", [])[:4]:
+        ctx.say(f"  {prompt}{text.strip()}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "demo", help="the whole life of a model on the embedded world (report.md, metrics.json)"
+    )
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--stages", default=None, help=f"comma-separated; default {','.join(DEFAULT_STAGES)}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", default="small", help="world size: tiny, small, medium, large or a multiplier")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--preset", default="llama-tiny")
+    p.add_argument("--vocab-size", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=1000, help="pretraining steps")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--block-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--samples", type=int, default=6, help="generations shown at the end")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run_demo)
