@@ -26,11 +26,13 @@ def save(model: Any, tokenizer: Any, path: Any) -> Any:
     return _save(model, tokenizer, path)
 
 
-def generate(model: Any, tokenizer: Any, prompt: Any, **options: Any) -> Any:
-    """Text from a prompt (a string) or prompts (a list); see `danlu.generate.engine.generate`."""
-    from danlu.generate.engine import generate as _generate
+def __getattr__(name: str) -> Any:
+    # `danlu.generate` is the callable package danlu/generate (see its __init__), imported on first use.
+    if name == "generate":
+        import danlu.generate
 
-    return _generate(model, tokenizer, prompt, **options)
+        return danlu.generate
+    raise AttributeError(f"module 'danlu' has no attribute {name!r}")
 
 
 def stream(model: Any, tokenizer: Any, prompt: str, **options: Any) -> Any:

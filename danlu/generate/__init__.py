@@ -1,0 +1,22 @@
+"""Decoding: logits processors, search strategies and the batched KV-cache engine.
+
+`danlu.generate` is both this package and the public function `danlu.generate(model, tokenizer, prompt, ...)`:
+the package object is made callable (it forwards to `engine.generate`), so `import danlu.generate.engine` can
+never shadow the function with the module, whichever is imported first.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, model: Any, tokenizer: Any, prompt: Any, **options: Any) -> Any:
+        from danlu.generate.engine import generate
+
+        return generate(model, tokenizer, prompt, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule
