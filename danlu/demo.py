@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,6 +111,7 @@ def stage_pretrain(ctx: DemoContext) -> dict[str, Any]:
 def stage_samples(ctx: DemoContext) -> dict[str, Any]:
     import danlu
     from danlu.data.formats import read_texts
+    from danlu.data.world import split_words
 
     model, tok, world = ctx.state["model"].eval(), ctx.state["tokenizer"], ctx.state["world"]
     val = read_texts(ctx.state["world_dir"] / "pretrain_val.jsonl")
@@ -119,20 +119,20 @@ def stage_samples(ctx: DemoContext) -> dict[str, Any]:
     outs = danlu.generate(
         model, tok, prompts, max_new_tokens=48, temperature=0.8, top_k=50, seed=ctx.args.seed
     )
-    vocabulary = {w.lower() for w in world.vocabulary()}
+    vocabulary = world.vocabulary()
     valid = total = 0
     lines = []
     for prompt, out in zip(prompts, outs):
         words = split_words(out)
-        ok = sum(w.lower() in vocabulary for w in words)
+        ok = sum(w in vocabulary for w in words)
         valid, total = valid + ok, total + len(words)
         lines.append(f"- **{prompt}**{out.rstrip()}")
     frac = valid / max(1, total)
     ctx.state["samples"] = list(zip(prompts, outs))
     ctx.sections.append(
         "## 4. Samples from the pretrained model\n\n"
-        f"Temperature 0.8, top-k 50. **{frac:.1%}** of the {total} generated words (English words and Chinese "
-        "characters) belong to the world's vocabulary.\n\n" + "\n".join(lines) + "\n"
+        f"Temperature 0.8, top-k 50. **{frac:.1%}** of the {total} generated words (English words, numbers and "
+        "Chinese characters) belong to the world's vocabulary.\n\n" + "\n".join(lines) + "\n"
     )
     return {"samples": len(prompts), "valid_word_fraction": round(frac, 4), "words": total}
 
@@ -147,14 +147,6 @@ DEFAULT_STAGES = ["world", "tokenizer", "pretrain", "samples"]
 
 
 # ------------------------------------------------------------------------------------------- helpers
-_WORD = re.compile(r"[A-Za-z]+|[\u4e00-\u9fff]")
-
-
-def split_words(text: str) -> list[str]:
-    """English words and single Chinese characters (Chinese has no spaces; a character is its unit here)."""
-    return _WORD.findall(text)
-
-
 def _exp(x: float) -> float:
     import math
 

@@ -1,0 +1,239 @@
+"""Record schemas for JSONL data, and readers that say exactly which line and field is wrong.
+
+One JSON object per line; extra fields are allowed and kept. Kinds and their required fields:
+
+    pretrain        {"text": str}
+    sft             {"instruction": str, "input": str (may be empty or absent), "output": str}
+                    or {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
+    preference      {"prompt": str, "chosen": str, "rejected": str}   (chosen != rejected)
+    ranking         {"prompt": str, "responses": [best, ..., worst]}  (at least 2, all different)
+    seq2seq         {"source": str, "target": str}
+    classification  {"text": str, "label": str | int}
+
+Errors are `DanluError`s such as
+    data.jsonl line 7: field 'rejected' is missing (preference records need prompt, chosen, rejected)
+
+`read_texts(path)` reads a corpus for tokenizer training or pretraining: a `.txt` file (the whole file is
+one document), a pretrain `.jsonl` file (one document per record), or a folder of such files (sorted by
+name). A missing path, an empty corpus, or a file that is not UTF-8 raises a `DanluError`; for the last one
+the message gives the byte offset of the first bad byte and the `iconv` command that converts the file.
+A UTF-8 byte-order mark at the start of a file is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from danlu.errors import DanluError
+
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "pretrain": ("text",),
+    "sft": ("instruction", "input", "output"),
+    "preference": ("prompt", "chosen", "rejected"),
+    "ranking": ("prompt", "responses"),
+    "seq2seq": ("source", "target"),
+    "classification": ("text", "label"),
+}
+ROLES = ("system", "user", "assistant")
+
+
+def _fail(where: str, message: str) -> DanluError:
+    return DanluError(f"{where}: {message}" if where else message)
+
+
+def _text_field(obj: dict, name: str, kind: str, where: str, allow_empty: bool = False) -> None:
+    if name not in obj:
+        raise _fail(where, f"field {name!r} is missing ({kind} records need {', '.join(REQUIRED[kind])})")
+    value = obj[name]
+    if not isinstance(value, str):
+        raise _fail(where, f"field {name!r} must be a string, got {type(value).__name__} {_short(value)}")
+    if not allow_empty and not value.strip():
+        raise _fail(where, f"field {name!r} is empty; {kind} records need text there")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _validate_messages(obj: dict, where: str) -> None:
+    messages = obj["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise _fail(
+            where,
+            f"field 'messages' must be a non-empty list of {{role, content}} objects, got {_short(messages)}",
+        )
+    for i, m in enumerate(messages):
+        at = f"field 'messages'[{i}]"
+        if not isinstance(m, dict):
+            raise _fail(where, f"{at} must be an object with role and content, got {_short(m)}")
+        if m.get("role") not in ROLES:
+            raise _fail(where, f"{at}: 'role' must be one of {', '.join(ROLES)}, got {_short(m.get('role'))}")
+        if not isinstance(m.get("content"), str):
+            raise _fail(where, f"{at}: 'content' must be a string, got {_short(m.get('content'))}")
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        raise _fail(where, "field 'messages' has no non-empty assistant message to learn from")
+
+
+def validate_record(kind: str, obj: Any, where: str = "") -> dict:
+    """Check one record of `kind`; return it unchanged, or raise DanluError naming `where` and the field."""
+    if kind not in REQUIRED:
+        raise DanluError(f"unknown record kind {kind!r}; use one of {', '.join(REQUIRED)}")
+    if not isinstance(obj, dict):
+        raise _fail(
+            where, f"expected a JSON object with {', '.join(REQUIRED[kind])}, got {type(obj).__name__}"
+        )
+    if kind == "sft":
+        if "messages" in obj:
+            _validate_messages(obj, where)
+            return obj
+        if "instruction" not in obj:
+            raise _fail(
+                where,
+                "field 'instruction' is missing (sft records need instruction, input, output or messages)",
+            )
+        _text_field(obj, "instruction", kind, where)
+        if "input" in obj:
+            _text_field(obj, "input", kind, where, allow_empty=True)
+        _text_field(obj, "output", kind, where)
+        return obj
+    for name in REQUIRED[kind]:
+        if name == "responses":
+            _validate_responses(obj, where)
+        elif name == "label":
+            _validate_label(obj, where)
+        else:
+            _text_field(obj, name, kind, where)
+    if kind == "preference" and obj["chosen"] == obj["rejected"]:
+        raise _fail(
+            where,
+            "fields 'chosen' and 'rejected' are the same text; a preference pair needs two different responses",
+        )
+    return obj
+
+
+def _validate_responses(obj: dict, where: str) -> None:
+    if "responses" not in obj:
+        raise _fail(where, "field 'responses' is missing (ranking records need prompt, responses)")
+    responses = obj["responses"]
+    if not isinstance(responses, list) or len(responses) < 2:
+        raise _fail(
+            where,
+            f"field 'responses' must be a list of at least 2 strings, best first, got {_short(responses)}",
+        )
+    for i, r in enumerate(responses):
+        if not isinstance(r, str) or not r.strip():
+            raise _fail(where, f"field 'responses'[{i}] must be a non-empty string, got {_short(r)}")
+    if len(set(responses)) != len(responses):
+        raise _fail(where, "field 'responses' repeats a response; a ranking needs different responses")
+
+
+def _validate_label(obj: dict, where: str) -> None:
+    if "label" not in obj:
+        raise _fail(where, "field 'label' is missing (classification records need text, label)")
+    label = obj["label"]
+    if isinstance(label, bool) or not isinstance(label, str | int):
+        raise _fail(
+            where, f"field 'label' must be a string or an int, got {type(label).__name__} {_short(label)}"
+        )
+    if isinstance(label, str) and not label.strip():
+        raise _fail(where, "field 'label' is empty; give each record a class name")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading.
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise DanluError(f"file not found: {path}; check the path")
+    if path.is_dir():
+        raise DanluError(f"{path} is a folder, expected a file")
+
+
+def _not_utf8(path: Path, offset: int, byte: int, line: int | None) -> DanluError:
+    at = f"byte offset {offset}" + (f" (line {line})" if line is not None else "")
+    return DanluError(
+        f"{path} is not valid UTF-8: byte 0x{byte:02x} at {at} cannot be decoded. "
+        f"Convert the file first, e.g. `iconv -f GBK -t UTF-8 {path} > {path}.utf8` "
+        "(use its real encoding in place of GBK: latin1, cp1252, utf-16...)"
+    )
+
+
+def _decode(data: bytes, path: Path, base_offset: int = 0, line: int | None = None) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, base_offset + e.start, data[e.start], line) from None
+
+
+def iter_jsonl(path: str | Path, kind: str | None = None) -> Iterator[dict]:
+    """Yield the records of a JSONL file, validated as `kind` when given. Blank lines are skipped."""
+    path = Path(path)
+    _check_file(path)
+    offset = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            line_start, offset = offset, offset + len(raw)
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw, line_start = raw[3:], line_start + 3
+            text = _decode(raw, path, line_start, number).strip()
+            if not text:
+                continue
+            where = f"{path} line {number}"
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise _fail(
+                    where, f"invalid JSON ({e.msg} at column {e.colno}); each line must be one JSON object"
+                ) from None
+            if not isinstance(obj, dict):
+                raise _fail(where, f"expected a JSON object, got {type(obj).__name__} {_short(obj)}")
+            yield validate_record(kind, obj, where) if kind is not None else obj
+
+
+def read_jsonl(path: str | Path, kind: str | None = None) -> list[dict]:
+    """All records of a JSONL file (validated as `kind` when given); an empty file is an error."""
+    records = list(iter_jsonl(path, kind))
+    if not records:
+        raise DanluError(f"{path} has no records; expected one JSON object per line")
+    return records
+
+
+def write_jsonl(path: str | Path, records: list[dict]) -> Path:
+    """Write records atomically, one JSON object per line, UTF-8 without escaping (中文 stays readable)."""
+    from danlu.fileio import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return Path(path)
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """Documents of a corpus: a .txt file (one document), a pretrain .jsonl, or a folder of them."""
+    path = Path(path)
+    if not path.exists():
+        raise DanluError(
+            f'corpus not found: {path}; give a .txt file, a .jsonl file of {{"text"}} records, or a folder'
+        )
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".txt", ".jsonl") and p.is_file())
+        if not files:
+            raise DanluError(f"corpus folder {path} has no .txt or .jsonl files")
+    else:
+        files = [path]
+    texts: list[str] = []
+    for file in files:
+        if file.suffix == ".jsonl":
+            texts.extend(r["text"] for r in iter_jsonl(file, "pretrain"))
+        else:
+            data = file.read_bytes()
+            bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+            text = _decode(data[bom:], file, bom)
+            if text.strip():
+                texts.append(text)
+    if not texts:
+        raise DanluError(f"corpus {path} is empty: no text to train on; add documents or choose another file")
+    return texts
