@@ -1,0 +1,47 @@
+"""Evaluation: classification, detection and text metrics, plots, and `danlu eval`.
+
+- `danlu.eval.classification`: confusion matrix, OA, AA, precision / recall / F1, PR curve, AP, mAP
+- `danlu.eval.detection`: box IoU, matching by confidence, COCO mAP@0.5 and mAP@[0.5:0.95]
+- `danlu.eval.text`: BLEU (`danlu.eval.bleu`), ROUGE, perplexity, exact match, preference accuracy
+- `danlu.eval.report`: eval.json and PNG plots; `danlu.eval.files`: scoring a predictions JSONL
+- `danlu.eval.world_eval`: a language model on the embedded world (perplexity, exact match, BLEU)
+
+The main functions are importable from here (`from danlu.eval import corpus_bleu`); they are loaded on
+first use (PEP 562 `__getattr__`) so that `danlu --help`, which imports `danlu.eval.commands`, stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "danlu.eval.classification": [
+        "average_accuracy",
+        "average_precision",
+        "confusion_matrix",
+        "mean_average_precision",
+        "overall_accuracy",
+        "precision_recall_curve",
+        "precision_recall_f1",
+    ],
+    "danlu.eval.detection": ["box_iou", "evaluate_detections", "match_detections"],
+    "danlu.eval.text": [
+        "corpus_bleu",
+        "corpus_rouge",
+        "exact_match",
+        "perplexity",
+        "preference_accuracy",
+        "rouge",
+        "sentence_bleu",
+    ],
+    "danlu.eval.world_eval": ["evaluate_model"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(_MODULE_OF[name]), name)
+    raise AttributeError(f"module 'danlu.eval' has no attribute {name!r}")

@@ -1,0 +1,169 @@
+"""Evaluating a language model on the embedded world's held-out files (`danlu eval --model CKPT --world DIR`).
+
+Reads what `danlu world` writes (danlu.data.world):
+- pretrain_val.jsonl {"text"}                        -> perplexity (sliding window, token-weighted);
+- sft_test.jsonl {"instruction", "input", "output", "kind", "answer"?, "lang"?}
+                                                     -> exact match per kind ("fact", "fact_heldout", "arith",
+                                                        "translate", ...) and overall, greedy decoding; the
+                                                        full "output" and the bare "answer" both count;
+  the "translate" records also give BLEU: "bleu_to_zh" ("lang": "en-zh", or a reference with Chinese
+  characters; `zh` tokenizer) and "bleu_to_en" (the others, `13a`).
+A missing file skips its metrics; if none is there, it is an error.
+
+The model is used only through `model(input_ids).logits` and `danlu.generate.generate(model, tokenizer,
+prompts, max_new_tokens=..., temperature=0.0) -> list[str]`. Prompts go through the tokenizer's chat template
+(instruction, then a blank line and the input if there is one), the way SFT formats them; the answer is the
+generated text up to its first newline, stripped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from danlu.errors import DanluError
+from danlu.eval import report
+
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")  # Chinese characters: tells EN->ZH from ZH->EN references
+
+PERPLEXITY_FILE = "pretrain_val.jsonl"
+SFT_TEST_FILE = "sft_test.jsonl"
+
+
+def _read(path: Path, limit: int | None) -> list[dict[str, Any]]:
+    from danlu.eval.files import read_jsonl
+
+    rows = [obj for _, obj in read_jsonl(path)]
+    return rows[:limit] if limit is not None else rows
+
+
+def sft_prompt(record: dict[str, Any], tokenizer: Any) -> str:
+    """The user turn (instruction, plus the input after a blank line) through the chat template if any."""
+    content = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+    if not hasattr(tokenizer, "apply_chat_template"):
+        return content
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    return prompt if isinstance(prompt, str) else tokenizer.decode(prompt)
+
+
+def _into_chinese(record: dict[str, Any]) -> bool:
+    """Whether a translation record asks for Chinese: its "lang" ("en-zh" / "zh-en") or, failing that,
+    whether the reference contains Chinese characters."""
+    lang = record.get("lang")
+    if isinstance(lang, str) and "-" in lang:
+        return lang.split("-")[-1] == "zh"
+    return bool(_HAN.search(record["output"]))
+
+
+def _context_size(model: Any, default: int = 256) -> int:
+    config = getattr(model, "config", None)
+    for name in ("block_size", "n_positions", "max_position_embeddings", "max_seq_len"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value >= 2:
+            return value
+    return default
+
+
+def evaluate_model(
+    model: Any,
+    tokenizer: Any,
+    world_dir: str | Path,
+    out_dir: str | Path,
+    max_new_tokens: int = 32,
+    limit: int | None = None,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    prompt_fn: Callable[[dict[str, Any], Any], str] | None = None,
+) -> dict[str, Any]:
+    """Perplexity, exact match and BLEU of `model` on a world directory; writes OUT/eval.json (+ a bar plot).
+
+    limit: at most this many records per file (for quick runs). max_length: the perplexity window
+    (default: the model's context size from its config, else 256). prompt_fn(record, tokenizer) -> str
+    overrides `sft_prompt`. Returns the dict written to eval.json.
+    """
+    from danlu.eval.text import corpus_bleu, exact_match, perplexity
+
+    world_dir, out_dir = Path(world_dir), Path(out_dir)
+    if not world_dir.is_dir():
+        raise DanluError(f"world: {world_dir} is not a directory; create one with `danlu world --out DIR`")
+    found = [name for name in (PERPLEXITY_FILE, SFT_TEST_FILE) if (world_dir / name).is_file()]
+    if not found:
+        raise DanluError(
+            f"world: {world_dir} has neither {PERPLEXITY_FILE} nor {SFT_TEST_FILE}; is it a world directory?"
+        )
+    metrics: dict[str, Any] = {}
+    plots = []
+
+    if PERPLEXITY_FILE in found:
+        texts = [
+            row["text"]
+            for row in _read(world_dir / PERPLEXITY_FILE, limit)
+            if isinstance(row.get("text"), str)
+        ]
+        window = max_length or _context_size(model)
+        ppl = perplexity(model, texts, max_length=window, stride=max(1, window // 2), tokenizer=tokenizer)
+        metrics["perplexity"] = {
+            "perplexity": ppl.perplexity,
+            "nll": ppl.nll,
+            "n_tokens": ppl.n_tokens,
+            "window": window,
+        }
+
+    if SFT_TEST_FILE in found:
+        from danlu.generate.engine import generate  # imported here: the eval package must not need generate to load
+
+        records = _read(world_dir / SFT_TEST_FILE, limit)
+        for i, r in enumerate(records):
+            if not isinstance(r.get("instruction"), str) or not isinstance(r.get("output"), str):
+                raise DanluError(
+                    f"{world_dir / SFT_TEST_FILE} record {i + 1}: needs string fields 'instruction' and 'output'"
+                )
+        make_prompt = prompt_fn or sft_prompt
+        prompts = [make_prompt(r, tokenizer) for r in records]
+        answers: list[str] = []
+        for start in range(0, len(prompts), batch_size):
+            batch = generate(
+                model,
+                tokenizer,
+                prompts[start : start + batch_size],
+                max_new_tokens=max_new_tokens,
+                temperature=0.0,
+            )
+            batch = [batch] if isinstance(batch, str) else batch
+            answers.extend(text.strip().split("\n")[0].strip() for text in batch)
+        # Accepted answers: the full gold output ("25岁。") and the bare answer ("25") when the record has one.
+        accepted = [[r["output"]] + ([str(r["answer"])] if "answer" in r else []) for r in records]
+        by_kind: dict[str, tuple[list[str], list[list[str]]]] = {}
+        for r, answer, refs in zip(records, answers, accepted, strict=True):
+            kind_preds, kind_refs = by_kind.setdefault(str(r.get("kind", "all")), ([], []))
+            kind_preds.append(answer)
+            kind_refs.append(refs)
+        em = {kind: exact_match(p, refs) for kind, (p, refs) in sorted(by_kind.items())}
+        metrics["exact_match"] = {"overall": exact_match(answers, accepted), **em}
+        translations = [
+            (a, r["output"], _into_chinese(r))
+            for r, a in zip(records, answers, strict=True)
+            if r.get("kind") == "translate"
+        ]
+        for name, to_zh in (("bleu_to_zh", True), ("bleu_to_en", False)):
+            pairs = [(a, ref) for a, ref, zh in translations if zh == to_zh]
+            if pairs:
+                hyps, refs = zip(*pairs, strict=True)
+                metrics[name] = corpus_bleu(list(hyps), list(refs), tokenize="zh" if to_zh else "13a").score
+        plots.append(report.plot_bars(em, out_dir / "exact_match.png", "Exact match by kind", "exact match"))
+        samples = [
+            {
+                "instruction": r["instruction"],
+                "input": r.get("input", ""),
+                "reference": r["output"],
+                "answer": a,
+            }
+            for r, a in zip(records[:20], answers[:20], strict=True)
+        ]
+        report.write_jsonl(samples, out_dir / "samples.jsonl")
+
+    result = {"world": str(world_dir), "metrics": metrics, "plots": [p.name for p in plots]}
+    report.write_json(result, out_dir / "eval.json")
+    return result
