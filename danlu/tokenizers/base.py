@@ -1,0 +1,238 @@
+"""The `Tokenizer` base class every kind (BPE, WordPiece, Unigram) shares.
+
+It owns what does not depend on the subword model: special tokens (recognised in text before the model
+runs, longest first), `add_special_tokens`, batch encoding, id validation in `decode`, the chat template,
+and `save` / `load`. A subclass supplies `_encode_ordinary` (text without specials -> ids), `_decode`
+(ids -> text), the vocabulary look-ups and `to_hf_dict` (its Hugging Face `tokenizer.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from danlu.errors import DanluError
+
+DEFAULT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+# ChatML (OpenAI; used by Qwen and SmolLM2): `<|im_start|>{role}\n{content}<|im_end|>\n` per message.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+
+def validate_messages(messages: Any) -> list[dict[str, str]]:
+    """Check a chat: a list of {"role": one of CHAT_ROLES, "content": str}; DanluError names the bad index."""
+    if not isinstance(messages, list | tuple):
+        raise DanluError(
+            f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}"
+        )
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise DanluError(f"message {i} must be a dict with 'role' and 'content', got {message!r}")
+        role = message.get("role")
+        if role not in CHAT_ROLES:
+            raise DanluError(f"message {i} has role {role!r}; use one of {', '.join(CHAT_ROLES)}")
+        content = message.get("content")
+        if not isinstance(content, str):
+            raise DanluError(
+                f"message {i} ({role}) has content {content!r}; content must be a string (use '' for none)"
+            )
+    return list(messages)
+
+
+class Tokenizer:
+    """Text <-> token ids. See the module docstring for what a subclass provides."""
+
+    kind: ClassVar[str] = ""  # "bpe", "wordpiece", "unigram"
+
+    def __init__(
+        self,
+        special_tokens: dict[str, int],
+        *,
+        extra_tokens: dict[str, int] | None = None,
+        eos_token: str | None = None,
+        bos_token: str | None = None,
+        pad_token: str | None = None,
+        unk_token: str | None = None,
+        chat_template: str | None = None,
+    ) -> None:
+        self.special_tokens: dict[str, int] = dict(special_tokens)
+        # Every added token (special or not) is matched in raw text; only specials are skipped in decode.
+        self.added_tokens: dict[str, int] = {**(extra_tokens or {}), **self.special_tokens}
+        self.eos_token, self.bos_token, self.pad_token, self.unk_token = (
+            eos_token,
+            bos_token,
+            pad_token,
+            unk_token,
+        )
+        self.chat_template = chat_template if chat_template is not None else CHATML_TEMPLATE
+        self._special_ids = frozenset(self.special_tokens.values())
+        # Longest first, so "<|im_start|>" wins over a shorter special that is its prefix.
+        alternatives = sorted((t for t in self.added_tokens if t), key=len, reverse=True)
+        self._special_regex = (
+            re.compile("|".join(re.escape(s) for s in alternatives)) if alternatives else None
+        )
+
+    # --- to implement in a subclass -------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids (the largest id + 1), special tokens included."""
+        raise NotImplementedError
+
+    def token_to_id(self, token: str) -> int | None:
+        raise NotImplementedError
+
+    def id_to_token(self, token_id: int) -> str:
+        raise NotImplementedError
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        """Ids of text that contains no special token."""
+        raise NotImplementedError
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        """Text of valid ids (specials included, already filtered if asked)."""
+        raise NotImplementedError
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The Hugging Face `tokenizer.json` content."""
+        raise NotImplementedError
+
+    # --- shared behaviour ------------------------------------------------------------------------------
+    def _validate_roles(self) -> None:
+        """Check that the eos/bos/pad/unk tokens exist (a subclass calls this once its vocab is built)."""
+        for role in ("eos", "bos", "pad", "unk"):
+            token = getattr(self, f"{role}_token")
+            if token is not None and self.token_to_id(token) is None:
+                raise DanluError(f"{role} token {token!r} is not in the vocabulary; name an existing token")
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.token_to_id(self.eos_token) if self.eos_token else None
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self.token_to_id(self.bos_token) if self.bos_token else None
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self.token_to_id(self.pad_token) if self.pad_token else None
+
+    @property
+    def unk_token_id(self) -> int | None:
+        return self.token_to_id(self.unk_token) if self.unk_token else None
+
+    def split_specials(self, text: str) -> list[tuple[str, bool]]:
+        """Text cut into (piece, is_added) around the added/special-token strings it contains."""
+        if self._special_regex is None or not text:
+            return [(text, False)] if text else []
+        out: list[tuple[str, bool]] = []
+        pos = 0
+        for m in self._special_regex.finditer(text):
+            if m.start() > pos:
+                out.append((text[pos : m.start()], False))
+            out.append((m.group(0), True))
+            pos = m.end()
+        if pos < len(text):
+            out.append((text[pos:], False))
+        return out
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of text. Special-token strings in text ("<|im_end|>") become their ids.
+
+        add_special_tokens wraps the result as the model expects (BOS for a BPE tokenizer that has one,
+        [CLS] ... [SEP] for WordPiece).
+        """
+        if not isinstance(text, str):
+            raise DanluError(f"encode expects a str, got {type(text).__name__}: {text!r:.80}")
+        ids: list[int] = []
+        for piece, is_special in self.split_specials(text):
+            if is_special:
+                ids.append(self.added_tokens[piece])
+            else:
+                ids.extend(self._encode_ordinary(piece))
+        return self.with_special_tokens(ids) if add_special_tokens else ids
+
+    def with_special_tokens(self, ids: list[int]) -> list[int]:
+        """Wrap ids with the model's specials (default: BOS in front if there is one)."""
+        bos = self.bos_token_id
+        return [bos, *ids] if bos is not None else ids
+
+    def encode_batch(self, texts: Iterable[str], add_special_tokens: bool = False) -> list[list[int]]:
+        """`encode` of each text."""
+        return [self.encode(t, add_special_tokens) for t in texts]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        """Text of ids. Unknown ids raise DanluError; see the subclass for how invalid bytes are shown."""
+        ids = [int(i) for i in ids]
+        n = self.vocab_size
+        for i in ids:
+            if not 0 <= i < n:
+                raise DanluError(f"token id {i} is out of range for this tokenizer (valid ids: 0..{n - 1})")
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self._special_ids]
+        return self._decode(ids)
+
+    def decode_batch(self, batch: Iterable[Iterable[int]], skip_special_tokens: bool = False) -> list[str]:
+        return [self.decode(ids, skip_special_tokens) for ids in batch]
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """Render a chat as one prompt string with this tokenizer's template (ChatML by default)."""
+        from danlu.tokenizers.chat import render_chat_template
+
+        messages = validate_messages(messages)
+        return render_chat_template(
+            self.chat_template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token or "",
+            eos_token=self.eos_token or "",
+        )
+
+    def hf_config(self) -> dict[str, Any]:
+        """The Hugging Face `tokenizer_config.json` content (special-token roles, chat template)."""
+        return {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "pad_token": self.pad_token,
+            "unk_token": self.unk_token,
+            "chat_template": self.chat_template,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": 1_000_000_000,
+        }
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write `tokenizer.json` and `tokenizer_config.json` (Hugging Face format) into directory."""
+        from danlu.fileio import atomic_write_text
+
+        out = Path(directory)
+        if out.exists() and not out.is_dir():
+            raise DanluError(f"cannot save a tokenizer into {out}: it is a file; give a folder")
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "tokenizer.json", json.dumps(self.to_hf_dict(), ensure_ascii=False, indent=1))
+        atomic_write_text(
+            out / "tokenizer_config.json", json.dumps(self.hf_config(), ensure_ascii=False, indent=2)
+        )
+        return out
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> Tokenizer:
+        """Load a tokenizer from a directory holding tokenizer.json, a tokenizer.json file, or a .gguf file."""
+        from danlu.tokenizers.io import load_tokenizer
+
+        return load_tokenizer(path)
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size}, specials={list(self.special_tokens)})"
