@@ -75,6 +75,7 @@ class Tokenizer:
             unk_token,
         )
         self.chat_template = chat_template if chat_template is not None else CHATML_TEMPLATE
+        self.add_bos_token = True  # whether add_special_tokens=True prepends the BOS token (if any)
         self._special_ids = frozenset(self.special_tokens.values())
         # Longest first, so "<|im_start|>" wins over a shorter special that is its prefix.
         alternatives = sorted((t for t in self.added_tokens if t), key=len, reverse=True)
@@ -94,8 +95,8 @@ class Tokenizer:
     def id_to_token(self, token_id: int) -> str:
         raise NotImplementedError
 
-    def _encode_ordinary(self, text: str) -> list[int]:
-        """Ids of text that contains no special token."""
+    def _encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:
+        """Ids of text that contains no special token (at_start: it begins the whole input)."""
         raise NotImplementedError
 
     def _decode(self, ids: Sequence[int]) -> str:
@@ -154,16 +155,16 @@ class Tokenizer:
         if not isinstance(text, str):
             raise DanluError(f"encode expects a str, got {type(text).__name__}: {text!r:.80}")
         ids: list[int] = []
-        for piece, is_special in self.split_specials(text):
+        for j, (piece, is_special) in enumerate(self.split_specials(text)):
             if is_special:
                 ids.append(self.added_tokens[piece])
             else:
-                ids.extend(self._encode_ordinary(piece))
+                ids.extend(self._encode_ordinary(piece, j == 0))
         return self.with_special_tokens(ids) if add_special_tokens else ids
 
     def with_special_tokens(self, ids: list[int]) -> list[int]:
         """Wrap ids with the model's specials (default: BOS in front if there is one)."""
-        bos = self.bos_token_id
+        bos = self.bos_token_id if self.add_bos_token else None
         return [bos, *ids] if bos is not None else ids
 
     def encode_batch(self, texts: Iterable[str], add_special_tokens: bool = False) -> list[list[int]]:
@@ -172,7 +173,10 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Text of ids. Unknown ids raise DanluError; see the subclass for how invalid bytes are shown."""
-        ids = [int(i) for i in ids]
+        try:
+            ids = [int(i) for i in ids]
+        except (TypeError, ValueError) as e:
+            raise DanluError(f"decode expects a sequence of integer token ids ({e})") from e
         n = self.vocab_size
         for i in ids:
             if not 0 <= i < n:
@@ -205,6 +209,7 @@ class Tokenizer:
             "eos_token": self.eos_token,
             "pad_token": self.pad_token,
             "unk_token": self.unk_token,
+            "add_bos_token": self.add_bos_token and self.bos_token is not None,
             "chat_template": self.chat_template,
             "clean_up_tokenization_spaces": False,
             "model_max_length": 1_000_000_000,

@@ -85,13 +85,10 @@ class BPETokenizer(Tokenizer):
             self._id_to_token[i] = token
             self._id_to_bytes[i] = token.encode()
         self._bytes_to_id = {self._id_to_bytes[i]: i for i in sorted(self._vocab.values(), reverse=True)}
-        missing = [b for b in range(256) if bytes([b]) not in self._bytes_to_id]
-        if missing:
-            raise DanluError(
-                f"byte-level BPE vocab lacks {len(missing)} of the 256 byte tokens (e.g. byte {missing[0]}); "
-                "the file is not a complete byte-level tokenizer"
-            )
-        self._byte_ids = [self._bytes_to_id[bytes([b])] for b in range(256)]
+        # Some real vocabularies (SmolLM2) lack bytes that never occur in UTF-8 text, such as most control
+        # characters. Like Hugging Face's BPE without an unk token, such bytes are dropped when encoding.
+        self._missing_bytes = frozenset(b for b in range(256) if bytes([b]) not in self._bytes_to_id)
+        self._byte_ids = [self._bytes_to_id.get(bytes([b]), -1) for b in range(256)]
         # (left id, right id) -> rank; rank -> id of the merged token.
         self._ranks: dict[tuple[int, int], int] = {}
         self._merged: list[int] = []
@@ -135,7 +132,7 @@ class BPETokenizer(Tokenizer):
         return {**self._vocab, **self.added_tokens}
 
     # --- encoding -----------------------------------------------------------------------------------------
-    def _encode_ordinary(self, text: str) -> list[int]:
+    def _encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:
         cache = self._cache
         out: list[int] = []
         for word in self.pre_tokenizer(text):
@@ -156,6 +153,8 @@ class BPETokenizer(Tokenizer):
             whole = self._bytes_to_id.get(data)
             if whole is not None:
                 return [whole]
+        if self._missing_bytes and not self._missing_bytes.isdisjoint(data):
+            data = bytes(b for b in data if b not in self._missing_bytes)
         ids = [self._byte_ids[b] for b in data]
         if len(ids) < 2:
             return ids
@@ -267,7 +266,7 @@ class BPETokenizer(Tokenizer):
     def to_hf_dict(self) -> dict[str, Any]:
         post: dict[str, Any] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False}
         post["use_regex"] = False
-        if self.bos_token is not None:
+        if self.bos_token is not None and self.add_bos_token:
             bos = {"id": self.bos_token, "type_id": 0}
             post = {
                 "type": "TemplateProcessing",
@@ -324,7 +323,8 @@ class BPETokenizer(Tokenizer):
         added = data.get("added_tokens") or []
         specials = {t["content"]: t["id"] for t in added if t.get("special", True)}
         others = {t["content"]: t["id"] for t in added if not t.get("special", True)}
-        return cls(
+        roles = special_roles({**others, **specials}, config)
+        tok = cls(
             model["vocab"],
             merges,
             specials,
@@ -333,5 +333,12 @@ class BPETokenizer(Tokenizer):
             added_tokens=added,
             ignore_merges=bool(model.get("ignore_merges", False)),
             chat_template=(config or {}).get("chat_template"),
-            **special_roles({**others, **specials}, config),
+            **roles,
         )
+        # BOS is added by encode(add_special_tokens=True) only if the file says so: a TemplateProcessing
+        # post-processor that starts with it (LLaMA-style), or add_bos_token in tokenizer_config.json.
+        post = data.get("post_processor") or {}
+        first = (post.get("single") or [{}])[0] if post.get("type") == "TemplateProcessing" else {}
+        from_post = "SpecialToken" in first and first["SpecialToken"].get("id") == roles.get("bos_token")
+        tok.add_bos_token = bool(from_post or (config or {}).get("add_bos_token", False))
+        return tok

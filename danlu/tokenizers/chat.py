@@ -1,14 +1,16 @@
 """Chat templates: turn a list of {"role", "content"} messages into one prompt string.
 
 danlu's own tokenizers use ChatML (`<|im_start|>{role}\\n{content}<|im_end|>\\n`, then
-`<|im_start|>assistant\\n` as the generation prompt), rendered natively. The Jinja text of the template
-is also saved in `tokenizer_config.json` so Hugging Face `apply_chat_template` renders the same string.
+`<|im_start|>assistant\\n` as the generation prompt), rendered natively. Templates of loaded tokenizers
+are Jinja text (Hugging Face `chat_template`), rendered by danlu's small Jinja interpreter
+(`danlu.tokenizers.jinja`; `jinja2` is not a danlu dependency) with the variables `transformers` passes:
+messages, add_generation_prompt, bos_token, eos_token.
 """
 
 from __future__ import annotations
 
-from danlu.errors import DanluError
 from danlu.tokenizers.base import CHATML_TEMPLATE
+from danlu.tokenizers.jinja import render_jinja
 
 
 def render_chatml(messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
@@ -28,4 +30,10 @@ def render_chat_template(
     """Render messages with a chat template (Jinja text as stored in tokenizer_config.json)."""
     if template == CHATML_TEMPLATE:
         return render_chatml(messages, add_generation_prompt)
-    raise DanluError("this tokenizer's chat template is not supported by danlu yet (only ChatML)")
+    context = {
+        "messages": messages,
+        "add_generation_prompt": add_generation_prompt,
+        "bos_token": bos_token,
+        "eos_token": eos_token,
+    }
+    return render_jinja(template, context)

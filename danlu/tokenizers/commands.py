@@ -7,7 +7,7 @@ import json
 
 from danlu.errors import DanluError
 
-KINDS = ("bpe",)
+KINDS = ("bpe", "unigram", "wordpiece")
 EXAMPLES = [
     "The capital of Atlantis is Coral City.",
     "亚特兰蒂斯的首都是珊瑚城。",
@@ -28,16 +28,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--input", required=True, action="append", help="FILE[,FILE...]: .txt, or .jsonl with 'text'"
     )
-    t.add_argument("--vocab-size", type=int, required=True, help="total ids: 256 bytes + specials + merges")
+    t.add_argument("--vocab-size", type=int, required=True, help="total ids, special tokens included")
     t.add_argument("--out", required=True, help="output folder")
-    t.add_argument("--kind", default="bpe", choices=KINDS, help="tokenizer model (default bpe)")
+    t.add_argument(
+        "--kind", default="bpe", choices=KINDS, help="tokenizer model (default bpe: byte-level BPE)"
+    )
     t.add_argument(
         "--min-frequency", type=int, default=2, help="stop merging below this pair count (default 2)"
     )
     t.add_argument(
         "--special-tokens",
         default=None,
-        help="comma-separated special tokens (default <|endoftext|>,<|im_start|>,<|im_end|>)",
+        help="comma-separated special tokens (default for bpe: <|endoftext|>,<|im_start|>,<|im_end|>; "
+        "wordpiece: [PAD],[UNK],[CLS],[SEP],[MASK]; unigram: <unk> and bpe's)",
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=run_train)
@@ -69,12 +72,19 @@ def run_train(args: argparse.Namespace) -> int:
     specials = None
     if args.special_tokens is not None:
         specials = [s for s in args.special_tokens.split(",") if s]
+    progress = not args.quiet
     if args.kind == "bpe":
         from danlu.tokenizers.bpe import BPETokenizer
 
-        tok = BPETokenizer.train(
-            texts, args.vocab_size, specials, min_frequency=args.min_frequency, show_progress=not args.quiet
-        )
+        tok = BPETokenizer.train(texts, args.vocab_size, specials, args.min_frequency, progress)
+    elif args.kind == "wordpiece":
+        from danlu.tokenizers.wordpiece import WordPieceTokenizer
+
+        tok = WordPieceTokenizer.train(texts, args.vocab_size, specials, args.min_frequency, progress)
+    elif args.kind == "unigram":
+        from danlu.tokenizers.unigram import UnigramTokenizer
+
+        tok = UnigramTokenizer.train(texts, args.vocab_size, specials, show_progress=progress)
     else:  # pragma: no cover - argparse limits the choices
         raise DanluError(f"unknown tokenizer kind {args.kind!r}; use one of {', '.join(KINDS)}")
     out = tok.save(args.out)
@@ -83,7 +93,7 @@ def run_train(args: argparse.Namespace) -> int:
         f"trained {args.kind} tokenizer: vocab {tok.vocab_size} on {len(texts)} texts ({n_chars:,} chars) -> {out}"
     )
     if tok.vocab_size < args.vocab_size:
-        print(f"note: stopped at {tok.vocab_size} < {args.vocab_size}: no pair occurs --min-frequency times")
+        print(f"note: stopped at {tok.vocab_size} < {args.vocab_size}: the corpus supports no more pieces")
     return 0
 
 

@@ -70,6 +70,10 @@ def tokenizer_from_hf(data: dict[str, Any], config: dict[str, Any] | None, sourc
             from danlu.tokenizers.wordpiece import WordPieceTokenizer
 
             return WordPieceTokenizer.from_hf_dict(data, config)
+        if kind == "Unigram":
+            from danlu.tokenizers.unigram import UnigramTokenizer
+
+            return UnigramTokenizer.from_hf_dict(data, config)
     except DanluError as e:
         raise DanluError(f"{source}: {e}") from e
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:

@@ -5,23 +5,22 @@ bytes, and each byte is shown as one printable Unicode character (`bytes_to_unic
 and merges can be stored as JSON strings. That mapping is the one Hugging Face `tokenizers` uses, so our
 `tokenizer.json` files are readable by it.
 
-Regex dialects. Hugging Face patterns are Oniguruma regexes that use `\\p{L}` (any letter) and `\\p{N}`
-(any number); Python's `re` has no `\\p{...}`. We do not approximate them with `[^\\W\\d_]`: that
-class also matches non-decimal numbers such as "²" and "Ⅷ", which Oniguruma's `\\p{L}` does not, and
-Oniguruma's `\\w` includes combining marks, Python's does not. Instead `translate_pattern` rewrites every
-`\\p{X}` / `\\P{X}` into explicit code-point ranges computed from `unicodedata` (Unicode 14 on Python
-3.11, the version of the Oniguruma inside `tokenizers`), and `\\s` / `\\w` into the exact sets Oniguruma
-uses (checked by experiment: Oniguruma's `\\s` is Unicode White_Space, which excludes U+001C..U+001F
-that Python's `\\s` includes). The pattern stored in `tokenizer.json` keeps the readable `\\p{...}` form.
+Patterns are written in Hugging Face (Oniguruma) syntax, with `\\p{L}` / `\\p{N}`, and stored that way in
+`tokenizer.json`; `unicode_regex.compile_pattern` turns them into exactly equivalent Python `re` patterns
+(how `\\p{L}` and friends are handled is explained there).
 """
 
 from __future__ import annotations
 
 import functools
 import re
-import unicodedata
 
 from danlu.errors import DanluError
+from danlu.tokenizers.unicode_regex import (  # noqa: F401  (compile_pattern is re-exported)
+    bert_words_regex,
+    compile_pattern,
+    punctuation_class,
+)
 
 
 @functools.cache
@@ -81,177 +80,6 @@ DEFAULT_PATTERN = (
 
 # GPT-2's own pattern (what ByteLevel(use_regex=true) uses in Hugging Face tokenizers).
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-
-# Oniguruma's \s: the Unicode White_Space property.
-_WHITE_SPACE = [(0x09, 0x0D), (0x20, 0x20), (0x85, 0x85), (0xA0, 0xA0), (0x1680, 0x1680), (0x2000, 0x200A)]
-_WHITE_SPACE += [(0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F), (0x3000, 0x3000)]
-
-_CATEGORY_ALIASES = {
-    "Letter": "L",
-    "Mark": "M",
-    "Number": "N",
-    "Punctuation": "P",
-    "Symbol": "S",
-    "Separator": "Z",
-    "Other": "C",
-}
-
-
-@functools.cache
-def _categories() -> list[str]:
-    """General category of every code point (0.1 s once)."""
-    return [unicodedata.category(chr(i)) for i in range(0x110000)]
-
-
-def _ranges(predicate) -> tuple[tuple[int, int], ...]:
-    """Maximal code-point ranges whose category satisfies predicate.
-
-    Unassigned code points (Cn) between two matching ones are absorbed into the range: they never occur in
-    real text, and fewer ranges make Python's `re` much faster (code points above U+FFFF are tested range
-    by range).
-    """
-    cats = _categories()
-    out: list[tuple[int, int]] = []
-    start = last = None
-    for cp, cat in enumerate(cats):
-        if cat == "Cn" and not predicate(cat):
-            continue
-        if predicate(cat):
-            if start is None:
-                start = cp
-            last = cp
-        elif start is not None:
-            out.append((start, last))
-            start = None
-    if start is not None:
-        out.append((start, last))
-    return tuple(out)
-
-
-@functools.cache
-def category_ranges(name: str) -> tuple[tuple[int, int], ...]:
-    """Code-point ranges of a Unicode general category ("L", "Lu", "N", "P", ...)."""
-    name = _CATEGORY_ALIASES.get(name, name)
-    if name == "Han":
-        return ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x323AF))
-    if len(name) == 1 and name in "LMNPSZC":
-        return _ranges(lambda cat: cat[0] == name)
-    if len(name) == 2 and name in set(_categories()):
-        return _ranges(lambda cat: cat == name)
-    raise DanluError(f"unsupported Unicode property \\p{{{name}}} in a pre-tokenizer pattern")
-
-
-def _complement(ranges: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
-    out, nxt = [], 0
-    for lo, hi in sorted(ranges):
-        if lo > nxt:
-            out.append((nxt, lo - 1))
-        nxt = max(nxt, hi + 1)
-    if nxt <= 0x10FFFF:
-        out.append((nxt, 0x10FFFF))
-    return out
-
-
-def _class_body(ranges) -> str:
-    """Ranges as the inside of a Python character class, with escaped code points."""
-
-    def esc(cp: int) -> str:
-        return f"\\U{cp:08x}" if cp > 0xFFFF else f"\\u{cp:04x}"
-
-    return "".join(esc(lo) if lo == hi else f"{esc(lo)}-{esc(hi)}" for lo, hi in ranges)
-
-
-# Oniguruma's \w beyond letters, marks, Nd, Nl and Pc: the Alphabetic symbols (circled and squared
-# Latin letters), and, only outside a character class, the Latin-1 superscripts and vulgar fractions
-# (its Latin-1 table differs from its Unicode one). Found by probing every assigned code point
-# through `tokenizers`: `\w` matches "²", `[\w]` does not.
-_WORD_EXTRA = [(0x24B6, 0x24E9), (0x1F130, 0x1F149), (0x1F150, 0x1F169), (0x1F170, 0x1F189)]
-_WORD_LATIN1 = [(0xB2, 0xB3), (0xB9, 0xB9), (0xBC, 0xBE)]
-
-
-def _word_ranges(in_class: bool) -> tuple[tuple[int, int], ...]:
-    """Oniguruma's Unicode \\w (checked code point by code point against `tokenizers`)."""
-    parts = category_ranges("L") + category_ranges("M") + category_ranges("Nd") + category_ranges("Nl")
-    extra = _WORD_EXTRA if in_class else _WORD_EXTRA + _WORD_LATIN1
-    return tuple(sorted(parts + category_ranges("Pc") + tuple(extra)))
-
-
-def _escape_ranges(letter: str, prop: str | None, in_class: bool) -> tuple[tuple[tuple[int, int], ...], bool]:
-    """(ranges, negated) for the escape \\<letter>[{prop}]."""
-    if letter in "pP":
-        assert prop is not None
-        negated = letter == "P"
-        if prop.startswith("^"):  # \p{^L} is Oniguruma's spelling of \P{L}
-            prop, negated = prop[1:], not negated
-        return category_ranges(prop), negated
-    if letter in "sS":
-        return tuple(_WHITE_SPACE), letter == "S"
-    if letter in "wW":
-        return _word_ranges(in_class), letter == "W"
-    raise AssertionError(letter)
-
-
-_ESCAPE = re.compile(r"\\(?:([pP])\{(\^?\w+)\}|([pP])([A-Z])|([sSwW])|x\{([0-9a-fA-F]+)\}|(.))", re.S)
-
-
-@functools.cache
-def translate_pattern(pattern: str) -> str:
-    """Rewrite an Oniguruma (Hugging Face) regex into an equivalent Python `re` pattern.
-
-    Handles \\p{X}, \\P{X}, \\pX, \\s, \\S, \\w, \\W (outside and inside character classes) and \\x{HHHH};
-    every other construct is passed through (Python 3.11 also has possessive quantifiers and atomic
-    groups, which LLaMA-3-style patterns use).
-    """
-    out: list[str] = []
-    i, in_class = 0, False
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "\\":
-            m = _ESCAPE.match(pattern, i)
-            if m is None:
-                raise DanluError(f"pre-tokenizer pattern ends with a lone backslash: {pattern!r}")
-            i = m.end()
-            letter = m.group(1) or m.group(3) or m.group(5)
-            if letter:
-                prop = m.group(2) or m.group(4)
-                ranges, negated = _escape_ranges(letter, prop, in_class)
-                if negated:
-                    ranges = tuple(_complement(ranges))
-                body = _class_body(ranges)
-                out.append(body if in_class else f"[{body}]")
-            elif m.group(6):
-                cp = int(m.group(6), 16)
-                out.append(_class_body(((cp, cp),)))
-            else:
-                out.append(m.group(0))
-            continue
-        if in_class:
-            if ch == "]":
-                in_class = False
-        elif ch == "[":
-            in_class = True
-            out.append(ch)
-            i += 1
-            # A "]" or "^]" right after "[" is a literal, not the end of the class.
-            if pattern.startswith("^", i):
-                out.append("^")
-                i += 1
-            if pattern.startswith("]", i):
-                out.append("\\]")
-                i += 1
-            continue
-        out.append(ch)
-        i += 1
-    return "".join(out)
-
-
-@functools.cache
-def compile_pattern(pattern: str) -> re.Pattern[str]:
-    """Compile a Hugging Face (Oniguruma) pre-tokenizer regex for Python's `re`."""
-    try:
-        return re.compile(translate_pattern(pattern))
-    except re.error as e:
-        raise DanluError(f"cannot compile pre-tokenizer pattern {pattern!r}: {e}") from e
 
 
 def split_isolated(regex: re.Pattern[str], text: str) -> list[str]:
@@ -387,13 +215,13 @@ class PreTokenizer:
             pattern = r"\p{N}" if config.get("individual_digits") else r"\p{N}+"
             self._steps.append(("isolated", compile_pattern(pattern)))
         elif kind == "BertPreTokenizer":  # words and single punctuation marks; whitespace dropped
-            self._steps.append(("keep", _bert_words_regex()))
+            self._steps.append(("keep", bert_words_regex()))
         elif kind == "Whitespace":  # \w+|[^\w\s]+, everything else dropped
             self._steps.append(("keep", compile_pattern(r"\w+|[^\w\s]+")))
         elif kind == "WhitespaceSplit":
             self._steps.append(("keep", compile_pattern(r"\S+")))
         elif kind == "Punctuation":
-            regex = re.compile("[" + _punctuation_class() + "]")
+            regex = re.compile("[" + punctuation_class() + "]")
             self._steps.append(("split", (regex, str(config.get("behavior", "Isolated")).lower(), False)))
         elif kind == "Metaspace":
             self.metaspace = (config.get("replacement", "\u2581"), config.get("prepend_scheme", "always"))
@@ -443,20 +271,6 @@ class PreTokenizer:
                 ],
             }
         )
-
-
-@functools.cache
-def _punctuation_class() -> str:
-    """BERT's punctuation: ASCII punctuation (which includes symbols like $ + < = > ^ ` |) and Unicode P*."""
-    ascii_punct = [(c, c) for c in range(0x21, 0x7F) if not chr(c).isalnum()]
-    return _class_body(tuple(sorted(set(category_ranges("P")) | set(ascii_punct))))
-
-
-@functools.cache
-def _bert_words_regex() -> re.Pattern[str]:
-    ws = _class_body(tuple(_WHITE_SPACE))
-    punct = _punctuation_class()
-    return re.compile(f"[^{ws}{punct}]+|[{punct}]")
 
 
 def _metaspace(text: str, options: tuple[str, str], split: bool, first: bool) -> list[str]:

@@ -12,7 +12,8 @@ loses case and accents, so decode(encode(s)) is not s in general.
 
 Training (`WordPieceTokenizer.train`): like Hugging Face's WordPieceTrainer, BPE merges by pair
 frequency over characters, where a symbol that does not start a word carries "##"; the vocabulary is
-the specials, every character seen (plain and "##"), then the merged pieces.
+the specials, every character seen (plain, and "##"-prefixed if seen inside a word; sorted), then the
+merged pieces. (Hugging Face's trainer numbers "##" symbols in hash-map order, so ids are not comparable.)
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class WordPieceTokenizer(Tokenizer):
         cls, sep = self.cls_token_id, self.sep_token_id
         return ([cls] if cls is not None else []) + ids + ([sep] if sep is not None else [])
 
-    def _encode_ordinary(self, text: str) -> list[int]:
+    def _encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:
         if self.normalizer:
             text = self.normalizer(text)
         out: list[int] = []
@@ -202,6 +203,8 @@ class WordPieceTokenizer(Tokenizer):
             vocab.setdefault(token.rstrip("\r"), i)
         if not vocab:
             raise DanluError(f"WordPiece vocab {path} is empty")
+        if "[UNK]" not in vocab:
+            raise DanluError(f"WordPiece vocab {path} has no [UNK] token; is it a BERT vocab.txt?")
         specials = {t: vocab[t] for t in BERT_SPECIALS if t in vocab}
         normalizer = Normalizer({**BERT_NORMALIZER, "lowercase": lowercase})
         roles = {f"{r.strip('[]').lower()}_token": (r if r in vocab else None) for r in BERT_SPECIALS}
@@ -308,8 +311,8 @@ class WordPieceTokenizer(Tokenizer):
             counts.update(pre(normalizer(text)))
         if not counts:
             raise DanluError("cannot train a tokenizer on an empty corpus; pass texts with some content")
-        # Symbols: every character, plain at the start of a word and "##"-prefixed inside one.
-        alphabet = sorted({c for w in counts for c in w[:1]} | {"##" + c for w in counts for c in w[1:]})
+        # Symbols: every character seen, plain, and "##"-prefixed if it was seen inside a word.
+        alphabet = sorted({c for w in counts for c in w} | {"##" + c for w in counts for c in w[1:]})
         if vocab_size < len(specials) + len(alphabet):
             raise DanluError(
                 f"vocab_size {vocab_size} is below the alphabet: {len(specials)} specials + {len(alphabet)} "
@@ -322,8 +325,15 @@ class WordPieceTokenizer(Tokenizer):
         def combine(a: int, b: int) -> str:
             return strings[a] + strings[b][2:]
 
-        merges = merge_loop(words, list(counts.values()), strings, combine, vocab_size - len(specials))
-        del merges
+        merge_loop(
+            words,
+            list(counts.values()),
+            strings,
+            combine,
+            vocab_size - len(specials),
+            min_frequency,
+            show_progress,
+        )
         vocab = {s: i for i, s in enumerate(specials)}
         for s in strings:
             vocab.setdefault(s, len(vocab))

@@ -7,8 +7,7 @@ import json
 import random
 
 import pytest
-from conftest import make_corpus  # tests/tokenizers/conftest.py
-from test_pretokenize import random_strings
+from tok_corpus import make_corpus, random_strings
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 

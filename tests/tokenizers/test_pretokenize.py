@@ -3,10 +3,8 @@ against Hugging Face tokenizers' own Split pre-tokenizer."""
 
 from __future__ import annotations
 
-import random
-import unicodedata
-
 import pytest
+from tok_corpus import random_strings
 from tokenizers import Regex, pre_tokenizers
 
 from danlu.errors import DanluError
@@ -20,31 +18,6 @@ from danlu.tokenizers.pretokenize import (
     pretokenize,
     split_with_behavior,
 )
-
-
-def random_strings(n: int, seed: int = 0) -> list[str]:
-    """Strings over all planes, assigned code points only (unassigned ones may differ by Unicode version)."""
-    rng = random.Random(seed)
-    out = []
-    while len(out) < n:
-        chars = []
-        for _ in range(rng.randint(0, 24)):
-            pick = rng.random()
-            if pick < 0.3:
-                cp = rng.randint(0, 0x7F)
-            elif pick < 0.5:
-                cp = rng.randint(0x80, 0x3000)
-            elif pick < 0.75:
-                cp = rng.randint(0x3000, 0xFFFF)
-            elif pick < 0.85:
-                cp = rng.randint(0x10000, 0x3FFFF)
-            else:
-                cp = rng.choice(
-                    [0x20, 0x1C, 0x1F, 0x85, 0xA0, 0x2028, 0x3000, ord("'"), ord("\n"), 0xB2, 0x2167]
-                )
-            chars.append(chr(cp))
-        out.append("".join(c for c in chars if unicodedata.category(c) not in ("Cs", "Cn")))
-    return out
 
 
 def test_byte_map_is_a_printable_bijection():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from conftest import make_corpus
+import pytest
+from tok_corpus import make_corpus
 
 from danlu.cli import main
 from danlu.tokenizers.base import Tokenizer
@@ -63,3 +64,24 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     ]
     assert main(args) == 2
     assert "missing.txt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "unigram"])
+def test_train_other_kinds(kind, tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("\n".join(make_corpus(400, seed=2)), encoding="utf-8")
+    out = tmp_path / kind
+    args = [
+        "tokenizer",
+        "train",
+        "--input",
+        str(tmp_path / "a.txt"),
+        "--vocab-size",
+        "400",
+        "--out",
+        str(out),
+    ]
+    assert main([*args, "--kind", kind, "--quiet"]) == 0
+    tok = Tokenizer.load(out)
+    assert tok.kind == kind and tok.vocab_size <= 400
+    assert main(["tokenizer", "inspect", str(out)]) == 0
+    assert f"kind:        {kind}" in capsys.readouterr().out
