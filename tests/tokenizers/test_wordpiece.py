@@ -101,3 +101,17 @@ def test_errors(tmp_path):
     (tmp_path / "vocab.txt").write_text("a\nb\n", encoding="utf-8")
     with pytest.raises(DanluError, match="UNK"):
         Tokenizer.load(tmp_path)
+
+
+def test_round_trip_of_normalised_text(minilm):
+    """WordPiece loses case, accents and spacing, so the round trip holds on normalised text: decoding gives the
+    normalised words, which encode to the very same ids (and decode to the same text again)."""
+    ours, _ = minilm
+    for line in LINES + make_corpus(500, seed=11):
+        ids = ours.encode(line)
+        if ours.unk_token_id in ids:
+            continue
+        text = ours.decode(ids)
+        assert ours.encode(text) == ids, repr(line)
+        assert ours.decode(ours.encode(text)) == text
+        assert text == " ".join(text.split())  # normalised: no doubled or edge whitespace
