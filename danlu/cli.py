@@ -17,9 +17,14 @@ from danlu.errors import DanluError
 COMMAND_MODULES = [
     "danlu.data.commands",  # world
     "danlu.tokenizers.commands",  # tokenizer train / encode / inspect
+    "danlu.models.commands",  # seq2seq train/translate, bert train/embed
     "danlu.train.commands",  # pretrain
+    "danlu.tune.commands",  # sft
+    "danlu.align.commands",  # reward, ppo, dpo, grpo
     "danlu.generate.commands",  # generate, chat
     "danlu.eval.commands",  # eval
+    "danlu.serve.commands",  # serve
+    "danlu.app.commands",  # rag index / ask
     "danlu.demo",  # demo
 ]
 

@@ -46,7 +46,7 @@ def stage_world(ctx: DemoContext) -> dict[str, Any]:
     }
     size_mb = sum(Path(p).stat().st_size for p in paths.values()) / 1e6
     ctx.sections.append(
-        "## 1. The world\n\n"
+        "## The world\n\n"
         f"A synthetic bilingual world (seed {ctx.args.seed}, size `{ctx.args.size}`), {size_mb:.1f} MB of JSONL in "
         "`world/`: facts about invented people, places and animals in English and Chinese, short stories, arithmetic, "
         "and the records later stages train on.\n\n| file | records |\n|---|---:|\n"
@@ -68,7 +68,7 @@ def stage_tokenizer(ctx: DemoContext) -> dict[str, Any]:
     n_tokens = sum(len(ids) for ids in tok.encode_batch(texts[:500]))
     pieces = [tok.decode([i]) for i in tok.encode(sample)]
     ctx.sections.append(
-        "## 2. Tokenizer\n\n"
+        "## Tokenizer\n\n"
         f"Byte-level BPE trained on the pretraining text: {tok.vocab_size:,} tokens "
         f"({n_chars / n_tokens:.2f} characters per token). How it cuts a sentence:\n\n"
         f"```\n{' | '.join(pieces)}\n```\n"
@@ -91,7 +91,7 @@ def stage_pretrain(ctx: DemoContext) -> dict[str, Any]:
     s = result.summary
     ratio = s["final_val_loss"] / s["first_val_loss"]
     ctx.sections.append(
-        "## 3. Pretraining (causal LM)\n\n"
+        "## Pretraining (causal LM)\n\n"
         f"Preset `{a.preset}` ({s['params'] / 1e6:.2f} M parameters), {s['steps']} steps of {a.batch_size}×{a.block_size} "
         f"tokens ({s['epochs']:.2f} epochs of {s['train_tokens']:,} tokens) in {s['seconds']:.0f} s.\n\n"
         f"Validation loss {s['first_val_loss']:.3f} → **{s['final_val_loss']:.3f}** nats/token "
@@ -130,11 +130,22 @@ def stage_samples(ctx: DemoContext) -> dict[str, Any]:
     frac = valid / max(1, total)
     ctx.state["samples"] = list(zip(prompts, outs))
     ctx.sections.append(
-        "## 4. Samples from the pretrained model\n\n"
+        "## Samples from the pretrained model\n\n"
         f"Temperature 0.8, top-k 50. **{frac:.1%}** of the {total} generated words (English words, numbers and "
         "Chinese characters) belong to the world's vocabulary.\n\n" + "\n".join(lines) + "\n"
     )
     return {"samples": len(prompts), "valid_word_fraction": round(frac, 4), "words": total}
+
+
+def _lazy(module: str, name: str) -> Callable[[DemoContext], dict[str, Any]]:
+    """A stage defined in its own package, imported only when it runs."""
+
+    def run(ctx: DemoContext) -> dict[str, Any]:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(ctx)
+
+    return run
 
 
 STAGES: dict[str, Callable[[DemoContext], dict[str, Any]]] = {
@@ -142,8 +153,12 @@ STAGES: dict[str, Callable[[DemoContext], dict[str, Any]]] = {
     "tokenizer": stage_tokenizer,
     "pretrain": stage_pretrain,
     "samples": stage_samples,
+    "seq2seq": _lazy("danlu.train.seq2seq", "stage_seq2seq"),
+    "bert": _lazy("danlu.train.bert", "stage_bert"),
 }
 DEFAULT_STAGES = ["world", "tokenizer", "pretrain", "samples"]
+# Named groups for --stages; "all" runs every stage.
+STAGE_GROUPS = {"default": DEFAULT_STAGES, "zoo": ["seq2seq", "bert"], "all": list(STAGES)}
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -184,7 +199,8 @@ def write_report(ctx: DemoContext, total_seconds: float) -> None:
         f"({platform.machine()}, {total_seconds / 60:.1f} minutes). Machine-readable figures: `metrics.json`.\n\n"
         + table
     )
-    atomic_write_text(ctx.out / "report.md", head + "\n" + "\n".join(ctx.sections))
+    numbered = [f"## {i}. {sec.removeprefix('## ')}" for i, sec in enumerate(ctx.sections, start=1)]
+    atomic_write_text(ctx.out / "report.md", head + "\n" + "\n".join(numbered))
 
 
 def _fmt(v: Any) -> str:
@@ -197,14 +213,27 @@ def _version() -> str:
     return danlu.__version__
 
 
+def resolve_stages(spec: str | None) -> list[str]:
+    """Stage names (and group names) from `--stages`, in the life's order, with the stages every later one needs."""
+    wanted: set[str] = set()
+    for name in (spec or "default").split(","):
+        name = name.strip()
+        if name in STAGE_GROUPS:
+            wanted.update(STAGE_GROUPS[name])
+        elif name in STAGES:
+            wanted.add(name)
+        else:
+            raise DanluError(
+                f"unknown demo stage {name!r}; stages: {', '.join(STAGES)}; groups: {', '.join(STAGE_GROUPS)}"
+            )
+    wanted.update(["world", "tokenizer"])
+    if wanted - {"world", "tokenizer", "seq2seq", "bert"}:
+        wanted.add("pretrain")  # the GPT stages stand on the pretrained model
+    return [name for name in STAGES if name in wanted]
+
+
 def run_demo(args: argparse.Namespace) -> int:
-    stages = args.stages.split(",") if args.stages else DEFAULT_STAGES
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise DanluError(f"unknown demo stage(s) {unknown}; available: {', '.join(STAGES)}")
-    for needed in DEFAULT_STAGES[:3]:  # every later stage stands on these
-        if needed not in stages:
-            stages.insert(DEFAULT_STAGES.index(needed), needed)
+    stages = resolve_stages(args.stages)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ctx = DemoContext(out=out, args=args)
@@ -225,7 +254,11 @@ def register(sub) -> None:
         "demo", help="the whole life of a model on the embedded world (report.md, metrics.json)"
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--stages", default=None, help=f"comma-separated; default {','.join(DEFAULT_STAGES)}")
+    p.add_argument(
+        "--stages",
+        default=None,
+        help=f"comma-separated stages or groups ({', '.join(STAGE_GROUPS)}); default: {','.join(DEFAULT_STAGES)}",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", default="small", help="world size: tiny, small, medium, large or a multiplier")
     p.add_argument("--device", default="cpu")

@@ -24,7 +24,12 @@ def test_demo_writes_report_metrics_and_plots(demo_dir):
     assert metrics["stages"]["tokenizer"]["vocab_size"] == 512
     assert 0.0 <= metrics["stages"]["samples"]["valid_word_fraction"] <= 1.0
     report = (demo_dir / "report.md").read_text()
-    for heading in ["## 1. The world", "## 2. Tokenizer", "## 3. Pretraining", "## 4. Samples"]:
+    for heading in [
+        "## 1. The world",
+        "## 2. Tokenizer",
+        "## 3. Pretraining",
+        "## 4. Samples",
+    ]:  # numbered in order
         assert heading in report
     assert (demo_dir / "pretrain" / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert (demo_dir / "pretrain" / "checkpoint" / "tokenizer.json").is_file()
@@ -50,3 +55,14 @@ def test_generate_and_chat_on_the_demo_checkpoint(demo_dir, capsys, monkeypatch)
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
     assert main(["chat", "--model", ck, "--max-new-tokens", "6", "--seed", "1"]) == 0
     assert "bot> " in capsys.readouterr().out
+
+
+def test_stage_selection():
+    from danlu.demo import resolve_stages
+    from danlu.errors import DanluError
+
+    assert resolve_stages(None) == ["world", "tokenizer", "pretrain", "samples"]
+    assert resolve_stages("bert") == ["world", "tokenizer", "bert"]
+    assert resolve_stages("all")[-1] != "world" and len(resolve_stages("all")) >= 6
+    with pytest.raises(DanluError, match="unknown demo stage 'nope'"):
+        resolve_stages("samples,nope")

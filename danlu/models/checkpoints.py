@@ -2,23 +2,27 @@
 Hugging Face knows, by `transformers` too.
 
 Layout (see docs/ARCHITECTURE.md):
-  config.json              HF fields (model_type gpt2 / llama / qwen2) plus a "danlu" block with the exact GPTConfig;
-                           models HF cannot express are saved with model_type "danlu-gpt" and danlu tensor names
+  config.json              HF fields (model_type gpt2 / llama / qwen2 / bert) plus a "danlu" block with the exact
+                           config; GPTs HF cannot express are saved with model_type "danlu-gpt" and danlu tensor
+                           names, the encoder-decoder Transformer as "danlu-seq2seq"
   model.safetensors        weights (never pickles: safetensors only)
   tokenizer.json           HF tokenizer format, when a tokenizer is saved with the model
   generation_config.json   eos / pad ids for generation
 Writes are atomic: the directory is filled under a temporary name and renamed into place.
+Reads: Hugging Face folders (sharded safetensors too) and `.gguf` files (danlu/models/gguf.py); never pickles.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from danlu.errors import DanluError
 from danlu.fileio import atomic_dir
@@ -30,25 +34,23 @@ from danlu.models.hf_gpt import (
     state_dict_from_hf,
     state_dict_to_hf,
 )
+from danlu.nn.position import rope_cache
 
 NATIVE_TYPE = "danlu-gpt"
-SUPPORTED_TYPES = ["gpt2", *LLAMA_FAMILY, NATIVE_TYPE]
+SEQ2SEQ_TYPE = "danlu-seq2seq"
+SUPPORTED_TYPES = ["gpt2", *LLAMA_FAMILY, "bert", NATIVE_TYPE, SEQ2SEQ_TYPE]
 
 
 def save_model(
-    model: GPT, path: str | Path, tokenizer: Any = None, extra_files: dict[str, str] | None = None
+    model: nn.Module, path: str | Path, tokenizer: Any = None, extra_files: dict[str, str] | None = None
 ) -> Path:
-    """Write `model` (and `tokenizer`, if given) to the checkpoint directory `path`, atomically."""
-    cfg = model.config
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    try:
-        hf_config = config_to_hf(cfg)
-        tensors = state_dict_to_hf(sd, cfg)
-    except DanluError:  # a shape no HF class describes: keep danlu's own names
-        hf_config = {"model_type": NATIVE_TYPE}
-        tensors = {k: v for k, v in sd.items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
-    config = {**hf_config, "torch_dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
-    config["danlu"] = {"family": "gpt", "config": cfg.to_dict()}
+    """Write `model` (and `tokenizer`, if given) to the checkpoint directory `path`, atomically.
+
+    A GPT is saved as GPT-2 / LLaMA / Qwen2 when its shape is one of theirs, a BERT as a Hugging Face BERT,
+    the seq2seq Transformer in danlu's own layout ("danlu-seq2seq").
+    """
+    config, tensors = _describe(model)
+    config["torch_dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
     gen = {}
     if tokenizer is not None:
         gen = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
@@ -65,6 +67,28 @@ def save_model(
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
     return path
+
+
+def _describe(model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config.json content, tensors to save) for any danlu model."""
+    from danlu.models import hf_bert
+    from danlu.models.seq2seq import Transformer
+
+    cfg = model.config
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if isinstance(model, GPT):
+        try:
+            hf_config = config_to_hf(cfg)
+            tensors = state_dict_to_hf(sd, cfg)
+        except DanluError:  # a shape no HF class describes: keep danlu's own names
+            hf_config = {"model_type": NATIVE_TYPE}
+            tensors = {k: v for k, v in sd.items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
+        return {**hf_config, "danlu": {"family": "gpt", "config": cfg.to_dict()}}, tensors
+    if isinstance(model, Transformer):
+        return {"model_type": SEQ2SEQ_TYPE, "danlu": {"family": "seq2seq", "config": cfg.to_dict()}}, sd
+    head = hf_bert.head_name(model)  # raises for a class danlu cannot save
+    danlu_block = {"family": "bert", "head": head, "config": cfg.to_dict()}
+    return {**hf_bert.config_to_hf(cfg, head), "danlu": danlu_block}, hf_bert.state_dict_to_hf(sd, cfg, head)
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -88,6 +112,18 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             f"{path} has no *.safetensors weights; danlu reads safetensors only (never pickled .bin files): "
             "convert them with `transformers` (save_pretrained(..., safe_serialization=True))"
         )
+    index = path / "model.safetensors.index.json"
+    if index.is_file():  # a sharded checkpoint: every shard the index names must be there
+        try:
+            shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError, AttributeError) as e:
+            raise DanluError(
+                f"{index} is not a valid safetensors index ({e}); copy the checkpoint again"
+            ) from e
+        absent = [s for s in shards if not (path / s).is_file()]
+        if absent:
+            raise DanluError(f"{path}: shard(s) {absent} listed in {index.name} are missing; copy them too")
+        files = [path / s for s in shards]
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
         try:
@@ -99,22 +135,76 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> GPT:
-    """A GPT from a danlu checkpoint or a Hugging Face GPT-2 / LLaMA / Qwen2 / SmolLM directory."""
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> nn.Module:
+    """A model from a danlu checkpoint, a Hugging Face GPT-2 / LLaMA / Qwen2 / SmolLM / BERT directory,
+    or a `.gguf` file (LLaMA-family, dequantised to float32)."""
     path = Path(path)
     if not path.exists():
         raise DanluError(f"checkpoint {path} does not exist")
     if path.is_file():
-        raise DanluError(f"{path} is a file; pass the checkpoint directory (holding config.json)")
+        if path.suffix == ".gguf":
+            from danlu.models.gguf import load_gguf_model
+
+            return load_gguf_model(path, device=device, dtype=dtype)
+        raise DanluError(
+            f"{path} is a file; pass the checkpoint directory (holding config.json) or a .gguf file"
+        )
     hf = read_config(path)
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_TYPES:
         raise DanluError(
             f"{path}: unsupported architecture model_type={model_type!r}; supported: {SUPPORTED_TYPES}"
         )
-    danlu_block = hf.get("danlu", {}).get("config")
-    cfg = GPTConfig.from_dict(danlu_block) if danlu_block else config_from_hf(hf)
+    danlu_block = hf.get("danlu") or {}
     tensors = read_safetensors(path)
+    if model_type == "bert":
+        model = _load_bert(path, hf, danlu_block, tensors)
+    elif model_type == SEQ2SEQ_TYPE:
+        from danlu.models.seq2seq import Seq2SeqConfig, Transformer
+
+        cfg = Seq2SeqConfig.from_dict(danlu_block.get("config", {}))
+        model = assign_weights(lambda: Transformer(cfg), tensors, str(path))
+        model.init_buffers()
+    else:
+        model = _load_gpt(path, hf, danlu_block, tensors)
+    return model.to(device=device, dtype=dtype or torch.float32).eval()
+
+
+def assign_weights(build: Callable[[], nn.Module], sd: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """Build a model on the meta device (no memory, no init) and give it the tensors of `sd`, checking that
+    every tensor it needs is there with the right shape; a DanluError names the first bad tensor."""
+    with torch.device("meta"):
+        model = build()
+    expected = model.state_dict()
+    for name, t in sd.items():
+        if name in expected and tuple(t.shape) != tuple(expected[name].shape):
+            raise DanluError(
+                f"{source}: tensor {name} has shape {tuple(t.shape)} but the config needs {tuple(expected[name].shape)}"
+            )
+    missing = sorted(set(expected) - set(sd))
+    if missing:
+        raise DanluError(
+            f"{source}: weights are missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+        )
+    model.load_state_dict({k: v for k, v in sd.items() if k in expected}, strict=False, assign=True)
+    return model
+
+
+def build_gpt(cfg: GPTConfig, sd: dict[str, torch.Tensor], source: str) -> GPT:
+    """A GPT holding the danlu-named tensors `sd` (ties and RoPE tables restored)."""
+    model = assign_weights(lambda: GPT(cfg), sd, source)
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.wte.weight
+    if cfg.position == "rope":  # non-persistent buffers were created on meta: rebuild them
+        model.rope_cos, model.rope_sin = rope_cache(cfg.block_size, cfg.head_size, cfg.rope_theta)
+    return model
+
+
+def _load_gpt(path: Path, hf: dict[str, Any], danlu_block: dict[str, Any], tensors: dict) -> GPT:
+    model_type = hf["model_type"]
+    cfg = GPTConfig.from_dict(danlu_block["config"]) if danlu_block.get("config") else config_from_hf(hf)
     if model_type == NATIVE_TYPE:
         sd = tensors
         if cfg.tie_embeddings:
@@ -126,42 +216,54 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
             raise DanluError(
                 f"{path}: tensor {e} is missing from the weights for a {model_type} model"
             ) from e
-    with torch.device("meta"):
-        model = GPT(cfg)
-    expected = model.state_dict()
-    for name, t in sd.items():
-        if name in expected and tuple(t.shape) != tuple(expected[name].shape):
-            raise DanluError(
-                f"{path}: tensor {name} has shape {tuple(t.shape)} but the config needs {tuple(expected[name].shape)}"
-            )
-    missing = sorted(set(expected) - set(sd))
-    if missing:
-        raise DanluError(
-            f"{path}: weights are missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}"
-        )
-    model.load_state_dict(sd, strict=False, assign=True)
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.wte.weight
-    if cfg.position == "rope":  # non-persistent buffers were created on meta: rebuild them
-        from danlu.nn.position import rope_cache
+    return build_gpt(cfg, sd, str(path))
 
-        model.rope_cos, model.rope_sin = rope_cache(cfg.block_size, cfg.head_size, cfg.rope_theta)
-    model = model.to(device=device, dtype=dtype or torch.float32)
-    return model.eval()
+
+# Hugging Face BERT classes danlu loads, and which of its heads each becomes.
+BERT_ARCHITECTURES = {
+    "BertModel": "base",
+    "BertForPreTraining": "pretraining",
+    "BertForMaskedLM": "pretraining",
+    "BertForSequenceClassification": "classification",
+}
+
+
+def _load_bert(path: Path, hf: dict[str, Any], danlu_block: dict[str, Any], tensors: dict) -> nn.Module:
+    from danlu.models import hf_bert
+    from danlu.models.bert import BertConfig
+
+    if danlu_block.get("config"):
+        cfg, head = BertConfig.from_dict(danlu_block["config"]), danlu_block["head"]
+    else:
+        cfg = hf_bert.config_from_hf(hf)
+        names = {k.removeprefix("bert.") for k in tensors}
+        archs = hf.get("architectures") or []
+        head = BERT_ARCHITECTURES.get(archs[0]) if archs else hf_bert.head_of(names)
+        if head is None:
+            raise DanluError(
+                f"{path}: BERT architecture {archs[0]!r} is not supported; supported: {sorted(BERT_ARCHITECTURES)}"
+            )
+        cfg.with_nsp = "cls.seq_relationship.weight" in names
+    try:
+        sd = hf_bert.state_dict_from_hf(tensors, cfg, head)
+    except KeyError as e:
+        raise DanluError(f"{path}: tensor {e} is missing from the weights for a BERT ({head}) model") from e
+    return assign_weights(lambda: hf_bert.build(cfg, head), sd, str(path))
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """`(model, tokenizer)` from a checkpoint directory; the tokenizer is None when the folder has none."""
+    """`(model, tokenizer)` from a checkpoint directory or a `.gguf` file (whose metadata holds the
+    tokenizer); the tokenizer is None when a folder has no tokenizer.json."""
     path = Path(path)
     model = load_model(path, device=device, dtype=dtype)
     tokenizer = None
-    if (path / "tokenizer.json").is_file():
+    if path.is_file() or (path / "tokenizer.json").is_file():
         from danlu.tokenizers.base import Tokenizer
 
         tokenizer = Tokenizer.load(path)
     return model, tokenizer
 
 
-def save(model: GPT, tokenizer: Any, path: str | Path) -> Path:
+def save(model: nn.Module, tokenizer: Any, path: str | Path) -> Path:
     """`danlu.save(model, tokenizer, dir)`: the model and its tokenizer in one checkpoint directory."""
     return save_model(model, path, tokenizer=tokenizer)

@@ -186,15 +186,34 @@ class GPT(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> GPTOutput:
         """input_ids (B, T); attention_mask (B, past + T) of 1/0; labels (B, T) aligned with input_ids
-        (shifted here, -100 ignored); kv_cache filled in place. Returns logits (B, T, V) and the mean loss."""
-        B, T = input_ids.shape
+        (shifted here, -100 ignored); kv_cache filled in place. Returns logits (B, T, V) and the mean loss.
+        `inputs_embeds` (B, T, C) replaces the token embeddings (P-tuning prepends learned virtual tokens)."""
+        x = self.hidden_states(input_ids, attention_mask, kv_cache, position_ids, inputs_embeds)
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels)
+        return GPTOutput(logits=logits, loss=loss)
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The final-norm hidden states (B, T, C), before the LM head: what a reward or value head reads."""
+        x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        T = x.shape[1]
         past = kv_cache.seq_len if kv_cache is not None else 0
         if past + T > self.config.block_size:
             raise DanluError(
@@ -202,8 +221,7 @@ class GPT(nn.Module):
                 f"{self.config.block_size}; shorten the input or use a model with a longer context"
             )
         if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=input_ids.device).unsqueeze(0)  # (1, T)
-        x = self.wte(input_ids)  # (B, T, C)
+            position_ids = torch.arange(past, past + T, device=x.device).unsqueeze(0)  # (1, T)
         rope = None
         if self.wpe is not None:
             x = x + self.wpe(position_ids)
@@ -213,16 +231,12 @@ class GPT(nn.Module):
                 self.rope_sin[position_ids][:, None],
             )  # (B|1, 1, T, hs)
         x = self.drop(x)
-        mask = build_attention_mask(attention_mask, T, past, input_ids.device)
+        mask = build_attention_mask(attention_mask, T, past, x.device)
         for i, block in enumerate(self.blocks):
             x = block(x, mask, rope, kv_cache, i)
         if kv_cache is not None:
             kv_cache.advance(T)
-        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
-        loss = None
-        if labels is not None:
-            loss = causal_lm_loss(logits, labels)
-        return GPTOutput(logits=logits, loss=loss)
+        return self.norm_f(x)  # (B, T, C)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

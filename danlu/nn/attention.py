@@ -103,7 +103,10 @@ class SelfAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         kv_cache: KVCache | None = None,
         layer: int = 0,
+        causal: bool = True,
     ) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C). `causal=False` lets every position see every other (an encoder: BERT,
+        the Transformer's encoder); `mask` (B or 1, 1, T, S) of booleans then only hides padding."""
         B, T, C = x.shape
         hs, nh, nkv = self.head_size, self.n_head, self.n_kv_head
         q, k, v = self.qkv(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
@@ -121,9 +124,58 @@ class SelfAttention(nn.Module):
             k,
             v,
             attn_mask=mask,
-            is_causal=mask is None and past == 0 and T > 1,
+            is_causal=causal and mask is None and past == 0 and T > 1,
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=nkv != nh,  # each group of n_head / n_kv_head query heads shares one k/v head
         )  # (B, n_head, T, head_size)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.proj(y)
+
+
+def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, S) of 1 (real) / 0 (padding) -> the boolean (B, 1, 1, S) SDPA mask hiding padded keys, or None.
+
+    For bidirectional attention (encoders, cross-attention): every query sees every real key. A padded query
+    row still sees the real keys, so no row is all -inf; its output is ignored downstream.
+    """
+    if attention_mask is None:
+        return None
+    return attention_mask[:, None, None, :].bool()  # (B, 1, 1, S)
+
+
+class CrossAttention(nn.Module):
+    """Encoder-decoder attention (Vaswani et al. 2017, §3.2.3): queries from the decoder, keys and values from
+    the encoder output ("memory"). The memory's keys/values are computed once per source by `memory_kv` and
+    reused at every decoding step."""
+
+    def __init__(self, C: int, n_head: int, bias: bool = True, dropout: float = 0.0) -> None:
+        super().__init__()
+        assert C % n_head == 0
+        self.n_head, self.head_size = n_head, C // n_head
+        self.q = nn.Linear(C, C, bias=bias)
+        self.kv = nn.Linear(C, 2 * C, bias=bias)  # [k | v] in one matmul
+        self.proj = nn.Linear(C, C, bias=bias)
+        self.dropout = dropout
+
+    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """memory (B, S, C) -> keys and values, each (B, n_head, S, head_size)."""
+        B, S, C = memory.shape
+        k, v = self.kv(memory).split(C, dim=-1)
+        k = k.view(B, S, self.n_head, self.head_size).transpose(1, 2)  # (B, n_head, S, head_size)
+        v = v.view(B, S, self.n_head, self.head_size).transpose(1, 2)  # (B, n_head, S, head_size)
+        return k, v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory_kv: tuple[torch.Tensor, torch.Tensor],
+        memory_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, T, C) attends over the memory; memory_mask (B, 1, 1, S) hides padded source tokens."""
+        B, T, C = x.shape
+        q = self.q(x).view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, n_head, T, head_size)
+        k, v = memory_kv
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=memory_mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, n_head, T, head_size)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)

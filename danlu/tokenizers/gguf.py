@@ -4,7 +4,7 @@ GGUF layout (version 2 and 3, little-endian): magic b"GGUF", uint32 version, uin
 uint64 key-value count, then key-value pairs: key = string (uint64 length + UTF-8 bytes), uint32 value
 type, value. Value types: 0 uint8, 1 int8, 2 uint16, 3 int16, 4 uint32, 5 int32, 6 float32, 7 bool,
 8 string, 9 array (uint32 element type, uint64 count, elements), 10 uint64, 11 int64, 12 float64.
-We read only this header (memory-mapped), never the tensors, and need no `gguf` package.
+The header is parsed by danlu/gguf.py (memory-mapped; tensors are not read); no `gguf` package is needed.
 
 Tokenizer keys: tokenizer.ggml.model ("gpt2" = byte-level BPE, "bert" = WordPiece), .tokens, .merges
 ("left right" strings), .token_type (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte),
@@ -16,90 +16,17 @@ of that regex, e.g. with digits split; for vocabularies without digit merges the
 
 from __future__ import annotations
 
-import mmap
 import os
-import struct
-from pathlib import Path
 from typing import Any
 
 from danlu.errors import DanluError
+from danlu.gguf import gguf_metadata
 from danlu.tokenizers.base import Tokenizer
-
-_SCALARS = {
-    0: "<B",
-    1: "<b",
-    2: "<H",
-    3: "<h",
-    4: "<I",
-    5: "<i",
-    6: "<f",
-    7: "<?",
-    10: "<Q",
-    11: "<q",
-    12: "<d",
-}
-
-
-class _Reader:
-    def __init__(self, buf, source: str) -> None:
-        self.buf, self.pos, self.source = buf, 0, source
-
-    def unpack(self, fmt: str) -> Any:
-        size = struct.calcsize(fmt)
-        if self.pos + size > len(self.buf):
-            raise DanluError(f"GGUF file {self.source} is truncated (header ends early); download it again")
-        value = struct.unpack_from(fmt, self.buf, self.pos)[0]
-        self.pos += size
-        return value
-
-    def string(self) -> str:
-        n = self.unpack("<Q")
-        if self.pos + n > len(self.buf):
-            raise DanluError(f"GGUF file {self.source} is truncated (header ends early); download it again")
-        data = bytes(self.buf[self.pos : self.pos + n])
-        self.pos += n
-        return data.decode("utf-8", errors="replace")
-
-    def value(self, kind: int) -> Any:
-        if kind in _SCALARS:
-            return self.unpack(_SCALARS[kind])
-        if kind == 8:
-            return self.string()
-        if kind == 9:
-            elem, count = self.unpack("<I"), self.unpack("<Q")
-            if elem in _SCALARS:  # one bulk unpack for numeric arrays
-                fmt = f"<{count}{_SCALARS[elem][1]}"
-                size = struct.calcsize(fmt)
-                if self.pos + size > len(self.buf):
-                    raise DanluError(f"GGUF file {self.source} is truncated; download it again")
-                values = list(struct.unpack_from(fmt, self.buf, self.pos))
-                self.pos += size
-                return values
-            return [self.value(elem) for _ in range(count)]
-        raise DanluError(f"GGUF file {self.source} has an unknown value type {kind}; is it a GGUF file?")
 
 
 def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """All key-value metadata of a GGUF file (version 2 or 3) as a dict; tensors are not read."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            reader = _Reader(buf, str(path))
-            if bytes(buf[:4]) != b"GGUF":
-                raise DanluError(f"{path} is not a GGUF file (it does not start with b'GGUF')")
-            reader.pos = 4
-            version = reader.unpack("<I")
-            if version not in (2, 3):
-                raise DanluError(f"{path} is GGUF version {version}; danlu reads versions 2 and 3")
-            reader.unpack("<Q")  # tensor count
-            n_kv = reader.unpack("<Q")
-            meta: dict[str, Any] = {"GGUF.version": version}
-            for _ in range(n_kv):
-                key = reader.string()
-                meta[key] = reader.value(reader.unpack("<I"))
-            return meta
-    except (OSError, ValueError) as e:  # ValueError: mmap of an empty file
-        raise DanluError(f"cannot read GGUF file {path}: {e}") from e
+    """All key-value metadata of a GGUF file (version 2 or 3) as a dict; tensor data is not read."""
+    return gguf_metadata(path)
 
 
 def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
