@@ -1,5 +1,10 @@
 """Decoding: logits processors, search strategies and the batched KV-cache engine.
 
+Modules, top to bottom: options.py (GenerationOptions, validation) -> processors.py (pure logits functions)
+-> static.py (lean static-cache forward, CUDA graphs) -> steps.py (prefill / decode_one / reorder / rollback)
+-> search.py (greedy, sampling, beam, contrastive, speculative) -> engine.py (text in, text out, streaming);
+quantize.py (int8 / int4 weights) and commands.py (`danlu generate`, `danlu chat`) stand aside.
+
 `danlu.generate` is both this package and the public function `danlu.generate(model, tokenizer, prompt, ...)`:
 the package object is made callable (it forwards to `engine.generate`), so `import danlu.generate.engine` can
 never shadow the function with the module, whichever is imported first.

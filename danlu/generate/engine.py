@@ -1,41 +1,32 @@
-"""Batched decoding with a KV cache: prefill the prompts once, then decode one token at a time.
+"""Text in, text out: prompts are tokenised and left-padded into one batch, decoded by a strategy of `search.py`,
+and turned back into text, holding back what is not yet safe to show (a split UTF-8 character, the start of a
+stop string).
 
-Notation: B prompts, T prompt length (after left padding), V vocab.
+Notation: B prompts, T prompt length after left padding.
 
-Prompts of different lengths are left-padded so every row's next token sits in the last column; the attention
-mask hides the padding and position ids count only real tokens, so a padded row computes exactly what it would
-alone. Each row stops on its own (EOS, a stop string, or max_new_tokens).
+`danlu.generate(model, tokenizer, prompt | prompts, **options)` and `danlu.stream(model, tokenizer, prompt,
+**options)` are the public entry points; the options are `GenerationOptions` fields. Extra models switch the
+strategy: `draft_model=` speculative decoding, `amateur_model=` contrastive decoding; `num_beams > 1` beam search.
+`compile=True` captures decode steps in a CUDA graph (CUDA only; ignored on CPU).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from danlu.errors import DanluError
-from danlu.generate.processors import next_token, validate_options
+from danlu.generate.options import GenerationOptions
+from danlu.generate.search import beam_search, decode_n, speculative_decode
+from danlu.generate.steps import model_device
+
+__all__ = ["GenerationOptions", "generate", "stream", "generate_ids", "encode_prompts", "stop_token_ids"]
 
 
-@dataclass
-class GenerationOptions:
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0 = greedy; the CLIs default to sampling at 0.8
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    stop: list[str] = field(default_factory=list)  # stop strings: output is cut before the first one
-    seed: int | None = None
-    add_eos_stop: bool = True  # stop at the tokenizer's end-of-text id
-    stop_token_ids: list[int] = field(default_factory=list)  # more ids that end a row (chat: <|im_end|>)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        validate_options(self.temperature, self.top_k, self.top_p, self.max_new_tokens)
-
-
-def _prepare(model, tokenizer, prompts: list[str], opts: GenerationOptions):
+def encode_prompts(model, tokenizer, prompts: list[str], opts: GenerationOptions):
+    """Token ids of the prompts, left-padded: input_ids and attention_mask (B, T) on the model's device."""
     ids = [tokenizer.encode(p) for p in prompts]
     if any(len(x) == 0 for x in ids):
         raise DanluError("a prompt is empty; give at least one character of prompt")
@@ -50,111 +41,154 @@ def _prepare(model, tokenizer, prompts: list[str], opts: GenerationOptions):
             f"max_new_tokens={opts.max_new_tokens} plus the {longest}-token prompt exceeds the model's context "
             f"of {block} tokens; use max_new_tokens <= {block - longest}"
         )
-    device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     input_ids = torch.full((len(ids), longest), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
     for i, x in enumerate(ids):
         input_ids[i, longest - len(x) :] = torch.tensor(x)
         attention_mask[i, longest - len(x) :] = 1
+    device = model_device(model)
     return input_ids.to(device), attention_mask.to(device)
 
 
-@torch.no_grad()
-def generate_ids(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, opts: GenerationOptions,
-                 stop_ids: list[int]) -> Iterator[torch.Tensor]:  # fmt: skip
-    """Yield the next token of every row, (B,), until every row produced a stop id or max_new_tokens.
-
-    A finished row keeps receiving its stop id (ignored by the callers); decoding is KV-cached."""
-    B, T = input_ids.shape
-    device = input_ids.device
-    generator = None
-    if opts.temperature > 0 and opts.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(opts.seed)
-    cache = model.new_kv_cache(B, max_len=T + opts.max_new_tokens)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): padding does not count
-    next_pos = position_ids[:, -1:] + 1  # (B, 1)
-    mask = attention_mask
-    logits = model(input_ids, attention_mask=mask, kv_cache=cache, position_ids=position_ids).logits[:, -1]
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    stop_tensor = torch.tensor(stop_ids, device=device)
-    for _ in range(opts.max_new_tokens):
-        tok = next_token(logits, opts.temperature, opts.top_k, opts.top_p, generator)  # (B,)
-        if stop_ids:
-            tok = tok.masked_fill(done, stop_ids[0])
-            done |= torch.isin(tok, stop_tensor)
-        yield tok
-        if bool(done.all()):
-            return
-        mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], dim=1)  # (B, S)
-        logits = model(tok[:, None], attention_mask=mask, kv_cache=cache, position_ids=next_pos).logits[:, -1]
-        next_pos = next_pos + 1
-
-
-def _stop_ids(tokenizer, opts: GenerationOptions) -> list[int]:
+def stop_token_ids(tokenizer, opts: GenerationOptions) -> list[int]:
+    """The ids that end a row: the tokenizer's end-of-text (unless add_eos_stop=False) and stop_token_ids."""
     ids = list(opts.stop_token_ids)
-    if opts.add_eos_stop and tokenizer.eos_token_id is not None:
+    if opts.add_eos_stop and tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.insert(0, tokenizer.eos_token_id)
     return ids
 
 
-class _TextTracker:
-    """Turns a growing list of token ids into safe-to-show text: holds back an incomplete UTF-8 character
-    (decoded as U+FFFD) and any tail that could be the start of a stop string."""
+def _check_models(model, draft_model, amateur_model, opts: GenerationOptions) -> None:
+    if draft_model is not None and amateur_model is not None:
+        raise DanluError("give either draft_model (speculative) or amateur_model (contrastive), not both")
+    if opts.num_beams > 1 and (draft_model is not None or amateur_model is not None):
+        raise DanluError(f"num_beams={opts.num_beams} cannot be combined with a draft or amateur model")
+    for m in (model, draft_model, amateur_model):
+        if m is not None:
+            m.eval()
+
+
+@torch.inference_mode()
+def generate_ids(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    opts: GenerationOptions,
+    stop_ids: list[int],
+    draft_model=None,
+    amateur_model=None,
+    compile: bool = False,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row, (B,), whatever the strategy (beam search and speculative decoding
+    yield their finished output token by token). A finished row keeps receiving its stop id."""
+    if opts.num_beams > 1 or draft_model is not None:
+        if opts.num_beams > 1:
+            rows = beam_search(model, input_ids, attention_mask, opts, stop_ids)
+        else:
+            rows = [speculative_decode(model, draft_model, input_ids, opts, stop_ids)[0]]
+        filler = stop_ids[0] if stop_ids else 0
+        for step in range(max(len(r) for r in rows)):
+            yield torch.tensor([r[step] if step < len(r) else filler for r in rows])
+        return
+    yield from decode_n(
+        model, input_ids, attention_mask, opts, stop_ids, amateur=amateur_model, compile=compile
+    )
+
+
+class TextTracker:
+    """Turns a growing list of token ids into safe-to-show text.
+
+    Decoding is incremental (each token costs O(1) decodes, not a re-decode of everything): the text of
+    ids[prefix:] minus that of ids[prefix:read] is the new text, where the few tokens before `read` give the
+    tokenizer its context (SentencePiece spaces, byte merges). New text ending in U+FFFD is an incomplete UTF-8
+    character split across tokens: it waits for the rest. A tail that could still grow into a stop string is
+    held back; once a stop string appears, the text is cut before it and nothing more is shown.
+    """
 
     def __init__(self, tokenizer, stop: list[str]) -> None:
         self.tokenizer, self.stop = tokenizer, stop
         self.ids: list[int] = []
-        self.emitted = 0  # characters already shown
+        self.prefix = self.read = 0  # ids[prefix:read] is decoded context, ids[read:] not yet turned to text
+        self.text = ""  # all text decoded so far
+        self.emitted = 0  # characters of `text` already shown
         self.finished = False  # a stop string was seen: nothing more is shown
 
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
     def push(self, tok: int) -> str:
+        """Add one token; return the text that became safe to show (often "")."""
         self.ids.append(tok)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.text += after[len(before) :]
+            self.prefix, self.read = self.read, len(self.ids)
+        return self._release(len(self.text), hold=True)
+
+    def _release(self, safe: int, hold: bool) -> str:
+        if self.finished:
+            return ""
         for s in self.stop:
-            cut = text.find(s)
+            cut = self.text.find(s, self.emitted)
             if cut != -1:
                 self.finished = True
-                piece = text[self.emitted : cut]
+                piece = self.text[self.emitted : cut]
                 self.emitted = cut
                 return piece
-        safe = len(text)
-        if text.endswith("\ufffd"):  # a multi-byte character split across tokens: wait for the rest
-            safe -= 1
-        for s in self.stop:  # hold back a tail that could still grow into a stop string
-            for n in range(min(len(s) - 1, safe), 0, -1):
-                if text[:safe].endswith(s[:n]):
-                    safe -= n
-                    break
-        piece = text[self.emitted : max(safe, self.emitted)]
+        if hold:
+            for s in self.stop:  # hold back a tail that could still grow into a stop string
+                for n in range(min(len(s) - 1, safe - self.emitted), 0, -1):
+                    if self.text[:safe].endswith(s[:n]):
+                        safe -= n
+                        break
+        piece = self.text[self.emitted : max(safe, self.emitted)]
         self.emitted = max(safe, self.emitted)
         return piece
 
     def flush(self) -> str:
+        """The rest of the text at the end of generation (an undecodable tail included)."""
         if self.finished:
             return ""
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        piece = text[self.emitted :]
-        self.emitted = len(text)
-        return piece
+        self.text += self._decode(self.ids[self.prefix :])[
+            len(self._decode(self.ids[self.prefix : self.read])) :
+        ]
+        self.prefix = self.read = len(self.ids)
+        return self._release(len(self.text), hold=False)
 
 
-def generate(model, tokenizer, prompt: str | list[str], **options) -> str | list[str]:
+def _start(model, tokenizer, prompts: list[str], options: dict[str, Any]):
+    draft_model = options.pop("draft_model", None)
+    amateur_model = options.pop("amateur_model", None)
+    compile = bool(options.pop("compile", False))
+    opts = GenerationOptions.from_kwargs(**options)
+    _check_models(model, draft_model, amateur_model, opts)
+    input_ids, attention_mask = encode_prompts(model, tokenizer, prompts, opts)
+    stop_ids = stop_token_ids(tokenizer, opts)
+    tokens = generate_ids(
+        model, input_ids, attention_mask, opts, stop_ids, draft_model, amateur_model, compile
+    )
+    return opts, stop_ids, tokens
+
+
+def generate(model, tokenizer, prompt: str | list[str], **options: Any) -> str | list[str]:
     """The continuation of each prompt (without the prompt). A string in, a string out; a list in, a list out.
 
-    Options: max_new_tokens, temperature (0 = greedy), top_k, top_p, stop, seed.
+    Options: the `GenerationOptions` fields (max_new_tokens, temperature, top_k, top_p, min_p,
+    repetition_penalty, presence_penalty, frequency_penalty, no_repeat_ngram_size, num_beams, length_penalty,
+    stop, seed, ...), plus draft_model=, amateur_model= and compile= (see the module docstring).
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         raise DanluError("no prompts given")
-    opts = GenerationOptions(**options)
-    model.eval()
-    input_ids, attention_mask = _prepare(model, tokenizer, prompts, opts)
-    trackers = [_TextTracker(tokenizer, opts.stop) for _ in prompts]
+    if options.get("draft_model") is not None and len(prompts) > 1:
+        return [generate(model, tokenizer, p, **options) for p in prompts]
+    opts, stop_ids, tokens = _start(model, tokenizer, prompts, dict(options))
+    trackers = [TextTracker(tokenizer, opts.stop) for _ in prompts]
     ended = [False] * len(prompts)  # a stop id or a stop string reached
     texts = ["" for _ in prompts]
-    stop_ids = _stop_ids(tokenizer, opts)
-    for tok in generate_ids(model, input_ids, attention_mask, opts, stop_ids):
+    for tok in tokens:
         for i, t in enumerate(tok.tolist()):
             if ended[i]:
                 continue
@@ -170,14 +204,18 @@ def generate(model, tokenizer, prompt: str | list[str], **options) -> str | list
     return texts[0] if isinstance(prompt, str) else texts
 
 
-def stream(model, tokenizer, prompt: str, **options) -> Iterator[str]:
-    """Yield the continuation of one prompt piece by piece, as soon as each piece is printable."""
-    opts = GenerationOptions(**options)
-    model.eval()
-    input_ids, attention_mask = _prepare(model, tokenizer, [prompt], opts)
-    tracker = _TextTracker(tokenizer, opts.stop)
-    stop_ids = _stop_ids(tokenizer, opts)
-    for tok in generate_ids(model, input_ids, attention_mask, opts, stop_ids):
+def stream(model, tokenizer, prompt: str, **options: Any) -> Iterator[str]:
+    """Yield the continuation of one prompt piece by piece, as soon as each piece is printable.
+
+    Takes the same options as `generate`. Pieces never split a UTF-8 character or show part of a stop string.
+    """
+    if not isinstance(prompt, str):
+        raise DanluError(
+            f"stream takes one prompt string, got {type(prompt).__name__}; use generate for lists"
+        )
+    opts, stop_ids, tokens = _start(model, tokenizer, [prompt], dict(options))
+    tracker = TextTracker(tokenizer, opts.stop)
+    for tok in tokens:
         t = int(tok[0])
         if t in stop_ids:
             break

@@ -1,0 +1,12 @@
+"""`danlu serve`: an OpenAI-compatible HTTP server with dynamic batching and a web chat page.
+
+    api.py         create_app(model, tokenizer, ServeConfig, embedder) -> FastAPI: the routes and OpenAI errors
+    batching.py    Batcher: a worker thread decoding concurrent requests as one batch through the engine
+    prompting.py   ServeConfig (every default), chat_prompt, generation_options, tool calls
+    schemas.py     the request bodies (strict pydantic) and APIError
+    server.py      BodyLimit (413), serve(...) (uvicorn), BackgroundServer (a thread on 127.0.0.1, for tests)
+    static/        index.html, the chat page
+    commands.py    the `danlu serve` command (also `python -m danlu.serve`)
+
+Needs the `serve` extra: pip install 'danlu[serve]' (fastapi, uvicorn, httpx).
+"""

@@ -148,3 +148,78 @@ def test_top_k_and_top_p_keep_the_right_sets():
             assert set(order[:n].tolist()) == set(kept[row].nonzero().flatten().tolist())
             assert probs[row, order[:n]].sum() >= p - 1e-6  # enough mass ...
             assert n == 1 or probs[row, order[: n - 1]].sum() < p  # ... and the smallest such set
+
+
+@pytest.mark.parametrize(
+    "options, needle",
+    [({"num_beams": 0}, "num_beams must be >= 1, got 0"), ({"min_p": 1.5}, "min_p must be in \\[0, 1\\]"),
+     ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
+     ({"presence_penalty": 3.0}, "presence_penalty must be in \\[-2, 2\\], got 3.0"),
+     ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size must be >= 0"),
+     ({"min_new_tokens": 9, "max_new_tokens": 4}, "min_new_tokens must be in \\[0, max_new_tokens=4\\]"),
+     ({"temperature": float("nan")}, "temperature must be a finite number"),
+     ({"num_beams": 2, "temperature": 0.7}, "num_beams=2 with temperature=0.7"),
+     ({"logit_bias": {3: 500}}, "logit_bias maps token ids"), ({"logit_bias": {999: 1.0}}, "vocabulary has 258"),
+     ({"top_q": 0.5}, "unknown generation option\\(s\\) \\['top_q'\\]")],
+)  # fmt: skip
+def test_more_bad_options(model, options, needle):
+    with pytest.raises(DanluError, match=needle):
+        danlu.generate(model, TOK, "abc", **options)
+
+
+def test_sampling_batched_equals_one_by_one_with_a_seed(model):
+    prompts = ["The red fox", "x", "佐维兰住在"]
+    kw = dict(max_new_tokens=12, temperature=0.9, top_p=0.9, min_p=0.05, seed=11)
+    assert danlu.generate(model, TOK, prompts, **kw) == [danlu.generate(model, TOK, p, **kw) for p in prompts]
+
+
+def new_ids(model, prompt, **kw):
+    from danlu.generate.engine import generate_ids
+    from danlu.generate.options import GenerationOptions
+
+    ids = torch.tensor([TOK.encode(prompt)])
+    return [int(t) for t in generate_ids(model, ids, torch.ones_like(ids), GenerationOptions(**kw), [])]
+
+
+def test_penalties_and_bias_steer_the_output(model):
+    plain = new_ids(model, "aaaa", max_new_tokens=24)
+    no_rep = new_ids(model, "aaaa", max_new_tokens=24, no_repeat_ngram_size=1)
+    assert len(set(no_rep)) == len(no_rep) and ord("a") not in no_rep  # each id once; the prompt counts too
+    freq = new_ids(model, "aaaa", max_new_tokens=24, frequency_penalty=2.0)
+    assert max(freq.count(t) for t in freq) <= max(plain.count(t) for t in plain)
+    assert new_ids(model, "aaaa", max_new_tokens=5, logit_bias={ord("z"): 100}) == [ord("z")] * 5
+    rep = new_ids(model, "aaaa", max_new_tokens=24, repetition_penalty=5.0)
+    assert len(set(rep)) >= len(set(plain))
+
+
+def test_min_new_tokens_holds_off_eos():
+    scripted = ScriptedModel([256])  # would stop at once
+    assert danlu.generate(scripted, TOK, "x", max_new_tokens=5) == ""
+    assert len(danlu.generate(scripted, TOK, "x", max_new_tokens=5, min_new_tokens=3)) == 3
+
+
+def test_beam_search_through_generate_and_stream(model):
+    prompts = ["hello", "佐维兰"]
+    beams = danlu.generate(model, TOK, prompts, max_new_tokens=10, num_beams=3)
+    assert beams == [danlu.generate(model, TOK, p, max_new_tokens=10, num_beams=3) for p in prompts]
+    assert "".join(danlu.stream(model, TOK, "hello", max_new_tokens=10, num_beams=3)) == beams[0]
+
+
+class SpaceTokenizer:
+    """A SentencePiece-like vocabulary: '▁' marks a word start and decode strips the leading space, so a token
+    decoded alone differs from the same token decoded in context."""
+
+    eos_token_id, pad_token_id, bos_token_id = 0, 0, None
+    vocab = ["<eos>", "▁the", "▁red", "▁fox", "s", "▁", "é", "!"]
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(self.vocab[i] for i in ids if i).replace("▁", " ").lstrip(" ")
+
+
+def test_text_tracker_streams_with_context():
+    from danlu.generate.engine import TextTracker
+
+    tracker = TextTracker(SpaceTokenizer(), stop=["s!"])
+    pieces = [tracker.push(t) for t in [1, 2, 3, 4, 5, 6, 7, 4, 7, 2]] + [tracker.flush()]
+    assert "".join(pieces) == "the red foxs é!"  # cut before the stop string "s!"
+    assert pieces[1] == " red"  # the space between words survives incremental decoding

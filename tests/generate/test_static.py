@@ -1,0 +1,116 @@
+"""The lean static-cache forward equals `model.forward` (GPT-2 and LLaMA shapes, left-padded batches), rollback
+and reorder behave, and the CUDA-graph step function traces as one graph (checked on CPU with dynamo)."""
+
+import pytest
+import torch
+
+from danlu.generate import steps
+from danlu.generate.static import decode_one_static
+from danlu.models.gpt import GPT, GPTConfig
+
+TOL = 1e-4
+
+
+@pytest.fixture(params=["gpt2-tiny", "llama-tiny"], scope="module")
+def model(request):
+    torch.manual_seed(0)
+    return GPT(GPTConfig.from_name(request.param, vocab_size=97, n_layer=2, n_embd=64, block_size=64)).eval()
+
+
+def padded_batch():
+    g = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, 97, (3, 7), generator=g)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[0, :3] = 0
+    attention_mask[2, :6] = 0  # a one-token prompt
+    return input_ids, attention_mask
+
+
+@torch.inference_mode()
+def test_prefill_and_decode_equal_full_forward(model):
+    input_ids, attention_mask = padded_batch()
+    state = steps.new_state(model, 3, 16)
+    logits = steps.prefill(model, state, input_ids, attention_mask)
+    new = torch.randint(0, 97, (3, 4), generator=torch.Generator().manual_seed(1))
+    got = [logits]
+    for t in range(4):
+        got.append(steps.decode_one(model, state, new[:, t]))
+    full_ids = torch.cat([input_ids, new], 1)
+    full_mask = torch.cat([attention_mask, torch.ones_like(new)], 1)
+    position_ids = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    expected = model(full_ids, attention_mask=full_mask, position_ids=position_ids).logits[:, 6:]
+    assert (torch.stack(got, 1) - expected).abs().max() < TOL
+    assert state.length == 11 and state.next_pos.tolist() == [8, 11, 5]
+
+
+@torch.inference_mode()
+def test_forward_tokens_and_rollback(model):
+    input_ids = torch.randint(0, 97, (1, 5), generator=torch.Generator().manual_seed(2))
+    ones = torch.ones_like(input_ids)
+    state = steps.new_state(model, 1, 20)
+    steps.prefill(model, state, input_ids, ones)
+    several = steps.forward_tokens(model, state, torch.tensor([[5, 6, 7]]))  # (1, 3, V)
+    expected = model(torch.cat([input_ids, torch.tensor([[5, 6, 7]])], 1)).logits[:, 5:]
+    assert (several - expected).abs().max() < TOL
+    steps.rollback(state, 6)  # keep token 5, forget 6 and 7
+    assert state.length == 6 and not state.key_mask[0, 6:].any()
+    again = steps.decode_one(model, state, torch.tensor([9]))
+    expected = model(torch.cat([input_ids, torch.tensor([[5, 9]])], 1)).logits[:, -1]
+    assert (again - expected).abs().max() < TOL
+
+
+@torch.inference_mode()
+def test_reorder_moves_rows(model):
+    input_ids, attention_mask = padded_batch()
+    state = steps.new_state(model, 3, 12)
+    steps.prefill(model, state, input_ids, attention_mask)
+    steps.reorder(state, torch.tensor([1, 1, 0]))
+    out = steps.decode_one(model, state, torch.tensor([4, 4, 4]))
+    assert torch.allclose(out[0], out[1])
+    alone = steps.new_state(model, 1, 12)
+    steps.prefill(model, alone, input_ids[:1, 3:], attention_mask[:1, 3:])
+    assert (steps.decode_one(model, alone, torch.tensor([4])) - out[2]).abs().max() < TOL
+
+
+@torch.inference_mode()
+def test_static_step_traces_as_one_graph(model):
+    """`decode_one_static` is what CUDA compiles with mode="reduce-overhead": dynamo must capture it whole
+    (fullgraph=True raises on any graph break), and it must compute what the eager step computes."""
+    input_ids, attention_mask = padded_batch()
+    eager, static = steps.new_state(model, 3, 12), steps.new_state(model, 3, 12)
+    tok = steps.prefill(model, eager, input_ids, attention_mask).argmax(-1)
+    steps.prefill(model, static, input_ids, attention_mask)
+    torch._dynamo.reset()
+    fn = torch.compile(decode_one_static, fullgraph=True, dynamic=False, backend="eager")
+    for _ in range(3):
+        expected = steps.decode_one(model, eager, tok)
+        slot = torch.tensor([static.length])
+        got = fn(model, static.cache, static.key_mask, tok[:, None], static.next_pos[:, None], slot)
+        static.length += 1
+        static.next_pos += 1
+        assert (got - expected).abs().max() < TOL
+        tok = expected.argmax(-1)
+
+
+@torch.inference_mode()
+def test_graph_state_reuses_its_buffers_and_decodes_like_eager(model, monkeypatch):
+    """The CUDA-graph state (run here with the eager step function in place of the compiled one): buffers are
+    rounded to 256 slots, kept per shape and reused by the next call, and a reused state starts clean."""
+    monkeypatch.setattr(steps, "compiled_decode_one", lambda m: decode_one_static)
+    input_ids, attention_mask = padded_batch()
+
+    def run(state):
+        tok = steps.prefill(model, state, input_ids, attention_mask).argmax(-1)
+        out = []
+        for _ in range(4):
+            tok = steps.decode_one(model, state, tok).argmax(-1)
+            out.append(tok)
+        return torch.stack(out, 1)
+
+    first = steps._graph_state(model, 3, 20, torch.device("cpu"))
+    assert first.max_len == 64 and first.decode_fn is decode_one_static  # min(256, block_size 64)
+    got = run(first)
+    second = steps._graph_state(model, 3, 30, torch.device("cpu"))
+    assert second.cache is first.cache and not second.key_mask.any()
+    assert torch.equal(run(second), got)
+    assert torch.equal(run(steps.new_state(model, 3, 20)), got)
