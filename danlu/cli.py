@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "danlu.data.commands",  # world
     "danlu.tokenizers.commands",  # tokenizer train / encode / inspect
     "danlu.models.commands",  # seq2seq train/translate, bert train/embed
+    "danlu.models.vision_commands",  # vit, clip, diffusion
     "danlu.train.commands",  # pretrain
     "danlu.tune.commands",  # sft
     "danlu.align.commands",  # reward, ppo, dpo, grpo

@@ -155,10 +155,11 @@ STAGES: dict[str, Callable[[DemoContext], dict[str, Any]]] = {
     "samples": stage_samples,
     "seq2seq": _lazy("danlu.train.seq2seq", "stage_seq2seq"),
     "bert": _lazy("danlu.train.bert", "stage_bert"),
+    "vision": _lazy("danlu.train.vision", "stage_vision"),
 }
 DEFAULT_STAGES = ["world", "tokenizer", "pretrain", "samples"]
 # Named groups for --stages; "all" runs every stage.
-STAGE_GROUPS = {"default": DEFAULT_STAGES, "zoo": ["seq2seq", "bert"], "all": list(STAGES)}
+STAGE_GROUPS = {"default": DEFAULT_STAGES, "zoo": ["seq2seq", "bert"], "vision": ["vision"], "all": list(STAGES)}
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -227,7 +228,7 @@ def resolve_stages(spec: str | None) -> list[str]:
                 f"unknown demo stage {name!r}; stages: {', '.join(STAGES)}; groups: {', '.join(STAGE_GROUPS)}"
             )
     wanted.update(["world", "tokenizer"])
-    if wanted - {"world", "tokenizer", "seq2seq", "bert"}:
+    if wanted - {"world", "tokenizer", "seq2seq", "bert", "vision"}:
         wanted.add("pretrain")  # the GPT stages stand on the pretrained model
     return [name for name in STAGES if name in wanted]
 
