@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch import nn
 
 from danlu.errors import DanluError
 from danlu.generate.options import GenerationOptions
@@ -25,7 +26,9 @@ from danlu.generate.steps import model_device
 __all__ = ["GenerationOptions", "generate", "stream", "generate_ids", "encode_prompts", "stop_token_ids"]
 
 
-def encode_prompts(model, tokenizer, prompts: list[str], opts: GenerationOptions):
+def encode_prompts(
+    model: nn.Module, tokenizer: Any, prompts: list[str], opts: GenerationOptions
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids of the prompts, left-padded: input_ids and attention_mask (B, T) on the model's device."""
     ids = [tokenizer.encode(p) for p in prompts]
     if any(len(x) == 0 for x in ids):
@@ -51,7 +54,7 @@ def encode_prompts(model, tokenizer, prompts: list[str], opts: GenerationOptions
     return input_ids.to(device), attention_mask.to(device)
 
 
-def stop_token_ids(tokenizer, opts: GenerationOptions) -> list[int]:
+def stop_token_ids(tokenizer: Any, opts: GenerationOptions) -> list[int]:
     """The ids that end a row: the tokenizer's end-of-text (unless add_eos_stop=False) and stop_token_ids."""
     ids = list(opts.stop_token_ids)
     if opts.add_eos_stop and tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
@@ -59,7 +62,7 @@ def stop_token_ids(tokenizer, opts: GenerationOptions) -> list[int]:
     return ids
 
 
-def _check_models(model, draft_model, amateur_model, opts: GenerationOptions) -> None:
+def _check_models(model: nn.Module, draft_model, amateur_model, opts: GenerationOptions) -> None:
     if draft_model is not None and amateur_model is not None:
         raise DanluError("give either draft_model (speculative) or amateur_model (contrastive), not both")
     if opts.num_beams > 1 and (draft_model is not None or amateur_model is not None):
@@ -71,13 +74,13 @@ def _check_models(model, draft_model, amateur_model, opts: GenerationOptions) ->
 
 @torch.inference_mode()
 def generate_ids(
-    model,
+    model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     opts: GenerationOptions,
     stop_ids: list[int],
-    draft_model=None,
-    amateur_model=None,
+    draft_model: nn.Module | None = None,
+    amateur_model: nn.Module | None = None,
     compile: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), whatever the strategy (beam search and speculative decoding
@@ -106,7 +109,7 @@ class TextTracker:
     held back; once a stop string appears, the text is cut before it and nothing more is shown.
     """
 
-    def __init__(self, tokenizer, stop: list[str]) -> None:
+    def __init__(self, tokenizer: Any, stop: list[str]) -> None:
         self.tokenizer, self.stop = tokenizer, stop
         self.ids: list[int] = []
         self.prefix = self.read = 0  # ids[prefix:read] is decoded context, ids[read:] not yet turned to text
@@ -158,7 +161,7 @@ class TextTracker:
         return self._release(len(self.text), hold=False)
 
 
-def _start(model, tokenizer, prompts: list[str], options: dict[str, Any]):
+def _start(model: nn.Module, tokenizer, prompts: list[str], options: dict[str, Any]):
     draft_model = options.pop("draft_model", None)
     amateur_model = options.pop("amateur_model", None)
     compile = bool(options.pop("compile", False))
@@ -172,7 +175,7 @@ def _start(model, tokenizer, prompts: list[str], options: dict[str, Any]):
     return opts, stop_ids, tokens
 
 
-def generate(model, tokenizer, prompt: str | list[str], **options: Any) -> str | list[str]:
+def generate(model: nn.Module, tokenizer: Any, prompt: str | list[str], **options: Any) -> str | list[str]:
     """The continuation of each prompt (without the prompt). A string in, a string out; a list in, a list out.
 
     Options: the `GenerationOptions` fields (max_new_tokens, temperature, top_k, top_p, min_p,
@@ -204,7 +207,7 @@ def generate(model, tokenizer, prompt: str | list[str], **options: Any) -> str |
     return texts[0] if isinstance(prompt, str) else texts
 
 
-def stream(model, tokenizer, prompt: str, **options: Any) -> Iterator[str]:
+def stream(model: nn.Module, tokenizer: Any, prompt: str, **options: Any) -> Iterator[str]:
     """Yield the continuation of one prompt piece by piece, as soon as each piece is printable.
 
     Takes the same options as `generate`. Pieces never split a UTF-8 character or show part of a stop string.

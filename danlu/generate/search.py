@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from danlu.errors import DanluError
 from danlu.generate.options import GenerationOptions
@@ -61,12 +62,12 @@ def contrastive_scores(expert: torch.Tensor, amateur: torch.Tensor, alpha: float
 
 # ---- greedy / sampling / contrastive: one token at a time ----------------------------------------------------
 def decode_n(
-    model,
+    model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     opts: GenerationOptions,
     stop_ids: list[int],
-    amateur=None,
+    amateur: nn.Module | None = None,
     compile: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), until every row produced a stop id or N tokens exist.
@@ -76,15 +77,15 @@ def decode_n(
     """
     B, T = input_ids.shape
     N = opts.max_new_tokens
+    if amateur is not None and amateur.config.vocab_size != model.config.vocab_size:
+        raise DanluError(
+            f"the amateur model's vocabulary ({amateur.config.vocab_size}) differs from the model's "
+            f"({model.config.vocab_size}); contrastive decoding needs both to share one tokenizer"
+        )
     state = new_state(model, B, T + N, compile=compile)
     logits = prefill(model, state, input_ids, attention_mask)
     history = TokenHistory.start(input_ids, attention_mask, logits.shape[-1], opts)
     if amateur is not None:
-        if amateur.config.vocab_size != model.config.vocab_size:
-            raise DanluError(
-                f"the amateur model's vocabulary ({amateur.config.vocab_size}) differs from the model's "
-                f"({model.config.vocab_size}); contrastive decoding needs both to share one tokenizer"
-            )
         amateur_state = new_state(amateur, B, T + N)
         amateur_logits = prefill(amateur, amateur_state, input_ids, attention_mask)
     generators = make_generators(B, opts.seed, input_ids.device) if opts.do_sample else []
@@ -117,7 +118,7 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def beam_search(
-    model,
+    model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     opts: GenerationOptions,
@@ -212,7 +213,9 @@ class SpeculativeStats:
         return self.accepted / self.proposed if self.proposed else 0.0
 
 
-def _check_speculative(target, draft, input_ids: torch.Tensor, opts: GenerationOptions) -> None:
+def _check_speculative(
+    target: nn.Module, draft: nn.Module, input_ids: torch.Tensor, opts: GenerationOptions
+) -> None:
     if input_ids.shape[0] != 1:
         raise DanluError("speculative decoding runs one prompt at a time; pass a single prompt")
     if draft.config.vocab_size != target.config.vocab_size:
@@ -261,8 +264,8 @@ def speculative_accept(
 
 @torch.inference_mode()
 def speculative_decode(
-    target,
-    draft,
+    target: nn.Module,
+    draft: nn.Module,
     input_ids: torch.Tensor,
     opts: GenerationOptions,
     stop_ids: list[int],

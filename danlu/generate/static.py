@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from danlu.nn.layers import RMSNorm
 from danlu.nn.position import apply_rope
@@ -58,13 +59,13 @@ class StaticKVCache:
             buf.copy_(buf.index_select(0, index))
 
 
-def new_static_cache(model, B: int, max_len: int) -> StaticKVCache:
+def new_static_cache(model: nn.Module, B: int, max_len: int) -> StaticKVCache:
     cfg, p = model.config, model.wte.weight
     return StaticKVCache(cfg.n_layer, B, cfg.n_kv_head, max_len, cfg.head_size, p.device, p.dtype)
 
 
 def gpt_forward(
-    model,
+    model: nn.Module,
     input_ids: torch.Tensor,
     position_ids: torch.Tensor,
     cache: StaticKVCache,
@@ -120,7 +121,7 @@ def _norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def decode_one_static(
-    model,
+    model: nn.Module,
     cache: StaticKVCache,
     key_mask: torch.Tensor,
     tok: torch.Tensor,
@@ -140,7 +141,7 @@ def decode_one_static(
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def compiled_decode_one(model) -> Callable[..., torch.Tensor]:
+def compiled_decode_one(model: nn.Module) -> Callable[..., torch.Tensor]:
     """`decode_one_static` compiled for `model` (CUDA graphs), built once per model and reused.
 
     One graph per (B, L) shape: callers round L up (see `steps.new_state`) so prompts of similar lengths share.

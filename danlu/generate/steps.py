@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from danlu.errors import DanluError
 from danlu.generate.static import compiled_decode_one, gpt_forward, new_static_cache
@@ -43,17 +44,17 @@ class DecodeState:
         return self.key_mask.shape[1]
 
 
-def _is_danlu_gpt(model) -> bool:
+def _is_danlu_gpt(model: nn.Module) -> bool:
     from danlu.models.gpt import GPT
 
     return isinstance(model, GPT)
 
 
-def model_device(model) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def new_state(model, B: int, max_len: int, compile: bool = False) -> DecodeState:
+def new_state(model: nn.Module, B: int, max_len: int, compile: bool = False) -> DecodeState:
     """An empty decoding state for B rows and up to max_len tokens (prompt + new) per row.
 
     compile=True on CUDA captures decode steps in a CUDA graph; L is then rounded up to a multiple of 256 (within
@@ -73,7 +74,7 @@ def new_state(model, B: int, max_len: int, compile: bool = False) -> DecodeState
 _GRAPH_BUFFERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _graph_state(model, B: int, max_len: int, device: torch.device) -> DecodeState:
+def _graph_state(model: nn.Module, B: int, max_len: int, device: torch.device) -> DecodeState:
     max_len = min(-(-max_len // 256) * 256, model.config.block_size)
     buffers = _GRAPH_BUFFERS.setdefault(model, {})
     if (B, max_len) not in buffers:
@@ -98,7 +99,7 @@ def _check_room(state: DecodeState, T: int) -> None:
 
 
 def forward_tokens(
-    model, state: DecodeState, input_ids: torch.Tensor, last_only: bool = False
+    model: nn.Module, state: DecodeState, input_ids: torch.Tensor, last_only: bool = False
 ) -> torch.Tensor:
     """Feed input_ids (B, T) after what the state holds (every token real); return logits (B, T or 1, V)."""
     B, T = input_ids.shape
@@ -138,7 +139,9 @@ def _mask(state: DecodeState, start: int, T: int) -> torch.Tensor | None:
     return (causal & keys) | (k == q)[None, None]
 
 
-def prefill(model, state: DecodeState, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def prefill(
+    model: nn.Module, state: DecodeState, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """Run the (left-padded) prompts input_ids (B, T) with attention_mask (B, T) of 1/0 -> next logits (B, V)."""
     B, T = input_ids.shape
     if state.length:
@@ -164,7 +167,7 @@ def prefill(model, state: DecodeState, input_ids: torch.Tensor, attention_mask: 
     return logits[:, -1].float()
 
 
-def decode_one(model, state: DecodeState, tok: torch.Tensor) -> torch.Tensor:
+def decode_one(model: nn.Module, state: DecodeState, tok: torch.Tensor) -> torch.Tensor:
     """Feed one token per row, tok (B,), and return the next logits (B, V) in fp32."""
     if state.decode_fn is None:
         return forward_tokens(model, state, tok[:, None])[:, -1].float()

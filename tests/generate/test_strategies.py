@@ -132,3 +132,16 @@ class _IdTokenizer:
 
     def decode(self, ids, skip_special_tokens=False):
         return "".join(f" {i}" for i in ids)
+
+
+def test_extra_models_are_checked(target):
+    tok = _IdTokenizer()
+    other = GPT(GPTConfig.from_name("llama-tiny", vocab_size=V + 1, n_layer=1, n_embd=32, block_size=96))
+    with pytest.raises(DanluError, match="amateur model's vocabulary \\(62\\) differs"):
+        danlu.generate(target, tok, "5 9", amateur_model=other)
+    with pytest.raises(DanluError, match="draft model's vocabulary \\(62\\) differs"):
+        danlu.generate(target, tok, "5 9", draft_model=other)
+    with pytest.raises(DanluError, match="not both"):
+        danlu.generate(target, tok, "5 9", draft_model=target, amateur_model=target)
+    with pytest.raises(DanluError, match="num_beams=2 cannot be combined"):
+        danlu.generate(target, tok, "5 9", num_beams=2, draft_model=target)
