@@ -265,7 +265,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--preset", default="llama-tiny")
     p.add_argument("--vocab-size", type=int, default=2048)
-    p.add_argument("--steps", type=int, default=1000, help="pretraining steps")
+    p.add_argument("--steps", type=int, default=600, help="pretraining steps")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
