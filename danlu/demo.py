@@ -156,10 +156,21 @@ STAGES: dict[str, Callable[[DemoContext], dict[str, Any]]] = {
     "seq2seq": _lazy("danlu.train.seq2seq", "stage_seq2seq"),
     "bert": _lazy("danlu.train.bert", "stage_bert"),
     "vision": _lazy("danlu.train.vision", "stage_vision"),
+    "sft": _lazy("danlu.align.demo_stages", "stage_sft"),
+    "reward": _lazy("danlu.align.demo_stages", "stage_reward"),
+    "dpo": _lazy("danlu.align.demo_stages", "stage_dpo"),
+    "ppo": _lazy("danlu.align.demo_stages", "stage_ppo"),
+    "grpo": _lazy("danlu.align.demo_stages", "stage_grpo"),
 }
 DEFAULT_STAGES = ["world", "tokenizer", "pretrain", "samples"]
 # Named groups for --stages; "all" runs every stage.
-STAGE_GROUPS = {"default": DEFAULT_STAGES, "zoo": ["seq2seq", "bert"], "vision": ["vision"], "all": list(STAGES)}
+STAGE_GROUPS = {
+    "default": DEFAULT_STAGES,
+    "zoo": ["seq2seq", "bert"],
+    "vision": ["vision"],
+    "align": ["samples", "sft", "reward", "dpo"],
+    "all": list(STAGES),
+}
 
 
 # ------------------------------------------------------------------------------------------- helpers

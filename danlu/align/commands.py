@@ -1,0 +1,236 @@
+"""`danlu reward`, `danlu dpo`, `danlu ppo`, `danlu grpo`: the alignment stages from the command line.
+
+danlu reward --model runs/sft/checkpoint --data runs/demo/world --out runs/rm
+danlu dpo    --model runs/sft/checkpoint --data runs/demo/world --out runs/dpo
+danlu ppo    --model runs/sft/checkpoint --reward-model runs/rm/checkpoint --data runs/demo/world --out runs/ppo
+danlu grpo   --model runs/sft/checkpoint --data runs/demo/world --out runs/grpo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+
+def add_dataclass_args(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
+    """Every field of a config dataclass as a --flag with its default."""
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not MISSING else None
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            p.add_argument(flag, type=type(default), default=default, help=f"default {default}")
+
+
+def config_from_args(cls, args: argparse.Namespace):
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def _load_policy(path: str):
+    import danlu
+    from danlu.errors import DanluError
+
+    model, tokenizer = danlu.load(path)
+    if tokenizer is None:
+        raise DanluError(f"{path} has no tokenizer.json; alignment needs the model's tokenizer beside it")
+    return model.train(), tokenizer
+
+
+def _comparisons(paths: list[str], world_file: str) -> list[dict]:
+    """Preference pairs or rankings (each line validated as the kind it looks like)."""
+    from danlu.data.formats import read_jsonl, validate_record
+    from danlu.errors import DanluError
+
+    out: list[dict] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            if not (p / world_file).is_file():
+                raise DanluError(f"{p} is a folder without {world_file}; pass a world folder or JSONL files")
+            p = p / world_file
+        for i, r in enumerate(read_jsonl(p)):
+            out.append(
+                validate_record("ranking" if "responses" in r else "preference", r, f"{p} line {i + 1}")
+            )
+    return out
+
+
+def _prompts(paths: list[str], world_file: str) -> list[str]:
+    """Prompts from preference records ("prompt") or SFT records (instruction + input)."""
+    from danlu.data.formats import read_jsonl
+    from danlu.errors import DanluError
+
+    out = []
+    for p in map(Path, paths):
+        p = p / world_file if p.is_dir() else p
+        for i, r in enumerate(read_jsonl(p)):
+            if isinstance(r.get("prompt"), str) and r["prompt"].strip():
+                out.append(r["prompt"])
+            elif isinstance(r.get("instruction"), str):
+                out.append(r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else ""))
+            else:
+                raise DanluError(
+                    f"{p} line {i + 1}: needs a 'prompt' (or an 'instruction') to ask the policy"
+                )
+    return out
+
+
+def register(sub) -> None:
+    from danlu.align.configs import GRPOConfig, PPOConfig
+    from danlu.train.commands import add_train_args
+    from danlu.tune.commands import add_lora_args
+
+    r = sub.add_parser("reward", help="train a reward model on preference pairs / rankings")
+    r.add_argument("--model", required=True, help="decoder to start from (usually the SFT model)")
+    r.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="world folder (preference_train.jsonl) or JSONL files (pairs or rankings)",
+    )
+    r.add_argument(
+        "--eval-data", nargs="+", default=None, help="held-out comparisons (world: preference_test)"
+    )
+    r.add_argument("--out", required=True)
+    r.add_argument("--quiet", action="store_true")
+    r.add_argument(
+        "--no-likelihood-feature",
+        action="store_true",
+        help="the plain InstructGPT head only (see danlu.align.reward)",
+    )
+    add_train_args(r, max_steps=100, batch_size=32, block_size=96, lr=3e-5, warmup_steps=10, eval_interval=50,
+                   eval_batches=4, weight_decay=0.0)  # fmt: skip
+    r.set_defaults(func=run_reward)
+
+    d = sub.add_parser("dpo", help="direct preference optimisation on preference pairs")
+    d.add_argument("--model", required=True, help="the SFT model (also the frozen reference)")
+    d.add_argument(
+        "--data", required=True, nargs="+", help="world folder (preference_train.jsonl) or JSONL files"
+    )
+    d.add_argument(
+        "--eval-data", nargs="+", default=None, help="held-out pairs (world: preference_test.jsonl)"
+    )
+    d.add_argument("--out", required=True)
+    d.add_argument("--beta", type=float, default=0.1, help="DPO β: strength of the implicit KL constraint")
+    d.add_argument("--sft-weight", type=float, default=0.0, help="weight of an NLL term on chosen answers")
+    d.add_argument("--quiet", action="store_true")
+    add_lora_args(d)
+    add_train_args(d, max_steps=60, batch_size=16, block_size=96, lr=5e-5, warmup_steps=6, eval_interval=20,
+                   eval_batches=4, weight_decay=0.0, decay="constant")  # fmt: skip
+    d.set_defaults(func=run_dpo)
+
+    p = sub.add_parser("ppo", help="RLHF-PPO: actor/critic against a reward model, KL to the reference")
+    p.add_argument("--model", required=True, help="the SFT model: actor and frozen reference")
+    p.add_argument("--reward-model", required=True, help="a `danlu reward` checkpoint: reward and critic")
+    p.add_argument(
+        "--data", required=True, nargs="+", help="world folder (preference_train prompts) or JSONL"
+    )
+    p.add_argument("--eval-data", nargs="+", default=None, help="held-out prompts (world: preference_test)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true")
+    add_lora_args(p)
+    add_dataclass_args(p, PPOConfig)
+    p.set_defaults(func=run_ppo)
+
+    g = sub.add_parser("grpo", help="GRPO with the world's verifiable reward (arithmetic, facts)")
+    g.add_argument("--model", required=True, help="the SFT model: policy and frozen reference")
+    g.add_argument(
+        "--data", required=True, nargs="+", help="world folder (sft_train.jsonl) or SFT JSONL with 'answer'"
+    )
+    g.add_argument("--eval-data", nargs="+", default=None, help="held-out records (world: sft_test.jsonl)")
+    g.add_argument("--kinds", default="arith", help="record kinds to train and evaluate on (default arith)")
+    g.add_argument("--out", required=True)
+    g.add_argument("--quiet", action="store_true")
+    add_dataclass_args(g, GRPOConfig)
+    g.set_defaults(func=run_grpo)
+
+
+def run_reward(args: argparse.Namespace) -> int:
+    from danlu.align.reward import pairwise_accuracy, train_reward_model
+    from danlu.train.commands import train_config_from_args
+
+    model, tokenizer = _load_policy(args.model)
+    train_records = _comparisons(args.data, "preference_train.jsonl")
+    eval_paths = args.eval_data or [d for d in args.data if (Path(d) / "preference_test.jsonl").is_file()]
+    eval_records = _comparisons(eval_paths, "preference_test.jsonl") if eval_paths else None
+    rm, summary = train_reward_model(model, tokenizer, train_records, args.out, train_config_from_args(args),
+                                     eval_records=eval_records, likelihood_feature=not args.no_likelihood_feature)  # fmt: skip
+    if eval_records:
+        summary["heldout"] = pairwise_accuracy(rm, tokenizer, eval_records)
+    print(json.dumps(summary, indent=2))
+    print(f"reward model: {Path(args.out) / 'checkpoint'}")
+    return 0
+
+
+def run_dpo(args: argparse.Namespace) -> int:
+    from danlu.align.dpo import dpo
+    from danlu.train.commands import train_config_from_args
+    from danlu.tune.commands import lora_from_args
+
+    model, tokenizer = _load_policy(args.model)
+    train_records = _comparisons(args.data, "preference_train.jsonl")
+    eval_paths = args.eval_data or [d for d in args.data if (Path(d) / "preference_test.jsonl").is_file()]
+    eval_records = _comparisons(eval_paths, "preference_test.jsonl") if eval_paths else None
+    _, summary = dpo(model, tokenizer, train_records, args.out, train_config_from_args(args), beta=args.beta,
+                     eval_records=eval_records, lora=lora_from_args(args), sft_weight=args.sft_weight)  # fmt: skip
+    print(json.dumps(summary, indent=2))
+    print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
+    return 0
+
+
+def run_ppo(args: argparse.Namespace) -> int:
+    from danlu.align.configs import PPOConfig
+    from danlu.align.ppo import ppo
+    from danlu.align.reward import RewardModel
+    from danlu.models.checkpoints import save_model
+    from danlu.tune.commands import lora_from_args
+    from danlu.tune.sft import prompt_text
+
+    actor, tokenizer = _load_policy(args.model)
+    reward_model = RewardModel.load(args.reward_model)
+    critic = RewardModel.load(args.reward_model)
+
+    def chat(prompts: list[str]) -> list[str]:
+        return [prompt_text({"instruction": q, "output": ""}, tokenizer) for q in prompts]
+
+    train_prompts = chat(_prompts(args.data, "preference_train.jsonl"))
+    eval_paths = args.eval_data or [d for d in args.data if (Path(d) / "preference_test.jsonl").is_file()]
+    eval_prompts = chat(_prompts(eval_paths, "preference_test.jsonl")) if eval_paths else None
+    summary = ppo(actor, critic, reward_model, tokenizer, train_prompts, args.out, config_from_args(PPOConfig, args),
+                  eval_prompts=eval_prompts, lora=lora_from_args(args), show_progress=not args.quiet)  # fmt: skip
+    save_model(actor, Path(args.out) / "checkpoint", tokenizer=tokenizer)
+    print(json.dumps(summary, indent=2))
+    print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
+    return 0
+
+
+def run_grpo(args: argparse.Namespace) -> int:
+    from danlu.align.configs import GRPOConfig
+    from danlu.align.grpo import grpo
+    from danlu.models.checkpoints import save_model
+    from danlu.tune.commands import read_records
+
+    policy, tokenizer = _load_policy(args.model)
+    kinds = {k.strip() for k in args.kinds.split(",") if k.strip()}
+    train_records = [
+        r
+        for r in read_records(args.data, "sft", "sft_train.jsonl")
+        if r.get("kind", "") in kinds or not kinds
+    ]
+    eval_paths = args.eval_data or [d for d in args.data if (Path(d) / "sft_test.jsonl").is_file()]
+    eval_records = None
+    if eval_paths:
+        eval_records = [
+            r for r in read_records(eval_paths, "sft", "sft_test.jsonl") if r.get("kind", "") in kinds
+        ]
+    summary = grpo(policy, tokenizer, train_records, args.out, config_from_args(GRPOConfig, args),
+                   eval_records=eval_records, show_progress=not args.quiet)  # fmt: skip
+    save_model(policy, Path(args.out) / "checkpoint", tokenizer=tokenizer)
+    print(json.dumps(summary, indent=2))
+    print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
+    return 0

@@ -1,0 +1,214 @@
+"""DPO: learn straight from preference pairs, no reward model and no sampling (Rafailov et al. 2023; notes 000
+§DPO: "use the human preference pairs directly to train the model").
+
+The KL-constrained RLHF objective max E[r(x, y)] − β KL(π ‖ π_ref) has the closed-form optimum
+π*(y|x) ∝ π_ref(y|x) exp(r(x, y)/β), so r(x, y) = β log π(y|x)/π_ref(y|x) + const: the policy *is* a reward
+model ("implicit reward"), and the pairwise reward loss of InstructGPT becomes a loss on π itself:
+
+    loss = −log σ( β [ (log π(y_c|x) − log π_ref(y_c|x)) − (log π(y_r|x) − log π_ref(y_r|x)) ] )
+
+log π(y|x) is the sum of the response tokens' log-probs (prompt masked as in SFT). π_ref is the SFT model and
+never changes, so its log-probs are computed once, before training, and travel with the batches.
+Logged: the implicit rewards β(log π − log π_ref) of chosen and rejected answers, their margin, and the
+preference accuracy (the share of pairs whose chosen answer gets the higher implicit reward).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from danlu.errors import DanluError
+from danlu.tune.sft import IGNORE, SFTExample, collate, encode_messages, epoch_batch_indices, split_validation
+
+
+def dpo_loss(
+    policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float = 0.1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(mean loss, chosen implicit rewards (N,), rejected implicit rewards (N,)) from summed log-probs (N,)."""
+    chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)
+    rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    return loss, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+def check_preference_records(records: list[dict], where: str = "preference data") -> None:
+    """Each record needs a prompt and two different, non-empty responses; DanluError names the record."""
+    from danlu.data.formats import validate_record
+
+    if not records:
+        raise DanluError(f"{where}: no preference records")
+    for i, r in enumerate(records):
+        validate_record("preference", r, f"{where} record {i + 1}")
+
+
+def response_log_probs(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Σ_t log π(x_t | x_<t) over the labelled (response) tokens of each row: (B, T) -> (B,)."""
+    logits = model(input_ids).logits  # (B, T, V)
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    targets = labels[:, 1:]
+    mask = targets != IGNORE
+    picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # (B, T-1)
+    return (picked * mask).sum(-1)
+
+
+def encode_pairs(records: list[dict], tokenizer: Any, max_len: int) -> list[tuple[SFTExample, SFTExample]]:
+    """(chosen, rejected) SFT-style examples: the chat-formatted prompt masked, the answer labelled."""
+
+    def one(prompt: str, response: str) -> SFTExample:
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        return encode_messages(messages, tokenizer, max_len)
+
+    return [(one(r["prompt"], r["chosen"]), one(r["prompt"], r["rejected"])) for r in records]
+
+
+def pair_batch(pairs: list[tuple[SFTExample, SFTExample]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Chosen rows first, then rejected rows, in one right-padded batch of 2N."""
+    return collate([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
+
+
+@torch.no_grad()
+def reference_log_probs(model: nn.Module, pairs: list[tuple[SFTExample, SFTExample]], pad_id: int,
+                        batch_size: int = 32) -> torch.Tensor:  # fmt: skip
+    """log π_ref(y_c|x), log π_ref(y_r|x) for every pair, (N, 2), computed once."""
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        b = pair_batch(chunk, pad_id)
+        lp = response_log_probs(model, b["input_ids"].to(device), b["labels"].to(device)).cpu()
+        out.append(torch.stack([lp[: len(chunk)], lp[len(chunk) :]], dim=1))
+    model.train(was)
+    return torch.cat(out)
+
+
+@dataclass
+class DPOOutput:
+    loss: torch.Tensor
+    chosen_rewards: torch.Tensor
+    rejected_rewards: torch.Tensor
+
+
+class DPOModel(nn.Module):
+    """Wraps the policy so the training loop's `module(**batch).loss` is the DPO loss."""
+
+    def __init__(self, policy: nn.Module, beta: float = 0.1, sft_weight: float = 0.0) -> None:
+        super().__init__()
+        self.policy = policy
+        self.beta = beta
+        self.sft_weight = sft_weight
+        self.config = getattr(policy, "config", None)
+
+    def forward(self, input_ids, labels, ref_logps) -> DPOOutput:
+        """input_ids, labels (2N, T): chosen rows then rejected rows; ref_logps (N, 2)."""
+        logits = self.policy(input_ids).logits
+        logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
+        targets = labels[:, 1:]
+        mask = targets != IGNORE
+        picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1) * mask  # (2N, T-1)
+        seq = picked.sum(-1)  # (2N,)
+        N = ref_logps.shape[0]
+        loss, cr, rr = dpo_loss(seq[:N], seq[N:], ref_logps[:, 0], ref_logps[:, 1], self.beta)
+        if (
+            self.sft_weight > 0
+        ):  # optional NLL on the chosen answers keeps their likelihood up (Pang et al. 2024)
+            loss = loss - self.sft_weight * picked[:N].sum() / mask[:N].sum().clamp(min=1)
+        return DPOOutput(loss=loss, chosen_rewards=cr, rejected_rewards=rr)
+
+
+@torch.no_grad()
+def preference_metrics(policy: nn.Module, pairs: list[tuple[SFTExample, SFTExample]], ref_logps: torch.Tensor,
+                       pad_id: int, beta: float) -> dict[str, float]:  # fmt: skip
+    """Held-out implicit-reward accuracy and margins of `policy` against fixed reference log-probs."""
+    from danlu.eval.text import preference_accuracy
+
+    pol = reference_log_probs(policy, pairs, pad_id)  # same computation, for the current policy
+    chosen = beta * (pol[:, 0] - ref_logps[:, 0])
+    rejected = beta * (pol[:, 1] - ref_logps[:, 1])
+    return {
+        "preference_accuracy": preference_accuracy(chosen.tolist(), rejected.tolist()),
+        "likelihood_accuracy": preference_accuracy(pol[:, 0].tolist(), pol[:, 1].tolist()),
+        "chosen_reward": chosen.mean().item(),
+        "rejected_reward": rejected.mean().item(),
+        "reward_margin": (chosen - rejected).mean().item(),
+    }
+
+
+def dpo(
+    policy: nn.Module, tokenizer: Any, train_records: list[dict], out_dir: str | Path, train_config: Any = None,
+    beta: float = 0.1, eval_records: list[dict] | None = None, lora: Any = None, sft_weight: float = 0.0,
+    val_records: list[dict] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
+    """Align `policy` (in place) on preference pairs with DPO; the reference is the policy as given.
+
+    Returns (policy, summary); the summary has held-out preference metrics before and after when
+    eval_records are given. The model is saved to OUT/checkpoint (LoRA merged; adapters in OUT/adapter)."""
+    import copy
+
+    from danlu.models.checkpoints import save_model
+    from danlu.train.loop import TrainConfig, train
+
+    cfg = train_config or TrainConfig()
+    check_preference_records(train_records, "DPO training data")
+    if eval_records:
+        check_preference_records(eval_records, "DPO evaluation data")
+    if not beta > 0:
+        raise DanluError(f"DPO beta must be > 0, got {beta}")
+    if val_records is None:
+        train_records, val_records = split_validation(train_records, seed=cfg.seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    train_pairs = encode_pairs(train_records, tokenizer, cfg.block_size)
+    val_pairs = encode_pairs(val_records, tokenizer, cfg.block_size)
+    eval_pairs = encode_pairs(eval_records, tokenizer, cfg.block_size) if eval_records else []
+    # π_ref = the policy before any update: its log-probs, once, for every pair we will ever score.
+    train_ref = reference_log_probs(policy, train_pairs, pad)
+    val_ref = reference_log_probs(policy, val_pairs, pad)
+    eval_ref = reference_log_probs(policy, eval_pairs, pad) if eval_pairs else None
+    before = preference_metrics(policy, eval_pairs, eval_ref, pad, beta) if eval_pairs else {}
+    B = cfg.batch_size
+
+    def batch_fn(split: str, step: int, micro: int) -> dict[str, torch.Tensor]:
+        if split == "train":
+            idx = epoch_batch_indices(len(train_pairs), B, cfg.seed, step, micro, cfg.grad_accum)
+            pairs, ref = [train_pairs[i] for i in idx], train_ref[idx]
+        else:
+            idx = [((step * B) + j) % len(val_pairs) for j in range(min(B, len(val_pairs)))]
+            pairs, ref = [val_pairs[i] for i in idx], val_ref[idx]
+        return pair_batch(pairs, pad) | {"ref_logps": ref}
+
+    if lora is not None:
+        from danlu.tune.lora import apply_lora
+
+        apply_lora(policy, lora)
+    wrapped = DPOModel(policy, beta, sft_weight)
+
+    def eval_fn(module: nn.Module) -> dict[str, float]:
+        return preference_metrics(policy, eval_pairs, eval_ref, pad, beta) if eval_pairs else {}
+
+    def save_fn(m: nn.Module, d: Path) -> None:
+        if lora is not None:
+            from danlu.tune.lora import merge_and_unload
+
+            save_model(merge_and_unload(copy.deepcopy(policy)), d, tokenizer=tokenizer)
+        else:
+            save_model(policy, d, tokenizer=tokenizer)
+
+    summary = train(wrapped, batch_fn, cfg, out_dir, save_fn=save_fn, eval_fn=eval_fn)
+    if lora is not None:
+        from danlu.tune.lora import merge_and_unload, save_adapter
+
+        save_adapter(policy, Path(out_dir) / "adapter", lora)
+        merge_and_unload(policy)
+    policy.eval()
+    if eval_pairs:
+        summary["before"] = before
+        summary["after"] = preference_metrics(policy, eval_pairs, eval_ref, pad, beta)
+    return policy, summary

@@ -1,0 +1,255 @@
+"""RLHF-PPO: InstructGPT's step 3, with the notes' four models (notes 000 §RLHF).
+
+    Actor      π_θ   the model being trained, initialised from the SFT model
+    Critic     V_φ   predicts the return at every token, initialised from the reward model
+    Reward     r     scores a whole answer (frozen)
+    Reference  π_ref the SFT model (frozen): keeps the Actor from drifting ("训歪")
+
+One step (the notes' four steps): (1) take a batch of prompts; (2) the Actor samples answers; (3) Critic, Reward
+and Reference score prompt + answer: these are the *experiences* — old log_probs, ref_log_probs, values V_t,
+per-token rewards R_t = −β(log π − log π_ref) (+ r(x, y) on the last token), advantages by the recursion
+Adv_t = R_t + γV_{t+1} − V_t + γλAdv_{t+1}, returns = Adv + V (danlu.align.advantages); (4) a few epochs of
+minibatch updates of Actor and Critic on those experiences:
+
+    ratio_t     = exp(log π_θ(a_t|s_t) − log π_old(a_t|s_t))
+    actor_loss  = mean_t max(−Adv_t · ratio_t, −Adv_t · clip(ratio_t, 1 − ε, 1 + ε))   (Schulman et al. 2017)
+    critic_loss = ½ mean_t max((V_t − G_t)², (clip(V_t, V_old ± ε_v) − G_t)²)       G_t: returns
+
+The notes' actor_loss = −Adv_t log P(A_t|S_t) is this loss's gradient at ratio = 1; the clip stops a step from
+moving the policy far from the one that collected the data. β adapts to hold the KL near a target
+(Ziegler et al. 2019): β ← β·(1 + clip(KL/target − 1, ±0.2)·n/horizon).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from danlu.align.advantages import gae, kl_penalized_rewards, whiten
+from danlu.align.configs import PPOConfig
+from danlu.align.online import MetricsLog, adamw, plot_curves, resolve_device, step_indices
+from danlu.align.reward import RewardModel
+from danlu.align.rollout import Rollout, masked_mean, sample, sequence_log_probs
+from danlu.errors import DanluError
+
+
+class AdaptiveKLController:
+    """β that grows when the policy drifts past the target KL and shrinks below it (Ziegler et al. 2019)."""
+
+    def __init__(self, init: float, target: float | None, horizon: int) -> None:
+        self.value, self.target, self.horizon = init, target, horizon
+
+    def update(self, kl: float, n: int) -> None:
+        if self.target is None:
+            return
+        error = max(-0.2, min(0.2, kl / self.target - 1))
+        self.value *= 1 + error * n / self.horizon
+
+
+def actor_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
+               mask: torch.Tensor, clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Clipped surrogate (loss, fraction of clipped tokens); every tensor (B, T) over the action grid."""
+    ratio = torch.exp(log_probs - old_log_probs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clipfrac = masked_mean((clipped > unclipped).float(), mask)
+    return loss, clipfrac.detach()
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               clip_range_value: float) -> torch.Tensor:  # fmt: skip
+    """Clipped value loss ½·max((V − G)², (V_old + clip(V − V_old, ±ε_v) − G)²), masked mean."""
+    clipped = old_values + (values - old_values).clamp(-clip_range_value, clip_range_value)
+    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+@dataclass
+class Experience:
+    rollout: Rollout
+    old_log_probs: torch.Tensor  # (B, T-1)
+    ref_log_probs: torch.Tensor
+    old_values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    scores: torch.Tensor  # (B,)
+    kl: torch.Tensor  # (B, T-1)
+
+    def select(self, idx: torch.Tensor) -> Experience:
+        r = self.rollout
+        sub = Rollout(r.input_ids[idx], r.attention_mask[idx], r.response_mask[idx], r.prompt_len,
+                      [r.texts[i] for i in idx.tolist()])  # fmt: skip
+        return Experience(sub, *(getattr(self, f)[idx] for f in
+                                 ("old_log_probs", "ref_log_probs", "old_values", "advantages", "returns", "scores", "kl")))  # fmt: skip
+
+
+def critic_values(critic: RewardModel, rollout: Rollout) -> torch.Tensor:
+    """V(s_t) on the action grid (B, T − 1): the value read at column t scores the action at column t + 1."""
+    return critic.values(rollout.input_ids, rollout.attention_mask, rollout.position_ids)[:, :-1]
+
+
+@torch.no_grad()
+def make_experience(actor, critic, reward_model, ref, tokenizer, prompts: list[str], cfg: PPOConfig,
+                    beta: float, seed: int) -> Experience:  # fmt: skip
+    rollout = sample(
+        actor, tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, seed=seed
+    )  # on its device
+    mask = rollout.action_mask
+    old_log_probs = sequence_log_probs(actor, rollout)
+    ref_log_probs = sequence_log_probs(ref, rollout)
+    old_values = critic_values(critic, rollout) * mask
+    scores = reward_model(
+        rollout.input_ids, rollout.attention_mask, rollout.position_ids, rollout.response_mask
+    )  # (B,)
+    rewards, kl = kl_penalized_rewards(
+        old_log_probs, ref_log_probs, scores, mask, rollout.last_action(), beta
+    )
+    advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = whiten(advantages, mask)
+    return Experience(rollout, old_log_probs, ref_log_probs, old_values, advantages, returns, scores, kl)
+
+
+@torch.no_grad()
+def evaluate_policy(actor, ref, reward_model, tokenizer, prompts: list[str], max_new_tokens: int = 24,
+                    seed: int = 0, batch_size: int = 64) -> dict[str, float]:  # fmt: skip
+    """Mean reward-model score of greedy answers, and the mean per-token KL(π ‖ π_ref) estimated on answers
+    sampled at temperature 1 (log π − log π_ref on tokens drawn from π is an unbiased estimate)."""
+    scores, kls = [], []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        greedy = sample(actor, tokenizer, chunk, max_new_tokens, temperature=0.0)
+        scores += reward_model(
+            greedy.input_ids, greedy.attention_mask, greedy.position_ids, greedy.response_mask
+        ).tolist()
+        sampled = sample(actor, tokenizer, chunk, max_new_tokens, temperature=1.0, seed=seed + start)
+        kl = (sequence_log_probs(actor, sampled) - sequence_log_probs(ref, sampled)) * sampled.action_mask
+        kls += (kl.sum(1) / sampled.action_mask.sum(1).clamp(min=1)).tolist()
+    return {"score": sum(scores) / len(scores), "kl_per_token": sum(kls) / len(kls)}
+
+
+def ppo(
+    actor: nn.Module, critic: RewardModel, reward_model: RewardModel, tokenizer: Any, train_prompts: list[str],
+    out_dir: str | Path, cfg: PPOConfig | None = None, eval_prompts: list[str] | None = None,
+    ref: nn.Module | None = None, lora: Any = None, show_progress: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """Train `actor` (in place) against `reward_model` with PPO; write metrics.jsonl and the curves
+    ppo_curves.png (score and KL) to `out_dir`. `ref` defaults to a frozen copy of the actor as given.
+    lora: a LoRAConfig to train only low-rank adapters of the actor (merged back at the end)."""
+    cfg = cfg or PPOConfig()
+    if not train_prompts:
+        raise DanluError("PPO needs at least one training prompt")
+    device = resolve_device(cfg.device)
+    out_dir = Path(out_dir)
+    torch.manual_seed(cfg.seed)
+    ref = ref if ref is not None else copy.deepcopy(actor)
+    for m in (ref, reward_model):  # frozen: only ever run under torch.no_grad()
+        m.to(device).eval()
+    actor.to(device).train()
+    critic.to(device).train()
+    if lora is not None:
+        from danlu.tune.lora import apply_lora
+
+        apply_lora(actor, lora)
+    actor_opt = adamw(actor.parameters(), cfg.lr)
+    critic_opt = adamw(critic.parameters(), cfg.critic_lr)
+    kl_ctl = AdaptiveKLController(
+        cfg.init_kl_coef, cfg.target_kl if cfg.adaptive_kl else None, cfg.kl_horizon
+    )
+    log = MetricsLog(out_dir)
+    eval_prompts = eval_prompts or []
+    first_eval = None
+    if eval_prompts:
+        first_eval = log.log({"step": 0, **{f"eval_{k}": v for k, v in
+                                            evaluate_policy(actor, ref, reward_model, tokenizer, eval_prompts, cfg.max_new_tokens, cfg.seed).items()}})  # fmt: skip
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, desc="ppo", unit="step", dynamic_ncols=True)
+    last_eval = first_eval
+    for step in range(cfg.steps):
+        prompts = [train_prompts[i] for i in step_indices(len(train_prompts), cfg.batch_size, cfg.seed, step)]
+        exp = make_experience(
+            actor, critic, reward_model, ref, tokenizer, prompts, cfg, kl_ctl.value, cfg.seed * 7919 + step
+        )
+        mask_all = exp.rollout.action_mask
+        stats: dict[str, list[float]] = {"actor_loss": [], "critic_loss": [], "clipfrac": []}
+        g = torch.Generator().manual_seed(cfg.seed * 31 + step)
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(cfg.batch_size, generator=g)
+            for start in range(0, cfg.batch_size, cfg.minibatch_size):
+                mb = exp.select(order[start : start + cfg.minibatch_size].to(device))
+                mask = mb.rollout.action_mask
+                log_probs = sequence_log_probs(actor, mb.rollout)
+                a_loss, clipfrac = actor_loss(
+                    log_probs, mb.old_log_probs, mb.advantages, mask, cfg.clip_range
+                )
+                actor_opt.zero_grad(set_to_none=True)
+                a_loss.backward()
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in actor.parameters() if p.requires_grad], cfg.grad_clip
+                )
+                actor_opt.step()
+                values = critic_values(critic, mb.rollout)
+                c_loss = value_loss(values, mb.old_values, mb.returns, mask, cfg.clip_range_value)
+                critic_opt.zero_grad(set_to_none=True)
+                c_loss.backward()
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in critic.parameters() if p.requires_grad], cfg.grad_clip
+                )
+                critic_opt.step()
+                stats["actor_loss"].append(a_loss.item())
+                stats["critic_loss"].append(c_loss.item())
+                stats["clipfrac"].append(clipfrac.item())
+        kl_seq = exp.kl.sum(1).mean().item()
+        kl_token = masked_mean(exp.kl, mask_all).item()
+        record = {
+            "step": step + 1,
+            "score": exp.scores.mean().item(),
+            "kl_per_token": kl_token,
+            "kl_per_answer": kl_seq,
+            "beta": kl_ctl.value,
+            "answer_tokens": mask_all.sum(1).mean().item(),
+            **{k: sum(v) / len(v) for k, v in stats.items()},
+        }
+        kl_ctl.update(kl_token, cfg.batch_size)
+        if eval_prompts and ((step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.steps):
+            ev = evaluate_policy(
+                actor, ref, reward_model, tokenizer, eval_prompts, cfg.max_new_tokens, cfg.seed
+            )
+            record |= {f"eval_{k}": v for k, v in ev.items()}
+        last_eval = record if "eval_score" in record else last_eval
+        log.log(record)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(score=f"{record['score']:.3f}", kl=f"{kl_token:.3f}", beta=f"{kl_ctl.value:.3f}")
+    if bar is not None:
+        bar.close()
+    if lora is not None:
+        from danlu.tune.lora import merge_and_unload
+
+        merge_and_unload(actor)
+    actor.eval()
+    plot_curves(log, ["score", "kl_per_token", "eval_score", "eval_kl_per_token"], out_dir / "ppo_curves.png",
+                "RLHF-PPO: reward-model score and per-token KL to the reference",
+                hlines={"kl_per_token": cfg.kl_bound, "eval_kl_per_token": cfg.kl_bound})  # fmt: skip
+    summary: dict[str, Any] = {
+        "config": asdict(cfg),
+        "steps": cfg.steps,
+        "seconds": log.records[-1]["elapsed_s"],
+    }
+    if first_eval is not None and last_eval is not None:
+        summary |= {
+            "eval_score_before": first_eval["eval_score"],
+            "eval_score_after": last_eval["eval_score"],
+            "eval_kl_before": first_eval["eval_kl_per_token"],
+            "eval_kl_after": last_eval["eval_kl_per_token"],
+            "max_train_kl_per_token": max(r["kl_per_token"] for r in log.records if "kl_per_token" in r),
+        }
+    return summary

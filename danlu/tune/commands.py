@@ -1,0 +1,112 @@
+"""`danlu sft`: supervised fine-tuning from the command line (full, `--lora`, or `--ptuning N`).
+
+danlu sft --model runs/demo/pretrain/checkpoint --data runs/demo/world --out runs/sft
+danlu sft --model CKPT --data my_sft.jsonl --out runs/sft-lora --lora --lora-r 8 --lora-targets q,v
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def read_records(paths: list[str], kind: str, world_file: str) -> list[dict]:
+    """Records of `kind` from JSONL files, or from `world_file` inside a world folder (`danlu world`)."""
+    from danlu.data.formats import read_jsonl
+    from danlu.errors import DanluError
+
+    records: list[dict] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            if not (p / world_file).is_file():
+                raise DanluError(
+                    f"{p} is a folder without {world_file}; pass a world folder or {kind} JSONL files"
+                )
+            p = p / world_file
+        records += read_jsonl(p, kind)
+    return records
+
+
+def add_lora_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lora", action="store_true", help="train LoRA adapters only (saved in PEFT's layout)")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank r (default 8)")
+    p.add_argument(
+        "--lora-alpha", type=float, default=16.0, help="LoRA alpha; scaling = alpha / r (default 16)"
+    )
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument(
+        "--lora-targets", default="q,v", help="comma-separated layers (default q,v; see danlu.tune.lora)"
+    )
+
+
+def lora_from_args(args: argparse.Namespace):
+    if not args.lora:
+        return None
+    from danlu.tune.lora import LoRAConfig
+
+    return LoRAConfig(
+        r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, targets=args.lora_targets
+    )
+
+
+def register(sub) -> None:
+    from danlu.train.commands import add_train_args
+
+    p = sub.add_parser(
+        "sft", help="supervised fine-tuning on instruction / chat records (loss on replies only)"
+    )
+    p.add_argument("--model", required=True, help="checkpoint to start from (e.g. the pretrained model)")
+    p.add_argument(
+        "--data", required=True, nargs="+", help="a world folder (sft_train.jsonl) or SFT .jsonl files"
+    )
+    p.add_argument(
+        "--val-data", nargs="+", default=None, help="validation SFT files (default: 5%% of --data)"
+    )
+    p.add_argument(
+        "--out", required=True, help="output folder: metrics.jsonl, loss.png, checkpoint/, adapter/"
+    )
+    p.add_argument("--packing", action="store_true", help="pack several examples into each block")
+    p.add_argument("--ptuning", type=int, default=0, metavar="N", help="train N P-tuning virtual tokens only")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from OUT/checkpoint (full fine-tuning only)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_lora_args(p)
+    add_train_args(p, max_steps=300, batch_size=32, block_size=128, lr=5e-4, warmup_steps=15, eval_interval=75,
+                   eval_batches=4, weight_decay=0.0)  # fmt: skip
+    p.set_defaults(func=run_sft)
+
+
+def run_sft(args: argparse.Namespace) -> int:
+    import danlu
+    from danlu.errors import DanluError
+    from danlu.train.commands import train_config_from_args
+    from danlu.tune.sft import sft
+
+    model, tokenizer = danlu.load(args.model)
+    if tokenizer is None:
+        raise DanluError(f"{args.model} has no tokenizer.json; SFT needs the model's tokenizer beside it")
+    records = read_records(args.data, "sft", "sft_train.jsonl")
+    val = read_records(args.val_data, "sft", "sft_train.jsonl") if args.val_data else None
+    ptuning = None
+    if args.ptuning:
+        from danlu.tune.ptuning import PTuningConfig
+
+        ptuning = PTuningConfig(n_virtual=args.ptuning)
+    model.train()
+    result = sft(model, tokenizer, records, args.out, train_config_from_args(args), val_records=val,
+                 lora=lora_from_args(args), ptuning=ptuning, packing=args.packing, resume=args.resume)  # fmt: skip
+    test = [Path(d) / "sft_test.jsonl" for d in args.data if (Path(d) / "sft_test.jsonl").is_file()]
+    if test:
+        from danlu.data.formats import read_jsonl
+        from danlu.tune.evaluate import evaluate_sft
+
+        result.summary["heldout"] = evaluate_sft(result.model, tokenizer, read_jsonl(test[0], "sft"))[
+            "exact_match"
+        ]
+    print(json.dumps(result.summary, indent=2, default=str))
+    for name, path in [("checkpoint", result.checkpoint), *result.extras.items()]:
+        if path is not None:
+            print(f"{name}: {path}")
+    return 0

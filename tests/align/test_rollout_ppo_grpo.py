@@ -1,0 +1,155 @@
+"""Rollouts (masks, log-probs, padding), the PPO and GRPO losses, and short PPO / GRPO runs end to end."""
+
+import json
+
+import pytest
+import torch
+
+from danlu.align.configs import GRPOConfig, PPOConfig
+from danlu.align.grpo import grpo, grpo_loss
+from danlu.align.ppo import AdaptiveKLController, actor_loss, ppo, value_loss
+from danlu.align.reward import RewardModel
+from danlu.align.rollout import sample, sequence_log_probs, token_log_probs
+from danlu.errors import DanluError
+from danlu.models.checkpoints import save_model
+from danlu.tune.sft import prompt_text
+
+
+def _chat(tokenizer, questions):
+    return [prompt_text({"instruction": q, "output": ""}, tokenizer) for q in questions]
+
+
+def test_rollout_masks_and_log_probs_do_not_depend_on_padding(tokenizer, make_gpt):
+    model = make_gpt().eval()
+    prompts = _chat(tokenizer, ["What is 2 + 3?", "What pet does Voyu have? Answer in one word please."])
+    im_end = tokenizer.token_to_id("<|im_end|>")
+    r = sample(model, tokenizer, prompts, max_new_tokens=6, temperature=1.0, seed=0, stop_ids=[im_end, 0])
+    B, T = r.input_ids.shape
+    assert r.prompt_len == max(len(tokenizer.encode(p)) for p in prompts)
+    assert (r.response_mask[:, : r.prompt_len] == 0).all() and r.response_mask[:, r.prompt_len].all()
+    assert r.action_mask.shape == (B, T - 1)
+    with torch.no_grad():
+        batched = sequence_log_probs(model, r)
+        for i in range(B):  # each row alone, without padding, scores its tokens the same
+            keep = r.attention_mask[i].bool()
+            ids = r.input_ids[i][keep][None]
+            alone = token_log_probs(model(ids).logits, ids)[0]
+            n = ids.shape[1] - 1
+            grid = batched[i][keep[1:]][-n:]
+            assert torch.allclose(grid, alone, atol=1e-4)
+    for i, text in enumerate(r.texts):
+        answer_ids = r.input_ids[i, r.prompt_len :][r.response_mask[i, r.prompt_len :].bool()].tolist()
+        assert (
+            tokenizer.decode([t for t in answer_ids if t not in (im_end, 0)], skip_special_tokens=True)
+            == text
+        )
+
+
+def test_actor_loss_clips_the_ratio():
+    adv = torch.tensor([[1.0, -1.0, 1.0]])
+    mask = torch.ones(1, 3)
+    old = torch.zeros(1, 3)
+    loss, clipfrac = actor_loss(torch.zeros(1, 3), old, adv, mask, 0.2)
+    assert loss.item() == pytest.approx(-1 / 3) and clipfrac.item() == 0  # ratio 1: the notes' −Adv·log P
+    new = torch.log(torch.tensor([[2.0, 2.0, 0.5]])).requires_grad_(True)
+    loss, clipfrac = actor_loss(new, old, adv, mask, 0.2)
+    # ratio 2 with Adv > 0 is capped at 1.2 (no gradient); with Adv < 0 the unclipped 2 counts; 0.5 with Adv > 0
+    # is below the window and keeps its gradient (pessimistic bound).
+    assert loss.item() == pytest.approx((-1.2 + 2.0 - 0.5) / 3)
+    loss.backward()
+    assert new.grad[0, 0] == 0 and new.grad[0, 1] != 0 and new.grad[0, 2] != 0
+    assert clipfrac.item() == pytest.approx(1 / 3)
+
+
+def test_value_loss_clips_around_the_old_values():
+    old, ret, mask = torch.zeros(1, 2), torch.tensor([[1.0, 1.0]]), torch.ones(1, 2)
+    v = torch.tensor([[0.9, 0.1]])
+    # max((v − G)², (clip(v, ±0.2) − G)²): 0.9 -> max(0.01, 0.64); 0.1 -> max(0.81, 0.81)
+    assert value_loss(v, old, ret, mask, 0.2).item() == pytest.approx(0.5 * (0.64 + 0.81) / 2)
+
+
+def test_adaptive_kl_coefficient_moves_toward_the_target():
+    ctl = AdaptiveKLController(0.1, target=1.0, horizon=100)
+    ctl.update(kl=3.0, n=10)
+    assert ctl.value == pytest.approx(0.1 * 1.02)
+    ctl.update(kl=0.0, n=10)
+    assert ctl.value == pytest.approx(0.1 * 1.02 * 0.98)
+    fixed = AdaptiveKLController(0.1, target=None, horizon=100)
+    fixed.update(5.0, 10)
+    assert fixed.value == 0.1
+
+
+def test_grpo_loss_terms():
+    lp = torch.tensor([[-1.0, -2.0], [-1.0, -1.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    adv = torch.tensor([1.0, -1.0])
+    loss, kl = grpo_loss(lp, lp.clone(), lp.clone(), adv, mask, beta=0.1, clip_range=0.2)
+    assert kl.item() == 0 and loss.item() == pytest.approx(0.0)  # −mean(Adv) = 0, no KL
+    ref = lp - 0.5
+    loss, kl = grpo_loss(lp, lp.clone(), ref, adv, mask, beta=0.1, clip_range=0.2)
+    k3 = torch.exp(torch.tensor(-0.5)) + 0.5 - 1  # π_ref/π − log(π_ref/π) − 1
+    assert kl.item() == pytest.approx(k3.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(0.1 * k3.item(), rel=1e-5)
+
+
+def test_ppo_runs_and_starts_at_zero_kl(world, tokenizer, make_gpt, tmp_path):
+    actor = make_gpt(seed=0)
+    critic, reward_model = RewardModel(make_gpt(seed=1)), RewardModel(make_gpt(seed=1))
+    prompts = _chat(tokenizer, [r["prompt"] for r in world.preference_records("train")[:8]])
+    before = {k: v.clone() for k, v in actor.state_dict().items()}
+    cfg = PPOConfig(
+        steps=2, batch_size=4, minibatch_size=2, max_new_tokens=6, eval_interval=2, lr=1e-3, device="cpu"
+    )
+    summary = ppo(actor, critic, reward_model, tokenizer, prompts, tmp_path, cfg, eval_prompts=prompts[:3],
+                  show_progress=False)  # fmt: skip
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["step"] == 0 and "eval_score" in records[0]
+    assert records[1]["kl_per_token"] == pytest.approx(0.0, abs=1e-5)  # the first rollout: actor == reference
+    assert {"score", "beta", "actor_loss", "critic_loss", "clipfrac"} <= set(records[1])
+    assert (tmp_path / "ppo_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "eval_score_after" in summary
+    assert any(not torch.equal(before[k], v) for k, v in actor.state_dict().items())
+
+
+def test_ppo_and_grpo_configs_reject_bad_values():
+    with pytest.raises(DanluError, match="minibatch_size"):
+        PPOConfig(batch_size=4, minibatch_size=8)
+    with pytest.raises(DanluError, match="group_size must be >= 2"):
+        GRPOConfig(group_size=1)
+
+
+def test_grpo_runs_with_the_verifiable_reward(world, tokenizer, make_gpt, tmp_path, cli):
+    records = [r for r in world.sft_records("train") if r["kind"] == "arith"][:8]
+    policy = make_gpt()
+    cfg = GRPOConfig(
+        steps=2, prompts_per_step=2, group_size=4, max_new_tokens=4, eval_interval=2, device="cpu"
+    )
+    summary = grpo(
+        policy, tokenizer, records, tmp_path / "g", cfg, eval_records=records[:4], show_progress=False
+    )
+    logged = [json.loads(x) for x in (tmp_path / "g" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [0, 1, 2]
+    assert 0 <= logged[1]["reward"] <= 1 and logged[1]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert 0 <= summary["eval_accuracy_after"] <= 1
+    ck = save_model(policy, tmp_path / "p", tokenizer=tokenizer)
+    data = tmp_path / "arith.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert cli(["grpo", "--model", str(ck), "--data", str(data), "--out", str(tmp_path / "cli"), "--steps", "1",
+                "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "3", "--quiet"]) == 0  # fmt: skip
+    assert (tmp_path / "cli" / "checkpoint" / "model.safetensors").is_file()
+
+
+def test_ppo_cli_with_lora_trains_only_the_adapters(world, tokenizer, make_gpt, tmp_path, cli):
+    sft = save_model(make_gpt(), tmp_path / "sft", tokenizer=tokenizer)
+    RewardModel(make_gpt(seed=1)).save(tmp_path / "rm", tokenizer)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in world.preference_records("train")[:8]))
+    assert cli(["ppo", "--model", str(sft), "--reward-model", str(tmp_path / "rm"), "--data", str(data),
+                "--out", str(tmp_path / "ppo"), "--lora", "--lora-targets", "q,v", "--steps", "1",
+                "--batch-size", "4", "--minibatch-size", "4", "--max-new-tokens", "4", "--lr", "1e-2",
+                "--device", "cpu", "--quiet"]) == 0  # fmt: skip
+    from danlu.models.checkpoints import load_model
+
+    before, after = load_model(sft).state_dict(), load_model(tmp_path / "ppo" / "checkpoint").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith("attn.qkv.weight") for k in changed)  # only where the adapters merged
