@@ -1,4 +1,5 @@
-"""Shared fixtures for the alignment tests: the tiny world, a BPE tokenizer trained on it, tiny GPTs."""
+"""Fixtures shared by the fine-tuning and alignment tests (tests/tune, tests/align): the tiny world, a BPE
+tokenizer trained on it, tiny GPTs, and the CLI entry point."""
 
 import pytest
 import torch
@@ -31,11 +32,9 @@ def make_gpt(tokenizer):
 
 
 @pytest.fixture
-def cli(monkeypatch):
-    """`danlu.cli.main`, with the fine-tuning and alignment commands registered even before cli.py lists them."""
-    from danlu import cli as cli_module
+def cli():
+    """`danlu.cli.main` (cli.py registers the fine-tuning and alignment commands)."""
+    from danlu.cli import COMMAND_MODULES, main
 
-    mine = ["danlu.tune.commands", "danlu.align.commands"]
-    modules = cli_module.COMMAND_MODULES + [m for m in mine if m not in cli_module.COMMAND_MODULES]
-    monkeypatch.setattr(cli_module, "COMMAND_MODULES", modules)
-    return cli_module.main
+    assert {"danlu.tune.commands", "danlu.align.commands"} <= set(COMMAND_MODULES)
+    return main
