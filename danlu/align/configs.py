@@ -15,6 +15,7 @@ class PPOConfig:
     minibatch_size: int = 16
     ppo_epochs: int = 2  # passes over each rollout
     lr: float = 3e-5  # actor
+    decay: str = "constant"  # learning-rate decay after a 5% warmup: cosine | linear | constant
     critic_lr: float = 3e-4  # the critic starts near zero (a fresh head) and must catch up fast
     init_kl_coef: float = 0.1  # β
     adaptive_kl: bool = True
@@ -43,6 +44,7 @@ class PPOConfig:
             (0 <= self.gamma <= 1 and 0 <= self.lam <= 1, f"gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}"),
             (self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}"),
             (self.temperature > 0, f"temperature must be > 0 to sample rollouts, got {self.temperature}"),
+            (self.decay in ("cosine", "linear", "constant"), f"decay must be cosine|linear|constant: {self.decay!r}"),
         ]  # fmt: skip
         bad = [msg for ok, msg in checks if not ok]
         if bad:
@@ -56,6 +58,7 @@ class GRPOConfig:
     group_size: int = 8  # G answers per prompt
     inner_epochs: int = 1  # updates per sampled batch (1: ρ = 1, the clip never bites; >1 reuses samples)
     lr: float = 2e-5
+    decay: str = "cosine"  # learning-rate decay after a 5% warmup: cosine | linear | constant
     beta: float = 0.04  # KL weight (DeepSeekMath's value)
     clip_range: float = 0.2
     max_new_tokens: int = 16
@@ -73,6 +76,7 @@ class GRPOConfig:
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
             (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
             (self.temperature > 0, f"temperature must be > 0 to sample a group, got {self.temperature}"),
+            (self.decay in ("cosine", "linear", "constant"), f"decay must be cosine|linear|constant: {self.decay!r}"),
         ]  # fmt: skip
         bad = [msg for ok, msg in checks if not ok]
         if bad:

@@ -15,8 +15,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-GRPO_LR = 5e-5
-STAGE_DEFAULTS = {"sft_steps": 300, "reward_steps": 100, "dpo_steps": 60, "ppo_steps": 40, "grpo_steps": 30}
+STAGE_DEFAULTS = {"sft_steps": 300, "reward_steps": 100, "dpo_steps": 60, "ppo_steps": 40, "grpo_steps": 200}
 
 
 def add_demo_args(p: Any) -> None:
@@ -118,7 +117,7 @@ def stage_sft(ctx: Any) -> dict[str, Any]:
     samples = "\n".join(f"- `{s['prompt']} {s['input']}`".replace(" `", "`") + f" → **{s['reply']}** (gold: {s['reference']})"
                         for s in after["samples"][:6])  # fmt: skip
     ctx.sections.append(
-        "## 5. Supervised fine-tuning (SFT)\n\n"
+        "## Supervised fine-tuning (SFT)\n\n"
         f"Full fine-tuning of the pretrained model on {result.summary['train_examples']:,} Alpaca records "
         "(`sft_train.jsonl`: questions about facts, arithmetic, EN↔ZH translation), chat template, loss on the reply "
         f"tokens only; {steps} steps in {result.summary['seconds']:.0f} s. Exact match on `sft_test.jsonl` "
@@ -162,7 +161,7 @@ def stage_reward(ctx: Any) -> dict[str, Any]:
         by_kind[kind] = pairwise_accuracy(rm, tok, subset)["pairwise_accuracy"]
     rank_acc = pairwise_accuracy(rm, tok, _records(ctx, "ranking_test"))["pairwise_accuracy"]
     ctx.sections.append(
-        "## 6. Reward model\n\n"
+        "## Reward model\n\n"
         "The SFT model with its LM head replaced by a scalar head, trained on rankings of 4 answers (correct ≻ "
         "repetitive ≻ evasive ≻ wrong; each ranking gives all 6 pairs) with −log σ(r_better − r_worse), "
         f"{steps} steps in {summary['seconds']:.0f} s.\n\n"
@@ -191,7 +190,7 @@ def stage_dpo(ctx: Any) -> dict[str, Any]:
     em = _evaluate(ctx, "DPO", policy)["exact_match"]
     b, a = summary["before"], summary["after"]
     ctx.sections.append(
-        "## 7. DPO\n\n"
+        "## DPO\n\n"
         f"Direct preference optimisation of the SFT model on `preference_train.jsonl` (β = {beta}, {steps} steps, "
         f"{summary['seconds']:.0f} s; reference log-probs computed once), plus an NLL term on the chosen answers "
         f"(weight {sft_weight}): pure DPO lowers the chosen answers' likelihood too (only the margin is pushed "
@@ -231,31 +230,37 @@ def stage_ppo(ctx: Any) -> dict[str, Any]:
 
     steps = _arg(ctx, "ppo_steps")
     cfg = PPOConfig(steps=steps, batch_size=32, minibatch_size=16, ppo_epochs=2, lr=3e-5, critic_lr=3e-4,
-                    init_kl_coef=0.1, target_kl=0.05, kl_bound=0.2, eval_interval=max(1, steps // 5),
+                    decay="constant", init_kl_coef=0.1, target_kl=0.05, kl_bound=0.2, eval_interval=max(1, steps // 5),
                     seed=ctx.args.seed, device=ctx.args.device)  # fmt: skip
     actor, critic = copy.deepcopy(sft_model).train(), copy.deepcopy(reward_model).train()
     test = _records(ctx, "preference_test")
+    eval_prompts = chat(test[:128])
     summary = ppo(actor, critic, reward_model, tok, chat(_records(ctx, "preference_train")), ctx.out / "ppo", cfg,
-                  eval_prompts=chat(test[:128]), ref=sft_model, show_progress=not ctx.args.quiet)  # fmt: skip
+                  eval_prompts=eval_prompts, ref=sft_model, show_progress=not ctx.args.quiet)  # fmt: skip
     ctx.state["ppo_model"] = actor
     em = _evaluate(ctx, "PPO", actor)["exact_match"]
     s = summary
     ctx.sections.append(
-        "## 8. RLHF-PPO\n\n"
+        "## RLHF-PPO\n\n"
         "Actor from the SFT model, critic from the reward model, frozen reward and reference (SFT) models; "
         f"per-token reward −β(log π − log π_ref) plus the reward-model score on the last token, GAE (γ = {cfg.gamma}, "
         f"λ = {cfg.lam}), clipped actor and critic losses, whitened advantages, adaptive β; {steps} steps of "
         f"{cfg.batch_size} rollouts in {s['seconds']:.0f} s.\n\n"
-        f"Held-out prompts (greedy answers): mean reward-model score {s['eval_score_before']:.3f} → "
-        f"**{s['eval_score_after']:.3f}**; mean per-token KL to the reference {s['eval_kl_before']:.3f} → "
-        f"{s['eval_kl_after']:.3f} nats (bound {cfg.kl_bound}; largest on training rollouts "
-        f"{s['max_train_kl_per_token']:.3f}). Exact match on sft_test: {em['overall']:.3f}.\n\n"
+        f"On {len(eval_prompts)} held-out prompts, the policy's expected reward (mean reward-model score of answers "
+        f"sampled at temperature 1, what PPO maximises) {s['eval_score_before']:.3f} → **{s['eval_score_after']:.3f}**, "
+        f"while the mean per-token KL to the reference goes {s['eval_kl_before']:.3f} → {s['eval_kl_after']:.3f} nats "
+        f"(bound {cfg.kl_bound}; largest on a training batch {s['max_train_kl_per_token']:.3f}). Greedy answers: "
+        f"{s['eval_greedy_score_before']:.3f} → {s['eval_greedy_score_after']:.3f} (PPO sharpens the sampling "
+        "distribution; what greedy decoding gets right is mostly bounded by what the model knows). Exact match on "
+        f"sft_test: {em['overall']:.3f}.\n\n"
         "![PPO curves](ppo/ppo_curves.png)\n"
     )
     return {
         "steps": steps,
         "score_sft": _r(s["eval_score_before"]),
         "score": _r(s["eval_score_after"]),
+        "greedy_score_sft": _r(s["eval_greedy_score_before"]),
+        "greedy_score": _r(s["eval_greedy_score_after"]),
         "kl_per_token": _r(s["eval_kl_after"]),
         "max_train_kl_per_token": _r(s["max_train_kl_per_token"]),
         "kl_bound": cfg.kl_bound,
@@ -306,16 +311,16 @@ def stage_grpo(ctx: Any) -> dict[str, Any]:
     steps = _arg(ctx, "grpo_steps")
     test = [r for r in _records(ctx, "sft_test") if r["kind"] == "arith"]
     train = arithmetic_pool(test)
-    cfg = GRPOConfig(steps=steps, prompts_per_step=16, group_size=8, inner_epochs=2, lr=GRPO_LR, beta=0.04,
-                     max_new_tokens=12, eval_interval=max(1, steps // 5), seed=ctx.args.seed,
-                     device=ctx.args.device)  # fmt: skip
+    cfg = GRPOConfig(steps=steps, prompts_per_step=16, group_size=8, inner_epochs=2, lr=4e-5,
+                     decay="constant", beta=0.04, max_new_tokens=12, eval_interval=max(1, steps // 5),
+                     seed=ctx.args.seed, device=ctx.args.device)  # fmt: skip
     policy = copy.deepcopy(sft_model).train()
     s = grpo(policy, tok, train, ctx.out / "grpo", cfg, eval_records=test, ref=sft_model,
              show_progress=not ctx.args.quiet)  # fmt: skip
     ctx.state["grpo_model"] = policy
     em = _evaluate(ctx, "GRPO", policy)["exact_match"]
     ctx.sections.append(
-        "## 9. GRPO with a verifiable reward\n\n"
+        "## GRPO with a verifiable reward\n\n"
         f"{cfg.group_size} sampled answers per arithmetic question, advantages normalised within each group, "
         f"KL to the SFT model (β = {cfg.beta}), reward 1 when the world's checker finds the exact result; {steps} "
         f"steps of {cfg.prompts_per_step} questions drawn from {len(train):,} problems (every problem the world "

@@ -23,7 +23,7 @@ from torch import nn
 
 from danlu.align.advantages import group_advantages
 from danlu.align.configs import GRPOConfig
-from danlu.align.online import MetricsLog, adamw, plot_curves, resolve_device, step_indices
+from danlu.align.online import MetricsLog, adamw, plot_curves, resolve_device, set_lr, step_indices
 from danlu.align.rollout import masked_mean, sample, sequence_log_probs
 from danlu.errors import DanluError
 
@@ -90,6 +90,7 @@ def grpo(
 
         bar = tqdm(total=cfg.steps, desc="grpo", unit="step", dynamic_ncols=True)
     for step in range(cfg.steps):
+        lr = set_lr(opt, cfg.lr, step, cfg.steps, cfg.decay)
         batch = [records[i] for i in step_indices(len(records), cfg.prompts_per_step, cfg.seed, step)]
         group_records = [r for r in batch for _ in range(G)]  # each prompt G times, consecutively
         prompts = [prompt_text(r, tokenizer) for r in group_records]
@@ -111,7 +112,7 @@ def grpo(
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad], cfg.grad_clip)
             opt.step()
-        record = {"step": step + 1, "reward": rewards.mean().item(), "loss": loss.item(), "kl": kl.item(),
+        record = {"step": step + 1, "reward": rewards.mean().item(), "loss": loss.item(), "kl": kl.item(), "lr": lr,
                   "solved_groups": (rewards.view(-1, G).max(1).values > 0).float().mean().item()}  # fmt: skip
         if eval_records and ((step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.steps):
             record["eval_accuracy"] = verifiable_accuracy(policy, tokenizer, eval_records, cfg.max_new_tokens)

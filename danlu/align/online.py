@@ -34,6 +34,20 @@ def adamw(params: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.0) 
     return torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
 
 
+def set_lr(
+    optimizer: torch.optim.Optimizer, peak: float, step: int, steps: int, decay: str = "cosine"
+) -> float:
+    """Linear warmup over the first 5% of steps, then `decay` ("cosine" | "linear" | "constant") to peak/10
+    (danlu.train.schedule): with a decay the policy settles at the end of an online run instead of drifting
+    with the last noisy updates."""
+    from danlu.train.schedule import lr_at
+
+    lr = lr_at(step, peak, max(1, steps // 20), steps, peak / 10, decay)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
 class MetricsLog:
     """Appends one JSON record per line to OUT/metrics.jsonl (fresh at the start of a run)."""
 

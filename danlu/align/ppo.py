@@ -32,7 +32,7 @@ from torch import nn
 
 from danlu.align.advantages import gae, kl_penalized_rewards, whiten
 from danlu.align.configs import PPOConfig
-from danlu.align.online import MetricsLog, adamw, plot_curves, resolve_device, step_indices
+from danlu.align.online import MetricsLog, adamw, plot_curves, resolve_device, set_lr, step_indices
 from danlu.align.reward import RewardModel
 from danlu.align.rollout import Rollout, masked_mean, sample, sequence_log_probs
 from danlu.errors import DanluError
@@ -117,20 +117,26 @@ def make_experience(actor, critic, reward_model, ref, tokenizer, prompts: list[s
 
 @torch.no_grad()
 def evaluate_policy(actor, ref, reward_model, tokenizer, prompts: list[str], max_new_tokens: int = 24,
-                    seed: int = 0, batch_size: int = 64) -> dict[str, float]:  # fmt: skip
-    """Mean reward-model score of greedy answers, and the mean per-token KL(π ‖ π_ref) estimated on answers
-    sampled at temperature 1 (log π − log π_ref on tokens drawn from π is an unbiased estimate)."""
-    scores, kls = [], []
+                    seed: int = 0, batch_size: int = 64, samples: int = 2) -> dict[str, float]:  # fmt: skip
+    """On held-out prompts: the mean reward-model score of answers sampled at temperature 1 (`samples` per
+    prompt: the policy's expected reward, what PPO maximises), of greedy answers, and the mean per-token
+    KL(π ‖ π_ref) on the sampled answers (log π − log π_ref on tokens drawn from π is an unbiased estimate)."""
+    sampled_scores, greedy_scores, kls = [], [], []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         greedy = sample(actor, tokenizer, chunk, max_new_tokens, temperature=0.0)
-        scores += reward_model(
+        greedy_scores += reward_model(
             greedy.input_ids, greedy.attention_mask, greedy.position_ids, greedy.response_mask
         ).tolist()
-        sampled = sample(actor, tokenizer, chunk, max_new_tokens, temperature=1.0, seed=seed + start)
-        kl = (sequence_log_probs(actor, sampled) - sequence_log_probs(ref, sampled)) * sampled.action_mask
-        kls += (kl.sum(1) / sampled.action_mask.sum(1).clamp(min=1)).tolist()
-    return {"score": sum(scores) / len(scores), "kl_per_token": sum(kls) / len(kls)}
+        for k in range(samples):
+            r = sample(actor, tokenizer, chunk, max_new_tokens, temperature=1.0, seed=seed + 1000 * k + start)
+            sampled_scores += reward_model(
+                r.input_ids, r.attention_mask, r.position_ids, r.response_mask
+            ).tolist()
+            kl = (sequence_log_probs(actor, r) - sequence_log_probs(ref, r)) * r.action_mask
+            kls += (kl.sum(1) / r.action_mask.sum(1).clamp(min=1)).tolist()
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {"score": mean(sampled_scores), "greedy_score": mean(greedy_scores), "kl_per_token": mean(kls)}
 
 
 def ppo(
@@ -174,6 +180,8 @@ def ppo(
         bar = tqdm(total=cfg.steps, desc="ppo", unit="step", dynamic_ncols=True)
     last_eval = first_eval
     for step in range(cfg.steps):
+        lr = set_lr(actor_opt, cfg.lr, step, cfg.steps, cfg.decay)
+        set_lr(critic_opt, cfg.critic_lr, step, cfg.steps, cfg.decay)
         prompts = [train_prompts[i] for i in step_indices(len(train_prompts), cfg.batch_size, cfg.seed, step)]
         exp = make_experience(
             actor, critic, reward_model, ref, tokenizer, prompts, cfg, kl_ctl.value, cfg.seed * 7919 + step
@@ -215,6 +223,7 @@ def ppo(
             "kl_per_token": kl_token,
             "kl_per_answer": kl_seq,
             "beta": kl_ctl.value,
+            "lr": lr,
             "answer_tokens": mask_all.sum(1).mean().item(),
             **{k: sum(v) / len(v) for k, v in stats.items()},
         }
@@ -248,6 +257,8 @@ def ppo(
         summary |= {
             "eval_score_before": first_eval["eval_score"],
             "eval_score_after": last_eval["eval_score"],
+            "eval_greedy_score_before": first_eval["eval_greedy_score"],
+            "eval_greedy_score_after": last_eval["eval_greedy_score"],
             "eval_kl_before": first_eval["eval_kl_per_token"],
             "eval_kl_after": last_eval["eval_kl_per_token"],
             "max_train_kl_per_token": max(r["kl_per_token"] for r in log.records if "kl_per_token" in r),

@@ -23,7 +23,7 @@ def test_all_alignment_stages_run_and_report(tmp_path, tokenizer, make_gpt):
     assert 0 <= m["sft"]["em_fact"] <= 1 and "fact_heldout" in m["sft"]["exact_match"]["sft"]
     assert 0 <= m["reward"]["pairwise_accuracy"] <= 1
     assert m["dpo"]["preference_accuracy_sft"] == 0.5
-    assert {"score_sft", "score", "kl_per_token", "kl_bound"} <= set(m["ppo"])
+    assert {"score_sft", "score", "greedy_score", "kl_per_token", "kl_bound"} <= set(m["ppo"])
     assert 0 <= m["grpo"]["arith_accuracy"] <= 1
     report = "\n".join(ctx.sections)
     for heading in ("Supervised fine-tuning", "Reward model", "DPO", "RLHF-PPO", "GRPO"):
