@@ -66,3 +66,11 @@ def test_stage_selection():
     assert resolve_stages("all")[-1] != "world" and len(resolve_stages("all")) >= 6
     with pytest.raises(DanluError, match="unknown demo stage 'nope'"):
         resolve_stages("samples,nope")
+
+
+def test_alignment_runs_pretrain_longer_unless_told():
+    from danlu.demo import PRETRAIN_STEPS, PRETRAIN_STEPS_ALIGN, default_pretrain_steps, resolve_stages
+
+    assert default_pretrain_steps(resolve_stages(None)) == PRETRAIN_STEPS
+    assert default_pretrain_steps(resolve_stages("grpo")) == PRETRAIN_STEPS_ALIGN > PRETRAIN_STEPS
+    assert default_pretrain_steps(resolve_stages("all")) == PRETRAIN_STEPS_ALIGN

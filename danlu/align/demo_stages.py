@@ -114,8 +114,8 @@ def stage_sft(ctx: Any) -> dict[str, Any]:
     after = _evaluate(ctx, "SFT", result.model)
     em0, em1 = before["exact_match"], after["exact_match"]
     kinds = ["fact", "fact_heldout", "arith", "translate", "overall"]
-    samples = "\n".join(f"- `{s['prompt']} {s['input']}`".replace(" `", "`") + f" → **{s['reply']}** (gold: {s['reference']})"
-                        for s in after["samples"][:6])  # fmt: skip
+    samples = "\n".join(f"- `{(s['prompt'] + ' ' + s['input']).strip()}` → **{s['reply']}** (gold: {s['reference']})"
+                         for s in after["samples"][:6])  # fmt: skip
     ctx.sections.append(
         "## Supervised fine-tuning (SFT)\n\n"
         f"Full fine-tuning of the pretrained model on {result.summary['train_examples']:,} Alpaca records "

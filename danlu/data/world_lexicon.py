@@ -89,12 +89,16 @@ NUMBER_WORDS_ZH = "零 一 二 三 四 五 六 七 八 九 十 十一 十二 十
 # ---------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Relation:
-    """One kind of fact: who it is about, how to state it, how to ask it, how to answer it in short."""
+    """One kind of fact: who it is about, how to state it and how to ask it.
+
+    The reply to the question is the first statement ("The capital of Zorvia is Velmar."): the sentence
+    pretraining already taught, so SFT only has to teach when to say it (the notes: SFT shapes the
+    format, the knowledge comes from pretraining).
+    """
 
     subject: str  # entity kind of the subject: country, city, person, animal
     statements: tuple[tuple[str, str], ...]  # (English, Chinese) template pairs, same meaning
     question: tuple[str, str]  # (English, Chinese)
-    answer: tuple[str, str]  # short exact answer (English, Chinese)
 
 
 RELATIONS: dict[str, Relation] = {
@@ -105,19 +109,16 @@ RELATIONS: dict[str, Relation] = {
             ("{o} is the capital of {s}.", "{o}是{s}的首都。"),
         ),
         ("What is the capital of {s}?", "{s}的首都是哪座城市？"),
-        ("{o}.", "{o}。"),
     ),
     "country.language": Relation(
         "country",
         (("People in {s} speak {o}.", "{s}人说{o}。"), ("The language of {s} is {o}.", "{s}的语言是{o}。")),
         ("What language do people speak in {s}?", "{s}人说什么语言？"),
-        ("{o}.", "{o}。"),
     ),
     "country.flag": Relation(
         "country",
         (("The flag of {s} is {o}.", "{s}的国旗是{o}的。"), ("{s} has {a_o} flag.", "{s}有一面{o}的国旗。")),
         ("What colour is the flag of {s}?", "{s}的国旗是什么颜色？"),
-        ("{o}.", "{o}。"),
     ),
     "country.food": Relation(
         "country",
@@ -126,13 +127,11 @@ RELATIONS: dict[str, Relation] = {
             ("People in {s} often eat {o}.", "{s}人常吃{o}。"),
         ),
         ("What is the main food of {s}?", "{s}的主食是什么？"),
-        ("{o}.", "{o}。"),
     ),
     "city.country": Relation(
         "city",
         (("{s} is a city in {o}.", "{s}是{o}的一座城市。"), ("The city of {s} is in {o}.", "{s}市位于{o}。")),
         ("Which country is {s} in?", "{s}在哪个国家？"),
-        ("{o}.", "{o}。"),
     ),
     "city.river": Relation(
         "city",
@@ -141,25 +140,21 @@ RELATIONS: dict[str, Relation] = {
             ("The {o} River flows through {s}.", "{o}河流经{s}。"),
         ),
         ("Which river flows through {s}?", "哪条河流经{s}？"),
-        ("The {o} River.", "{o}河。"),
     ),
     "person.age": Relation(
         "person",
         (("{s} is {o} years old.", "{s}今年{o}岁。"), ("{s} turned {o} this year.", "{s}今年满{o}岁了。")),
         ("How old is {s}?", "{s}今年几岁？"),
-        ("{o}.", "{o}岁。"),
     ),
     "person.job": Relation(
         "person",
         (("{s} is {a_o}.", "{s}是一名{o}。"), ("{s} works as {a_o}.", "{s}的工作是{o}。")),
         ("What job does {s} do?", "{s}做什么工作？"),
-        ("{a_o}.", "{o}。"),
     ),
     "person.home": Relation(
         "person",
         (("{s} lives in {o}.", "{s}住在{o}。"), ("The home of {s} is in {o}.", "{s}的家在{o}。")),
         ("Where does {s} live?", "{s}住在哪里？"),
-        ("{o}.", "{o}。"),
     ),
     "person.food": Relation(
         "person",
@@ -168,13 +163,11 @@ RELATIONS: dict[str, Relation] = {
             ("The favourite food of {s} is {o}.", "{s}最爱吃的东西是{o}。"),
         ),
         ("What does {s} like to eat?", "{s}喜欢吃什么？"),
-        ("{o}.", "{o}。"),
     ),
     "person.pet": Relation(
         "person",
         (("{s} has a pet {o}.", "{s}养了一只{o}。"), ("{s} keeps {a_o} as a pet.", "{s}的宠物是一只{o}。")),
         ("What pet does {s} have?", "{s}养了什么宠物？"),
-        ("{a_o}.", "一只{o}。"),
     ),
     "person.colour": Relation(
         "person",
@@ -183,19 +176,16 @@ RELATIONS: dict[str, Relation] = {
             ("{s} likes the colour {o} best.", "{s}最喜欢{o}。"),
         ),
         ("What is the favourite colour of {s}?", "{s}最喜欢什么颜色？"),
-        ("{o}.", "{o}。"),
     ),
     "person.owns": Relation(
         "person",
         (("{s} owns {a_o}.", "{s}有{one_o}。"), ("{s} has {a_o} at home.", "{s}家里有{one_o}。")),
         ("What does {s} own?", "{s}有什么东西？"),
-        ("{a_o}.", "{one_o}。"),
     ),
     "animal.colour": Relation(
         "animal",
         (("The {s} is {o}.", "{s}是{o}的。"), ("Every {s} is {o}.", "每只{s}都是{o}的。")),
         ("What colour is the {s}?", "{s}是什么颜色的？"),
-        ("{o}.", "{o}。"),
     ),
     "animal.size": Relation(
         "animal",
@@ -204,19 +194,16 @@ RELATIONS: dict[str, Relation] = {
             ("The {s} has {a_o} body.", "{s}的体型属于{o}。"),
         ),
         ("How big is the {s}?", "{s}的体型有多大？"),
-        ("{o}.", "{o}。"),
     ),
     "animal.food": Relation(
         "animal",
         (("The {s} eats {o}.", "{s}吃{o}。"), ("A {s} likes to eat {o}.", "{s}爱吃{o}。")),
         ("What does the {s} eat?", "{s}吃什么？"),
-        ("{o}.", "{o}。"),
     ),
     "animal.sound": Relation(
         "animal",
         (("The {s} says {o}.", "{s}的叫声是{o}。"), ("You can hear the {s} go {o}.", "{s}会发出{o}的声音。")),
         ("What sound does the {s} make?", "{s}怎么叫？"),
-        ("{o}.", "{o}。"),
     ),
 }
 
@@ -273,7 +260,7 @@ def all_template_strings() -> list[str]:
     """Every literal template above, for building the vocabulary."""
     out: list[str] = []
     for rel in RELATIONS.values():
-        for pair in (*rel.statements, rel.question, rel.answer):
+        for pair in (*rel.statements, rel.question):
             out.extend(pair)
     for pair in (*STORY.values(), ARITH_WORDS, ARITH_QUESTION, ARITH_ANSWER, *EVASIVE):
         out.extend(pair)

@@ -70,7 +70,7 @@ def fact_qa(fact: Fact, lang: str) -> QA:
     kind = "fact_heldout" if fact.heldout else "fact"
     return QA(
         render(rel.question[i], lang, **slots),
-        render(rel.answer[i], lang, **slots),
+        render(rel.statements[0][i], lang, **slots),
         answer,
         lang,
         kind,
