@@ -112,7 +112,8 @@ def evaluate_model(
         }
 
     if SFT_TEST_FILE in found:
-        from danlu.generate.engine import generate  # imported here: the eval package must not need generate to load
+        # Imported here: the eval package must not need generate to load.
+        from danlu.generate.engine import generate
 
         records = _read(world_dir / SFT_TEST_FILE, limit)
         for i, r in enumerate(records):

@@ -83,17 +83,30 @@ class Tokenizer:
             re.compile("|".join(re.escape(s) for s in alternatives)) if alternatives else None
         )
 
-    # --- to implement in a subclass -------------------------------------------------------------------
+    # --- the vocabulary table: a subclass fills `_vocab` (token -> id) and `_id_to_token` (id -> token) ---
+    _vocab: dict[str, int]
+    _id_to_token: list[str | None]  # None: an id no token uses (a gap before the special tokens)
+
     @property
     def vocab_size(self) -> int:
         """Number of ids (the largest id + 1), special tokens included."""
-        raise NotImplementedError
+        return len(self._id_to_token)
 
     def token_to_id(self, token: str) -> int | None:
-        raise NotImplementedError
+        if token in self.added_tokens:
+            return self.added_tokens[token]
+        return self._vocab.get(token)
 
     def id_to_token(self, token_id: int) -> str:
-        raise NotImplementedError
+        if not 0 <= token_id < len(self._id_to_token) or self._id_to_token[token_id] is None:
+            raise DanluError(f"token id {token_id} is not in this tokenizer (vocab size {self.vocab_size})")
+        return self._id_to_token[token_id]
+
+    def get_vocab(self) -> dict[str, int]:
+        """token string -> id, special tokens included."""
+        return {**self._vocab, **self.added_tokens}
+
+    # --- to implement in a subclass -------------------------------------------------------------------
 
     def _encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:
         """Ids of text that contains no special token (at_start: it begins the whole input)."""

@@ -103,20 +103,6 @@ class BPETokenizer(Tokenizer):
         self.last_merge_steps = 0  # heap pops of the last long-word merge (a work counter for tests)
 
     # --- vocabulary ---------------------------------------------------------------------------------------
-    @property
-    def vocab_size(self) -> int:
-        return len(self._id_to_token)
-
-    def token_to_id(self, token: str) -> int | None:
-        if token in self.added_tokens:
-            return self.added_tokens[token]
-        return self._vocab.get(token)
-
-    def id_to_token(self, token_id: int) -> str:
-        if not 0 <= token_id < len(self._id_to_token) or self._id_to_token[token_id] is None:
-            raise DanluError(f"token id {token_id} is not in this tokenizer (vocab size {self.vocab_size})")
-        return self._id_to_token[token_id]
-
     def token_bytes(self, token_id: int) -> bytes:
         """The raw bytes a token stands for (its UTF-8 text for a special token)."""
         self.id_to_token(token_id)
@@ -126,10 +112,6 @@ class BPETokenizer(Tokenizer):
     def merges(self) -> list[tuple[str, str]]:
         """The merges as (left, right) byte-level strings, in rank order."""
         return list(self._merge_strings)
-
-    def get_vocab(self) -> dict[str, int]:
-        """token string -> id, special tokens included."""
-        return {**self._vocab, **self.added_tokens}
 
     # --- encoding -----------------------------------------------------------------------------------------
     def _encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:

@@ -87,24 +87,6 @@ class UnigramTokenizer(Tokenizer):
         self._cache: dict[str, list[int]] = {}
         self._validate_roles()
 
-    # --- vocabulary ---------------------------------------------------------------------------------------
-    @property
-    def vocab_size(self) -> int:
-        return len(self._id_to_token)
-
-    def token_to_id(self, token: str) -> int | None:
-        if token in self.added_tokens:
-            return self.added_tokens[token]
-        return self._vocab.get(token)
-
-    def id_to_token(self, token_id: int) -> str:
-        if not 0 <= token_id < len(self._id_to_token):
-            raise DanluError(f"token id {token_id} is not in this tokenizer (vocab size {self.vocab_size})")
-        return self._id_to_token[token_id]
-
-    def get_vocab(self) -> dict[str, int]:
-        return {**self._vocab, **self.added_tokens}
-
     # --- encoding / decoding ------------------------------------------------------------------------------
     def _encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:
         if self.normalizer:

@@ -109,23 +109,6 @@ class WordPieceTokenizer(Tokenizer):
 
     # --- vocabulary ---------------------------------------------------------------------------------------
     @property
-    def vocab_size(self) -> int:
-        return len(self._id_to_token)
-
-    def token_to_id(self, token: str) -> int | None:
-        if token in self.added_tokens:
-            return self.added_tokens[token]
-        return self._vocab.get(token)
-
-    def id_to_token(self, token_id: int) -> str:
-        if not 0 <= token_id < len(self._id_to_token) or self._id_to_token[token_id] is None:
-            raise DanluError(f"token id {token_id} is not in this tokenizer (vocab size {self.vocab_size})")
-        return self._id_to_token[token_id]
-
-    def get_vocab(self) -> dict[str, int]:
-        return {**self._vocab, **self.added_tokens}
-
-    @property
     def cls_token_id(self) -> int | None:
         return self.token_to_id(self.cls_token) if self.cls_token else None
 
