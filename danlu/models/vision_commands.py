@@ -7,6 +7,8 @@ import json
 
 
 def _common(p: argparse.ArgumentParser, steps: int) -> None:
+    """Shared training flags; `steps` repeats VisionOptions' default (literal here so `danlu --help` needs no torch;
+    tests/vision checks the two agree)."""
     p.add_argument("--out", required=True, help="output folder: checkpoint/, metrics.jsonl, loss.png")
     p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--batch-size", type=int, default=64)
@@ -27,16 +29,20 @@ def register(sub) -> None:
     c = sub.add_parser("clip", help="CLIP: contrastive image-text training on the picture world")
     c2 = c.add_subparsers(dest="clip_command", metavar="{train}", required=True)
     t = c2.add_parser("train", help="train CLIP, report zero-shot accuracy and retrieval recall")
-    _common(t, 1200)
+    _common(t, 2400)
     t.set_defaults(func=run_clip_train)
 
     d = sub.add_parser("diffusion", help="DDPM with a small U-Net: train, sample PNG grids")
     d2 = d.add_subparsers(dest="diffusion_command", metavar="{train,sample}", required=True)
     t = d2.add_parser("train", help="train a shape- and colour-conditioned diffusion model")
-    _common(t, 1500)
+    _common(t, 3000)
     t.set_defaults(func=run_diffusion_train)
     s = d2.add_parser("sample", help='sample a PNG grid for a prompt such as "a red circle"')
-    s.add_argument("--model", required=True, help="checkpoint folder (OUT/checkpoint of `diffusion train`)")
+    s.add_argument(
+        "--model",
+        required=True,
+        help="model folder: OUT/ema of `diffusion train` (the averaged weights; OUT/checkpoint works too)",
+    )
     s.add_argument("--prompt", required=True, help='names a shape and/or colour: "a red circle", "红色圆形"')
     s.add_argument("--n", type=int, default=16, help="pictures in the grid")
     s.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale (>= 0)")
@@ -87,6 +93,7 @@ def run_diffusion_train(args: argparse.Namespace) -> int:
 
     _, summary = train_diffusion(args.out, _opts(args, diffusion_steps=args.steps))
     print(json.dumps(summary, indent=2))
+    print(f'sample with: danlu diffusion sample --model {args.out}/ema --prompt "a red circle"')
     return 0
 
 

@@ -34,8 +34,9 @@ class VisionOptions:
     n_test: int = 400
     n_heldout: int = 400
     vit_steps: int = 600
-    clip_steps: int = 1200
-    diffusion_steps: int = 1500
+    clip_steps: int = 2400  # held-out-combination shape accuracy 0.785 at 1200, 0.855 at 2400
+    diffusion_steps: int = 3000  # samples classified as their shape: 0.64 at 1500, 0.79 at 3000 (with EMA)
+    diffusion_ema: float = 0.999  # decay of the weight average the sampler uses (0: sample the raw weights)
     batch_size: int = 64
     device: str = "cpu"
     seed: int = 0
@@ -272,7 +273,13 @@ def evaluate_clip(model: Any, tokenizer: Any, opts: VisionOptions) -> dict[str, 
 def train_diffusion(
     out_dir: str | Path, opts: VisionOptions | None = None, steps: int | None = None
 ) -> tuple[Any, dict[str, Any]]:
-    """Train the conditional DDPM (shape + colour, classifier-free guidance) on the training pictures."""
+    """Train the conditional DDPM (shape + colour, classifier-free guidance) on the training pictures.
+
+    Returns the exponential moving average of the weights (decay `opts.diffusion_ema`), as DDPM does (Ho et al.
+    2020, appendix B): the raw weights of a short run still jitter from step to step, and their average draws
+    cleaner samples. `ema/` holds the average; `checkpoint/` keeps the raw weights and optimizer state."""
+    import copy
+
     from danlu.models.diffusion import Diffusion, DiffusionConfig
 
     opts = opts or VisionOptions()
@@ -284,11 +291,22 @@ def train_diffusion(
     batch_fn = _picture_batches(to_tensor(tr.images), fields, opts.batch_size, 3)
     cfg = _cfg(steps, opts, 2e-3)
     cfg.weight_decay = 0.0
-    summary = train(model, batch_fn, cfg, Path(out_dir), save_fn=_save_json)
-    model.cpu()
-    return model, {
+    ema = copy.deepcopy(model).requires_grad_(False)
+
+    def update_ema(step: int, _: dict[str, float]) -> None:
+        # Warm-up (1 + n) / (10 + n) keeps the early average from remembering the random initialisation.
+        decay = min(opts.diffusion_ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+                e.lerp_(p.detach().to(e.device), 1 - decay)
+
+    summary = train(model, batch_fn, cfg, Path(out_dir), save_fn=_save_json, on_step=update_ema)
+    ema.cpu().eval()
+    _save_json(ema, Path(out_dir) / "ema")
+    return ema, {
         "params": sum(p.numel() for p in model.parameters()),
         "steps": steps,
+        "ema_decay": opts.diffusion_ema,
         "final_train_loss": summary.get("final_train_loss"),
     }
 

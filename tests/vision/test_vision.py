@@ -221,6 +221,31 @@ def test_guidance_one_is_the_conditional_prediction():
     assert torch.allclose(guided, direct, atol=1e-5)
 
 
+def test_diffusion_training_keeps_a_weight_average(tmp_path):
+    from danlu.models.vision_commands import load_diffusion
+    from danlu.train.vision import VisionOptions, train_diffusion
+
+    opts = VisionOptions(n_train=40, batch_size=8, diffusion_ema=0.5)
+    ema, s = train_diffusion(tmp_path, opts, steps=4)
+    raw = load_diffusion(str(tmp_path / "checkpoint"))
+    saved = load_diffusion(str(tmp_path / "ema"))
+    for (name, e), r, e2 in zip(ema.named_parameters(), raw.parameters(), saved.parameters(), strict=True):
+        assert torch.equal(e, e2), name  # ema/ holds the returned average
+    # The average lags the raw weights: after 4 optimizer steps the two differ.
+    assert any(not torch.equal(e, r) for e, r in zip(ema.parameters(), raw.parameters(), strict=True))
+    assert s["ema_decay"] == 0.5 and s["steps"] == 4
+
+
+def test_vision_cli_step_defaults_match_the_options():
+    from danlu.cli import build_parser
+    from danlu.train.vision import VisionOptions
+
+    p = build_parser()
+    for cmd, field in (("vit", "vit_steps"), ("clip", "clip_steps"), ("diffusion", "diffusion_steps")):
+        args = p.parse_args([cmd, "train", "--out", "x"])
+        assert args.steps == getattr(VisionOptions, field), cmd
+
+
 def test_diffusion_rejects_negative_guidance():
     with pytest.raises(DanluError, match="guidance scale must be >= 0"):
         _tiny_diffusion().sample(torch.tensor([0]), torch.tensor([0]), guidance=-1.0)
