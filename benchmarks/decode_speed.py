@@ -5,6 +5,9 @@ Prints new tokens per second for each and the ratio danlu / transformers, for gr
 - danlu fp32 (eager), danlu int8 (and int4 with --int4; always on CUDA) from danlu/generate/quantize.py;
 - speculative decoding of the full-precision model with its int8 copy as the draft (the full-precision
   model's greedy tokens exactly, faster; the acceptance rate is printed);
+- danlu compiled (`compile=True`): on CPU inductor's fused C++ around the matmuls; on CUDA a CUDA graph;
+- on CPU, batch 1: the bandwidth bound, the time of one matrix-vector product reading as many bytes as a
+  decode step, and each row's fraction of it;
 - on CUDA: bf16, the static cache compiled into a CUDA graph (`compile=True`), batch 1 and 32, and the fraction
   of the memory-bandwidth bound (every step must read all weights and the KV cache once:
   bound = B · bandwidth / (weight bytes + KV bytes)).
@@ -75,7 +78,7 @@ def hf_twin(model: GPT):
 
 def bytes_per_step(model) -> int:
     """Bytes one decode step must read: every weight except the embedding tables (one row each is read) and
-    the RoPE tables, plus the whole un-embedding matrix (tied or not)."""
+    the RoPE tables, plus the whole un-embedding matrix (once, even when it is tied to the embedding)."""
     total, seen = 0, set()
     for name, module in model.named_modules():
         if name in ("wte", "wpe"):
@@ -85,10 +88,25 @@ def bytes_per_step(model) -> int:
             if t.data_ptr() not in seen and not tname.startswith("rope_"):
                 seen.add(t.data_ptr())
                 total += t.numel() * t.element_size()
-    head = model.lm_head
-    if type(head) is torch.nn.Linear and head.weight.data_ptr() == model.wte.weight.data_ptr():
-        total += head.weight.numel() * head.weight.element_size()  # tied: skipped with wte above
     return total
+
+
+@torch.inference_mode()
+def matmul_floor_seconds(
+    n_bytes: int, width: int, device: torch.device, dtype: torch.dtype, repeats: int = 7
+) -> float:
+    """The time of one matrix-vector product that reads `n_bytes` of weights: the fastest a decode step that
+    must read that many bytes can be with this machine's memory and PyTorch's own matmul kernel (the median of
+    `repeats`, after a warm-up). Neither danlu nor transformers can beat it without reading fewer bytes."""
+    rows = n_bytes // (width * torch.finfo(dtype).bits // 8)
+    w = torch.randn(rows, width, device=device, dtype=dtype)  # (rows, width): as many bytes as a step reads
+    x = torch.randn(1, width, device=device, dtype=dtype)
+    times = []
+    for _ in range(repeats + 1):
+        t0 = clock(device)
+        x @ w.T  # (1, rows)
+        times.append(since(t0, device)[0])
+    return statistics.median(times[1:])
 
 
 def clock(device: torch.device) -> tuple[float, float]:
@@ -144,7 +162,7 @@ def main() -> None:
     ap.add_argument(
         "--bandwidth-gbs", type=float, default=3350.0, help="CUDA memory bandwidth (H100 SXM: 3350)"
     )
-    ap.add_argument("--skip", nargs="*", default=[], choices=["int8", "speculative", "hf"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["int8", "speculative", "hf", "compiled"])
     ap.add_argument(
         "--int4", action="store_true", help="also time int4 (slower than fp32 on CPU; default on CUDA)"
     )
@@ -158,7 +176,7 @@ def main() -> None:
     hf = hf_twin(model).to(device, dtype) if "hf" not in args.skip else None
     model = model.to(device, dtype).eval()
     variants: dict[str, tuple] = {"danlu": (model, False)}
-    if cuda:
+    if "compiled" not in args.skip:
         variants["danlu compiled"] = (model, True)
     for bits in (8, 4):
         if (bits == 8 and "int8" not in args.skip) or (bits == 4 and (args.int4 or cuda)):
@@ -207,6 +225,21 @@ def main() -> None:
         if spec_stats is not None:
             print(f"  speculative acceptance rate {spec_stats.acceptance_rate:.2f} "
                   f"({spec_stats.accepted}/{spec_stats.proposed} draft tokens, gamma {args.gamma})")  # fmt: skip
+        if not cuda and B == 1:
+            step_bytes = bytes_per_step(model)
+            floor = matmul_floor_seconds(step_bytes, model.config.n_embd, device, dtype)
+            print(
+                f"  bandwidth bound: one {step_bytes / 1e6:.0f} MB matrix-vector product takes {floor * 1e3:.1f} ms "
+                f"-> at most {1 / floor:.1f} tokens/s for fp32 (decoding must read every weight once per token)"
+            )
+            for label in ("transformers", "danlu", "danlu compiled"):
+                if label in times:
+                    print(f"  {label}: {rate(label, 0) * floor:.0%} of that bound")
+            if hf is not None:
+                print(
+                    f"  the most any fp32 decoder can gain over transformers here: "
+                    f"{1 / (rate('transformers', 0) * floor):.2f}x"
+                )
         if cuda:
             cfg = model.config
             L = args.prompt_tokens + N

@@ -53,7 +53,11 @@ def add_generation_args(p: argparse.ArgumentParser, temperature: float = 0.8) ->
     p.add_argument("--draft-model", default=None, help="checkpoint of a small model: speculative decoding")
     p.add_argument("--amateur-model", default=None, help="checkpoint of a weak model: contrastive decoding")
     p.add_argument("--quantize", choices=["int8", "int4"], default=None, help="weight-only quantisation")
-    p.add_argument("--compile", action="store_true", help="CUDA: compile decode steps into a CUDA graph")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the decode step (a CUDA graph on CUDA, fused C++ on CPU; the first call compiles)",
+    )
 
 
 def generation_options(args: argparse.Namespace) -> dict:

@@ -7,7 +7,8 @@ Notation: B prompts, T prompt length after left padding.
 `danlu.generate(model, tokenizer, prompt | prompts, **options)` and `danlu.stream(model, tokenizer, prompt,
 **options)` are the public entry points; the options are `GenerationOptions` fields. Extra models switch the
 strategy: `draft_model=` speculative decoding, `amateur_model=` contrastive decoding; `num_beams > 1` beam search.
-`compile=True` captures decode steps in a CUDA graph (CUDA only; ignored on CPU).
+`compile=True` compiles the decode step with `torch.compile` (a CUDA graph on CUDA, fused C++ on CPU); the
+first call pays the compilation (tens of seconds on a CPU).
 """
 
 from __future__ import annotations

@@ -142,12 +142,18 @@ _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def compiled_decode_one(model: nn.Module) -> Callable[..., torch.Tensor]:
-    """`decode_one_static` compiled for `model` (CUDA graphs), built once per model and reused.
+    """`decode_one_static` compiled for `model`, built once per model and reused.
 
-    One graph per (B, L) shape: callers round L up (see `steps.new_state`) so prompts of similar lengths share.
+    On CUDA `mode="reduce-overhead"` captures the step as a CUDA graph (one launch instead of hundreds). On CPU
+    the default mode fuses the norms, RoPE and activations into C++ loops around the matmuls (benchmarks: about
+    1.1x the eager step). Weights stay graph inputs (no "freezing"), so a model trained further after a
+    compiled decode still decodes with its new weights. One compiled step per (B, L) shape: callers round L
+    up (see `steps.new_state`) so prompts of similar lengths share.
     """
     fn = _COMPILED.get(model)
     if fn is None:
-        fn = torch.compile(decode_one_static, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        cuda = next(model.parameters()).device.type == "cuda"
+        mode = "reduce-overhead" if cuda else "default"
+        fn = torch.compile(decode_one_static, mode=mode, fullgraph=True, dynamic=False)
         _COMPILED[model] = fn
     return fn

@@ -9,8 +9,8 @@ slot. `key_mask` (B, L) says which slots hold real tokens (padding and not-yet-w
 `next_pos` (B,) is each row's next position id, which counts only its real tokens, so a padded row computes what
 it would alone.
 
-Two backends, one interface: danlu's GPT runs the lean static-cache forward of `static.py` (compiled into a
-CUDA graph when asked, on CUDA); any other model with `forward(input_ids, attention_mask, kv_cache,
+Two backends, one interface: danlu's GPT runs the lean static-cache forward of `static.py` (compiled when
+asked: into a CUDA graph on CUDA, into fused C++ loops on CPU); any other model with `forward(input_ids, attention_mask, kv_cache,
 position_ids)` and `new_kv_cache(B, max_len)` runs its own forward (the test suite's scripted fakes do).
 """
 
@@ -57,12 +57,12 @@ def model_device(model: nn.Module) -> torch.device:
 def new_state(model: nn.Module, B: int, max_len: int, compile: bool = False) -> DecodeState:
     """An empty decoding state for B rows and up to max_len tokens (prompt + new) per row.
 
-    compile=True on CUDA captures decode steps in a CUDA graph; L is then rounded up to a multiple of 256 (within
-    the model's context) so that nearby lengths reuse one compiled graph.
+    compile=True compiles the decode step (a CUDA graph on CUDA, fused C++ kernels on CPU); L is then rounded up to
+    a multiple of 256 (within the model's context) so that nearby lengths reuse one compiled step.
     """
     device = model_device(model)
     lean = _is_danlu_gpt(model)
-    if compile and lean and device.type == "cuda":
+    if compile and lean:
         return _graph_state(model, B, max_len, device)
     cache = new_static_cache(model, B, max_len) if lean else model.new_kv_cache(B, max_len=max_len)
     key_mask = torch.zeros(B, max_len, dtype=torch.bool, device=device)

@@ -35,10 +35,16 @@ def train_config_from_args(args: argparse.Namespace):
 def register(sub) -> None:
     p = sub.add_parser("pretrain", help="pretrain a GPT/LLaMA-style model on text (causal LM)")
     p.add_argument("--data", required=True, nargs="+", help="a world folder, or .txt/.jsonl files")
-    p.add_argument("--tokenizer", required=True, help="tokenizer folder or tokenizer.json (danlu tokenizer train)")
+    p.add_argument(
+        "--tokenizer", required=True, help="tokenizer folder or tokenizer.json (danlu tokenizer train)"
+    )
     p.add_argument("--out", required=True, help="output folder: metrics.jsonl, loss.png, checkpoint/")
-    p.add_argument("--preset", default="llama-tiny", help="model preset (gpt2-tiny, llama-tiny, gpt2-small, ...)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint exactly where it stopped")
+    p.add_argument(
+        "--preset", default="llama-tiny", help="model preset (gpt2-tiny, llama-tiny, gpt2-small, ...)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from OUT/checkpoint exactly where it stopped"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_train_args(p)
     p.set_defaults(func=run_pretrain)
@@ -50,7 +56,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from danlu.train.pretrain import pretrain
 
     tokenizer = Tokenizer.load(args.tokenizer)
-    result = pretrain(args.data, tokenizer, args.out, args.preset, train_config_from_args(args), resume=args.resume)
+    result = pretrain(
+        args.data, tokenizer, args.out, args.preset, train_config_from_args(args), resume=args.resume
+    )
     if DistInfo().is_main:
         print(json.dumps(result.summary, indent=2))
         print(f"checkpoint: {result.checkpoint}")

@@ -93,8 +93,12 @@ def pretrain(
     dist = DistInfo()
 
     def batch_fn(split: str, step: int, micro: int) -> dict[str, torch.Tensor]:
-        seed = cfg.seed if split == "train" else cfg.seed + 1  # validation batches are fixed across evaluations
-        x = sample_blocks(tokens[split], cfg.batch_size, cfg.block_size, seed, step, micro, dist.rank, dist.world_size)
+        seed = (
+            cfg.seed if split == "train" else cfg.seed + 1
+        )  # validation batches are fixed across evaluations
+        x = sample_blocks(
+            tokens[split], cfg.batch_size, cfg.block_size, seed, step, micro, dist.rank, dist.world_size
+        )
         return {"input_ids": x, "labels": x}
 
     summary = train(
