@@ -23,30 +23,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from danlu.nn.attention import KVCache
 from danlu.nn.layers import RMSNorm
 from danlu.nn.position import apply_rope
 
 
-class StaticKVCache:
-    """Keys and values of every layer in fixed (B, n_kv_head, L, head_size) buffers, written by slot index.
+class StaticKVCache(KVCache):
+    """The model's KVCache buffers, written by slot index instead of appended: (B, n_kv_head, L, head_size) per layer.
 
-    Buffers are never re-allocated (beam reordering copies in place), so a captured CUDA graph stays valid.
+    Slots come as a tensor, so one decode step has the same shapes and addresses every time; buffers are never
+    re-allocated (beam reordering copies in place), so a captured CUDA graph stays valid. `seq_len` is unused:
+    `steps.DecodeState` counts the filled slots.
     """
-
-    def __init__(
-        self,
-        n_layer: int,
-        B: int,
-        n_kv_head: int,
-        max_len: int,
-        head_size: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        shape = (B, n_kv_head, max_len, head_size)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.max_len = max_len
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store k, v (B, n_kv_head, T, head_size) at cache slots (T,)."""
