@@ -87,3 +87,13 @@ def test_corrupt_and_foreign_checkpoints(capsys, tmp_path, tok_dir):
     assert code == 2 and "model_type='t5'" in err and "supported" in err
     code, err = run_cli(capsys, "generate", "--model", str(tmp_path / "missing"), "hello")
     assert code == 2 and "does not exist" in err
+
+
+def test_building_the_cli_does_not_import_torch():
+    """`danlu --help` and argument errors stay fast: no command module pulls PyTorch in at registration."""
+    import subprocess
+    import sys
+
+    code = "import sys, danlu.cli; danlu.cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

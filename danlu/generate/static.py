@@ -29,7 +29,7 @@ from danlu.nn.position import apply_rope
 
 
 class StaticKVCache(KVCache):
-    """The model's KVCache buffers, written by slot index instead of appended: (B, n_kv_head, L, head_size) per layer.
+    """The model's KVCache buffers (B, n_kv_head, L, head_size) per layer, written by slot instead of appended.
 
     Slots come as a tensor, so one decode step has the same shapes and addresses every time; buffers are never
     re-allocated (beam reordering copies in place), so a captured CUDA graph stays valid. `seq_len` is unused:
@@ -134,7 +134,7 @@ def compiled_decode_one(model: nn.Module) -> Callable[..., torch.Tensor]:
 
     On CUDA `mode="reduce-overhead"` captures the step as a CUDA graph (one launch instead of hundreds). On CPU
     the default mode fuses the norms, RoPE and activations into C++ loops around the matmuls (benchmarks: about
-    1.1x the eager step). Weights stay graph inputs (no "freezing"), so a model trained further after a
+    1.2x the eager step). Weights stay graph inputs (no "freezing"), so a model trained further after a
     compiled decode still decodes with its new weights. One compiled step per (B, L) shape: callers round L
     up (see `steps.new_state`) so prompts of similar lengths share.
     """

@@ -10,8 +10,9 @@ slot. `key_mask` (B, L) says which slots hold real tokens (padding and not-yet-w
 it would alone.
 
 Two backends, one interface: danlu's GPT runs the lean static-cache forward of `static.py` (compiled when
-asked: into a CUDA graph on CUDA, into fused C++ loops on CPU); any other model with `forward(input_ids, attention_mask, kv_cache,
-position_ids)` and `new_kv_cache(B, max_len)` runs its own forward (the test suite's scripted fakes do).
+asked: into a CUDA graph on CUDA, into fused C++ loops on CPU); any other model with
+`forward(input_ids, attention_mask, kv_cache, position_ids)` and `new_kv_cache(B, max_len)` runs its own
+forward (the test suite's scripted fakes do).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from dataclasses import fields
 
 def add_train_args(p: argparse.ArgumentParser, **defaults) -> None:
     """The TrainConfig fields as --flags (shared by pretrain and the later stages)."""
-    from danlu.train.loop import TrainConfig
+    from danlu.train.config import TrainConfig
 
     base = TrainConfig(**defaults) if defaults else TrainConfig()
     for f in fields(TrainConfig):
@@ -26,7 +26,7 @@ def add_train_args(p: argparse.ArgumentParser, **defaults) -> None:
 
 
 def train_config_from_args(args: argparse.Namespace):
-    from danlu.train.loop import TrainConfig
+    from danlu.train.config import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names}, show_progress=not args.quiet)
