@@ -35,7 +35,8 @@ class VisionOptions:
     n_heldout: int = 400
     vit_steps: int = 600
     clip_steps: int = 2400  # held-out-combination shape accuracy 0.785 at 1200, 0.855 at 2400
-    diffusion_steps: int = 3000  # samples classified as their shape: 0.64 at 1500, 0.79 at 3000 (with EMA)
+    # Share of samples the ViT classifies as their shape: 0.64 at 1500 steps, 0.75-0.79 at 3000 (with the EMA).
+    diffusion_steps: int = 3000
     diffusion_ema: float = 0.999  # decay of the weight average the sampler uses (0: sample the raw weights)
     batch_size: int = 64
     device: str = "cpu"
