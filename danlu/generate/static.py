@@ -61,18 +61,23 @@ def gpt_forward(
     attn_mask: torch.Tensor | None,
     kv_len: int | None,
     last_only: bool,
+    one_query: bool = False,
 ) -> torch.Tensor:
     """Run a danlu GPT on input_ids (B, T) written to cache `slots` (T,), attending keys [0, kv_len).
 
     position_ids (B, T) give each token's position (left padding does not count); attn_mask is a boolean
     (B | 1, 1, T, S) mask (True = may attend), or None when every one of the S keys may be attended.
-    kv_len None attends the whole cache (static shapes for CUDA graphs). Returns logits (B, T or 1, V).
+    kv_len None attends the whole cache (static shapes for CUDA graphs). one_query (T = 1 only) writes
+    attention out for `torch.compile` instead of calling SDPA. Returns logits (B, T or 1, V).
+
+    The residual stream is kept 2-D, (B * T, C): with a (B, T, C) stream inductor hands the matmuls a
+    (1, C) view with a zero stride at B = T = 1, and ATen copies such an input before every matmul.
     """
     B, T = input_ids.shape
-    x = model.wte(input_ids)  # (B, T, C)
+    x = model.wte(input_ids.reshape(B * T))  # (B * T, C)
     rope = None
     if model.wpe is not None:
-        x = x + model.wpe(position_ids)
+        x = x + model.wpe(position_ids.reshape(B * T))
     else:
         rope = (model.rope_cos[position_ids][:, None], model.rope_sin[position_ids][:, None])  # (B, 1, T, hs)
     for i, block in enumerate(model.blocks):
@@ -92,13 +97,38 @@ def gpt_forward(
         keys, values = cache.k[i], cache.v[i]  # (B, n_kv_head, L, head_size)
         if kv_len is not None:
             keys, values = keys[:, :, :kv_len], values[:, :, :kv_len]  # (B, n_kv_head, S, head_size)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, enable_gqa=nkv != nh)
-        y = y.transpose(1, 2).reshape(B, T, nh * hs)  # (B, T, C)
+        if one_query:
+            y = _attend_one_query(q, keys, values, attn_mask).reshape(B, nh * hs)  # (B, C), T = 1
+        else:
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask, enable_gqa=nkv != nh)
+            y = y.transpose(1, 2).reshape(B * T, nh * hs)  # (B * T, C)
         x = x + attn.proj(y)
         x = x + block.mlp(_norm(block.norm2, x))
+    x = x.view(B, T, -1)  # (B, T, C)
     if last_only:
         x = x[:, -1:]  # (B, 1, C): prefill only needs the next token's distribution
     return model.lm_head(_norm(model.norm_f, x))  # (B, T or 1, V)
+
+
+def _attend_one_query(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, attn_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """softmax(q kᵀ / sqrt(head_size)) v for one query per row: q (B, n_head, 1, hs), keys and values
+    (B, n_kv_head, S, hs), attn_mask (B, 1, 1, S) or None -> (B, n_kv_head, group, hs), query head h being
+    row h // group, column h % group (query heads h share key head h // group, as in GQA).
+
+    Written as products and sums so that inductor fuses scores, mask, softmax and the weighted sum into one
+    C++ loop nest. PyTorch's CPU flash-attention kernel, tuned for long query blocks, spends ~60 µs a call on
+    a single query (SmolLM2 decoding: 30 calls, 7% of a step).
+    """
+    B, nh, _, hs = q.shape
+    nkv = keys.shape[1]
+    q = q.reshape(B, nkv, nh // nkv, 1, hs)  # (B, n_kv_head, group, 1, hs)
+    scores = (q * keys[:, :, None]).sum(-1) * hs**-0.5  # (B, n_kv_head, group, S)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))  # (B, 1, 1, S) broadcasts over the heads
+    p = scores.softmax(-1)
+    return (p[..., None] * values[:, :, None]).sum(-2)  # (B, n_kv_head, group, hs)
 
 
 def _norm(norm: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -116,14 +146,17 @@ def decode_one_static(
     pos: torch.Tensor,
     slot: torch.Tensor,
 ) -> torch.Tensor:
-    """One decode step with only static shapes: tok, pos (B, 1), slot (1,), key_mask (B, L) -> logits (B, V).
+    """One decode step: tok, pos (B, 1), slot (1,), key_mask (B, S) over the first S cache slots -> (B, V).
 
-    Marks `slot` as real in key_mask, then attends the whole cache under the (B, 1, 1, L) mask. This is the
-    function `torch.compile(mode="reduce-overhead")` captures as a CUDA graph.
+    Marks `slot` as real in key_mask, then attends the first S slots under the (B, 1, 1, S) mask. On CUDA S is
+    the whole cache, so every shape is fixed and `mode="reduce-overhead"` captures the step as a CUDA graph; on
+    CPU S is the filled slots, a dynamic dimension (`steps.decode_one`), so no step attends empty slots.
     """
     key_mask.index_fill_(1, slot, True)
-    mask = key_mask[:, None, None, :]  # (B, 1, 1, L)
-    return gpt_forward(model, tok, pos, cache, slot, mask, None, last_only=False)[:, -1]
+    S = key_mask.shape[1]
+    mask = key_mask[:, None, None, :]  # (B, 1, 1, S)
+    one_query = tok.device.type == "cpu"  # on CUDA SDPA's kernels serve one query well
+    return gpt_forward(model, tok, pos, cache, slot, mask, S, last_only=False, one_query=one_query)[:, -1]
 
 
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -133,15 +166,21 @@ def compiled_decode_one(model: nn.Module) -> Callable[..., torch.Tensor]:
     """`decode_one_static` compiled for `model`, built once per model and reused.
 
     On CUDA `mode="reduce-overhead"` captures the step as a CUDA graph (one launch instead of hundreds). On CPU
-    the default mode fuses the norms, RoPE and activations into C++ loops around the matmuls (benchmarks: about
-    1.2x the eager step). Weights stay graph inputs (no "freezing"), so a model trained further after a
-    compiled decode still decodes with its new weights. One compiled step per (B, L) shape: callers round L
-    up (see `steps.new_state`) so prompts of similar lengths share.
+    inductor fuses the norms, RoPE, activations and attention into C++ loops around the matmuls and calls them
+    from a C++ wrapper, the attended length being dynamic (docs/BENCHMARKS.md: about 1.3x the eager step).
+    Weights stay graph inputs (no "freezing"), so a model trained further after a compiled decode still
+    decodes with its new weights. One compiled step per (B, L) cache shape: callers round L up (see
+    `steps.new_state`) so prompts of similar lengths share.
     """
     fn = _COMPILED.get(model)
     if fn is None:
-        cuda = next(model.parameters()).device.type == "cuda"
-        mode = "reduce-overhead" if cuda else "default"
-        fn = torch.compile(decode_one_static, mode=mode, fullgraph=True, dynamic=False)
+        if next(model.parameters()).device.type == "cuda":
+            fn = torch.compile(decode_one_static, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        else:
+            # A C++ wrapper instead of a Python one around the ~300 kernel and matmul calls of a step: 10%
+            # faster decoding for a longer first compilation (SmolLM2: ~50 s instead of ~25 s, then cached).
+            # dynamic=None: only the dimensions marked dynamic (the attended length) are symbolic.
+            opts = {"cpp_wrapper": True}
+            fn = torch.compile(decode_one_static, options=opts, fullgraph=True, dynamic=None)
         _COMPILED[model] = fn
     return fn

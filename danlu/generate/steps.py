@@ -39,6 +39,7 @@ class DecodeState:
     lean: bool = True  # the static-cache GPT forward, else model.forward
     padded: bool = False  # some row has left padding (else attention needs no mask)
     decode_fn: Any = None  # compiled decode_one_static, or None to run eagerly
+    guards_checked: bool = False  # decode_fn ran once for this state with all of dynamo's guards
 
     @property
     def max_len(self) -> int:
@@ -174,7 +175,22 @@ def decode_one(model: nn.Module, state: DecodeState, tok: torch.Tensor) -> torch
         return forward_tokens(model, state, tok[:, None])[:, -1].float()
     _check_room(state, 1)
     slot = torch.tensor([state.length], device=tok.device)
-    logits = state.decode_fn(model, state.cache, state.key_mask, tok[:, None], state.next_pos[:, None], slot)
+    key_mask = state.key_mask  # (B, L)
+    if tok.device.type == "cpu":
+        # No CUDA graph to keep shapes fixed for: attend only the filled slots, their number a dynamic
+        # dimension so one compiled step serves every length (SmolLM2, 144 of 256 slots: 3% faster steps).
+        key_mask = key_mask[:, : state.length + 1]  # (B, S)
+        torch._dynamo.mark_dynamic(key_mask, 1)
+    args = (model, state.cache, key_mask, tok[:, None], state.next_pos[:, None], slot)
+    if state.guards_checked:
+        # The same model, buffers and dtypes as the call before (only S grows, and it is symbolic), so
+        # dynamo's guards (one per weight: ~0.4 ms of a 23 ms CPU step for SmolLM2) can only pass again:
+        # check just those that tell the compiled variants apart (other models, batch sizes, cache sizes).
+        with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+            logits = state.decode_fn(*args)
+    else:
+        logits = state.decode_fn(*args)
+        state.guards_checked = True
     state.length += 1
     state.next_pos += 1
     return logits.to(torch.float32, copy=True)  # the graph's output buffer is overwritten by the next replay

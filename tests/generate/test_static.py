@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from danlu.generate import steps
-from danlu.generate.static import decode_one_static
+from danlu.generate.static import _attend_one_query, decode_one_static
 from danlu.models.gpt import GPT, GPTConfig
 
 TOL = 1e-4
@@ -24,6 +24,23 @@ def padded_batch():
     attention_mask[0, :3] = 0
     attention_mask[2, :6] = 0  # a one-token prompt
     return input_ids, attention_mask
+
+
+@pytest.mark.parametrize("n_head, n_kv_head", [(4, 4), (9, 3), (4, 1)])
+def test_one_query_attention_equals_sdpa(n_head, n_kv_head):
+    """The written-out attention of the compiled CPU step is PyTorch's SDPA (GQA, key mask with holes)."""
+    g = torch.Generator().manual_seed(n_head)
+    B, S, hs = 3, 11, 16
+    q = torch.randn(B, n_head, 1, hs, generator=g)
+    keys, values = (torch.randn(B, n_kv_head, S, hs, generator=g) for _ in range(2))
+    mask = torch.rand(B, 1, 1, S, generator=g) > 0.4
+    mask[..., -1] = True  # the new token's own slot is always real
+    for m in (mask, None):
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            q, keys, values, attn_mask=m, enable_gqa=True
+        )
+        got = _attend_one_query(q, keys, values, m).reshape(B, n_head, 1, hs)
+        assert (got - expected).abs().max() < 1e-5
 
 
 @torch.inference_mode()
@@ -117,8 +134,8 @@ def test_graph_state_reuses_its_buffers_and_decodes_like_eager(model, monkeypatc
 
 
 def test_compiled_cpu_decoding_equals_eager_and_follows_weight_updates():
-    """compile=True on CPU (inductor, real compilation): the same greedy tokens as eager decoding, and after the
-    weights change in place (training after a compiled decode) the compiled step uses the new weights."""
+    """compile=True on CPU (inductor, real compilation): the same greedy tokens as eager decoding for a padded
+    batch, and after the weights change in place (training after a compiled decode) the compiled step uses the new weights."""
     from danlu.generate.engine import generate_ids
     from danlu.generate.options import GenerationOptions
 
@@ -126,6 +143,7 @@ def test_compiled_cpu_decoding_equals_eager_and_follows_weight_updates():
     model = GPT(GPTConfig.from_name("llama-tiny", vocab_size=97, n_layer=2, n_embd=64, block_size=64)).eval()
     input_ids = torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(3))
     mask = torch.ones_like(input_ids)
+    mask[1, :2] = 0  # a left-padded row: the compiled one-query attention must mask its padding
     opts = GenerationOptions(max_new_tokens=8)
 
     def run(compile: bool) -> torch.Tensor:
