@@ -106,6 +106,12 @@ def _load(args):
     if tokenizer is None:
         raise DanluError(f"{args.model} has no tokenizer.json; save the model together with its tokenizer")
     extra = {"compile": args.compile}
+    if args.compile:
+        print(
+            "--compile: the first reply waits for torch.compile (about a minute on a CPU the first time, "
+            "seconds once its cache on disk holds the step)",
+            file=sys.stderr,
+        )
     if args.draft_model:
         extra["draft_model"] = danlu.load(args.draft_model, device=args.device)[0]
     if args.amateur_model:

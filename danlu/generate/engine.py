@@ -8,7 +8,8 @@ Notation: B prompts, T prompt length after left padding.
 **options)` are the public entry points; the options are `GenerationOptions` fields. Extra models switch the
 strategy: `draft_model=` speculative decoding, `amateur_model=` contrastive decoding; `num_beams > 1` beam search.
 `compile=True` compiles the decode step with `torch.compile` (a CUDA graph on CUDA, fused C++ on CPU); the
-first call pays the compilation (tens of seconds on a CPU).
+first call pays the compilation (SmolLM2 on 2 CPU cores: about 55 s, then ~5 s while inductor's on-disk cache
+holds it).
 """
 
 from __future__ import annotations
