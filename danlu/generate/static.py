@@ -59,7 +59,7 @@ def gpt_forward(
     cache: StaticKVCache,
     slots: torch.Tensor,
     attn_mask: torch.Tensor | None,
-    kv_len: int | None,
+    kv_len: int,
     last_only: bool,
     one_query: bool = False,
 ) -> torch.Tensor:
@@ -67,8 +67,8 @@ def gpt_forward(
 
     position_ids (B, T) give each token's position (left padding does not count); attn_mask is a boolean
     (B | 1, 1, T, S) mask (True = may attend), or None when every one of the S keys may be attended.
-    kv_len None attends the whole cache (static shapes for CUDA graphs). one_query (T = 1 only) writes
-    attention out for `torch.compile` instead of calling SDPA. Returns logits (B, T or 1, V).
+    kv_len = L attends the whole cache (static shapes for CUDA graphs). one_query (T = 1 only) writes attention
+    out for `torch.compile` instead of calling SDPA. Returns logits (B, T or 1, V).
 
     The residual stream is kept 2-D, (B * T, C): with a (B, T, C) stream inductor hands the matmuls a
     (1, C) view with a zero stride at B = T = 1, and ATen copies such an input before every matmul.
@@ -94,9 +94,7 @@ def gpt_forward(
             qk = apply_rope(qk, *rope)  # queries and keys rotate alike: one call for both
         q, k = qk[:, :nh], qk[:, nh:]  # (B, n_head, T, head_size), (B, n_kv_head, T, head_size)
         cache.write(i, slots, k, v)
-        keys, values = cache.k[i], cache.v[i]  # (B, n_kv_head, L, head_size)
-        if kv_len is not None:
-            keys, values = keys[:, :, :kv_len], values[:, :, :kv_len]  # (B, n_kv_head, S, head_size)
+        keys, values = cache.k[i][:, :, :kv_len], cache.v[i][:, :, :kv_len]  # (B, n_kv_head, S, head_size)
         if one_query:
             y = _attend_one_query(q, keys, values, attn_mask).reshape(B, nh * hs)  # (B, C), T = 1
         else:
