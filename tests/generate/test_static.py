@@ -156,3 +156,27 @@ def test_compiled_cpu_decoding_equals_eager_and_follows_weight_updates():
         model.norm_f.weight.mul_(-1.0)  # negates the logits: a stale (frozen) compile would not notice
     after = run(True)
     assert torch.equal(after, run(False)) and not torch.equal(after, before)
+
+
+def test_compiled_steps_of_different_models_interleave():
+    """After a state's first compiled step, later steps check only the guards that tell compiled variants apart
+    (`steps.decode_one`). Two models decoding turn about, each its own compiled variant, must still each run
+    their own: the same logits as eager decoding at every step."""
+    torch.manual_seed(0)
+    models = [
+        GPT(GPTConfig.from_name(name, vocab_size=97, n_layer=n, n_embd=64, block_size=64)).eval()
+        for name, n in (("llama-tiny", 2), ("gpt2-tiny", 3))
+    ]
+    g = torch.Generator().manual_seed(4)
+    input_ids, fed = torch.randint(0, 97, (1, 5), generator=g), torch.randint(0, 97, (10, 1), generator=g)
+
+    def turn_about(compile: bool) -> list[torch.Tensor]:
+        states = [steps.new_state(m, 1, 30, compile=compile) for m in models]
+        for m, s in zip(models, states):
+            steps.prefill(m, s, input_ids, torch.ones_like(input_ids))
+        return [steps.decode_one(m, s, tok) for tok in fed for m, s in zip(models, states)]
+
+    with torch.inference_mode():
+        eager, compiled = turn_about(False), turn_about(True)
+    assert all((c - e).abs().max() < TOL for c, e in zip(compiled, eager))
+    assert (eager[0] - eager[1]).abs().max() > 0.1  # the two models' logits really differ
