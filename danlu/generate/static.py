@@ -143,17 +143,18 @@ def decode_one_static(
     tok: torch.Tensor,
     pos: torch.Tensor,
     slot: torch.Tensor,
+    one_query: bool = False,
 ) -> torch.Tensor:
     """One decode step: tok, pos (B, 1), slot (1,), key_mask (B, S) over the first S cache slots -> (B, V).
 
     Marks `slot` as real in key_mask, then attends the first S slots under the (B, 1, 1, S) mask. On CUDA S is
     the whole cache, so every shape is fixed and `mode="reduce-overhead"` captures the step as a CUDA graph; on
-    CPU S is the filled slots, a dynamic dimension (`steps.decode_one`), so no step attends empty slots.
+    CPU S is the filled slots, a dynamic dimension, and attention is written out (`one_query`; see
+    `steps.decode_one`, which makes both choices).
     """
     key_mask.index_fill_(1, slot, True)
     S = key_mask.shape[1]
     mask = key_mask[:, None, None, :]  # (B, 1, 1, S)
-    one_query = tok.device.type == "cpu"  # on CUDA SDPA's kernels serve one query well
     return gpt_forward(model, tok, pos, cache, slot, mask, S, last_only=False, one_query=one_query)[:, -1]
 
 
