@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from danlu.errors import DanluError
+from danlu.flags import Parser
 
 # Modules that define `register(subparsers)`; the order is the order of `danlu --help`.
 COMMAND_MODULES = [
@@ -25,16 +26,27 @@ COMMAND_MODULES = [
     "danlu.generate.commands",  # generate, chat
     "danlu.eval.commands",  # eval
     "danlu.serve.commands",  # serve
-    "danlu.app.commands",  # rag index / ask
+    "danlu.app.commands",  # rag index / ask, agent
     "danlu.demo",  # demo
 ]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("danlu")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """Every command's parser; `danlu.flags.Parser` makes each `--help` show every default the same way."""
+    parser = Parser(
         prog="danlu",
         description="丹炉 danlu: build, train, align, decode, evaluate and serve language models.",
     )
+    parser.add_argument("--version", action="version", version=f"danlu {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

@@ -230,11 +230,14 @@ def _version() -> str:
     return danlu.__version__
 
 
-def resolve_stages(spec: str | None) -> list[str]:
-    """Stage names (and group names) from `--stages`, in the life's order, with the stages every later one needs."""
+def resolve_stages(spec: str | list[str] | None) -> list[str]:
+    """Stage names (and group names) from `--stages`, in the life's order, with the stages every later one needs.
+    The old comma form (`world,tokenizer`) still splits, with a note."""
+    from danlu.flags import split_list
+
+    names = split_list([spec] if isinstance(spec, str) else spec, "--stages") or ["default"]
     wanted: set[str] = set()
-    for name in (spec or "default").split(","):
-        name = name.strip()
+    for name in names:
         if name in STAGE_GROUPS:
             wanted.update(STAGE_GROUPS[name])
         elif name in STAGES:
@@ -250,7 +253,7 @@ def resolve_stages(spec: str | None) -> list[str]:
 
 
 def default_pretrain_steps(stages: list[str]) -> int:
-    """Pretraining steps when --steps is not given: more when the alignment stages build on the model."""
+    """Pretraining steps when --pretrain-steps is not given: more when the alignment stages build on the model."""
     return PRETRAIN_STEPS_ALIGN if set(stages) & ALIGN_STAGES else PRETRAIN_STEPS
 
 
@@ -274,32 +277,51 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
+    from danlu.flags import heavy
+
     p = sub.add_parser(
         "demo", help="the whole life of a model on the embedded world (report.md, metrics.json)"
     )
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument(
         "--stages",
+        nargs="+",
         default=None,
-        help=f"comma-separated stages or groups ({', '.join(STAGE_GROUPS)}); default: {','.join(DEFAULT_STAGES)}",
+        metavar="STAGE",
+        help=f"stages or groups, space-separated ({', '.join(STAGE_GROUPS)}); none: {' '.join(DEFAULT_STAGES)}",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the world and of every stage")
     p.add_argument("--size", default="small", help="world size: tiny, small, medium, large or a multiplier")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--preset", default="llama-tiny")
-    p.add_argument("--vocab-size", type=int, default=2048)
+    p.add_argument("--preset", default="llama-tiny", help="GPT preset of the pretrained model")
+    p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size")
     p.add_argument(
-        "--steps",
+        "--pretrain-steps",
+        dest="steps",
         type=int,
         default=None,
-        help=f"pretraining steps (default {PRETRAIN_STEPS}; {PRETRAIN_STEPS_ALIGN} when alignment stages run)",
+        help=f"pretraining steps (none: {PRETRAIN_STEPS}; {PRETRAIN_STEPS_ALIGN} when alignment stages run)",
     )
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--block-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch-size", type=int, default=32, help="pretraining sequences per step")
+    p.add_argument("--block-size", type=int, default=128, help="pretraining tokens per sequence")
+    p.add_argument("--lr", type=float, default=2e-3, help="pretraining peak learning rate")
     p.add_argument("--samples", type=int, default=6, help="generations shown at the end")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or stage headings")
     from danlu.align.demo_stages import add_demo_args
 
     add_demo_args(p)
-    p.set_defaults(func=run_demo)
+    heavy(p, run_demo, validate=check_demo_args)
+
+
+def check_demo_args(args: argparse.Namespace) -> None:
+    """Every flag checked before the world is written (a typo must not cost a stage)."""
+    from danlu.data.world_universe import resolve_size
+    from danlu.train.commands import check_preset
+
+    resolve_stages(args.stages)
+    check_preset(args.preset)
+    resolve_size(args.size)
+    for name in ("vocab_size", "batch_size", "block_size", "samples"):
+        if getattr(args, name) < 1:
+            raise DanluError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if (args.steps is not None and args.steps < 1) or not args.lr > 0:
+        raise DanluError(f"--pretrain-steps must be >= 1 and --lr > 0, got {args.steps}, {args.lr}")

@@ -10,7 +10,7 @@ from danlu.cli import main
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    code = main(["demo", "--out", str(out), "--size", "tiny", "--steps", "60", "--batch-size", "16",
+    code = main(["demo", "--out", str(out), "--size", "tiny", "--pretrain-steps", "60", "--batch-size", "16",
                  "--block-size", "64", "--vocab-size", "512", "--lr", "3e-3", "--samples", "4", "--quiet"])  # fmt: skip
     assert code == 0
     return out

@@ -10,21 +10,48 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 
+# Help of the PPO / GRPO config fields (danlu.align.configs keeps plain dataclasses; formulas in ppo.py, grpo.py).
+_ONLINE_FLAGS: dict[str, dict] = {
+    "steps": {"flag": "max_steps", "help": "rollout + update rounds"},
+    "batch_size": {"help": "prompts per rollout"},
+    "minibatch_size": {"help": "prompts per PPO update"},
+    "ppo_epochs": {"help": "passes over each rollout"},
+    "lr": {"help": "learning rate of the policy (actor)"},
+    "decay": {
+        "help": "learning-rate schedule after a 5%% warmup",
+        "choices": ("cosine", "linear", "constant"),
+    },
+    "critic_lr": {"help": "learning rate of the critic (a fresh head that must catch up fast)"},
+    "init_kl_coef": {"help": "beta: weight of the per-token KL penalty to the reference"},
+    "adaptive_kl": {"help": "adapt beta toward --target-kl (Ziegler et al. 2019)"},
+    "target_kl": {"help": "nats per token the adaptive beta aims at"},
+    "kl_horizon": {"help": "horizon of the adaptive-KL controller, in samples"},
+    "kl_bound": {"help": "the bound the report checks the mean per-token KL against"},
+    "gamma": {"help": "discount of the returns, in [0, 1]"},
+    "lam": {"help": "GAE lambda, in [0, 1]"},
+    "clip_range": {"help": "PPO ratio clip epsilon"},
+    "clip_range_value": {"help": "clip of the value-function update"},
+    "whiten_advantages": {"help": "normalise advantages to mean 0, std 1 per rollout"},
+    "max_new_tokens": {"help": "longest sampled answer, in tokens"},
+    "temperature": {"help": "sampling temperature of the rollouts (> 0)"},
+    "grad_clip": {"help": "clip the global gradient norm to this; 0 = off"},
+    "eval_interval": {"help": "evaluate every N rounds"},
+    "seed": {"help": "random seed"},
+    "prompts_per_step": {"help": "prompts sampled per round"},
+    "group_size": {"help": "G answers per prompt (the group is the baseline; >= 2)"},
+    "inner_epochs": {"help": "updates per sampled batch (1: the ratio is 1, the clip never bites)"},
+    "beta": {"help": "weight of the KL term to the reference (DeepSeekMath: 0.04)"},
+}
 
-def add_dataclass_args(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """Every field of a config dataclass as a --flag with its default."""
-    for f in fields(cls):
-        if f.name in skip:
-            continue
-        default = f.default if f.default is not MISSING else None
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        else:
-            p.add_argument(flag, type=type(default), default=default, help=f"default {default}")
+
+def add_online_args(p: argparse.ArgumentParser, cls) -> None:
+    """The fields of a PPO / GRPO config as --flags (`danlu.flags`); the device comes from `heavy`."""
+    from danlu.flags import add_dataclass_flags
+
+    add_dataclass_flags(p, cls, skip=("device",), meta=_ONLINE_FLAGS)
 
 
 def config_from_args(cls, args: argparse.Namespace):
@@ -80,8 +107,41 @@ def _prompts(paths: list[str], world_file: str) -> list[str]:
     return out
 
 
+def _check_train(args: argparse.Namespace) -> None:
+    from danlu.train.commands import check_paths, train_config_from_args
+
+    train_config_from_args(args)
+    check_paths(args.model, what="model")
+    check_paths(*args.data, *(args.eval_data or []), what="data file or folder")
+
+
+def _check_dpo(args: argparse.Namespace) -> None:
+    from danlu.tune.commands import lora_from_args
+
+    _check_train(args)
+    lora_from_args(args)
+
+
+def _check_online(cls):
+    def check(args: argparse.Namespace) -> None:
+        from danlu.train.commands import check_paths
+
+        config_from_args(cls, args)
+        check_paths(
+            args.model, *([args.reward_model] if getattr(args, "reward_model", None) else []), what="model"
+        )
+        check_paths(*args.data, *(args.eval_data or []), what="data file or folder")
+        if getattr(args, "lora", False):
+            from danlu.tune.commands import lora_from_args
+
+            lora_from_args(args)
+
+    return check
+
+
 def register(sub) -> None:
     from danlu.align.configs import GRPOConfig, PPOConfig
+    from danlu.flags import heavy
     from danlu.train.commands import add_train_args
     from danlu.tune.commands import add_lora_args
 
@@ -96,8 +156,8 @@ def register(sub) -> None:
     r.add_argument(
         "--eval-data", nargs="+", default=None, help="held-out comparisons (world: preference_test)"
     )
-    r.add_argument("--out", required=True)
-    r.add_argument("--quiet", action="store_true")
+    r.add_argument("--out", required=True, help="output folder: checkpoint/, metrics.jsonl, plots")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument(
         "--no-likelihood-feature",
         action="store_true",
@@ -105,7 +165,7 @@ def register(sub) -> None:
     )
     add_train_args(r, max_steps=100, batch_size=32, block_size=96, lr=3e-5, warmup_steps=10, eval_interval=50,
                    eval_batches=4, weight_decay=0.0)  # fmt: skip
-    r.set_defaults(func=run_reward)
+    heavy(r, run_reward, validate=_check_train)
 
     d = sub.add_parser("dpo", help="direct preference optimisation on preference pairs")
     d.add_argument("--model", required=True, help="the SFT model (also the frozen reference)")
@@ -115,14 +175,14 @@ def register(sub) -> None:
     d.add_argument(
         "--eval-data", nargs="+", default=None, help="held-out pairs (world: preference_test.jsonl)"
     )
-    d.add_argument("--out", required=True)
+    d.add_argument("--out", required=True, help="output folder: checkpoint/ (or adapter/), metrics, plots")
     d.add_argument("--beta", type=float, default=0.1, help="DPO β: strength of the implicit KL constraint")
     d.add_argument("--sft-weight", type=float, default=0.0, help="weight of an NLL term on chosen answers")
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
     add_lora_args(d)
     add_train_args(d, max_steps=60, batch_size=16, block_size=96, lr=5e-5, warmup_steps=6, eval_interval=20,
                    eval_batches=4, weight_decay=0.0, decay="constant")  # fmt: skip
-    d.set_defaults(func=run_dpo)
+    heavy(d, run_dpo, validate=_check_dpo)
 
     p = sub.add_parser("ppo", help="RLHF-PPO: actor/critic against a reward model, KL to the reference")
     p.add_argument("--model", required=True, help="the SFT model: actor and frozen reference")
@@ -131,11 +191,11 @@ def register(sub) -> None:
         "--data", required=True, nargs="+", help="world folder (preference_train prompts) or JSONL"
     )
     p.add_argument("--eval-data", nargs="+", default=None, help="held-out prompts (world: preference_test)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", required=True, help="output folder: checkpoint/, metrics, plots")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_lora_args(p)
-    add_dataclass_args(p, PPOConfig)
-    p.set_defaults(func=run_ppo)
+    add_online_args(p, PPOConfig)
+    heavy(p, run_ppo, validate=_check_online(PPOConfig))
 
     g = sub.add_parser("grpo", help="GRPO with the world's verifiable reward (arithmetic, facts)")
     g.add_argument("--model", required=True, help="the SFT model: policy and frozen reference")
@@ -143,11 +203,13 @@ def register(sub) -> None:
         "--data", required=True, nargs="+", help="world folder (sft_train.jsonl) or SFT JSONL with 'answer'"
     )
     g.add_argument("--eval-data", nargs="+", default=None, help="held-out records (world: sft_test.jsonl)")
-    g.add_argument("--kinds", default="arith", help="record kinds to train and evaluate on (default arith)")
-    g.add_argument("--out", required=True)
-    g.add_argument("--quiet", action="store_true")
-    add_dataclass_args(g, GRPOConfig)
-    g.set_defaults(func=run_grpo)
+    g.add_argument(
+        "--kinds", nargs="+", default=["arith"], metavar="KIND", help="record kinds to train and evaluate on"
+    )
+    g.add_argument("--out", required=True, help="output folder: checkpoint/, metrics, plots")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_online_args(g, GRPOConfig)
+    heavy(g, run_grpo, validate=_check_online(GRPOConfig))
 
 
 def run_reward(args: argparse.Namespace) -> int:
@@ -216,7 +278,9 @@ def run_grpo(args: argparse.Namespace) -> int:
     from danlu.tune.commands import read_records
 
     policy, tokenizer = _load_policy(args.model)
-    kinds = {k.strip() for k in args.kinds.split(",") if k.strip()}
+    from danlu.flags import split_list
+
+    kinds = set(split_list(args.kinds, "--kinds"))
     train_records = [
         r
         for r in read_records(args.data, "sft", "sft_train.jsonl")

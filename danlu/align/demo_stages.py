@@ -21,7 +21,10 @@ STAGE_DEFAULTS = {"sft_steps": 300, "reward_steps": 100, "dpo_steps": 60, "ppo_s
 def add_demo_args(p: Any) -> None:
     """The alignment stages' knobs as `danlu demo` flags (optional: the stages fall back to STAGE_DEFAULTS)."""
     for name, value in STAGE_DEFAULTS.items():
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=value, help=f"default {value}")
+        stage = name.removesuffix("_steps")
+        p.add_argument(
+            "--" + name.replace("_", "-"), type=int, default=value, help=f"steps of the {stage} stage"
+        )
 
 
 def _arg(ctx: Any, name: str) -> Any:

@@ -16,11 +16,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "The same --seed and --size always give byte-identical files.",
     )
     p.add_argument("--out", required=True, help="output folder (created if missing)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the world (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the world")
     p.add_argument(
         "--size",
         default="small",
-        help="tiny, small (default, ~1.5 MB of text), medium (~10 MB), large (~25 MB), or an int multiplier",
+        help="tiny, small (~1.5 MB of text), medium (~10 MB), large (~25 MB), or an int multiplier",
     )
     p.set_defaults(func=run_world)
 
@@ -31,7 +31,9 @@ def _size(value: str) -> str | int:
 
 def run_world(args: argparse.Namespace) -> int:
     from danlu.data.world import write_world
+    from danlu.data.world_universe import resolve_size
 
+    resolve_size(_size(args.size))  # a bad size fails before any file is written
     paths = write_world(args.out, seed=args.seed, size=_size(args.size))
     try:
         meta = json.loads(paths["world"].read_text(encoding="utf-8"))

@@ -24,9 +24,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--predictions", help="predictions JSONL (layouts: see danlu/eval/files.py)")
     p.add_argument("--task", choices=["classification", "detection", "text"], help="what the predictions are")
     p.add_argument("--out", required=True, help="output directory for eval.json and the plots")
-    p.add_argument(
-        "--box-format", choices=["xyxy", "xywh"], default="xyxy", help="detection boxes (default xyxy)"
-    )
+    p.add_argument("--box-format", choices=["xyxy", "xywh"], default="xyxy", help="detection boxes")
     p.add_argument(
         "--bleu-tokenize",
         choices=["13a", "zh", "none"],
@@ -37,9 +35,37 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", help="checkpoint to evaluate on a world directory (with --world)")
     p.add_argument("--world", help="world directory written by `danlu world`")
     p.add_argument("--max-new-tokens", type=int, default=32, help="answer length for exact match / BLEU")
-    p.add_argument("--limit", type=int, default=None, help="at most this many records per world file")
-    p.add_argument("--device", default="cpu", help="device for --model (cpu, cuda)")
-    p.set_defaults(func=handle_eval)
+    p.add_argument(
+        "--limit", type=int, default=None, help="at most this many records per world file (none: all)"
+    )
+    from danlu.flags import heavy
+
+    heavy(p, handle_eval, validate=check_eval_args)
+
+
+def check_eval_args(args: argparse.Namespace) -> None:
+    """The flag combinations and paths, checked before a model is loaded."""
+    from pathlib import Path
+
+    if args.model or args.world:
+        if not (args.model and args.world):
+            raise DanluError("--model and --world go together: pass both (or use --predictions and --task)")
+        if args.predictions:
+            raise DanluError("pass either --predictions or --model/--world, not both")
+        paths = [args.model, args.world]
+    elif not args.predictions or not args.task:
+        raise DanluError(
+            "pass --predictions FILE and --task classification|detection|text (or --model and --world)"
+        )
+    else:
+        paths = [args.predictions]
+    if args.max_new_tokens < 1 or (args.limit is not None and args.limit < 1):
+        raise DanluError(
+            f"--max-new-tokens and --limit must be >= 1, got {args.max_new_tokens}, {args.limit}"
+        )
+    for path in paths:
+        if not Path(path).exists():
+            raise DanluError(f"no such file or folder: {path}")
 
 
 def _print_metrics(metrics: dict[str, Any], indent: str = "  ") -> None:

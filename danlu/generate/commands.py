@@ -1,54 +1,30 @@
 """`danlu generate` (one prompt, streamed) and `danlu chat` (an interactive conversation).
 
-The flags are the `GenerationOptions` fields with dashes (`--top-p` is `top_p`), the same names as
-`danlu.generate(...)` and the server.
+The flags are the `GenerationOptions` fields with dashes (`--top-p` is `top_p`), the same names and the same
+defaults as `danlu.generate(...)` and the server: greedy unless `--temperature` is given.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-
-# (option, type, help); defaults come from GenerationOptions so the CLI and the library never disagree.
-_OPTIONS: list[tuple[str, type, str]] = [
-    ("max_new_tokens", int, "most tokens to generate"),
-    ("min_new_tokens", int, "end-of-text is forbidden before this many tokens"),
-    ("temperature", float, "0 = greedy; higher = more random"),
-    ("top_k", int, "sample from the k most likely tokens; 0 = off"),
-    ("top_p", float, "nucleus sampling mass in (0, 1]; 1 = off"),
-    ("min_p", float, "drop tokens below min_p x the top probability; 0 = off"),
-    ("repetition_penalty", float, "CTRL penalty on tokens already in the text; 1 = off"),
-    ("presence_penalty", float, "subtract this once from every generated token's logit, in [-2, 2]"),
-    ("frequency_penalty", float, "subtract this x count from every generated token's logit, in [-2, 2]"),
-    ("no_repeat_ngram_size", int, "never repeat an n-gram of this size; 0 = off"),
-    ("num_beams", int, "beam search with this many beams; 1 = off"),
-    ("length_penalty", float, "beam score / length^alpha; > 1 favours longer outputs"),
-    ("seed", int, "sampling seed"),
-    ("contrastive_alpha", float, "contrastive decoding plausibility cutoff (with --amateur-model)"),
-    ("num_draft_tokens", int, "speculative decoding: draft tokens per round (with --draft-model)"),
-]
+from dataclasses import fields
 
 
-def add_generation_args(p: argparse.ArgumentParser, temperature: float = 0.8) -> None:
-    """The same option names as `danlu.generate(...)` and the server."""
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    """The GenerationOptions fields as flags, with their defaults, help and ranges (`danlu.flags`): the same
+    names and the same defaults as `danlu.generate(...)` and the server."""
+    from danlu.flags import add_dataclass_flags
     from danlu.generate.options import GenerationOptions
 
-    defaults = GenerationOptions()
-    for name, kind, help_text in _OPTIONS:
-        default = temperature if name == "temperature" else getattr(defaults, name)
-        if name == "max_new_tokens":
-            default = 128
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=default, help=help_text)
-    p.add_argument(
-        "--early-stopping", action="store_true", help="beam search: stop once num_beams have ended"
-    )
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    add_dataclass_flags(p, GenerationOptions)
     p.add_argument(
         "--logit-bias",
-        action="append",
+        nargs="*",
+        action="extend",
         default=[],
         metavar="ID=BIAS",
-        help="add BIAS to token ID (repeatable)",
+        help="add BIAS (in [-100, 100]) to token ID's logit, e.g. 50256=-100",
     )
     p.add_argument("--draft-model", default=None, help="checkpoint of a small model: speculative decoding")
     p.add_argument("--amateur-model", default=None, help="checkpoint of a weak model: contrastive decoding")
@@ -63,9 +39,9 @@ def add_generation_args(p: argparse.ArgumentParser, temperature: float = 0.8) ->
 def generation_options(args: argparse.Namespace) -> dict:
     """The keyword arguments for `danlu.generate` / `danlu.stream` from parsed flags (models not included)."""
     from danlu.errors import DanluError
+    from danlu.generate.options import GenerationOptions
 
-    opts = {name: getattr(args, name) for name, _, _ in _OPTIONS}
-    opts.update(stop=args.stop, early_stopping=args.early_stopping)
+    opts = {f.name: getattr(args, f.name) for f in fields(GenerationOptions) if hasattr(args, f.name)}
     bias = {}
     for item in args.logit_bias:
         tok, sep, value = item.partition("=")
@@ -79,22 +55,29 @@ def generation_options(args: argparse.Namespace) -> dict:
     return opts
 
 
+def check_generation_args(args: argparse.Namespace) -> None:
+    """Every generation flag checked together (e.g. --num-beams with sampling) before a model is loaded."""
+    from danlu.generate.options import GenerationOptions
+
+    GenerationOptions.from_kwargs(**generation_options(args))
+
+
 def register(sub) -> None:
+    from danlu.flags import heavy
+
     p = sub.add_parser("generate", help="continue a prompt with a model (streams to stdout)")
     p.add_argument("--model", required=True, help="checkpoint folder (danlu or Hugging Face)")
     p.add_argument("prompt", help="the text to continue")
-    p.add_argument("--device", default="cpu")
     add_generation_args(p)
-    p.set_defaults(func=run_generate)
+    heavy(p, run_generate, validate=check_generation_args)
 
     c = sub.add_parser(
         "chat", help="talk with a model in the terminal (streams tokens; /exit or Ctrl-D ends)"
     )
     c.add_argument("--model", required=True, help="checkpoint folder (danlu or Hugging Face)")
     c.add_argument("--system", default=None, help="system message")
-    c.add_argument("--device", default="cpu")
-    add_generation_args(c, temperature=0.7)
-    c.set_defaults(func=run_chat)
+    add_generation_args(c)
+    heavy(c, run_chat, validate=check_generation_args)
 
 
 def _load(args):

@@ -1,42 +1,86 @@
 """Generation options: one dataclass, the same names in `danlu.generate(...)`, `danlu generate`, `danlu chat`
-and the server. Every bad value is a DanluError naming the option, the value and the allowed range.
+and the server. Each field's help text and range live in its metadata (`danlu.flags.option`): the CLI builds
+its flags from them and `validate_options` checks them, so the defaults and ranges are stated once.
+Every bad value is a DanluError naming the option, the value and the allowed range.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from danlu.errors import DanluError
+from danlu.flags import check_ranges, option
 
 
 @dataclass
 class GenerationOptions:
-    """Everything that shapes decoding; the defaults are greedy search with nothing else switched on."""
+    """Everything that shapes decoding; the defaults are greedy search with nothing else switched on, as in
+    transformers' `generate` (so a beam search or a parity check needs no flag but its own)."""
 
-    max_new_tokens: int = 64
-    min_new_tokens: int = 0  # end-of-text is forbidden before this many new tokens
-    temperature: float = 0.0  # 0 = greedy (argmax); > 0 samples from softmax(logits / temperature)
-    top_k: int = 0  # keep the k most likely tokens; 0 = off
-    top_p: float = 1.0  # nucleus: the smallest set whose probability reaches p; 1 = off
-    min_p: float = 0.0  # keep tokens with p >= min_p · max p (Nguyen et al. 2024); 0 = off
-    repetition_penalty: float = 1.0  # CTRL (Keskar et al. 2019): seen tokens' logits ÷ (or ×, if < 0) it
-    presence_penalty: float = 0.0  # OpenAI: minus alpha once for each token already generated
-    frequency_penalty: float = 0.0  # OpenAI: minus alpha × (times the token was generated)
-    no_repeat_ngram_size: int = 0  # forbid any n-gram from appearing twice; 0 = off
-    num_beams: int = 1  # > 1: beam search
-    length_penalty: float = (
-        1.0  # beam search ranks finished hypotheses by score / length^alpha (Wu et al. 2016)
+    max_new_tokens: int = option(64, "most tokens to generate", ge=1)
+    min_new_tokens: int = option(0, "end-of-text is forbidden before this many new tokens", ge=0)
+    temperature: float = option(
+        0.0,
+        "0 = greedy (argmax); > 0 samples from softmax(logits / temperature)",
+        ge=0,
+        hint="0 means greedy",
     )
-    early_stopping: bool = False  # beam search: end a prompt as soon as num_beams hypotheses are finished
-    stop: list[str] = field(default_factory=list)  # stop strings: the output is cut before the first one
-    seed: int | None = None  # sampling seed (each prompt of a batch draws from its own stream)
-    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit (OpenAI)
-    add_eos_stop: bool = True  # stop at the tokenizer's end-of-text id
-    stop_token_ids: list[int] = field(default_factory=list)  # more ids that end a row (chat: <|im_end|>)
-    contrastive_alpha: float = 0.1  # contrastive decoding: keep tokens with p_expert >= alpha · max p_expert
-    num_draft_tokens: int = 4  # speculative decoding: tokens the draft model proposes per round (gamma)
+    top_k: int = option(0, "sample from the k most likely tokens; 0 = off", ge=0, hint="0 disables it")
+    top_p: float = option(
+        1.0,
+        "nucleus: the smallest set whose probability reaches p; 1 = off",
+        gt=0,
+        le=1,
+        hint="1 disables it",
+    )
+    min_p: float = option(
+        0.0,
+        "keep tokens with p >= min_p x max p (Nguyen et al. 2024); 0 = off",
+        ge=0,
+        le=1,
+        hint="0 disables it",
+    )
+    repetition_penalty: float = option(
+        1.0,
+        "CTRL (Keskar et al. 2019): seen tokens' logits / it (x if < 0); 1 = off",
+        gt=0,
+        hint="1 disables it",
+    )
+    presence_penalty: float = option(
+        0.0, "OpenAI: minus alpha once for each token already generated", ge=-2, le=2
+    )
+    frequency_penalty: float = option(
+        0.0, "OpenAI: minus alpha x (times the token was generated)", ge=-2, le=2
+    )
+    no_repeat_ngram_size: int = option(
+        0, "forbid any n-gram of this size from appearing twice; 0 = off", ge=0, hint="0 disables it"
+    )
+    num_beams: int = option(
+        1, "beam search with this many beams; 1 = off", ge=1, hint="1 means no beam search"
+    )
+    # Wu et al. 2016 rank finished hypotheses by score / length^alpha; > 1 favours longer outputs.
+    length_penalty: float = option(1.0, "beam search: score / length^alpha; > 1 favours longer outputs")
+    early_stopping: bool = option(False, "beam search: end a prompt as soon as num_beams hypotheses finished")
+    stop: list[str] = option(
+        default_factory=list, help="stop strings: the output is cut before the first one", flag="stop"
+    )
+    seed: int | None = option(None, "sampling seed (each prompt of a batch draws from its own stream)")
+    logit_bias: dict[int, float] = option(
+        default_factory=dict, help="token id -> added to its logit (OpenAI)", cli=False
+    )
+    add_eos_stop: bool = option(True, "stop at the tokenizer's end-of-text id", cli=False)
+    stop_token_ids: list[int] = option(
+        default_factory=list, help="more ids that end a row (chat: <|im_end|>)", cli=False
+    )
+    contrastive_alpha: float = option(
+        0.1, "contrastive decoding: keep tokens with p_expert >= alpha x max p_expert (with --amateur-model)",
+        gt=0, le=1,
+    )  # fmt: skip
+    num_draft_tokens: int = option(
+        4, "speculative decoding: tokens the draft model proposes per round (with --draft-model)", ge=1
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -64,42 +108,18 @@ class GenerationOptions:
         return self.temperature > 0
 
 
-def _number(name: str, value: Any, integer: bool = False) -> float:
-    ok = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok or (not integer and not math.isfinite(value)):
-        kind = "an integer" if integer else "a finite number"
-        raise DanluError(f"{name} must be {kind}, got {value!r}")
-    return value
-
-
 def validate_options(o: GenerationOptions) -> None:
-    """Raise a DanluError naming the first bad option, its value and the allowed range."""
-    checks: list[tuple[str, bool, str, str]] = [
-        ("max_new_tokens", _number("max_new_tokens", o.max_new_tokens, True) >= 1, ">= 1", ""),
-        ("min_new_tokens", 0 <= _number("min_new_tokens", o.min_new_tokens, True) <= o.max_new_tokens,
-         f"in [0, max_new_tokens={o.max_new_tokens}]", ""),
-        ("temperature", _number("temperature", o.temperature) >= 0, ">= 0", "0 means greedy"),
-        ("top_k", _number("top_k", o.top_k, True) >= 0, ">= 0", "0 disables it"),
-        ("top_p", 0 < _number("top_p", o.top_p) <= 1, "in (0, 1]", "1 disables it"),
-        ("min_p", 0 <= _number("min_p", o.min_p) <= 1, "in [0, 1]", "0 disables it"),
-        ("repetition_penalty", _number("repetition_penalty", o.repetition_penalty) > 0, "> 0",
-         "1 disables it"),
-        ("presence_penalty", -2 <= _number("presence_penalty", o.presence_penalty) <= 2, "in [-2, 2]", ""),
-        ("frequency_penalty", -2 <= _number("frequency_penalty", o.frequency_penalty) <= 2, "in [-2, 2]", ""),
-        ("no_repeat_ngram_size", _number("no_repeat_ngram_size", o.no_repeat_ngram_size, True) >= 0, ">= 0",
-         "0 disables it"),
-        ("num_beams", _number("num_beams", o.num_beams, True) >= 1, ">= 1", "1 means no beam search"),
-        ("length_penalty", _number("length_penalty", o.length_penalty) == o.length_penalty, "finite", ""),
-        ("contrastive_alpha", 0 < _number("contrastive_alpha", o.contrastive_alpha) <= 1, "in (0, 1]", ""),
-        ("num_draft_tokens", _number("num_draft_tokens", o.num_draft_tokens, True) >= 1, ">= 1", ""),
-    ]  # fmt: skip
-    for name, ok, allowed, hint in checks:
-        if not ok:
-            raise DanluError(
-                f"{name} must be {allowed}, got {getattr(o, name)!r}" + (f" ({hint})" if hint else "")
-            )
-    if o.seed is not None:
-        _number("seed", o.seed, True)
+    """Raise a DanluError naming the first bad option, its value and the allowed range (from field metadata)."""
+    check_ranges(o)
+    if o.min_new_tokens > o.max_new_tokens:
+        raise DanluError(
+            f"min_new_tokens must be in [0, max_new_tokens={o.max_new_tokens}], got {o.min_new_tokens!r}"
+        )
+    lp = o.length_penalty
+    if isinstance(lp, bool) or not isinstance(lp, int | float) or not math.isfinite(lp):
+        raise DanluError(f"length_penalty must be a finite number, got {lp!r}")
+    if o.seed is not None and (isinstance(o.seed, bool) or not isinstance(o.seed, int)):
+        raise DanluError(f"seed must be an integer, got {o.seed!r}")
     if not all(isinstance(s, str) and s for s in o.stop):
         raise DanluError(f"stop must be a list of non-empty strings, got {o.stop!r}")
     for tok, bias in o.logit_bias.items():

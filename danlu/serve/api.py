@@ -3,7 +3,7 @@
     GET  /v1/models              the served model (and the embedding model, if any)
     POST /v1/completions         text completion; stream=true sends server-sent events
     POST /v1/chat/completions    chat (the tokenizer's chat template); stream, stream_options.include_usage, tools
-    POST /v1/embeddings          sentence embeddings from an encoder checkpoint (--embedding-model)
+    POST /v1/embeddings          sentence embeddings from an encoder checkpoint (--embeddings)
     GET  /                       a web chat page that streams answers
     GET  /health, GET /usage     liveness and batching figures; token usage per model
 
@@ -137,9 +137,7 @@ def create_app(
         if name != want:
             served = [config.model_name] + ([embedder.name] if embedder is not None else [])
             what = "embedding model" if embeddings else "model"
-            hint = (
-                "" if not embeddings or embedder is not None else " (start the server with --embedding-model)"
-            )
+            hint = "" if not embeddings or embedder is not None else " (start the server with --embeddings)"
             raise APIError(
                 404,
                 f"the {what} {name!r} does not exist here; served: {served}{hint}",

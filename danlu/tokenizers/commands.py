@@ -26,24 +26,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a tokenizer and save it as a Hugging Face tokenizer.json (+ tokenizer_config.json).",
     )
     t.add_argument(
-        "--input", required=True, action="append", help="FILE[,FILE...]: .txt, or .jsonl with 'text'"
+        "--input",
+        required=True,
+        nargs="+",
+        action="extend",
+        metavar="FILE",
+        help="training files, space-separated: .txt, or .jsonl with 'text'",
     )
     t.add_argument("--vocab-size", type=int, required=True, help="total ids, special tokens included")
     t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--kind", default="bpe", choices=KINDS, help="tokenizer model (bpe: byte-level BPE)")
     t.add_argument(
-        "--kind", default="bpe", choices=KINDS, help="tokenizer model (default bpe: byte-level BPE)"
-    )
-    t.add_argument(
-        "--min-frequency", type=int, default=2, help="stop merging below this pair count (default 2)"
+        "--min-frequency", type=int, default=2, help="stop merging below this pair count (bpe, wordpiece)"
     )
     t.add_argument(
         "--special-tokens",
+        nargs="*",
         default=None,
-        help="comma-separated special tokens (default for bpe: <|endoftext|>,<|im_start|>,<|im_end|>; "
-        "wordpiece: [PAD],[UNK],[CLS],[SEP],[MASK]; unigram: <unk> and bpe's)",
+        metavar="TOKEN",
+        help="special tokens, space-separated (none given: for bpe <|endoftext|> <|im_start|> <|im_end|>; "
+        "wordpiece [PAD] [UNK] [CLS] [SEP] [MASK]; unigram <unk> and bpe's)",
     )
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.set_defaults(func=run_train)
+    t.set_defaults(func=_checked(run_train))
 
     e = sub.add_parser("encode", help="print the ids and pieces of a text")
     e.add_argument("--tokenizer", required=True, help="tokenizer folder or tokenizer.json")
@@ -57,10 +62,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _input_files(values: list[str]) -> list[str]:
-    files = [f.strip() for v in values for f in v.split(",") if f.strip()]
+    """The --input files; the old comma form (`a,b`) is still split, with a note, when no such file exists."""
+    from pathlib import Path
+
+    from danlu.flags import split_list
+
+    files = [f for v in values for f in ([v] if Path(v).exists() else split_list([v], "--input"))]
     if not files:
-        raise DanluError("--input names no file; give FILE[,FILE...]")
+        raise DanluError("--input names no file; give FILE [FILE ...]")
+    missing = [f for f in files if not Path(f).exists()]
+    if missing:
+        raise DanluError(f"no such input file: {missing[0]}")
     return files
+
+
+def _checked(run):
+    """Check every flag (files, vocabulary size) before any text is read."""
+
+    def checked(args: argparse.Namespace) -> int:
+        if args.vocab_size < 1 or args.min_frequency < 1:
+            raise DanluError(
+                f"--vocab-size and --min-frequency must be >= 1, got {args.vocab_size}, {args.min_frequency}"
+            )
+        args.input = _input_files(args.input)
+        return run(args)
+
+    checked.__wrapped__ = run
+    return checked
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -71,7 +99,9 @@ def run_train(args: argparse.Namespace) -> int:
         texts.extend(read_texts(file))
     specials = None
     if args.special_tokens is not None:
-        specials = [s for s in args.special_tokens.split(",") if s]
+        from danlu.flags import split_list
+
+        specials = split_list(args.special_tokens, "--special-tokens")
     progress = not args.quiet
     if args.kind == "bpe":
         from danlu.tokenizers.bpe import BPETokenizer

@@ -6,23 +6,39 @@ import argparse
 import json
 from dataclasses import fields
 
+# Help and choices of the TrainConfig fields (its module stays a plain dataclass; the flags come from here).
+TRAIN_FLAGS: dict[str, dict] = {
+    "max_steps": {"help": "optimizer steps to train"},
+    "batch_size": {"help": "sequences per micro-batch, summed over all processes"},
+    "grad_accum": {"help": "micro-batches per optimizer step"},
+    "block_size": {"help": "tokens per training sequence"},
+    "lr": {"help": "peak learning rate (AdamW)"},
+    "min_lr": {"help": "learning rate at the end of the decay; none = lr / 10"},
+    "warmup_steps": {"help": "steps of linear warmup from 0 to lr"},
+    "decay": {"help": "learning-rate schedule after the warmup", "choices": ("cosine", "linear", "constant")},
+    "weight_decay": {"help": "AdamW weight decay (not on norms, biases, embeddings)"},
+    "beta1": {"help": "AdamW beta1"},
+    "beta2": {"help": "AdamW beta2"},
+    "grad_clip": {"help": "clip the global gradient norm to this; 0 = off"},
+    "eval_interval": {"help": "evaluate (and plot) every N steps"},
+    "eval_batches": {"help": "validation batches per evaluation"},
+    "ckpt_interval": {"help": "save a checkpoint every N steps; 0 = at the end and at every evaluation"},
+    "seed": {"help": "random seed (batches are a pure function of seed and step)"},
+    "dtype": {
+        "help": "auto = bf16 autocast on CUDA, fp32 elsewhere",
+        "choices": ("auto", "float32", "bfloat16"),
+    },
+    "compile": {"help": "torch.compile the model (the first steps wait for the compiler)"},
+}
+
 
 def add_train_args(p: argparse.ArgumentParser, **defaults) -> None:
-    """The TrainConfig fields as --flags (shared by pretrain and the later stages)."""
+    """The TrainConfig fields as --flags (shared by pretrain and the later stages); `defaults` are this
+    command's own (e.g. SFT's shorter run). `--device` and `--threads` come from `danlu.flags.heavy`."""
+    from danlu.flags import add_dataclass_flags
     from danlu.train.config import TrainConfig
 
-    base = TrainConfig(**defaults) if defaults else TrainConfig()
-    for f in fields(TrainConfig):
-        if f.name == "show_progress":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        value = getattr(base, f.name)
-        if isinstance(value, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
-        elif f.name == "min_lr":
-            p.add_argument(flag, type=float, default=None, help="default: lr / 10")
-        else:
-            p.add_argument(flag, type=type(value), default=value, help=f"default {value}")
+    add_dataclass_flags(p, TrainConfig, skip=("show_progress", "device"), defaults=defaults, meta=TRAIN_FLAGS)
 
 
 def train_config_from_args(args: argparse.Namespace):
@@ -32,7 +48,38 @@ def train_config_from_args(args: argparse.Namespace):
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in names}, show_progress=not args.quiet)
 
 
+def check_paths(*paths: str, what: str = "file or folder") -> None:
+    """A DanluError for the first path that does not exist (before any loading)."""
+    from pathlib import Path
+
+    from danlu.errors import DanluError
+
+    for path in paths:
+        if not Path(path).exists():
+            raise DanluError(f"no such {what}: {path}")
+
+
+def check_preset(name: str, family: str = "gpt") -> None:
+    """An unknown model preset, named with the valid ones, before any data is read."""
+    import importlib
+
+    from danlu.errors import DanluError
+
+    presets = importlib.import_module(f"danlu.models.{family}").PRESETS
+    if name not in presets:
+        raise DanluError(f"unknown model preset {name!r}; choose one of {', '.join(sorted(presets))}")
+
+
+def check_pretrain_args(args: argparse.Namespace) -> None:
+    check_preset(args.preset)
+    train_config_from_args(args)
+    check_paths(args.tokenizer, what="tokenizer")
+    check_paths(*args.data, what="data file or folder")
+
+
 def register(sub) -> None:
+    from danlu.flags import heavy
+
     p = sub.add_parser("pretrain", help="pretrain a GPT/LLaMA-style model on text (causal LM)")
     p.add_argument("--data", required=True, nargs="+", help="a world folder, or .txt/.jsonl files")
     p.add_argument(
@@ -47,7 +94,7 @@ def register(sub) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_train_args(p)
-    p.set_defaults(func=run_pretrain)
+    heavy(p, run_pretrain, validate=check_pretrain_args)
 
 
 def run_pretrain(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """`danlu sft`: supervised fine-tuning from the command line (full, `--lora`, or `--ptuning N`).
 
 danlu sft --model runs/demo/pretrain/checkpoint --data runs/demo/world --out runs/sft
-danlu sft --model CKPT --data my_sft.jsonl --out runs/sft-lora --lora --lora-r 8 --lora-targets q,v
+danlu sft --model CKPT --data my_sft.jsonl --out runs/sft-lora --lora --lora-r 8 --lora-targets q v
 """
 
 from __future__ import annotations
@@ -30,27 +30,47 @@ def read_records(paths: list[str], kind: str, world_file: str) -> list[dict]:
 
 def add_lora_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", action="store_true", help="train LoRA adapters only (saved in PEFT's layout)")
-    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank r (default 8)")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank r")
+    p.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha; scaling = alpha / r")
+    p.add_argument("--lora-dropout", type=float, default=0.0, help="dropout on the LoRA input, in [0, 1)")
     p.add_argument(
-        "--lora-alpha", type=float, default=16.0, help="LoRA alpha; scaling = alpha / r (default 16)"
-    )
-    p.add_argument("--lora-dropout", type=float, default=0.0)
-    p.add_argument(
-        "--lora-targets", default="q,v", help="comma-separated layers (default q,v; see danlu.tune.lora)"
+        "--lora-targets",
+        nargs="+",
+        default=["q", "v"],
+        metavar="LAYER",
+        help="layers to adapt, space-separated (q k v o gate up down, or all; see danlu.tune.lora)",
     )
 
 
 def lora_from_args(args: argparse.Namespace):
     if not args.lora:
         return None
+    from danlu.flags import split_list
     from danlu.tune.lora import LoRAConfig
 
     return LoRAConfig(
-        r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, targets=args.lora_targets
+        r=args.lora_r,
+        alpha=args.lora_alpha,
+        dropout=args.lora_dropout,
+        targets=split_list(args.lora_targets, "--lora-targets"),
     )
 
 
+def check_sft_args(args: argparse.Namespace) -> None:
+    """Every flag checked before the model is loaded."""
+    from danlu.errors import DanluError
+    from danlu.train.commands import check_paths, train_config_from_args
+
+    train_config_from_args(args)
+    lora_from_args(args)
+    if args.ptuning < 0:
+        raise DanluError(f"--ptuning takes a number of virtual tokens >= 0, got {args.ptuning}")
+    check_paths(args.model, what="model")
+    check_paths(*args.data, *(args.val_data or []), what="data file or folder")
+
+
 def register(sub) -> None:
+    from danlu.flags import heavy
     from danlu.train.commands import add_train_args
 
     p = sub.add_parser(
@@ -61,7 +81,11 @@ def register(sub) -> None:
         "--data", required=True, nargs="+", help="a world folder (sft_train.jsonl) or SFT .jsonl files"
     )
     p.add_argument(
-        "--val-data", nargs="+", default=None, help="validation SFT files (default: 5%% of --data)"
+        "--eval-data",
+        dest="val_data",
+        nargs="+",
+        default=None,
+        help="validation SFT files (none: 5%% of --data)",
     )
     p.add_argument(
         "--out", required=True, help="output folder: metrics.jsonl, loss.png, checkpoint/, adapter/"
@@ -75,7 +99,7 @@ def register(sub) -> None:
     add_lora_args(p)
     add_train_args(p, max_steps=300, batch_size=32, block_size=128, lr=5e-4, warmup_steps=15, eval_interval=75,
                    eval_batches=4, weight_decay=0.0)  # fmt: skip
-    p.set_defaults(func=run_sft)
+    heavy(p, run_sft, validate=check_sft_args)
 
 
 def run_sft(args: argparse.Namespace) -> int:

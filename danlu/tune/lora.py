@@ -72,7 +72,7 @@ class LoRAConfig:
         if not 0 <= self.dropout < 1:
             raise DanluError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
         if not self.targets:
-            raise DanluError("LoRA needs at least one target layer, e.g. --lora-targets q,v")
+            raise DanluError("LoRA needs at least one target layer, e.g. --lora-targets q v")
 
     @property
     def scaling(self) -> float:

@@ -134,7 +134,7 @@ def test_grpo_runs_with_the_verifiable_reward(world, tokenizer, make_gpt, tmp_pa
     ck = save_model(policy, tmp_path / "p", tokenizer=tokenizer)
     data = tmp_path / "arith.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert cli(["grpo", "--model", str(ck), "--data", str(data), "--out", str(tmp_path / "cli"), "--steps", "1",
+    assert cli(["grpo", "--model", str(ck), "--data", str(data), "--out", str(tmp_path / "cli"), "--max-steps", "1",
                 "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "3", "--quiet"]) == 0  # fmt: skip
     assert (tmp_path / "cli" / "checkpoint" / "model.safetensors").is_file()
 
@@ -145,7 +145,7 @@ def test_ppo_cli_with_lora_trains_only_the_adapters(world, tokenizer, make_gpt, 
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in world.preference_records("train")[:8]))
     assert cli(["ppo", "--model", str(sft), "--reward-model", str(tmp_path / "rm"), "--data", str(data),
-                "--out", str(tmp_path / "ppo"), "--lora", "--lora-targets", "q,v", "--steps", "1",
+                "--out", str(tmp_path / "ppo"), "--lora", "--lora-targets", "q", "v", "--max-steps", "1",
                 "--batch-size", "4", "--minibatch-size", "4", "--max-new-tokens", "4", "--lr", "1e-2",
                 "--device", "cpu", "--quiet"]) == 0  # fmt: skip
     from danlu.models.checkpoints import load_model

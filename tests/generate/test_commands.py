@@ -7,7 +7,6 @@ import torch
 
 import danlu
 from danlu.cli import main
-from danlu.generate.commands import _OPTIONS
 from danlu.generate.options import GenerationOptions
 from danlu.models.gpt import GPT, GPTConfig
 from danlu.tokenizers.bpe import BPETokenizer
@@ -25,12 +24,16 @@ def checkpoint(tmp_path_factory):
 
 
 def test_cli_flags_are_the_option_names():
+    from danlu.cli import build_parser
+
     names = {f.name for f in dataclasses.fields(GenerationOptions)}
-    flags = {name for name, _, _ in _OPTIONS} | {"stop", "early_stopping", "logit_bias"}
-    assert flags <= names
-    common = {"max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
-              "frequency_penalty", "no_repeat_ngram_size", "num_beams", "length_penalty", "stop", "seed"}  # fmt: skip
-    assert common <= flags
+    for command in ("generate", "chat"):
+        parser = build_parser()._subparsers._group_actions[0].choices[command]
+        dests = {a.dest for a in parser._actions}
+        flags = {o for a in parser._actions for o in a.option_strings}
+        hidden = {"logit_bias", "add_eos_stop", "stop_token_ids"}  # logit_bias has its own ID=BIAS flag
+        assert names - hidden <= dests, names - hidden - dests
+        assert {"--" + n.replace("_", "-") for n in names - hidden} <= flags
 
 
 def test_generate_command_equals_library(checkpoint, capsys):

@@ -17,9 +17,9 @@ def test_train_encode_inspect(tmp_path, capsys):
         for line in make_corpus(300, seed=3):
             f.write(json.dumps({"text": line}, ensure_ascii=False) + "\n")
     out = tmp_path / "tok"
-    inputs = f"{tmp_path / 'a.txt'},{tmp_path / 'b.jsonl'}"
+    inputs = [str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl")]  # space-separated, as every list flag
     assert (
-        main(["tokenizer", "train", "--input", inputs, "--vocab-size", "600", "--out", str(out), "--quiet"])
+        main(["tokenizer", "train", "--input", *inputs, "--vocab-size", "600", "--out", str(out), "--quiet"])
         == 0
     )
     assert "vocab 600" in capsys.readouterr().out

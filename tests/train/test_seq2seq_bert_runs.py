@@ -49,7 +49,7 @@ def test_seq2seq_stage_and_commands(tmp_path, world, capsys):
     assert isinstance(load_model(ck), Transformer)
     assert (tmp_path / "seq2seq" / "denoise" / "metrics.jsonl").is_file()
     capsys.readouterr()
-    _cli(["seq2seq", "translate", "--model", str(ck), "--beam-size", "2", "Zovelan is a city."])
+    _cli(["seq2seq", "translate", "--model", str(ck), "--num-beams", "2", "Zovelan is a city."])
     line = capsys.readouterr().out.strip()
     assert line.startswith("Zovelan is a city.\t")
     with pytest.raises(DanluError, match="holds a Transformer, not a BertModel"):
