@@ -49,25 +49,25 @@ class Sampling(_Strict):
 
     model: str
     max_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[Number, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[Number, Field(gt=0, le=1)] | None = None
+    temperature: Annotated[Number, Field(ge=0, le=2)] | None = 0.0  # GenerationOptions' defaults (greedy)
+    top_p: Annotated[Number, Field(gt=0, le=1)] | None = 1.0
     n: Annotated[int, Field(ge=1)] = 1
     stop: str | list[str] | None = None
     seed: int | None = None
-    presence_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
-    frequency_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = None
+    presence_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = 0.0
+    frequency_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = 0.0
     logit_bias: dict[str, Annotated[Number, Field(ge=-100, le=100)]] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     # danlu's own options (vLLM accepts the same names)
-    top_k: Annotated[int, Field(ge=0)] | None = None
-    min_p: Annotated[Number, Field(ge=0, le=1)] | None = None
-    repetition_penalty: Annotated[Number, Field(gt=0)] | None = None
-    no_repeat_ngram_size: Annotated[int, Field(ge=0)] | None = None
-    num_beams: Annotated[int, Field(ge=1)] | None = None
-    length_penalty: Number | None = None
-    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    top_k: Annotated[int, Field(ge=0)] | None = 0
+    min_p: Annotated[Number, Field(ge=0, le=1)] | None = 0.0
+    repetition_penalty: Annotated[Number, Field(gt=0)] | None = 1.0
+    no_repeat_ngram_size: Annotated[int, Field(ge=0)] | None = 0
+    num_beams: Annotated[int, Field(ge=1)] | None = 1
+    length_penalty: Number | None = 1.0
+    min_tokens: Annotated[int, Field(ge=0)] | None = 0
 
 
 class CompletionRequest(Sampling):
