@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model is None:
         from danlu.cli import main as danlu_main
 
-        code = danlu_main(["demo", "--out", str(out / "demo"), "--stages", "world,tokenizer,pretrain",
+        code = danlu_main(["demo", "--out", str(out / "demo"), "--stages", "world", "tokenizer", "pretrain",
                            "--seed", str(args.seed), "--device", args.device, "--quiet"])  # fmt: skip
         if code:
             return code
