@@ -67,7 +67,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("generate", help="continue a prompt with a model (streams to stdout)")
     p.add_argument("--model", required=True, help="checkpoint folder (danlu or Hugging Face)")
-    p.add_argument("prompt", help="the text to continue")
+    p.add_argument("prompt", help="the text to continue (before a list flag such as --stop, or after --)")
     add_generation_args(p)
     heavy(p, run_generate, validate=check_generation_args)
 
