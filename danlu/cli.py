@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "danlu.tokenizers.commands",  # tokenizer train / encode / inspect
     "danlu.models.commands",  # seq2seq train/translate, bert train/embed
     "danlu.models.vision_commands",  # vit, clip, diffusion
+    "danlu.models.export_commands",  # export (GGUF, Hugging Face folder)
     "danlu.train.commands",  # pretrain
     "danlu.tune.commands",  # sft
     "danlu.align.commands",  # reward, ppo, dpo, grpo

@@ -71,10 +71,15 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: fl
     return out * mask
 
 
-def group_advantages(rewards: torch.Tensor, G: int, eps: float = 1e-4) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, G: int, eps: float = 1e-4, scale_by_std: bool = True
+) -> torch.Tensor:
     """GRPO: rewards (N·G,) of G answers per prompt, in prompt order -> (r − mean_group) / (std_group + eps).
 
-    A group whose answers all score the same teaches nothing (all advantages 0)."""
+    A group whose answers all score the same teaches nothing (all advantages 0). Dr. GRPO (Liu et al. 2025)
+    drops the division by the std (`scale_by_std=False`), which over-weights groups that are nearly solved."""
     r = rewards.view(-1, G)  # (N, G)
-    adv = (r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, keepdim=True, unbiased=False) + eps)
-    return adv.view(-1)
+    adv = r - r.mean(dim=1, keepdim=True)
+    if scale_by_std:
+        adv = adv / (r.std(dim=1, keepdim=True, unbiased=False) + eps)
+    return adv.reshape(-1)

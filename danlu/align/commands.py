@@ -44,6 +44,11 @@ _ONLINE_FLAGS: dict[str, dict] = {
     "group_size": {"help": "G answers per prompt (the group is the baseline; >= 2)"},
     "inner_epochs": {"help": "updates per sampled batch (1: the ratio is 1, the clip never bites)"},
     "beta": {"help": "weight of the KL term to the reference (DeepSeekMath: 0.04)"},
+    "loss": {
+        "help": "group loss variant (danlu.align.losses): normalisation, std scaling, clipping",
+        "choices": ("grpo", "dr_grpo", "dapo", "gspo", "cispo"),
+    },
+    "clip_high": {"help": "upper ratio clip epsilon (DAPO's clip-higher: 0.28; equal to --clip-range: symmetric)"},
 }
 
 

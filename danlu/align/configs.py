@@ -61,6 +61,9 @@ class GRPOConfig:
     decay: str = "cosine"  # learning-rate decay after a 5% warmup: cosine | linear | constant
     beta: float = 0.04  # KL weight (DeepSeekMath's value)
     clip_range: float = 0.2
+    # The loss variant (danlu.align.losses): grpo | dr_grpo | dapo | gspo | cispo
+    loss: str = "grpo"
+    clip_high: float = 0.2  # upper clip ε_high (DAPO's clip-higher uses 0.28; = clip_range is symmetric)
     max_new_tokens: int = 16
     temperature: float = 1.0
     grad_clip: float = 1.0
@@ -69,9 +72,13 @@ class GRPOConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        from danlu.align.losses import GROUP_LOSSES
+
         checks = [
             (self.steps > 0, f"steps must be positive, got {self.steps}"),
             (self.prompts_per_step > 0, f"prompts_per_step must be positive, got {self.prompts_per_step}"),
+            (self.loss in GROUP_LOSSES, f"loss must be one of {', '.join(GROUP_LOSSES)}, got {self.loss!r}"),
+            (self.clip_high > 0, f"clip_high must be positive, got {self.clip_high}"),
             (self.group_size >= 2, f"group_size must be >= 2 (the group is the baseline), got {self.group_size}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
             (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),

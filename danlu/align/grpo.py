@@ -23,23 +23,17 @@ from torch import nn
 
 from danlu.align.advantages import group_advantages
 from danlu.align.configs import GRPOConfig
+from danlu.align.losses import informative_groups, policy_loss
 from danlu.align.online import MetricsLog, adamw, plot_curves, resolve_device, set_lr, step_indices
-from danlu.align.rollout import masked_mean, sample, sequence_log_probs
+from danlu.align.rollout import sample, sequence_log_probs
 from danlu.errors import DanluError
 
 
 def grpo_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, ref_log_probs: torch.Tensor,
               advantages: torch.Tensor, mask: torch.Tensor, beta: float, clip_range: float
               ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(loss, mean KL): per-token tensors (B, T), advantages (B,) — one per answer."""
-    ratio = torch.exp(log_probs - old_log_probs)
-    adv = advantages[:, None]
-    surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - clip_range, 1 + clip_range) * adv)
-    log_ratio = ref_log_probs - log_probs
-    kl = torch.exp(log_ratio) - log_ratio - 1  # k3 estimator, ≥ 0
-    per_token = -(surrogate - beta * kl)
-    per_answer = masked_mean(per_token, mask, dim=1)  # 1/|y_i| Σ_t
-    return per_answer.mean(), masked_mean(kl, mask).detach()
+    """(loss, mean KL): per-token tensors (B, T), advantages (B,) — one per answer (`losses.policy_loss`)."""
+    return policy_loss("grpo", log_probs, old_log_probs, ref_log_probs, advantages, mask, beta, clip_range)
 
 
 @torch.no_grad()
@@ -98,16 +92,19 @@ def grpo(
             policy, tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed * 7919 + step
         )
         rewards = torch.tensor([reward(r, y) for r, y in zip(group_records, rollout.texts)], device=device)
-        advantages = group_advantages(rewards, G)  # (N·G,)
+        # Dr. GRPO does not divide by the group's std; DAPO drops groups with no signal (all rewards equal)
+        advantages = group_advantages(rewards, G, scale_by_std=cfg.loss != "dr_grpo")  # (N·G,)
         mask = rollout.action_mask
+        if cfg.loss == "dapo":
+            keep = informative_groups(rewards, G).repeat_interleave(G)  # (N·G,)
+            mask = mask * keep[:, None].to(mask.dtype)
         with torch.no_grad():
             old_log_probs = sequence_log_probs(policy, rollout)
             ref_log_probs = sequence_log_probs(ref, rollout)
         for _ in range(cfg.inner_epochs):
             log_probs = sequence_log_probs(policy, rollout)
-            loss, kl = grpo_loss(
-                log_probs, old_log_probs, ref_log_probs, advantages, mask, cfg.beta, cfg.clip_range
-            )
+            loss, kl = policy_loss(cfg.loss, log_probs, old_log_probs, ref_log_probs, advantages, mask,
+                                   cfg.beta, cfg.clip_range, cfg.clip_high, max_len=cfg.max_new_tokens)  # fmt: skip
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad], cfg.grad_clip)

@@ -4,7 +4,8 @@ One JSON object per line; extra fields are allowed and kept. Kinds and their req
 
     pretrain        {"text": str}
     sft             {"instruction": str, "input": str (may be empty or absent), "output": str}
-                    or {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
+                    or {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]} (OpenAI)
+                    or {"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...]} (ShareGPT)
     preference      {"prompt": str, "chosen": str, "rejected": str}   (chosen != rejected)
     ranking         {"prompt": str, "responses": [best, ..., worst]}  (at least 2, all different)
     seq2seq         {"source": str, "target": str}
@@ -78,6 +79,39 @@ def _validate_messages(obj: dict, where: str) -> None:
         raise _fail(where, "field 'messages' has no non-empty assistant message to learn from")
 
 
+# ShareGPT's speaker names -> chat roles (FastChat's export; "user"/"assistant" also occur in the wild).
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
+
+
+def sharegpt_messages(obj: dict, where: str = "") -> list[dict[str, str]]:
+    """A ShareGPT record's `conversations` as {role, content} messages, naming the bad turn if one is."""
+    turns = obj["conversations"]
+    if not isinstance(turns, list) or not turns:
+        raise _fail(
+            where,
+            f"field 'conversations' must be a non-empty list of {{from, value}} objects, got {_short(turns)}",
+        )
+    out = []
+    for i, t in enumerate(turns):
+        at = f"field 'conversations'[{i}]"
+        if not isinstance(t, dict):
+            raise _fail(where, f"{at} must be an object with from and value, got {_short(t)}")
+        if t.get("from") not in SHAREGPT_ROLES:
+            raise _fail(
+                where, f"{at}: 'from' must be one of {', '.join(SHAREGPT_ROLES)}, got {_short(t.get('from'))}"
+            )
+        if not isinstance(t.get("value"), str):
+            raise _fail(where, f"{at}: 'value' must be a string, got {_short(t.get('value'))}")
+        out.append({"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]})
+    return out
+
+
 def validate_record(kind: str, obj: Any, where: str = "") -> dict:
     """Check one record of `kind`; return it unchanged, or raise DanluError naming `where` and the field."""
     if kind not in REQUIRED:
@@ -87,6 +121,9 @@ def validate_record(kind: str, obj: Any, where: str = "") -> dict:
             where, f"expected a JSON object with {', '.join(REQUIRED[kind])}, got {type(obj).__name__}"
         )
     if kind == "sft":
+        if "conversations" in obj and "messages" not in obj:
+            _validate_messages({"messages": sharegpt_messages(obj, where)}, where)
+            return obj
         if "messages" in obj:
             _validate_messages(obj, where)
             return obj

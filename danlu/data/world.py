@@ -44,6 +44,7 @@ from danlu.data import world_lexicon as lex
 from danlu.data.world_lexicon import split_words
 from danlu.data.world_tasks import (
     classification_records,
+    knowledge_records,
     preference_records,
     reward,
     seq2seq_records,
@@ -174,6 +175,14 @@ class World:
     def classification_records(self, split: str = "train") -> list[dict]:
         _check_split(split, ("train", "test"))
         return self._classification[0 if split == "train" else 1]
+
+    @cached_property
+    def _knowledge(self) -> list[dict]:
+        return knowledge_records(self.universe, self.seed)
+
+    def knowledge_records(self, heldout: bool | None = None) -> list[dict]:
+        """Fact-completion probes (`world_tasks.knowledge_records`); `heldout` picks held-out or held-in only."""
+        return [r for r in self._knowledge if heldout is None or r["heldout"] == heldout]
 
     def records(self, stem: str) -> list[dict]:
         """The records of one output file, by its stem ("sft_train", "pretrain_val", "facts"...)."""

@@ -306,3 +306,55 @@ def reward(record: dict, response: str) -> float:
     if len(words) > len(lex.split_words(answer)) + MAX_EXTRA_WORDS:
         return 0.0
     return 1.0 if contains_words(response, answer) else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Knowledge probes: what a model knows without being asked a question.
+
+N_CHOICES = 4  # per multiple-choice knowledge item: chance is 1 / N_CHOICES
+_OBJECT_SLOT = ("{o}", "{a_o}", "{one_o}")
+
+
+def _statement_split(template: str) -> tuple[str, str] | None:
+    """A statement template cut before its object slot: ("The capital of {s} is ", "{o}."), or None
+    when the object comes first (nothing to condition on)."""
+    cut = min((template.find(s) for s in _OBJECT_SLOT if s in template), default=-1)
+    return (template[:cut], template[cut:]) if cut > 0 else None
+
+
+def knowledge_records(u: Universe, seed: int) -> list[dict]:
+    """Every fact as a completion probe in both languages, held-in and held-out alike.
+
+    `query` is the fact's first statement up to its object ("The capital of Zorvia is "), `answer` the
+    statement's remainder ("Velmar."), and `choices` the remainder with the true object and N_CHOICES − 1 other
+    values of the same relation (the same pool the preference pairs draw wrong answers from), `gold` the true
+    one's index. Scored by log-likelihood it is a multiple-choice task whose chance level is 1 / N_CHOICES;
+    decoded greedily it asks whether the model completes the sentence it saw in pretraining.
+    """
+    pools = _value_pools(u)
+    rng = _rng(seed, "knowledge")
+    out = []
+    for fact in u.facts:
+        rel = lex.RELATIONS[fact.relation]
+        for i, lang in enumerate(("en", "zh")):
+            template = next((st[i] for st in rel.statements if _statement_split(st[i])), None)
+            if template is None:
+                continue
+            if fact.relation == "person.age":
+                age = int(fact.object.en)
+                others = [Term(str(a), str(a)) for a in range(max(1, age - 9), age + 10) if a != age]
+            else:
+                others = [t for t in pools[fact.relation] if t.en != fact.object.en]
+            objects = [fact.object, *rng.sample(others, min(N_CHOICES - 1, len(others)))]
+            rng.shuffle(objects)
+            sentences = [render(template, lang, s=fact.subject, o=o) for o in objects]
+            prefix = render(_statement_split(template)[0], lang, s=fact.subject)
+            if not all(s.startswith(prefix) for s in sentences):
+                continue  # a capitalised or inflected prefix: not a clean cut
+            choices = [s[len(prefix) :] for s in sentences]
+            gold = objects.index(fact.object)
+            out.append({
+                "id": f"{fact.id}:{lang}", "relation": fact.relation, "lang": lang, "heldout": fact.heldout,
+                "query": prefix, "choices": choices, "gold": gold, "answer": choices[gold],
+            })  # fmt: skip
+    return out

@@ -5,6 +5,9 @@
 - `danlu.eval.text`: BLEU (`danlu.eval.bleu`), ROUGE, perplexity, exact match, preference accuracy
 - `danlu.eval.report`: eval.json and PNG plots; `danlu.eval.files`: scoring a predictions JSONL
 - `danlu.eval.world_eval`: a language model on the embedded world (perplexity, exact match, BLEU)
+- `danlu.eval.choice`: multiple choice by log-likelihood (acc, acc_norm, few-shot), as lm-evaluation-harness
+- `danlu.eval.qa`: SQuAD exact match and token F1; `danlu.eval.execution`: pass@k over checked samples
+- `danlu.eval.preference`: win rates, online Elo, Bradley-Terry ratings with bootstrap intervals
 
 The main functions are importable from here (`from danlu.eval import corpus_bleu`); they are loaded on
 first use (PEP 562 `__getattr__`) so that `danlu --help`, which imports `danlu.eval.commands`, stays fast.
@@ -36,6 +39,10 @@ _EXPORTS = {
         "sentence_bleu",
     ],
     "danlu.eval.world_eval": ["evaluate_model"],
+    "danlu.eval.choice": ["MCItem", "evaluate_multiple_choice", "loglikelihoods"],
+    "danlu.eval.qa": ["evaluate_qa", "token_f1"],
+    "danlu.eval.execution": ["evaluate_execution", "pass_at_k"],
+    "danlu.eval.preference": ["bradley_terry", "leaderboard", "online_elo", "read_comparisons", "win_rates"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from danlu.errors import DanluError
+
 
 def read_records(paths: list[str], kind: str, world_file: str) -> list[dict]:
     """Records of `kind` from JSONL files, or from `world_file` inside a world folder (`danlu world`)."""
@@ -40,10 +42,19 @@ def add_lora_args(p: argparse.ArgumentParser) -> None:
         metavar="LAYER",
         help="layers to adapt, space-separated (q k v o gate up down, or all; see danlu.tune.lora)",
     )
+    p.add_argument(
+        "--quantize-base",
+        type=int,
+        choices=(4, 8),
+        default=None,
+        help="QLoRA: hold the frozen base in 4-bit NF4 or int8 while training (with --lora; default: off)",
+    )
 
 
 def lora_from_args(args: argparse.Namespace):
     if not args.lora:
+        if getattr(args, "quantize_base", None) is not None:
+            raise DanluError("--quantize-base: QLoRA trains LoRA adapters on the quantised base; add --lora")
         return None
     from danlu.flags import split_list
     from danlu.tune.lora import LoRAConfig
@@ -53,6 +64,7 @@ def lora_from_args(args: argparse.Namespace):
         alpha=args.lora_alpha,
         dropout=args.lora_dropout,
         targets=split_list(args.lora_targets, "--lora-targets"),
+        quantize_base=getattr(args, "quantize_base", None),
     )
 
 
@@ -108,6 +120,8 @@ def run_sft(args: argparse.Namespace) -> int:
     from danlu.train.commands import train_config_from_args
     from danlu.tune.sft import sft
 
+    lora = lora_from_args(args)  # flags first: a bad combination fails before anything is loaded
+    config = train_config_from_args(args)
     model, tokenizer = danlu.load(args.model)
     if tokenizer is None:
         raise DanluError(f"{args.model} has no tokenizer.json; SFT needs the model's tokenizer beside it")
@@ -119,8 +133,8 @@ def run_sft(args: argparse.Namespace) -> int:
 
         ptuning = PTuningConfig(n_virtual=args.ptuning)
     model.train()
-    result = sft(model, tokenizer, records, args.out, train_config_from_args(args), val_records=val,
-                 lora=lora_from_args(args), ptuning=ptuning, packing=args.packing, resume=args.resume)  # fmt: skip
+    result = sft(model, tokenizer, records, args.out, config, val_records=val,
+                 lora=lora, ptuning=ptuning, packing=args.packing, resume=args.resume)  # fmt: skip
     test = [Path(d) / "sft_test.jsonl" for d in args.data if (Path(d) / "sft_test.jsonl").is_file()]
     if test:
         from danlu.data.formats import read_jsonl

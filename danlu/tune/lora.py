@@ -61,6 +61,7 @@ class LoRAConfig:
     alpha: float = 16.0
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: ["q", "v"])
+    quantize_base: int | None = None  # QLoRA: hold the frozen base in 4-bit NF4 or int8 (danlu.tune.qlora)
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, str):
@@ -73,6 +74,8 @@ class LoRAConfig:
             raise DanluError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
         if not self.targets:
             raise DanluError("LoRA needs at least one target layer, e.g. --lora-targets q v")
+        if self.quantize_base not in (None, 4, 8):
+            raise DanluError(f"--quantize-base must be 4 (NF4) or 8 (int8) bits, got {self.quantize_base!r}")
 
     @property
     def scaling(self) -> float:
@@ -214,6 +217,10 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
             _set_module(model, name, layer)
         for part, rows in parts.items():
             layer.add_part(part, rows, cfg.r, cfg.scaling)
+    if cfg.quantize_base is not None:
+        from danlu.tune.qlora import quantize_frozen_base
+
+        quantize_frozen_base(model, cfg.quantize_base)
     return sorted(found)
 
 
@@ -232,7 +239,12 @@ def unmerge_lora(model: nn.Module) -> None:
 
 
 def merge_and_unload(model: nn.Module) -> nn.Module:
-    """Merge every adapter into its weight and put the plain nn.Linear back: a normal model again (in place)."""
+    """Merge every adapter into its weight and put the plain nn.Linear back: a normal model again (in place).
+
+    A QLoRA base is dequantised first (to the dtype the base had), so the merged model is a plain model."""
+    from danlu.tune.qlora import dequantize_base
+
+    dequantize_base(model)
     for name, layer in lora_layers(model).items():
         layer.merge()
         _set_module(model, name, layer.base)

@@ -36,9 +36,14 @@ IGNORE = -100
 
 
 def record_messages(record: dict) -> list[dict[str, str]]:
-    """An SFT record as chat messages: Alpaca's instruction (+ a blank line + input) becomes the user turn."""
+    """An SFT record as chat messages: OpenAI `messages` as they are, ShareGPT `conversations` mapped to roles,
+    Alpaca's instruction (+ a blank line + input) as the user turn and its output as the reply."""
     if "messages" in record:
         return list(record["messages"])
+    if "conversations" in record:
+        from danlu.data.formats import sharegpt_messages
+
+        return sharegpt_messages(record)
     user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
     return [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
 

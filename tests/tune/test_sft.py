@@ -121,3 +121,24 @@ def test_sft_cli_reports_a_bad_record(tmp_path, tokenizer, make_gpt, capsys, cli
     data.write_text(json.dumps({"instruction": "hi", "input": ""}) + "\n")
     assert cli(["sft", "--model", str(ck), "--data", str(data), "--out", str(tmp_path / "o")]) == 2
     assert "line 1: field 'output' is missing" in capsys.readouterr().err
+
+
+def test_sharegpt_alpaca_and_messages_records_train_the_same_turns(tokenizer, tmp_path):
+    from danlu.data.formats import read_jsonl
+
+    alpaca = {"instruction": "2 + 2?", "input": "", "output": "4."}
+    messages = {"messages": [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4."}]}
+    sharegpt = {"conversations": [{"from": "human", "value": "2 + 2?"}, {"from": "gpt", "value": "4."}]}
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (alpaca, messages, sharegpt)))
+    records = read_jsonl(path, "sft")
+    encoded = [encode_messages(record_messages(r), tokenizer) for r in records]
+    assert encoded[0] == encoded[1] == encoded[2]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"conversations": [{"from": "bot", "value": "hi"}]}) + "\n")
+    with pytest.raises(DanluError, match=r"line 1: field 'conversations'\[0\]: 'from' must be one of"):
+        read_jsonl(bad, "sft")
+    only_human = tmp_path / "human.jsonl"
+    only_human.write_text(json.dumps({"conversations": [{"from": "human", "value": "hi"}]}) + "\n")
+    with pytest.raises(DanluError, match="no non-empty assistant message"):
+        read_jsonl(only_human, "sft")

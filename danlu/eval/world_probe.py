@@ -1,0 +1,111 @@
+"""What a pretrained model knows of the world, asked without instructions.
+
+Three probes, each on held-in facts (stated in pretraining) and held-out facts (never stated anywhere a model
+trains on), so a reader sees what pretraining taught and what it could not:
+
+- multiple choice by log-likelihood (`danlu.eval.choice`): the fact's statement up to its object, with the
+  true object and three others of the same relation as choices — chance is 1/4;
+- greedy completion: does the model, given "The capital of Zorvia is ", continue with "Velmar."?
+- arithmetic: greedy completion of "a op b =" for problems of the pretraining distribution.
+
+Held-out accuracy near chance is the expected result, not a failure: the notes' point that knowledge comes from
+pretraining (and, 004, that fine-tuning does not add it) starts here.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from danlu.errors import DanluError
+from danlu.eval.choice import MCItem, evaluate_multiple_choice
+
+__all__ = ["KnowledgeProbe", "probe_knowledge"]
+
+
+@dataclass(frozen=True)
+class KnowledgeProbe:
+    mc_heldin: float
+    mc_heldout: float
+    chance: float
+    completion_heldin: float
+    completion_heldout: float
+    arithmetic: float
+    n_items: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mc_heldin": self.mc_heldin,
+            "mc_heldout": self.mc_heldout,
+            "chance": self.chance,
+            "completion_heldin": self.completion_heldin,
+            "completion_heldout": self.completion_heldout,
+            "arithmetic": self.arithmetic,
+            "n_items": self.n_items,
+        }
+
+
+def _completion_accuracy(
+    model: Any, tokenizer: Any, prompts: list[str], answers: list[str], batch: int
+) -> float:
+    from danlu.generate.engine import generate
+
+    hits = 0
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start : start + batch]
+        outs = generate(model, tokenizer, chunk, max_new_tokens=12, temperature=0.0)
+        for text, answer in zip(outs, answers[start : start + batch], strict=True):
+            # the answer, then no further digit: "1" must not count for "12"
+            hits += re.match(re.escape(answer.strip()) + r"(?!\d)", text.strip()) is not None
+    return hits / len(prompts)
+
+
+def probe_knowledge(
+    model: Any, tokenizer: Any, world: Any, n_per_group: int = 200, seed: int = 0, batch_size: int = 16
+) -> KnowledgeProbe:
+    """Run the three probes on up to `n_per_group` items each (sampled with `seed`)."""
+    from danlu.data.world_tasks import N_CHOICES
+    from danlu.data.world_text import arith_problem
+
+    if n_per_group < 1:
+        raise DanluError(f"n_per_group: must be at least 1, got {n_per_group}")
+    rng = random.Random(seed)
+    groups = {}
+    for name, heldout in (("heldin", False), ("heldout", True)):
+        records = world.knowledge_records(heldout=heldout)
+        if not records:
+            raise DanluError(f"world: has no {'held-out' if heldout else 'held-in'} facts to probe")
+        groups[name] = rng.sample(records, min(n_per_group, len(records)))
+    mc = {}
+    completion = {}
+    for name, records in groups.items():
+        items = [MCItem(r["query"], tuple(r["choices"]), r["gold"]) for r in records]
+        mc[name] = evaluate_multiple_choice(
+            model, tokenizer, items, target_delimiter="", batch_size=batch_size
+        ).acc
+        completion[name] = _completion_accuracy(
+            model, tokenizer, [r["query"] for r in records], [r["answer"] for r in records], batch_size
+        )
+    problems = [arith_problem(rng) for _ in range(n_per_group)]
+    arithmetic = _completion_accuracy(
+        model,
+        tokenizer,
+        [f"{a} {op} {b} =" for a, op, b, _ in problems],
+        [str(r) for *_, r in problems],
+        batch_size,
+    )
+    return KnowledgeProbe(
+        mc_heldin=mc["heldin"],
+        mc_heldout=mc["heldout"],
+        chance=1.0 / N_CHOICES,
+        completion_heldin=completion["heldin"],
+        completion_heldout=completion["heldout"],
+        arithmetic=arithmetic,
+        n_items={
+            "heldin": len(groups["heldin"]),
+            "heldout": len(groups["heldout"]),
+            "arithmetic": len(problems),
+        },
+    )

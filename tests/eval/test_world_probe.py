@@ -1,0 +1,36 @@
+"""Knowledge probes of the world: the records and the probe's mechanics."""
+
+from __future__ import annotations
+
+import pytest
+
+from danlu.data.world_tasks import N_CHOICES
+from danlu.errors import DanluError
+from danlu.eval.world_probe import probe_knowledge
+
+
+def test_knowledge_records_cut_the_pretraining_statement(world):
+    records = world.knowledge_records()
+    facts = {f.id: f for f in world.facts}
+    assert {r["heldout"] for r in records} == {True, False}
+    for r in records:
+        fact = facts[r["id"].rsplit(":", 1)[0]]
+        assert r["heldout"] == fact.heldout
+        assert len(r["choices"]) == len(set(r["choices"])) >= 2
+        assert r["choices"][r["gold"]] == r["answer"]
+        obj = fact.object.en if r["lang"] == "en" else fact.object.zh
+        assert obj in r["answer"]
+    held_in_text = "\n".join(world.pretrain_texts("train"))
+    stated = [r for r in records if not r["heldout"] and r["query"] + r["answer"] in held_in_text]
+    assert len(stated) > 0.5 * sum(not r["heldout"] for r in records)  # the very sentences pretraining saw
+
+
+def test_probe_knowledge_runs_every_probe(world, tokenizer, make_gpt):
+    probe = probe_knowledge(make_gpt("llama-tiny"), tokenizer, world, n_per_group=6, seed=1, batch_size=4)
+    assert probe.chance == pytest.approx(1 / N_CHOICES)
+    assert probe.n_items == {"heldin": 6, "heldout": 6, "arithmetic": 6}
+    for value in (probe.mc_heldin, probe.mc_heldout, probe.completion_heldin, probe.arithmetic):
+        assert 0.0 <= value <= 1.0
+    assert set(probe.as_dict()) >= {"mc_heldin", "mc_heldout", "completion_heldin", "arithmetic"}
+    with pytest.raises(DanluError, match="n_per_group"):
+        probe_knowledge(make_gpt("llama-tiny"), tokenizer, world, n_per_group=0)
