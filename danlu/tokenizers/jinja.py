@@ -129,6 +129,8 @@ def _check_size(value: Any, what: str = "a value") -> Any:
     if isinstance(value, str | bytes):
         if len(value) > limit:
             raise _too_big(f"{what} (a string)", len(value))
+    elif type(value) is int:  # e.g. ('f' * 10**6)|int(base=16): a huge int makes `//` quadratic, in C
+        _check_int_bits(value.bit_length(), what)
     elif isinstance(value, list | tuple | set | frozenset | dict):
         size = value_size(value, limit)
         if size > limit:
@@ -141,10 +143,10 @@ def _check_length(n: int, what: str) -> None:
         raise _too_big(what, n)
 
 
-def _check_int_bits(bits: int, operator: str) -> None:
+def _check_int_bits(bits: int, where: str) -> None:
     if bits > limits.TEMPLATE_MAX_INT_BITS:
         raise ChatTemplateError(
-            f"the chat template's `{operator}` would build an integer of about {bits} bits, over the limit of "
+            f"the chat template would use an integer of about {bits} bits ({where}), over the limit of "
             f"{limits.TEMPLATE_MAX_INT_BITS} (danlu.tokenizers.chat.TEMPLATE_MAX_INT_BITS)"
         )
 
@@ -198,10 +200,10 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
                 size = len(seq) if isinstance(seq, str | bytes) else 2 * len(seq)
                 _check_length(size * max(n, 0), "a repeated string or list")
         if isinstance(left, int) and isinstance(right, int):
-            _check_int_bits(left.bit_length() + right.bit_length(), "*")
+            _check_int_bits(left.bit_length() + right.bit_length(), "`*`")
     elif operator == "**":
         if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
-            _check_int_bits(int(math.log2(abs(left)) * right) + 1, "**")
+            _check_int_bits(int(math.log2(abs(left)) * right) + 1, "`**`")
     elif operator == "+":
         if isinstance(left, str | bytes) and isinstance(right, str | bytes):
             _check_length(len(left) + len(right), "a joined string")
@@ -209,6 +211,10 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
             _check_length(2 * (len(left) + len(right)), "a joined list")  # and the result in full after
     elif operator == "%" and isinstance(left, str | bytes):
         _check_printf(left, right)
+    if operator in ("%", "//"):  # a big integer literal (0xfff...) divided: quadratic time in C
+        for x in (left, right):
+            if isinstance(x, int):
+                _check_int_bits(x.bit_length(), f"`{operator}`")
 
 
 def _check_method_call(owner: Any, name: str, args: tuple, kwargs: dict) -> tuple:
@@ -446,7 +452,7 @@ class ChatTemplateEnvironment(ImmutableSandboxedEnvironment):
     """The sandbox with size checks on operators, calls and joins (see the module docstring)."""
 
     code_generator_class = _BoundedCodeGenerator
-    intercepted_binops = frozenset({"+", "*", "**", "%"})
+    intercepted_binops = frozenset({"+", "*", "**", "%", "//"})
 
     def __init__(self) -> None:
         super().__init__(
