@@ -22,10 +22,9 @@ from danlu.errors import DanluError
 # --- limits on rendering one chat (docs/SECURITY.md lists them); read at call time, so they can be changed ---
 TEMPLATE_TIME_LIMIT_S = 2.0  # wall-clock seconds to compile and render one chat, loops of any shape included
 TEMPLATE_MAX_OUTPUT_CHARS = 4 * 2**20  # characters of rendered prompt (4 Mi; the server's body limit is 1 MB)
-TEMPLATE_MAX_VALUE_SIZE = (
-    4 * 2**20
-)  # length of any string a template builds; approx. str() size of a list/dict
-TEMPLATE_MAX_INT_BITS = 4096  # bits of any integer that `*` or `**` produces
+# length of any string a template builds, and about what str() of a list or dict it builds would print
+TEMPLATE_MAX_VALUE_SIZE = 4 * 2**20
+TEMPLATE_MAX_INT_BITS = 4096  # bits of an integer that `*`, `**`, `//`, `%` or a call makes or takes
 TEMPLATE_MAX_SOURCE_CHARS = 2**20  # characters of template text (real templates are under 50 k)
 # `range()` is jinja2's sandboxed range: at most jinja2.sandbox.MAX_RANGE (100000) items.
 
