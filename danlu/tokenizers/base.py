@@ -29,26 +29,6 @@ CHATML_TEMPLATE = (
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 
-def validate_messages(messages: Any) -> list[dict[str, str]]:
-    """Check a chat: a list of {"role": one of CHAT_ROLES, "content": str}; DanluError names the bad index."""
-    if not isinstance(messages, list | tuple):
-        raise DanluError(
-            f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}"
-        )
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise DanluError(f"message {i} must be a dict with 'role' and 'content', got {message!r}")
-        role = message.get("role")
-        if role not in CHAT_ROLES:
-            raise DanluError(f"message {i} has role {role!r}; use one of {', '.join(CHAT_ROLES)}")
-        content = message.get("content")
-        if not isinstance(content, str):
-            raise DanluError(
-                f"message {i} ({role}) has content {content!r}; content must be a string (use '' for none)"
-            )
-    return list(messages)
-
-
 class Tokenizer:
     """Text <-> token ids. See the module docstring for what a subclass provides."""
 
@@ -201,17 +181,62 @@ class Tokenizer:
     def decode_batch(self, batch: Iterable[Iterable[int]], skip_special_tokens: bool = False) -> list[str]:
         return [self.decode(ids, skip_special_tokens) for ids in batch]
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """Render a chat as one prompt string with this tokenizer's template (ChatML by default)."""
+    def apply_chat_template(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = False,
+        chat_template: str | None = None,
+        *,
+        documents: list[dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> str:
+        """Render a chat as one prompt string with this tokenizer's template (ChatML by default).
+
+        The keywords and defaults are those of `transformers`' `apply_chat_template(..., tokenize=False)`,
+        and so is the text: add_generation_prompt=True appends the assistant header; tools (JSON schemas) and
+        every extra keyword reach the template, next to the special tokens this tokenizer has. Message
+        content may be a string or a list of parts. Raises `danlu.tokenizers.chat.ChatTemplateError`.
+        """
         from danlu.tokenizers.chat import render_chat_template
 
-        messages = validate_messages(messages)
+        template = self._select_chat_template(chat_template, tools)
+        variables = {**self._template_special_tokens(), **kwargs}  # like transformers: kwargs win
         return render_chat_template(
-            self.chat_template,
+            template,
             messages,
+            tools=tools,
+            documents=documents,
             add_generation_prompt=add_generation_prompt,
-            bos_token=self.bos_token or "",
-            eos_token=self.eos_token or "",
+            **variables,
+        )
+
+    def _template_special_tokens(self) -> dict[str, str]:
+        """The special tokens a template sees (transformers' special_tokens_map): only those that are set."""
+        names = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+        tokens = {f"{n}_token": getattr(self, f"{n}_token", None) for n in names}
+        return {k: v for k, v in tokens.items() if isinstance(v, str)}
+
+    def _select_chat_template(self, chat_template: str | None, tools: Any) -> str:
+        """Template text: the one given, or this tokenizer's. A tokenizer_config.json may hold several named
+        templates (a {name: text} dict or a [{"name", "template"}] list): `chat_template` picks one by
+        name, else "tool_use" when tools are given and the tokenizer has one, else "default"."""
+        from danlu.tokenizers.chat import ChatTemplateError
+
+        named = self.chat_template
+        if isinstance(named, list):
+            named = {t.get("name"): t.get("template") for t in named if isinstance(t, dict)}
+        if not isinstance(named, dict):
+            return chat_template if chat_template is not None else named
+        if chat_template is not None:
+            return named.get(chat_template, chat_template)
+        if tools is not None and "tool_use" in named:
+            return named["tool_use"]
+        if "default" in named:
+            return named["default"]
+        raise ChatTemplateError(
+            f"this tokenizer has chat templates {sorted(map(str, named))} and none is 'default'; "
+            "pass chat_template=<one of these names>"
         )
 
     def hf_config(self) -> dict[str, Any]:

@@ -1,427 +1,276 @@
-"""A small Jinja interpreter for chat templates (no `jinja2` dependency).
+"""Chat templates rendered in jinja2's sandbox, bounded in time and in the size of what they build.
 
-Renders the subset of Jinja that chat templates use, with the settings `transformers` renders them with
-(trim_blocks and lstrip_blocks): text, `{{ expr }}`, `{% if / elif / else %}`, `{% for x in xs [if c] %}`
-with `loop.*`, `{% set x = ... %}` (also `ns.attr`, scoped per loop iteration as in Jinja),
-`{# comments #}`, `-` whitespace control, and expressions: literals, lists, dicts, `.attr`, `[key]`,
-slices, `+ - * / // % ~`, comparisons, `in` / `not in`, `is [not] defined / none / string ...`,
-`and / or / not`, `a if c else b`, filters (trim, length, lower, upper, tojson, join, default, ...),
-whitelisted string and dict methods, `raise_exception(msg)`, `namespace()`, `range()`.
-Anything else raises DanluError naming the construct.
+A checkpoint's chat template is code from a stranger. It runs in jinja2's `ImmutableSandboxedEnvironment`,
+configured as `transformers` configures it (so both render the same text): trim_blocks, lstrip_blocks, the
+loop-controls extension (`break`, `continue`), `{% generation %}` blocks, `raise_exception`, `strftime_now`,
+a `tojson` that keeps non-ASCII, a `namespace` that refuses underscore names and a `dict` without the type.
+
+The sandbox stops attribute escapes: names starting with "_" and Python internals are unreachable, also
+through `str.format` fields (`{0.__globals__}`), and lists and dicts cannot be mutated. It does not bound
+work, so danlu adds (limits in `danlu.tokenizers.chat`):
+- time: a trace function of the rendering thread (`sys.settrace`, per thread, so it works in the server's
+  worker threads) checks a deadline at every Python call and at every line of the template's own compiled
+  code, so nested empty loops stop too; it raises a BaseException that no `except Exception` in jinja2 eats.
+- size: every operation that can multiply a size is checked before it allocates (`*`, `**`, `+`, `%`,
+  `~`, the `center`/`indent`/`replace`/`join`/`batch` filters, str methods with a width or a replacement,
+  `str.format` widths, `int.to_bytes`, `tojson` indents), every call's, filter's and operator's result is
+  checked after, and macro bodies, `{% set %}` blocks and the whole output are joined by a counting join.
+The globals, filters and size checks are in `jinja_builtins.py`; this file holds the clock, the compiler
+changes and the environment.
 """
 
 from __future__ import annotations
 
-import re
-from collections import ChainMap
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from functools import lru_cache, wraps
 from typing import Any
 
-from danlu.errors import DanluError
+import jinja2
+import jinja2.ext
+import jinja2.nodes
+from jinja2.compiler import CodeGenerator, optimizeconst
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from danlu.tokenizers import chat as limits
+from danlu.tokenizers.chat import ChatTemplateError
 from danlu.tokenizers.jinja_builtins import (
-    FILTERS,
-    TESTS,
-    UNDEFINED,
-    Loop,
-    Namespace,
-    get_attr,
-    get_item,
+    BoundedBuffer,
+    GenerationBlock,
+    TemplateDict,
+    TemplateNamespace,
+    bounded_filter,
+    check_binop,
+    check_format,
+    check_length,
+    check_method_call,
+    check_size,
+    join,
     raise_exception,
-    to_str,
+    strftime_now,
+    tojson,
+    too_big,
 )
 
-_TOKEN = re.compile(
-    r"\s*(?:(?P<num>\d+(?:\.\d+)?)|(?P<str>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")|(?P<name>[A-Za-z_]\w*)"
-    r"|(?P<op>==|!=|<=|>=|//|\*\*|[-+*/%~<>()\[\]{}.,:|=]))",
-    re.S,
-)
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"'}
+TEMPLATE_FILENAME = "<template>"  # the file name jinja2 compiles template code under
 
 
-def _tokenize_expr(text: str) -> list[tuple[str, Any]]:
-    out, pos = [], 0
-    text = text.rstrip()
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if m is None:
-            raise DanluError(f"chat template: cannot read expression {text!r} at {text[pos:]!r}")
-        pos = m.end()
-        if m.group("num"):
-            out.append(("lit", float(m.group("num")) if "." in m.group("num") else int(m.group("num"))))
-        elif m.group("str"):
-            body = m.group("str")[1:-1]
-            out.append(("lit", re.sub(r"\\(.)", lambda e: _ESCAPES.get(e.group(1), "\\" + e.group(1)), body)))
-        elif m.group("name"):
-            out.append(("name", m.group("name")))
+class _OutOfTime(BaseException):
+    """Raised by the trace function. A BaseException, so jinja2's `except Exception` clauses let it pass."""
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Trace the current thread: past `seconds`, the next Python call or template line raises _OutOfTime."""
+    deadline = time.monotonic() + seconds
+    clock = time.monotonic
+
+    def on_line(frame: Any, event: str, arg: Any) -> Any:
+        if clock() > deadline:
+            raise _OutOfTime
+        return on_line
+
+    def on_call(frame: Any, event: str, arg: Any) -> Any:
+        if clock() > deadline:
+            raise _OutOfTime
+        # Line events only in template code: a loop without calls (`{% for a in s %}{% endfor %}`) is seen.
+        return on_line if frame.f_code.co_filename == TEMPLATE_FILENAME else None
+
+    previous = sys.gettrace()  # a debugger's or coverage's tracer comes back afterwards
+    sys.settrace(on_call)
+    try:
+        yield
+    finally:
+        sys.settrace(previous)
+
+
+# --- the environment -------------------------------------------------------------------------------------
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """jinja2's compiler, except that `a ~ b` goes through the environment's size-checking join and every
+    list, tuple and dict literal is size-checked: `{% set ns.l = [ns.l, ns.l] %}` in a loop builds a value
+    whose str() doubles each time, and str() of nested lists runs in C, where no time limit can stop it."""
+
+    def buffer(self, frame: Any) -> None:
+        # Macro bodies, {% set %} and {% filter %} blocks collect their output in a list that is joined at the
+        # end: a counting list refuses to grow past the size limit while the loop inside still runs.
+        frame.buffer = self.temporary_identifier()
+        self.writeline(f"{frame.buffer} = environment.new_buffer()")
+
+    def _checked(self, visit: Any, node: jinja2.nodes.Node, frame: Any) -> None:
+        self.write("environment.checked_literal(")
+        visit(node, frame)
+        self.write(")")
+
+    def visit_List(self, node: jinja2.nodes.List, frame: Any) -> None:
+        self._checked(super().visit_List, node, frame)
+
+    def visit_Dict(self, node: jinja2.nodes.Dict, frame: Any) -> None:
+        self._checked(super().visit_Dict, node, frame)
+
+    def visit_Tuple(self, node: jinja2.nodes.Tuple, frame: Any) -> None:
+        if node.ctx == "load":  # not a loop or {% set %} target
+            self._checked(super().visit_Tuple, node, frame)
         else:
-            out.append(("op", m.group("op")))
-    return out
+            super().visit_Tuple(node, frame)
+
+    @optimizeconst
+    def visit_Concat(self, node: jinja2.nodes.Concat, frame: Any) -> None:
+        self.write("environment.concat_values((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
 
 
-_BINARY = {
-    "+": lambda a, b: a + b,
-    "-": lambda a, b: a - b,
-    "*": lambda a, b: a * b,
-    "/": lambda a, b: a / b,
-    "//": lambda a, b: a // b,
-    "%": lambda a, b: a % b,
-    "~": lambda a, b: to_str(a) + to_str(b),
-    "==": lambda a, b: a == b,
-    "!=": lambda a, b: a != b,
-    "<": lambda a, b: a < b,
-    ">": lambda a, b: a > b,
-    "<=": lambda a, b: a <= b,
-    ">=": lambda a, b: a >= b,
-    "in": lambda a, b: a in b,
-}
+class ChatTemplateEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox with size checks on operators, calls and joins (see the module docstring)."""
+
+    code_generator_class = _BoundedCodeGenerator
+    intercepted_binops = frozenset({"+", "*", "**", "%", "//"})
+
+    def __init__(self) -> None:
+        super().__init__(
+            trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, jinja2.ext.loopcontrols]
+        )
+        self.filters = {name: bounded_filter(name, f) for name, f in self.filters.items()}
+        self.filters["join"] = bounded_filter("join", join)
+        self.filters["tojson"] = tojson
+        self.globals.update(
+            raise_exception=raise_exception,
+            strftime_now=strftime_now,
+            dict=TemplateDict(),
+            namespace=TemplateNamespace,
+        )
+
+    def concat(self, parts: Any) -> str:  # type: ignore[override]
+        # The join jinja2 uses for macro bodies, {% set %} blocks and filter blocks.
+        out, total = [], 0
+        for part in parts:
+            total += len(part)
+            check_length(total, "a block of template text")
+            out.append(part)
+        return "".join(out)
+
+    def new_buffer(self) -> BoundedBuffer:
+        return BoundedBuffer()
+
+    def checked_literal(self, value: Any) -> Any:
+        return check_size(value, "a list or dict literal")
+
+    def concat_values(self, values: tuple) -> str:
+        parts = [v if isinstance(v, str) else str(v) for v in values]
+        check_length(sum(len(p) for p in parts), "a string joined with ~")
+        return "".join(parts)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "+" and type(left) is str and type(right) is str:  # the common case, without calls
+            if len(left) + len(right) > limits.TEMPLATE_MAX_VALUE_SIZE:
+                raise too_big("a joined string", len(left) + len(right))
+            return left + right
+        check_binop(operator, left, right)
+        return check_size(super().call_binop(context, operator, left, right), f"the result of `{operator}`")
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str | bytes | int) and not isinstance(owner, bool):
+            args = check_method_call(owner, getattr(__obj, "__name__", ""), args, kwargs)
+        return check_size(super().call(__context, __obj, *args, **kwargs), "the result of a call")
+
+    def wrap_str_format(self, value: Any) -> Any:
+        wrapper = super().wrap_str_format(value)
+        if wrapper is None:
+            return None
+        fmt, is_map = value.__self__, value.__name__ == "format_map"
+
+        @wraps(wrapper)
+        def bounded(*args: Any, **kwargs: Any) -> str:
+            mapping = args[0] if is_map and args and isinstance(args[0], Mapping) else kwargs
+            check_format(fmt, () if is_map else args, mapping)
+            return check_size(wrapper(*args, **kwargs), "a formatted string")
+
+        return bounded
 
 
-class _Expr:
-    """Recursive-descent parser turning an expression into a function of the context."""
-
-    def __init__(self, text: str) -> None:
-        self.text, self.toks, self.i = text, _tokenize_expr(text), 0
-
-    def peek(self, k: int = 0) -> tuple[str, Any]:
-        return self.toks[self.i + k] if self.i + k < len(self.toks) else ("end", None)
-
-    def accept(self, kind: str, value: Any = None) -> bool:
-        t = self.peek()
-        if t[0] == kind and (value is None or t[1] == value):
-            self.i += 1
-            return True
-        return False
-
-    def expect(self, kind: str, value: Any = None) -> Any:
-        t = self.peek()
-        if not self.accept(kind, value):
-            raise DanluError(f"chat template: expected {value or kind!r} in {self.text!r}, found {t[1]!r}")
-        return t[1]
-
-    def parse(self):
-        e = self.ternary()
-        if self.peek()[0] != "end":
-            raise DanluError(f"chat template: unexpected {self.peek()[1]!r} in {self.text!r}")
-        return e
-
-    def ternary(self):
-        e = self.or_()
-        if self.accept("name", "if"):
-            cond = self.or_()
-            other = self.ternary() if self.accept("name", "else") else (lambda c: UNDEFINED)
-            return lambda c, e=e: e(c) if cond(c) else other(c)
-        return e
-
-    def or_(self):
-        e = self.and_()
-        while self.accept("name", "or"):
-            r = self.and_()
-            e = lambda c, a=e, b=r: a(c) or b(c)  # noqa: E731
-        return e
-
-    def and_(self):
-        e = self.not_()
-        while self.accept("name", "and"):
-            r = self.not_()
-            e = lambda c, a=e, b=r: a(c) and b(c)  # noqa: E731
-        return e
-
-    def not_(self):
-        if self.accept("name", "not"):
-            e = self.not_()
-            return lambda c: not e(c)
-        return self.compare()
-
-    def compare(self):
-        e = self.binary(0)
-        while True:
-            t = self.peek()
-            if t[0] == "op" and t[1] in ("==", "!=", "<", ">", "<=", ">="):
-                self.i += 1
-                r, f = self.binary(0), _BINARY[t[1]]
-                e = lambda c, a=e, b=r, f=f: f(a(c), b(c))  # noqa: E731
-            elif t == ("name", "in") or (t == ("name", "not") and self.peek(1) == ("name", "in")):
-                negate = self.accept("name", "not")
-                self.expect("name", "in")
-                r = self.binary(0)
-                e = lambda c, a=e, b=r, n=negate: (a(c) in b(c)) != n  # noqa: E731
-            elif self.accept("name", "is"):
-                negate = self.accept("name", "not")
-                name = self.expect("name")
-                test = TESTS.get(name)
-                if test is None:
-                    raise DanluError(f"chat template: unsupported test 'is {name}' in {self.text!r}")
-                e = lambda c, a=e, t=test, n=negate: t(a(c)) != n  # noqa: E731
-            else:
-                return e
-
-    _LEVELS = [("~",), ("+", "-"), ("*", "/", "//", "%")]
-
-    def binary(self, level: int):
-        if level == len(self._LEVELS):
-            return self.unary()
-        e = self.binary(level + 1)
-        while self.peek()[0] == "op" and self.peek()[1] in self._LEVELS[level]:
-            f = _BINARY[self.peek()[1]]
-            self.i += 1
-            r = self.binary(level + 1)
-            e = lambda c, a=e, b=r, f=f: f(a(c), b(c))  # noqa: E731
-        return e
-
-    def unary(self):
-        if self.accept("op", "-"):
-            e = self.unary()
-            return lambda c: -e(c)
-        return self.postfix()
-
-    def args(self) -> tuple[list, dict]:
-        args, kwargs = [], {}
-        while not self.accept("op", ")"):
-            if self.peek()[0] == "name" and self.peek(1) == ("op", "="):
-                key = self.expect("name")
-                self.expect("op", "=")
-                kwargs[key] = self.ternary()
-            else:
-                args.append(self.ternary())
-            if not self.accept("op", ","):
-                self.expect("op", ")")
-                break
-        return args, kwargs
-
-    def postfix(self):
-        e = self.primary()
-        while True:
-            if self.accept("op", "."):
-                name = self.expect("name")
-                e = lambda c, a=e, n=name: get_attr(a(c), n)  # noqa: E731
-            elif self.accept("op", "["):
-                parts = [None, None, None]
-                k = 0
-                while not self.accept("op", "]"):
-                    if self.accept("op", ":"):
-                        k += 1
-                    else:
-                        parts[k] = self.ternary()
-                if k == 0:
-                    key = parts[0]
-                    e = lambda c, a=e, key=key: get_item(a(c), key(c))  # noqa: E731
-                else:
-                    e = lambda c, a=e, p=parts: get_item(a(c), slice(*(x(c) if x else None for x in p)))  # noqa: E731
-            elif self.accept("op", "("):
-                args, kwargs = self.args()
-                e = self._call_node(e, args, kwargs)
-            elif self.accept("op", "|"):
-                name = self.expect("name")
-                f = FILTERS.get(name)
-                if f is None:
-                    raise DanluError(f"chat template: unsupported filter '|{name}' in {self.text!r}")
-                args, kwargs = self.args() if self.accept("op", "(") else ([], {})
-                e = self._call_node(lambda c, f=f: f, [e, *args], kwargs)
-            else:
-                return e
-
-    @staticmethod
-    def _call_node(func, args: list, kwargs: dict):
-        def call(c):
-            return _call(func(c), [x(c) for x in args], {n: x(c) for n, x in kwargs.items()})
-
-        return call
-
-    def primary(self):
-        kind, value = self.peek()
-        self.i += 1
-        if kind == "lit":
-            return lambda c: value
-        if kind == "name":
-            constants = {
-                "true": True,
-                "false": False,
-                "none": None,
-                "True": True,
-                "False": False,
-                "None": None,
-            }
-            if value in constants:
-                return lambda c: constants[value]
-            return lambda c: c.get(value, UNDEFINED)
-        if (kind, value) == ("op", "("):
-            e = self.ternary()
-            self.expect("op", ")")
-            return e
-        if (kind, value) == ("op", "["):
-            items = []
-            while not self.accept("op", "]"):
-                items.append(self.ternary())
-                if not self.accept("op", ","):
-                    self.expect("op", "]")
-                    break
-            return lambda c: [x(c) for x in items]
-        if (kind, value) == ("op", "{"):
-            pairs = []
-            while not self.accept("op", "}"):
-                key = self.ternary()
-                self.expect("op", ":")
-                pairs.append((key, self.ternary()))
-                if not self.accept("op", ","):
-                    self.expect("op", "}")
-                    break
-            return lambda c: {k(c): v(c) for k, v in pairs}
-        raise DanluError(f"chat template: unexpected {value!r} in expression {self.text!r}")
+_ENVIRONMENT = ChatTemplateEnvironment()
 
 
-def _call(f: Any, args: list, kwargs: dict) -> Any:
-    if f is UNDEFINED or not callable(f):
-        raise DanluError("chat template calls something that is not a known function or method")
-    return f(*args, **kwargs)
+@lru_cache(maxsize=16)
+def _compile(source: str) -> jinja2.Template:
+    return _ENVIRONMENT.from_string(source)
 
 
-_TAG = re.compile(r"\{\{(-?)(.*?)(-?)\}\}|\{%([-+]?)(.*?)(-?)%\}|\{#([-+]?)(.*?)(-?)#\}", re.S)
-
-
-def _lex(template: str) -> list[tuple[str, str]]:
-    """("text" | "out" | "stmt", content) with whitespace control, trim_blocks and lstrip_blocks applied."""
-    items: list[list] = []  # [kind, content, strip_before, strip_after]
-    pos = 0
-    for m in _TAG.finditer(template):
-        items.append(["text", template[pos : m.start()], False, False])
-        if m.group(2) is not None and m.start(2) >= 0 and m.group(0).startswith("{{"):
-            items.append(["out", m.group(2), m.group(1) == "-", m.group(3) == "-"])
-        elif m.group(0).startswith("{%"):
-            items.append(["stmt", m.group(5), m.group(4), m.group(6) == "-"])
-        else:
-            items.append(["comment", "", m.group(7), m.group(9) == "-"])
-        pos = m.end()
-    items.append(["text", template[pos:], False, False])
-    for j, item in enumerate(items):
-        if item[0] == "text":
-            continue
-        before, after = items[j - 1], items[j + 1]
-        if item[2] is True or item[2] == "-":
-            before[1] = before[1].rstrip()
-        elif item[0] in ("stmt", "comment") and item[2] != "+":
-            # lstrip_blocks: drop spaces and tabs between a line start and a block tag
-            head, sep, tail = before[1].rpartition("\n")
-            if tail.strip(" \t") == "" and (sep or j == 1):
-                before[1] = head + sep
-        if item[3]:
-            after[1] = after[1].lstrip()
-        elif item[0] in ("stmt", "comment") and after[1].startswith("\n"):
-            after[1] = after[1][1:]  # trim_blocks: the newline right after a block tag goes
-    return [(kind, content) for kind, content, _, _ in items if kind in ("out", "stmt") or content]
-
-
-def _parse(tokens: list[tuple[str, str]], pos: int, ends: tuple[str, ...]) -> tuple[list, int, str]:
-    """Nodes until one of the end keywords; returns (nodes, next position, the end statement)."""
-    nodes: list = []
-    while pos < len(tokens):
-        kind, content = tokens[pos]
-        pos += 1
-        if kind == "text":
-            nodes.append(("text", content))
-            continue
-        if kind == "out":
-            nodes.append(("out", _Expr(content).parse()))
-            continue
-        stmt = content.strip()
-        keyword = stmt.split(None, 1)[0] if stmt else ""
-        if keyword in ends:
-            return nodes, pos, stmt
-        if keyword == "if":
-            branches, otherwise = [], []
-            cond, stmt_end = stmt[2:], ""
-            while True:
-                body, pos, stmt_end = _parse(tokens, pos, ("elif", "else", "endif"))
-                branches.append((_Expr(cond).parse(), body))
-                if stmt_end.startswith("elif"):
-                    cond = stmt_end[4:]
-                    continue
-                if stmt_end == "else":
-                    otherwise, pos, stmt_end = _parse(tokens, pos, ("endif",))
-                break
-            nodes.append(("if", branches, otherwise))
-        elif keyword == "for":
-            m = re.fullmatch(r"for\s+([\w\s,]+?)\s+in\s+(.+?)(?:\s+if\s+(.+))?", stmt, re.S)
-            if m is None:
-                raise DanluError(f"chat template: cannot read {{% {stmt} %}}")
-            targets = [t.strip() for t in m.group(1).split(",")]
-            cond = _Expr(m.group(3)).parse() if m.group(3) else None
-            body, pos, stmt_end = _parse(tokens, pos, ("else", "endfor"))
-            otherwise = []
-            if stmt_end == "else":
-                otherwise, pos, _ = _parse(tokens, pos, ("endfor",))
-            nodes.append(("for", targets, _Expr(m.group(2)).parse(), cond, body, otherwise))
-        elif keyword == "set":
-            m = re.fullmatch(r"set\s+([\w.]+)\s*=\s*(.+)", stmt, re.S)
-            if m is None:
-                raise DanluError(f"chat template: cannot read {{% {stmt} %}} (block set is not supported)")
-            nodes.append(("set", m.group(1), _Expr(m.group(2)).parse()))
-        elif keyword in ("generation", "endgeneration"):
-            continue  # transformers' marker for assistant tokens: no output of its own
-        else:
-            raise DanluError(f"chat template: unsupported statement {{% {stmt} %}}")
-    if ends:
-        raise DanluError(f"chat template: missing {{% {' / '.join(ends)} %}}")
-    return nodes, pos, ""
-
-
-def _render(nodes: list, ctx: ChainMap, out: list[str]) -> None:
-    for node in nodes:
-        kind = node[0]
-        if kind == "text":
-            out.append(node[1])
-        elif kind == "out":
-            value = node[1](ctx)
-            out.append("" if value is UNDEFINED else to_str(value))
-        elif kind == "if":
-            for cond, body in node[1]:
-                if cond(ctx):
-                    _render(body, ctx, out)
-                    break
-            else:
-                _render(node[2], ctx, out)
-        elif kind == "for":
-            _, targets, iterable, cond, body, otherwise = node
-            items = iterable(ctx)
-            items = list(items.items()) if isinstance(items, dict) else list(items)
-            if cond is not None:
-                items = [x for x in items if cond(ctx.new_child(_bind(targets, x)))]
-            loop = Loop(len(items))
-            for index, item in enumerate(items):
-                loop.index0 = index
-                _render(body, ctx.new_child({**_bind(targets, item), "loop": loop}), out)
-            if not items:
-                _render(otherwise, ctx, out)
-        elif kind == "set":
-            target, value = node[1], node[2](ctx)
-            if "." in target:
-                name, attr = target.split(".", 1)
-                obj = ctx.get(name)
-                if not isinstance(obj, Namespace):
-                    raise DanluError(f"chat template: {{% set {target} %}} needs {name} to be a namespace()")
-                setattr(obj, attr, value)
-            else:
-                ctx[target] = value
-
-
-def _bind(targets: list[str], item: Any) -> dict[str, Any]:
-    if len(targets) == 1:
-        return {targets[0]: item}
-    values = list(item)
-    if len(values) != len(targets):
-        raise DanluError(f"chat template: cannot unpack {item!r} into {', '.join(targets)}")
-    return dict(zip(targets, values))
-
-
-def render_jinja(template: str, variables: dict[str, Any]) -> str:
-    """Render a Jinja chat template with variables (see the module docstring for what is supported)."""
-    nodes, _, _ = _parse(_lex(template), 0, ())
-    globals_ = {
-        "raise_exception": raise_exception,
-        "namespace": Namespace,
-        "range": range,
-        "true": True,
-        "false": False,
-        "none": None,
-    }
+def render_template(source: str, variables: dict[str, Any]) -> str:
+    """Render template text with variables, under danlu's limits; any failure is a ChatTemplateError."""
+    if len(source) > limits.TEMPLATE_MAX_SOURCE_CHARS:
+        raise ChatTemplateError(
+            f"the chat template is {len(source)} characters, over the limit of {limits.TEMPLATE_MAX_SOURCE_CHARS} "
+            "(danlu.tokenizers.chat.TEMPLATE_MAX_SOURCE_CHARS)"
+        )
+    seconds, max_chars = limits.TEMPLATE_TIME_LIMIT_S, limits.TEMPLATE_MAX_OUTPUT_CHARS
     out: list[str] = []
-    _render(nodes, ChainMap(dict(variables), globals_), out)
+    total = 0
+    try:
+        with _deadline(seconds):
+            template = _compile(source)
+            for chunk in template.generate(**variables):
+                total += len(chunk)
+                if total > max_chars:
+                    raise ChatTemplateError(
+                        f"the chat template's output passed {max_chars} characters "
+                        "(danlu.tokenizers.chat.TEMPLATE_MAX_OUTPUT_CHARS); shorten the chat or fix the template"
+                    )
+                out.append(chunk)
+    except _OutOfTime:
+        raise ChatTemplateError(
+            f"the chat template took longer than {seconds} s to render "
+            "(danlu.tokenizers.chat.TEMPLATE_TIME_LIMIT_S); the template is broken or hostile"
+        ) from None
+    except ChatTemplateError:
+        raise
+    except jinja2.TemplateSyntaxError as e:
+        raise ChatTemplateError(
+            f"the chat template is not valid Jinja (line {e.lineno}): {e.message}"
+        ) from None
+    except RecursionError:
+        raise ChatTemplateError(
+            "the chat template recursed too deeply (a macro or loop that calls itself)"
+        ) from None
+    except (
+        Exception
+    ) as e:  # anything a stranger's template raises: undefined names, type errors, security errors
+        raise ChatTemplateError(f"the chat template failed: {type(e).__name__}: {e}") from None
     return "".join(out)
+
+
+def plain_data(value: Any) -> Any:
+    """A copy of value made of plain JSON types (str, int, float, bool, None, dict, list, tuple) only.
+
+    A template reaches the methods of whatever it is given, so subclasses become their base type and any other
+    object a placeholder naming its type ("<ndarray>"), as `transformers` does before rendering.
+    """
+    try:
+        return _plain(value)
+    except RecursionError:
+        raise ChatTemplateError("the messages, tools or template variables are nested too deeply") from None
+
+
+def _plain(value: Any) -> Any:
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, Mapping):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    return f"<{type(value).__name__}>"

@@ -180,7 +180,7 @@ def test_chat_template_chatml(bpe):
         {"role": "assistant", "content": "北京"},
         {"role": "user", "content": ""},
     ]
-    text = bpe.apply_chat_template(messages)
+    text = bpe.apply_chat_template(messages, add_generation_prompt=True)
     assert text == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nCapital of 中国?<|im_end|>\n"
         "<|im_start|>assistant\n北京<|im_end|>\n<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n"
@@ -194,8 +194,8 @@ def test_chat_template_chatml(bpe):
     [
         ("hello", "list"),
         ([{"role": "user", "content": "a"}, "oops"], "message 1"),
-        ([{"role": "robot", "content": "a"}], "message 0 has role 'robot'"),
-        ([{"role": "user", "content": "a"}, {"role": "user"}], "message 1 .user. has content None"),
+        ([{"role": 7, "content": "a"}], "message 0 has role 7"),
+        ([{"role": "user", "content": "a"}, {"role": "user"}], "no attribute 'content'"),
         ([{"role": "user", "content": 3}], "message 0"),
     ],
 )

@@ -31,7 +31,8 @@ def test_alpaca_record_is_masked_except_the_reply(tokenizer):
     ex = encode_messages(record_messages(record), tokenizer)
     prompt = prompt_text(record, tokenizer)
     assert prompt == tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What colour is the flag of Kavo?\n\nAnswer briefly."}]
+        [{"role": "user", "content": "What colour is the flag of Kavo?\n\nAnswer briefly."}],
+        add_generation_prompt=True,
     )
     n_prompt = len(tokenizer.encode(prompt))
     # The prompt ids are exactly what generation encodes, and all of them are masked.
@@ -51,7 +52,10 @@ def test_multi_turn_messages_train_every_assistant_turn_only(tokenizer):
         {"role": "assistant", "content": "6."},
     ]
     ex = encode_messages(messages, tokenizer)
-    assert tokenizer.decode(ex.input_ids) == tokenizer.apply_chat_template(messages, False) + "<|endoftext|>"
+    assert (
+        tokenizer.decode(ex.input_ids)
+        == tokenizer.apply_chat_template(messages, add_generation_prompt=False) + "<|endoftext|>"
+    )
     trained = tokenizer.decode([t for t in ex.labels if t != IGNORE])
     assert trained == "4.<|im_end|>\n6.<|im_end|>\n<|endoftext|>"
     assert "2 + 2?" not in trained and "Be brief" not in trained
