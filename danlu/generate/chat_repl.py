@@ -99,7 +99,9 @@ class ChatSession:
         self.out.flush()  # a note never overtakes the reply it follows
         print(text, file=self.err, flush=True)
 
-    def run(self, read: Any = input) -> int:
+    def run(self, read: Any = None) -> int:
+        """Read lines with `read` (default: `input`, looked up now so a test's patch applies)."""
+        read = read or input
         self.note("danlu chat — /help for commands; Ctrl-C stops a reply; Ctrl-C twice or Ctrl-D quits")
         interrupted_at_prompt = False
         while True:
