@@ -23,7 +23,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--window-size=1000,800"]  # fmt: skip
 
 HOSTILE = (
-    "Here is **bold** and `x < y` and <img src=x onerror=\"window.pwned=1\"> and <script>window.pwned=2</script>.\n\n"
+    'Here is **bold** and `x < y` and <img src=x onerror="window.pwned=1"> and <script>window.pwned=2</script>.\n\n'
     "```python\ndef f(a, b):\n    return a < b  # <b>not bold</b>\n```\n\n"
     "- one\n- two [link](javascript:alert(1))\n\n中文回答：丹炉。"
 )
