@@ -7,7 +7,9 @@ Measures, on the same corpus, vocabulary size, pre-tokenizer and special tokens:
   1. byte-level BPE training time: danlu vs HF's BpeTrainer (RAYON_NUM_THREADS=1);
   2. encoding throughput in MB/s of UTF-8 text: danlu's encode_batch vs HF's encode_batch of the same
      tokenizer.json (one thread), with the ids checked equal;
-  3. danlu vs a straightforward BPE that recounts every pair after every merge (the textbook loop),
+  3. Unigram training vs BPE training, both danlu, on the same --unigram-mb corpus and vocabulary
+     (the goal: Unigram's EM and pruning within 10x of BPE's merges);
+  4. danlu vs a straightforward BPE that recounts every pair after every merge (the textbook loop),
      on a smaller slice (--naive-mb, --naive-vocab) because the naive loop is quadratic in practice.
 Each is one run (no repeats): expect some noise on a shared machine.
 """
@@ -27,6 +29,7 @@ from collections import Counter  # noqa: E402
 from danlu.tokenizers.base import DEFAULT_SPECIALS  # noqa: E402
 from danlu.tokenizers.bpe import BPETokenizer  # noqa: E402
 from danlu.tokenizers.pretokenize import DEFAULT_PATTERN, PreTokenizer  # noqa: E402
+from danlu.tokenizers.unigram import UnigramTokenizer  # noqa: E402
 
 
 def world_corpus(megabytes: float, seed: int = 0) -> list[str]:
@@ -109,6 +112,7 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary (default 8192)")
     parser.add_argument("--naive-mb", type=float, default=0.5, help="corpus for the naive comparison")
     parser.add_argument("--naive-vocab", type=int, default=1024, help="vocabulary for the naive comparison")
+    parser.add_argument("--unigram-mb", type=float, default=3.0, help="corpus for Unigram vs BPE (default 3)")
     args = parser.parse_args()
 
     from tokenizers import Tokenizer as HFTokenizer
@@ -128,6 +132,11 @@ def main() -> None:
     ids_ours, e_ours = timed(lambda: ours.encode_batch(texts))
     enc_hf, e_hf = timed(lambda: hf_ours.encode_batch(texts, add_special_tokens=False))
     same_ids = [e.ids for e in enc_hf] == ids_ours
+
+    uni_texts = world_corpus(args.unigram_mb)
+    uni_mb = sum(len(t.encode("utf-8")) for t in uni_texts) / 1e6
+    _, t_uni_bpe = timed(lambda: BPETokenizer.train(uni_texts, args.vocab_size))
+    _, t_uni = timed(lambda: UnigramTokenizer.train(uni_texts, args.vocab_size))
 
     small = world_corpus(args.naive_mb, seed=1)
     small_mb = sum(len(t.encode("utf-8")) for t in small) / 1e6
@@ -152,6 +161,14 @@ def main() -> None:
             e_ours / e_hf,
         ),
         (
+            f"Unigram train {uni_mb:.1f} MB, vocab {args.vocab_size}",
+            "danlu",
+            f"{t_uni:.2f} s",
+            "danlu BPE",
+            f"{t_uni_bpe:.2f} s",
+            t_uni / t_uni_bpe,
+        ),
+        (
             f"BPE train {small_mb:.1f} MB, vocab {args.naive_vocab}",
             "danlu",
             f"{t_small:.2f} s",
@@ -161,9 +178,9 @@ def main() -> None:
         ),
     ]
     print()
-    print(f"{'task':<34} {'':<6} {'danlu':>12}   {'peer':<14} {'peer value':>12}   danlu/peer")
+    print(f"{'task':<36} {'':<6} {'danlu':>12}   {'peer':<14} {'peer value':>12}   danlu/peer")
     for task, _, ours_value, peer, peer_value, ratio in rows:
-        print(f"{task:<34} {'':<6} {ours_value:>12}   {peer:<14} {peer_value:>12}   {ratio:8.2f}x")
+        print(f"{task:<36} {'':<6} {ours_value:>12}   {peer:<14} {peer_value:>12}   {ratio:8.2f}x")
     print()
     print("danlu/peer: danlu's time over the peer's for the same work (lower is better; for encoding,")
     print("3.0x means danlu runs at 1/3 of the peer's MB/s)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 
 from danlu.errors import DanluError
 from danlu.fileio import atomic_write_text
+from danlu.mdtext import code_span, fenced
 
 
 @dataclass
@@ -93,16 +95,14 @@ def stage_pretrain(ctx: DemoContext) -> dict[str, Any]:
     ctx.sections.append(
         "## Pretraining (causal LM)\n\n"
         f"Preset `{a.preset}` ({s['params'] / 1e6:.2f} M parameters), {s['steps']} steps of {a.batch_size}×{a.block_size} "
-        f"tokens ({s['epochs']:.2f} epochs of {s['train_tokens']:,} tokens) in {s['seconds']:.0f} s.\n\n"
+        f"tokens ({s['epochs']:.2f} epochs of {s['train_tokens']:,} tokens); the training loop took "
+        f"{s['seconds']:.0f} s (`train_seconds`; the table's seconds count the whole stage).\n\n"
         f"Validation loss {s['first_val_loss']:.3f} → **{s['final_val_loss']:.3f}** nats/token "
         f"({ratio:.0%} of its first value; perplexity {_exp(s['final_val_loss']):.1f}).\n\n"
-        "![loss curve](pretrain/loss.png)\n\nCheckpoint: `pretrain/checkpoint/` "
-        '(try `danlu generate --model pretrain/checkpoint "Zovelan"`).\n'
+        "![loss curve](pretrain/loss.png)\n\n" + _checkpoint_hint(ctx.out / "pretrain" / "checkpoint")
     )
-    return {
-        k: s[k]
-        for k in ("params", "steps", "tokens", "epochs", "seconds", "first_val_loss", "final_val_loss")
-    } | {
+    return {k: s[k] for k in ("params", "steps", "tokens", "epochs", "first_val_loss", "final_val_loss")} | {
+        "train_seconds": s["seconds"],  # the loop alone; run_demo's "seconds" is the whole stage
         "val_loss_ratio": round(ratio, 4),
         "final_val_perplexity": round(_exp(s["final_val_loss"]), 3),
     }
@@ -121,20 +121,39 @@ def stage_samples(ctx: DemoContext) -> dict[str, Any]:
     )
     vocabulary = world.vocabulary()
     valid = total = 0
-    lines = []
-    for prompt, out in zip(prompts, outs):
+    for out in outs:
         words = split_words(out)
-        ok = sum(w in vocabulary for w in words)
-        valid, total = valid + ok, total + len(words)
-        lines.append(f"- **{prompt}**{out.rstrip()}")
+        valid, total = valid + sum(w in vocabulary for w in words), total + len(words)
     frac = valid / max(1, total)
     ctx.state["samples"] = list(zip(prompts, outs))
-    ctx.sections.append(
+    ctx.sections.append(samples_section(ctx.state["samples"], frac, total))
+    return {
+        "samples": len(prompts),
+        "valid_word_fraction": round(frac, 4),
+        "words": total,
+        "texts": [{"prompt": p, "continuation": o.rstrip()} for p, o in zip(prompts, outs)],
+    }
+
+
+def samples_section(samples: list[tuple[str, str]], valid_fraction: float, n_words: int) -> str:
+    """The samples as report Markdown: each prompt in a code span and prompt + continuation in a fenced
+    block, so emphasis marks, HTML and line breaks in generated text reach the reader as they are."""
+    parts = [
         "## Samples from the pretrained model\n\n"
-        f"Temperature 0.8, top-k 50. **{frac:.1%}** of the {total} generated words (English words, numbers and "
-        "Chinese characters) belong to the world's vocabulary.\n\n" + "\n".join(lines) + "\n"
-    )
-    return {"samples": len(prompts), "valid_word_fraction": round(frac, 4), "words": total}
+        f"Temperature 0.8, top-k 50. **{valid_fraction:.1%}** of the {n_words} generated words (English words, "
+        "numbers and Chinese characters) belong to the world's vocabulary. Each block is the prompt followed by "
+        "the model's continuation.\n"
+    ]
+    for i, (prompt, out) in enumerate(samples, start=1):
+        parts.append(f"\n**Sample {i}**, prompt {code_span(prompt)}:\n\n{fenced(prompt + out.rstrip())}")
+    return "".join(parts)
+
+
+def _checkpoint_hint(checkpoint: Path) -> str:
+    """How to use the checkpoint, with its path as the user gave --out, so the command works from the folder
+    `danlu demo` ran in (the report's own links stay relative to report.md)."""
+    command = f"danlu generate --model {shlex.quote(str(checkpoint))} Zovelan"
+    return f"Checkpoint: {code_span(str(checkpoint))}; from the folder you ran `danlu demo` in, try {code_span(command)}.\n"
 
 
 def _lazy(module: str, name: str) -> Callable[[DemoContext], dict[str, Any]]:
@@ -206,22 +225,37 @@ def write_report(ctx: DemoContext, total_seconds: float) -> None:
         "total_seconds": round(total_seconds, 1),
     }
     atomic_write_text(ctx.out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False))
-    table = "| stage | seconds | key metrics |\n|---|---:|---|\n"
+    table = "| stage | seconds (whole stage) | key metrics |\n|---|---:|---|\n"
     for name, m in ctx.metrics.items():
-        keys = ", ".join(f"{k} {_fmt(v)}" for k, v in m.items() if k != "seconds" and not isinstance(v, dict))
-        table += f"| {name} | {m.get('seconds', 0):.0f} | {keys} |\n"
+        keys = ", ".join(
+            f"{k} {_fmt(v)}" for k, v in m.items() if k != "seconds" and not isinstance(v, (dict, list))
+        )
+        table += f"| {name} | {m.get('seconds', 0):.0f} | {_cell(keys)} |\n"
     head = (
         "# danlu demo report\n\n"
         f"The whole life of a small language model on danlu's embedded world, on `{ctx.args.device}` "
-        f"({platform.machine()}, {total_seconds / 60:.1f} minutes). Machine-readable figures: `metrics.json`.\n\n"
-        + table
+        f"({platform.machine()}, {total_seconds / 60:.1f} minutes in all, {_cores()}). Machine-readable "
+        "figures: `metrics.json`.\n\n" + table
     )
     numbered = [f"## {i}. {sec.removeprefix('## ')}" for i, sec in enumerate(ctx.sections, start=1)]
     atomic_write_text(ctx.out / "report.md", head + "\n" + "\n".join(numbered))
 
 
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: a bare | would end the cell, a newline the row."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _cores() -> str:
+    import os
+
+    n = os.cpu_count() or 1
+    load = f", load average {os.getloadavg()[0]:.1f} at the end" if hasattr(os, "getloadavg") else ""
+    return f"{n} CPU core{'s' * (n != 1)}{load}"
 
 
 def _version() -> str:

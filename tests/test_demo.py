@@ -74,3 +74,61 @@ def test_alignment_runs_pretrain_longer_unless_told():
     assert default_pretrain_steps(resolve_stages(None)) == PRETRAIN_STEPS
     assert default_pretrain_steps(resolve_stages("grpo")) == PRETRAIN_STEPS_ALIGN > PRETRAIN_STEPS
     assert default_pretrain_steps(resolve_stages("all")) == PRETRAIN_STEPS_ALIGN
+
+
+def _commonmark_fences(markdown: str) -> list[str]:
+    from markdown_it import MarkdownIt
+
+    return [t.content for t in MarkdownIt("commonmark").parse(markdown) if t.type == "fence"]
+
+
+def test_report_samples_survive_a_commonmark_renderer(demo_dir):
+    """Each sample (prompt + continuation) comes out of a CommonMark parser as one code block, character for
+    character; nothing in it became emphasis or HTML."""
+    from markdown_it import MarkdownIt
+
+    metrics = json.loads((demo_dir / "metrics.json").read_text())
+    samples = metrics["stages"]["samples"]["texts"]
+    assert len(samples) == 4
+    report = (demo_dir / "report.md").read_text()
+    fences = _commonmark_fences(report)
+    for sample in samples:
+        assert sample["prompt"] + sample["continuation"] + "\n" in fences
+    html = MarkdownIt("commonmark").render(report)
+    assert "<em>" not in html.split("Samples from the pretrained model")[1].split("<pre>")[1]
+
+
+def test_samples_section_keeps_hostile_text_literal():
+    """What broke before: `- **Bonalen likes to **49 this year.` (emphasis swallowed), multi-line samples
+    collapsed into one paragraph; plus HTML, backtick fences and leading spaces in generated text."""
+    from markdown_it import MarkdownIt
+
+    from danlu.demo import samples_section
+
+    samples = [
+        ("Bonalen likes to ", "49 this year. **bold?** _x_"),
+        ("佐维兰", "喜欢米饭。\n\n  indented line\nsecond <img src=x onerror=alert(1)> line"),
+        ("code ", "```\nnot a fence end ``` `tick`"),
+        (" spaced", " "),
+    ]
+    md = samples_section(samples, 0.5, 10)
+    fences = _commonmark_fences(md)
+    assert fences == [p + o.rstrip() + "\n" for p, o in samples]
+    html = MarkdownIt("commonmark").render(md)
+    assert "<img" not in html and "<em>" not in html and "<strong>Sample 1</strong>" in html
+    spans = [t for t in MarkdownIt("commonmark").parse(md) if t.type == "inline"]
+    code = [c.content for t in spans for c in t.children or [] if c.type == "code_inline"]
+    assert code == [p for p, _ in samples]  # every prompt exactly, trailing and leading spaces included
+
+
+def test_report_figures_and_paths(demo_dir):
+    """One number per figure (the text's training time is the metrics' train_seconds, the table's the stage's)
+    and a generate command whose path works from where the demo ran."""
+    metrics = json.loads((demo_dir / "metrics.json").read_text())
+    pre = metrics["stages"]["pretrain"]
+    report = (demo_dir / "report.md").read_text()
+    assert f"the training loop took {pre['train_seconds']:.0f} s" in report
+    assert f"| pretrain | {pre['seconds']:.0f} |" in report
+    checkpoint = demo_dir / "pretrain" / "checkpoint"
+    assert f"danlu generate --model {checkpoint} Zovelan" in report
+    assert "--model pretrain/checkpoint" not in report

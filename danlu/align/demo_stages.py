@@ -15,6 +15,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from danlu.mdtext import code_span
+
 STAGE_DEFAULTS = {"sft_steps": 300, "reward_steps": 100, "dpo_steps": 60, "ppo_steps": 40, "grpo_steps": 200}
 
 
@@ -117,8 +119,9 @@ def stage_sft(ctx: Any) -> dict[str, Any]:
     after = _evaluate(ctx, "SFT", result.model)
     em0, em1 = before["exact_match"], after["exact_match"]
     kinds = ["fact", "fact_heldout", "arith", "translate", "overall"]
-    samples = "\n".join(f"- `{(s['prompt'] + ' ' + s['input']).strip()}` → **{s['reply']}** (gold: {s['reference']})"
-                         for s in after["samples"][:6])  # fmt: skip
+    # code spans: a reply may hold *, _, backticks or HTML that would otherwise render (danlu/mdtext.py)
+    samples = "\n".join(f"- {code_span((s['prompt'] + ' ' + s['input']).strip())} → {code_span(s['reply'])} "
+                         f"(gold: {code_span(s['reference'])})" for s in after["samples"][:6])  # fmt: skip
     ctx.sections.append(
         "## Supervised fine-tuning (SFT)\n\n"
         f"Full fine-tuning of the pretrained model on {result.summary['train_examples']:,} Alpaca records "

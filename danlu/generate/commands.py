@@ -118,35 +118,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    import danlu
+    from danlu.generate.chat_repl import chat_loop
 
     model, tokenizer, extra = _load(args)
-    opts = {**generation_options(args), **extra}
-    end = tokenizer.token_to_id("<|im_end|>")
-    if end is not None:
-        opts["stop_token_ids"] = [end]
-    messages = [{"role": "system", "content": args.system}] if args.system else []
-    print("danlu chat — /exit or Ctrl-D to leave, /reset to start over", file=sys.stderr)
-    while True:
-        try:
-            user = input("you> ").strip()
-        except EOFError:
-            print(file=sys.stderr)
-            return 0
-        if user in ("/exit", "/quit"):
-            return 0
-        if user == "/reset":
-            messages = messages[:1] if args.system else []
-            continue
-        if not user:
-            continue
-        messages.append({"role": "user", "content": user})
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-        sys.stdout.write("bot> ")
-        reply = ""
-        for piece in danlu.stream(model, tokenizer, prompt, **opts):
-            reply += piece
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        messages.append({"role": "assistant", "content": reply.strip()})
+    return chat_loop(model, tokenizer, {**generation_options(args), **extra}, system=args.system)

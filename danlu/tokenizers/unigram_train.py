@@ -10,6 +10,11 @@
    with the rest (its best alternative segmentation); keep the shrinking_factor share with the largest
    loss. Characters are never removed, so every text stays encodable.
 Repeat 2-3 until the vocabulary fits, then keep the best-scored pieces.
+
+Speed: every pass is vectorised over all distinct words at once (`unigram_lattice.Lattice`, built once
+and filtered as pieces die), and substrings are counted and matched as integer ids
+(`unigram_substrings.SubstringIndex`), never as Python string slices. The result is the same as the
+scalar loops' (tests/tokenizers/unigram_scalar.py keeps them as the reference).
 """
 
 from __future__ import annotations
@@ -18,8 +23,12 @@ import math
 from collections import Counter
 from collections.abc import Iterable
 
+import numpy as np
+
 from danlu.errors import DanluError
 from danlu.tokenizers.pretokenize import PreTokenizer
+from danlu.tokenizers.unigram_lattice import Lattice
+from danlu.tokenizers.unigram_substrings import SubstringIndex
 
 SEED_PER_PIECE = 10  # seed vocabulary size = this x the target size (SentencePiece's default is 1M)
 
@@ -39,110 +48,66 @@ def digamma(x: float) -> float:
     )
 
 
-def _logsumexp(a: float, b: float) -> float:
-    if a == -math.inf:
-        return b
-    if b == -math.inf:
-        return a
-    if a < b:
-        a, b = b, a
-    return a + math.log1p(math.exp(b - a))
+def _digamma_array(x: np.ndarray) -> np.ndarray:
+    """digamma, elementwise, by the same recurrence and series as `digamma`."""
+    x = np.asarray(x, np.float64).copy()
+    result = np.zeros_like(x)
+    while (small := x < 6.0).any():
+        result[small] -= 1.0 / x[small]
+        x[small] += 1.0
+    f = 1.0 / (x * x)
+    return (
+        result + np.log(x) - 0.5 / x - f * (1 / 12 - f * (1 / 120 - f * (1 / 252 - f * (1 / 240 - f / 132))))
+    )
 
 
-def _expected_counts(
-    words: list[tuple[str, int]], scores: dict[str, float], max_len: int
-) -> tuple[dict[str, float], float]:
-    """E-step: expected piece counts over all words (forward-backward), and the corpus log-likelihood."""
-    expected: dict[str, float] = dict.fromkeys(scores, 0.0)
-    log_likelihood = 0.0
-    for word, freq in words:
-        n = len(word)
-        alpha = [-math.inf] * (n + 1)
-        alpha[0] = 0.0
-        for end in range(1, n + 1):
-            acc = -math.inf
-            for start in range(max(0, end - max_len), end):
-                score = scores.get(word[start:end])
-                if score is not None and alpha[start] != -math.inf:
-                    acc = _logsumexp(acc, alpha[start] + score)
-            alpha[end] = acc
-        beta = [-math.inf] * (n + 1)
-        beta[n] = 0.0
-        for start in range(n - 1, -1, -1):
-            acc = -math.inf
-            for end in range(start + 1, min(n, start + max_len) + 1):
-                score = scores.get(word[start:end])
-                if score is not None and beta[end] != -math.inf:
-                    acc = _logsumexp(acc, score + beta[end])
-            beta[start] = acc
-        z = alpha[n]
-        log_likelihood += freq * z
-        for start in range(n):
-            if alpha[start] == -math.inf:
-                continue
-            for end in range(start + 1, min(n, start + max_len) + 1):
-                piece = word[start:end]
-                score = scores.get(piece)
-                if score is not None:
-                    expected[piece] += freq * math.exp(alpha[start] + score + beta[end] - z)
-    return expected, log_likelihood
-
-
-def _viterbi(
-    word: str, scores: dict[str, float], max_len: int, banned: str | None = None
-) -> list[str] | None:
-    n = len(word)
-    best = [-math.inf] * (n + 1)
-    back = [0] * (n + 1)
-    best[0] = 0.0
-    for end in range(1, n + 1):
-        for start in range(max(0, end - max_len), end):
-            piece = word[start:end]
-            score = scores.get(piece)
-            if score is None or piece == banned or best[start] == -math.inf:
-                continue
-            if best[start] + score > best[end]:
-                best[end], back[end] = best[start] + score, start
-    if best[n] == -math.inf:
-        return None
-    out, end = [], n
-    while end > 0:
-        out.append(word[back[end] : end])
-        end = back[end]
-    return out[::-1]
-
-
-def _m_step(expected: dict[str, float], required: set[str]) -> dict[str, float]:
-    kept = {p: c for p, c in expected.items() if c >= 0.5 or p in required}
-    log_total = digamma(sum(kept.values()))
-    return {p: digamma(max(c, 1e-3)) - log_total for p, c in kept.items()}
+def _m_step(expected: np.ndarray, alive: np.ndarray, required: np.ndarray) -> np.ndarray:
+    """New scores from expected counts; pieces expected < 0.5 times leave (-inf), characters stay."""
+    kept = alive & ((expected >= 0.5) | required)
+    log_total = digamma(float(expected[kept].sum()))
+    scores = np.full(len(expected), -np.inf)
+    scores[kept] = _digamma_array(np.maximum(expected[kept], 1e-3)) - log_total
+    return scores
 
 
 def _prune(
-    words: list[tuple[str, int]], scores: dict[str, float], max_len: int, target: int, required: set[str]
-) -> dict[str, float]:
-    """Keep the target pieces whose removal would cost the most likelihood (SentencePiece's pruning)."""
-    freq: Counter[str] = Counter()
-    for word, count in words:
-        for piece in _viterbi(word, scores, max_len) or ():
-            freq[piece] += count
-    total = sum(freq.values())
-    losses: list[tuple[float, str]] = []
-    for piece in scores:
-        if piece in required:
-            continue
-        f = freq.get(piece, 0)
-        alternative = _viterbi(piece, scores, max_len, banned=piece) if f else None
-        if not f or not alternative:
-            losses.append((0.0 if not f else math.inf, piece))
-            continue
-        log_sum_alt = math.log(total + f * (len(alternative) - 1))
-        log_prob_piece = math.log(f) - math.log(total)
-        log_prob_alt = sum(math.log(freq.get(a, 0) + f) - log_sum_alt for a in alternative)
-        losses.append((f * (log_prob_piece - log_prob_alt), piece))
-    losses.sort(key=lambda x: (-x[0], x[1]))
-    keep = {p for _, p in losses[: max(0, target - len(required))]} | required
-    return {p: s for p, s in scores.items() if p in keep}
+    corpus: Lattice,
+    counts: np.ndarray,
+    alternatives: Lattice,
+    candidates: np.ndarray,
+    scores: np.ndarray,
+    names: list[str],
+    target: int,
+    required: np.ndarray,
+) -> np.ndarray:
+    """Keep the target pieces whose removal would cost the most likelihood (SentencePiece's pruning).
+
+    For a piece used f times in the corpus's best segmentation, removing it re-segments those uses with
+    its best alternative (its own Viterbi path without itself); the loss is f x (log p(piece) - sum of
+    log p(alternative pieces)), with the counts shifted as the alternative would shift them."""
+    alive = np.isfinite(scores)
+    word_of, piece_of = corpus.viterbi(scores)
+    freq = np.bincount(piece_of, counts[word_of], minlength=len(scores))
+    total = freq.sum()
+    # alternatives' "words" are the candidate pieces themselves: word k of that lattice is candidates[k]
+    alt_word, alt_piece = alternatives.viterbi(scores)
+    alt_word = candidates[alt_word]
+    f_alt = freq[alt_word]
+    n_alt = np.bincount(alt_word, minlength=len(scores))
+    log_alt = np.bincount(
+        alt_word, np.log(np.maximum(freq[alt_piece] + f_alt, 1e-300)), minlength=len(scores)
+    )
+    losses = np.zeros(len(scores))
+    used = alive & ~required & (freq > 0)
+    f = freq[used]
+    log_sum_alt = np.log(total + f * (n_alt[used] - 1))
+    log_prob_piece = np.log(f) - np.log(total)
+    log_prob_alt = log_alt[used] - n_alt[used] * log_sum_alt
+    losses[used] = f * (log_prob_piece - log_prob_alt)
+    ranked = sorted(candidates.tolist(), key=lambda k: (-losses[k], names[k]))
+    keep = required & alive
+    keep[ranked[: max(0, target - int(keep.sum()))]] = True
+    return np.where(keep, scores, -np.inf)
 
 
 def train_unigram(
@@ -156,53 +121,98 @@ def train_unigram(
     show_progress: bool = False,
 ) -> list[tuple[str, float]]:
     """(piece, score) list: specials first (score 0), then pieces by descending score."""
-    counts: Counter[str] = Counter()
+    word_counts: Counter[str] = Counter()
     for text in texts:
-        counts.update(pre_tokenizer(text))
-    if not counts:
+        word_counts.update(pre_tokenizer(text))
+    if not word_counts:
         raise DanluError("cannot train a tokenizer on an empty corpus; pass texts with some content")
-    words = list(counts.items())
-    chars: Counter[str] = Counter()
-    for word, count in words:
-        for ch in word:
-            chars[ch] += count
-    required = set(chars)
+    words = list(word_counts.items())
+    n_chars = len(set().union(*(w for w, _ in words)))
     desired = vocab_size - len(specials)
-    if desired < len(required):
+    if desired < n_chars:
         raise DanluError(
-            f"vocab_size {vocab_size} is below the alphabet: {len(specials)} specials + {len(required)} "
-            f"distinct characters; use at least {len(specials) + len(required)}"
+            f"vocab_size {vocab_size} is below the alphabet: {len(specials)} specials + {n_chars} "
+            f"distinct characters; use at least {len(specials) + n_chars}"
         )
-    substrings: Counter[str] = Counter()
-    for word, count in words:
-        n = len(word)
-        for i in range(n):
-            for j in range(i + 2, min(n, i + max_piece_length) + 1):
-                substrings[word[i:j]] += count
-    seed = sorted(((f * len(s), s) for s, f in substrings.items() if f >= 2), key=lambda x: (-x[0], x[1]))[
-        : SEED_PER_PIECE * desired
-    ]
-    freqs = {**{s: float(substrings[s]) for _, s in seed}, **{c: float(f) for c, f in chars.items()}}
-    log_total = math.log(sum(freqs.values()))
-    scores = {p: math.log(f) - log_total for p, f in freqs.items()}
+    counts = np.array([c for _, c in words], np.float64)
+    index = SubstringIndex([w for w, _ in words], counts, max_piece_length)
+    seed = index.seed(SEED_PER_PIECE * desired)
+    # piece ids: the characters in sorted order (their substring ids), then the seed by rank
+    names = [index.text(1, int(p)) for p in index.where[0]]
+    piece_of = [np.full(len(f), -1, np.int64) for f in index.freq]
+    piece_of[0][:] = np.arange(len(names))
+    lengths, positions, freqs = [1] * len(names), index.where[0].tolist(), index.freq[0].tolist()
+    for text, length, uid, freq in seed:
+        piece_of[length - 1][uid] = len(names)
+        names.append(text)
+        lengths.append(length)
+        positions.append(int(index.where[length - 1][uid]))
+        freqs.append(freq)
+    scores = np.log(np.array(freqs)) - math.log(sum(freqs))
+    required = np.zeros(len(names), bool)
+    required[:n_chars] = True
+    corpus = Lattice(index.lengths, *index.corpus_matches(piece_of))
+    lengths_arr, positions_arr = np.array(lengths, np.int64), np.array(positions, np.int64)
 
-    progress = None
-    if show_progress:
-        from tqdm import tqdm
-
-        progress = tqdm(desc="Unigram EM", unit="round")
+    progress = _EMProgress(len(names), desired, shrinking_factor, n_sub_iterations, show_progress)
     while True:
         for _ in range(n_sub_iterations):
-            expected, _ = _expected_counts(words, scores, max_piece_length)
-            scores = _m_step(expected, required)
-        if progress is not None:
-            progress.set_postfix(pieces=len(scores))
-            progress.update(1)
-        if len(scores) <= desired:
+            expected, log_likelihood = corpus.forward_backward(scores, counts)
+            scores = _m_step(expected, np.isfinite(scores), required)
+            alive = np.isfinite(scores)
+            corpus.keep_pieces(alive)
+            progress.step("EM", int(alive.sum()), log_likelihood / counts.sum())
+        n_alive = int(alive.sum())
+        if n_alive <= desired:
             break
-        target = max(desired, int(len(scores) * shrinking_factor))
-        scores = _prune(words, scores, max_piece_length, target, required)
-    if progress is not None:
-        progress.close()
-    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:desired]
-    return [(s, 0.0) for s in specials] + [(p, s) for p, s in ranked if p not in specials]
+        target = max(desired, int(n_alive * shrinking_factor))
+        # the pieces' own lattices, without their whole-piece match, built over the live vocabulary only
+        # (the first M-step drops most of the seed)
+        candidates = np.flatnonzero(alive & ~required)
+        live_of = [np.where(t >= 0, np.where(alive[np.maximum(t, 0)], t, -1), -1) for t in piece_of]
+        alternatives = Lattice(
+            lengths_arr[candidates],
+            *index.piece_matches(lengths_arr[candidates], positions_arr[candidates], live_of),
+        )
+        scores = _prune(corpus, counts, alternatives, candidates, scores, names, target, required)
+        progress.step("prune", int(np.isfinite(scores).sum()))
+    progress.close()
+    alive_ids = np.flatnonzero(np.isfinite(scores)).tolist()
+    ranked = sorted(alive_ids, key=lambda k: (-scores[k], names[k]))[:desired]
+    return [(s, 0.0) for s in specials] + [
+        (names[k], float(scores[k])) for k in ranked if names[k] not in specials
+    ]
+
+
+class _EMProgress:
+    """One tqdm bar over the EM steps and pruning steps; the total is the count if no piece left early
+    (the M-step also drops pieces, so training often needs fewer; the bar closes full)."""
+
+    def __init__(self, n_pieces: int, desired: int, shrinking: float, n_sub: int, show: bool) -> None:
+        self.bar = None
+        if not show:
+            return
+        rounds, n = 0, n_pieces
+        while n > desired:
+            n, rounds = max(desired, int(n * shrinking)), rounds + 1
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=(rounds + 1) * n_sub + rounds, desc="Unigram EM", unit="step")
+        self.bar.set_postfix(pieces=n_pieces, refresh=True)
+
+    def step(self, kind: str, n_pieces: int, log_likelihood: float | None = None) -> None:
+        if self.bar is None:
+            return
+        info = {"step": kind, "pieces": n_pieces}
+        if log_likelihood is not None:
+            info["loglik/word"] = f"{log_likelihood:.3f}"
+        self.bar.set_postfix(info, refresh=False)
+        self.bar.update(1)
+        self.bar.refresh()  # a few dozen steps in all: show each one
+
+    def close(self) -> None:
+        if self.bar is not None:
+            # the vocabulary fits: training is done even where the estimate was higher
+            self.bar.total = self.bar.n
+            self.bar.refresh()
+            self.bar.close()

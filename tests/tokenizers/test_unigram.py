@@ -87,3 +87,41 @@ def test_errors():
         UnigramTokenizer.train([""], 100)
     with pytest.raises(DanluError, match="unk_id"):
         UnigramTokenizer([("a", -1.0)], {}, unk_id=5)
+
+
+@pytest.mark.parametrize(
+    ("lines", "vocab_size"),
+    [
+        (make_corpus(1200, seed=7), 500),  # English-like words
+        (random_strings(60, seed=3) + ["日本語の文章です。", "中文句子没有空格也能训练"] * 5, 700),
+        (["aaaa aaab abab", "ab ab ab ba", "x"] * 3, 12),  # ties everywhere
+    ],
+)
+def test_vectorised_trainer_matches_scalar_reference(lines, vocab_size):
+    """The numpy trainer (one pass over all words per step) picks the same pieces with the same scores
+    as the plain scalar loops it replaced (tests/tokenizers/unigram_scalar.py)."""
+    from unigram_scalar import train_unigram as scalar_train
+
+    from danlu.tokenizers.pretokenize import PreTokenizer
+    from danlu.tokenizers.unigram import METASPACE
+    from danlu.tokenizers.unigram_train import train_unigram
+
+    specials = ["<unk>", "<|endoftext|>"]
+    fast = train_unigram(lines, PreTokenizer(METASPACE), vocab_size, specials)
+    slow = scalar_train(lines, PreTokenizer(METASPACE), vocab_size, specials)
+    assert fast[:2] == slow[:2] and len(fast) == len(slow)
+    fast_scores, slow_scores = dict(fast), dict(slow)
+    assert fast_scores.keys() == slow_scores.keys()  # the same pieces ...
+    for piece, score in slow_scores.items():  # ... with the same scores, up to summation order
+        assert math.isclose(fast_scores[piece], score, rel_tol=1e-9, abs_tol=1e-12), piece
+    # ranked alike: pieces whose scores differ by more than rounding come in the same order
+    assert [p for p, _ in sorted(fast[2:], key=lambda x: (-round(x[1], 9), x[0]))] == [
+        p for p, _ in sorted(slow[2:], key=lambda x: (-round(x[1], 9), x[0]))
+    ]
+
+
+def test_training_progress_names_each_step(corpus, capsys):
+    UnigramTokenizer.train(corpus[:300], 300, show_progress=True)
+    err = capsys.readouterr().err
+    assert "Unigram EM" in err and "step=EM" in err and "step=prune" in err and "pieces=" in err
+    assert "round" not in err and "step/s" in err

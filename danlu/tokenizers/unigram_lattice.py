@@ -1,0 +1,138 @@
+"""Every vocabulary match in every word, as flat numpy arrays, for the Unigram trainer.
+
+The trainer runs forward-backward (E-step) and Viterbi (pruning) over the same lattices many times while
+the vocabulary only shrinks, so the lattice is built once and filtered as pieces die. Word w owns the
+nodes offset[w] .. offset[w] + len(w) (one per character boundary); an edge is one vocabulary match
+word[i:j], from node offset[w] + i to node offset[w] + j.
+
+The passes run over all words at once, one "level" at a time: the forward pass handles every edge that
+ends at character position j of its word together (their sources, positions < j, are final by then), the
+backward pass every edge that starts at position i, from the last position down. Within a level the
+edges are sorted by the node they update, so one `reduceat` per level combines them (log-sum-exp for
+forward-backward, max for Viterbi). Kudo 2018, section 3.2; Rabiner 1989 for forward-backward.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class _Edges:
+    """One direction's copy of the edges, sorted by level (the position in the word that the edge
+    updates: its end going forward, its start going backward) and within a level by the node updated,
+    so a level is one slice and each node's edges are one `reduceat` segment of it."""
+
+    def __init__(
+        self,
+        src: np.ndarray,
+        dst: np.ndarray,
+        piece: np.ndarray,
+        word: np.ndarray,
+        level: np.ndarray,
+        forward: bool,
+    ) -> None:
+        self.src, self.dst, self.piece, self.word, self.level = src, dst, piece, word, level
+        self.forward = forward
+        # (edge slice start, end, group starts relative to the slice, the groups' nodes) per level
+        self.levels: list[tuple[int, int, np.ndarray, np.ndarray]] = []
+        n = len(src)
+        if n == 0:
+            return
+        target = dst if forward else src
+        starts = np.flatnonzero(np.r_[True, target[1:] != target[:-1]])
+        cuts = np.flatnonzero(np.r_[True, level[starts][1:] != level[starts][:-1]])
+        bounds = np.r_[cuts, len(starts)]
+        edge_at = np.r_[starts, n]
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            e0, e1 = int(edge_at[a]), int(edge_at[b])
+            self.levels.append((e0, e1, starts[a:b] - e0, target[starts[a:b]]))
+
+    def keep(self, mask: np.ndarray) -> _Edges:
+        """The same order without the masked-out edges (a subsequence of a sorted list stays sorted)."""
+        return _Edges(
+            self.src[mask], self.dst[mask], self.piece[mask], self.word[mask], self.level[mask], self.forward
+        )
+
+
+class Lattice:
+    """Words of the given lengths and their matches: edge k is piece[k] over word[k][start[k]:end[k]]."""
+
+    def __init__(
+        self, lengths: np.ndarray, word: np.ndarray, start: np.ndarray, end: np.ndarray, piece: np.ndarray
+    ) -> None:
+        self.offset = np.r_[0, np.cumsum(lengths + 1)[:-1]].astype(np.int64)  # first node of each word
+        self.end_node = self.offset + lengths
+        self.n_nodes = int(lengths.sum() + len(lengths))
+        src, dst = self.offset[word] + start, self.offset[word] + end
+        span = int((end - start).max()) + 1 if len(start) else 1
+        # forward: by end position, then node, then source ascending (= longer edge first), so the first
+        # best edge in a group (keys are unique: one piece per span) is the one a left-to-right scalar loop would keep on a tie
+        order = np.argsort((end * self.n_nodes + dst) * span + (span - 1 - (end - start)))
+        self.fwd = _Edges(src[order], dst[order], piece[order], word[order], end[order], True)
+        # backward: by start position from the last one down, then node (ties share a node: any order)
+        order = np.argsort((start.max(initial=0) - start) * self.n_nodes + src)
+        self.bwd = _Edges(src[order], dst[order], piece[order], word[order], start[order], False)
+
+    def keep_pieces(self, alive: np.ndarray) -> None:
+        """Drop the edges of pieces that left the vocabulary (alive: bool per piece id)."""
+        keep = alive[self.fwd.piece]
+        if not keep.all():
+            self.fwd = self.fwd.keep(keep)
+            self.bwd = self.bwd.keep(alive[self.bwd.piece])
+
+    def forward_backward(self, scores: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float]:
+        """Expected count of each piece id (weights: count of each word) and the log-likelihood."""
+        alpha = np.full(self.n_nodes, -np.inf)
+        alpha[self.offset] = 0.0
+        _logsumexp_pass(self.fwd, alpha, scores)
+        beta = np.full(self.n_nodes, -np.inf)
+        beta[self.end_node] = 0.0
+        _logsumexp_pass(self.bwd, beta, scores)
+        z = alpha[self.end_node]  # log P(word)
+        e = self.fwd
+        posterior = np.exp(alpha[e.src] + scores[e.piece] + beta[e.dst] - z[e.word])
+        expected = np.bincount(e.piece, posterior * weights[e.word], minlength=len(scores))
+        return expected, float(np.dot(weights, z))
+
+    def viterbi(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Best segmentation of every word: (word index, piece id) of each piece used, unordered.
+        A word no path spans (possible only where whole-word matches are left out) gets no pieces."""
+        e = self.fwd
+        edge_score = scores[e.piece]
+        best = np.full(self.n_nodes, -np.inf)
+        best[self.offset] = 0.0
+        back = np.full(self.n_nodes, -1, np.int64)  # the edge that reaches each node best
+        for e0, e1, rel, targets in e.levels:
+            values = best[e.src[e0:e1]] + edge_score[e0:e1]
+            peak = np.maximum.reduceat(values, rel)
+            is_best = values == np.repeat(peak, np.diff(np.r_[rel, e1 - e0]))
+            first = np.minimum.reduceat(np.where(is_best, np.arange(e1 - e0), e1 - e0), rel)
+            best[targets] = peak
+            back[targets] = first + e0
+        words_out, pieces_out = [], []
+        word = np.arange(len(self.offset))
+        node = self.end_node.copy()
+        active = (node != self.offset) & np.isfinite(best[node])
+        word, node = word[active], node[active]
+        while len(node):  # walk every word's best path back one piece per step
+            edge = back[node]
+            words_out.append(word)
+            pieces_out.append(e.piece[edge])
+            node = e.src[edge]
+            active = node != self.offset[word]
+            word, node = word[active], node[active]
+        if not words_out:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(words_out), np.concatenate(pieces_out)
+
+
+def _logsumexp_pass(e: _Edges, table: np.ndarray, scores: np.ndarray) -> None:
+    """alpha[node] = logsumexp(alpha[src] + score) going forward, beta[node] = logsumexp(score +
+    beta[dst]) going backward, one level at a time."""
+    source = e.src if e.forward else e.dst
+    edge_score = scores[e.piece]
+    for e0, e1, rel, targets in e.levels:
+        values = table[source[e0:e1]] + edge_score[e0:e1]
+        peak = np.maximum.reduceat(values, rel)
+        total = np.add.reduceat(np.exp(values - np.repeat(peak, np.diff(np.r_[rel, e1 - e0]))), rel)
+        table[targets] = peak + np.log(total)
