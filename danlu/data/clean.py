@@ -53,7 +53,7 @@ class CleanOptions:
     languages: tuple[str, ...] = ()  # () keeps every script; ("en", "zh") keeps Latin- and Han-dominant text
     exact_dedup: bool = True
     near_dedup: bool = True
-    near_threshold: float = 0.7
+    near_threshold: float = 0.5
     num_perm: int = 128
     field: str = "text"
     txt_docs: str = "file"

@@ -46,7 +46,7 @@ from danlu.data.shards import (
     read_index,
     tokenizer_hash,
 )
-from danlu.data.sources import RawBatch, expand_inputs, iter_batches, parse_batch, source_stats
+from danlu.data.sources import RawBatch, expand_inputs, iter_batches, open_parquet, parse_batch, source_stats
 from danlu.errors import DanluError
 from danlu.fileio import atomic_write_text
 
@@ -232,6 +232,9 @@ def prepare(
         json.dumps({"sources": sources, "tokenizer": tok_hash, "settings": settings}, sort_keys=True).encode()
     ).hexdigest()[:32]
 
+    for f in files:
+        if f.suffix == ".parquet":
+            open_parquet(f, opts.field)
     state = _start_state(out, key, tok_hash, overwrite)
     if state == "done":
         return read_index(out)
@@ -260,33 +263,37 @@ def prepare(
     t0 = time.perf_counter()
     read_bytes = 0
     batches = iter_batches(files, opts.field, opts.txt_docs, splits, position)
-    for batch, (codes, lengths, ids) in _tokenized(
-        batches, tokenizer, opts, settings["val_fraction"], itemsize
-    ):
-        cursor = 0
-        for j, code in enumerate(codes):
-            n = int(lengths[j])
-            if code == SKIP:
-                stats["empty_documents"] += 1
-                continue
-            stats["documents"] += 1
-            writer = writers[SPLITS[code]]
-            writer.append(ids[cursor : cursor + n])
-            cursor += n
-            if writer.tokens >= opts.shard_tokens:
-                commits += 1
-                writer.close_shard()
-                _test_hook(commits, "renamed")
-                stats["bytes_done"] = done_bytes + _batch_bytes(batch, j + 1)
-                _write_progress(out, key, tok_hash, writers, batch.file_index, batch.ends[j], stats, commits)
-                _test_hook(commits, "progress")
-        nbytes = _batch_bytes(batch, len(codes))
-        done_bytes += nbytes
-        read_bytes += nbytes
+    try:
+        for batch, (codes, lengths, ids) in _tokenized(
+            batches, tokenizer, opts, settings["val_fraction"], itemsize
+        ):
+            cursor = 0
+            for j, code in enumerate(codes):
+                n = int(lengths[j])
+                if code == SKIP:
+                    stats["empty_documents"] += 1
+                    continue
+                stats["documents"] += 1
+                writer = writers[SPLITS[code]]
+                writer.append(ids[cursor : cursor + n])
+                cursor += n
+                if writer.tokens >= opts.shard_tokens:
+                    commits += 1
+                    writer.close_shard()
+                    _test_hook(commits, "renamed")
+                    stats["bytes_done"] = done_bytes + _batch_bytes(batch, j + 1)
+                    _write_progress(
+                        out, key, tok_hash, writers, batch.file_index, batch.ends[j], stats, commits
+                    )
+                    _test_hook(commits, "progress")
+            nbytes = _batch_bytes(batch, len(codes))
+            done_bytes += nbytes
+            read_bytes += nbytes
+            if bar is not None:
+                bar.update(nbytes)
+    finally:
         if bar is not None:
-            bar.update(nbytes)
-    if bar is not None:
-        bar.close()
+            bar.close()
     seconds = time.perf_counter() - t0
     for writer in writers.values():
         writer.finish()

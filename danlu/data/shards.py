@@ -105,7 +105,9 @@ def check_tokenizer(index: dict, tokenizer: Any, where: str | Path) -> None:
 class TokenStream:
     """One split of a prepared folder as one long sequence of token ids, memory-mapped shard by shard."""
 
-    def __init__(self, folder: str | Path, split: str | tuple[str, ...] = "train", verify: bool = True) -> None:
+    def __init__(
+        self, folder: str | Path, split: str | tuple[str, ...] = "train", verify: bool = True
+    ) -> None:
         self.folder = Path(folder)
         self.index = read_index(self.folder)
         self.split = split

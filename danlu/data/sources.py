@@ -144,7 +144,8 @@ def _line_batches(path, index, field, split, offset, line, batch_bytes, txt_docs
             yield batch
 
 
-def _parquet_batches(path, index, field, split, first_row, batch_bytes) -> Iterator[RawBatch]:
+def open_parquet(path: Path, field: str):
+    """The pyarrow ParquetFile, checked to have the text column (so a bad file fails before any work)."""
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
@@ -158,6 +159,11 @@ def _parquet_batches(path, index, field, split, first_row, batch_bytes) -> Itera
         raise DanluError(
             f"{path} has no column {field!r} (its columns: {', '.join(names)}); pass --field with the text column"
         )
+    return pf
+
+
+def _parquet_batches(path, index, field, split, first_row, batch_bytes) -> Iterator[RawBatch]:
+    pf = open_parquet(path, field)
     row = 0
     for record_batch in pf.iter_batches(batch_size=4096, columns=[field]):
         column = record_batch.column(0)
