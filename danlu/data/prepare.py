@@ -253,6 +253,7 @@ def prepare(
 
     total_bytes = sum(s["bytes"] for s in sources)
     done_bytes = stats.get("bytes_done", 0)
+    encoder = _Encoder(tokenizer, opts.workers, settings["val_fraction"], itemsize)
     bar = None
     if opts.show_progress:
         from tqdm import tqdm
@@ -264,9 +265,7 @@ def prepare(
     read_bytes = 0
     batches = iter_batches(files, opts.field, opts.txt_docs, splits, position)
     try:
-        for batch, (codes, lengths, ids) in _tokenized(
-            batches, tokenizer, opts, settings["val_fraction"], itemsize
-        ):
+        for batch, (codes, lengths, ids) in encoder.map(batches):
             cursor = 0
             for j, code in enumerate(codes):
                 n = int(lengths[j])
@@ -292,6 +291,7 @@ def prepare(
             if bar is not None:
                 bar.update(nbytes)
     finally:
+        encoder.close()
         if bar is not None:
             bar.close()
     seconds = time.perf_counter() - t0
@@ -335,30 +335,45 @@ def _batch_bytes(batch: RawBatch, n_records: int) -> int:
     return sum(len(r) for r in batch.records[:n_records])
 
 
-def _tokenized(batches, tokenizer, opts: PrepareOptions, val_fraction: float, itemsize: int):
-    """(batch, encoded) in order; with workers > 1 a process pool with a bounded number of batches in flight."""
-    if opts.workers == 1:
-        _init_worker_in_process(tokenizer)
-        for batch in batches:
-            yield batch, encode_batch(batch, val_fraction, itemsize)
-        return
-    import multiprocessing
+class _Encoder:
+    """Tokenizes batches in order: in-process (workers=1) or in a pool with a bounded number in flight."""
 
-    ctx = multiprocessing.get_context("spawn")  # no inherited threads or locks (tqdm, torch) in the workers
-    pool = ctx.Pool(opts.workers, initializer=_init_worker, initargs=(tokenizer,))
-    pending: collections.deque = collections.deque()
-    try:
+    def __init__(self, tokenizer: Any, workers: int, val_fraction: float, itemsize: int) -> None:
+        self.args, self.workers, self.pool = (val_fraction, itemsize), workers, None
+        if workers == 1:
+            _init_worker_in_process(tokenizer)
+            return
+        import multiprocessing
+
+        ctx = multiprocessing.get_context(
+            "spawn"
+        )  # no inherited threads or locks (tqdm, torch) in the workers
+        self.pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer,))
+        self.pool.map(_ready, range(4 * workers), chunksize=1)  # started before the clock starts
+
+    def map(self, batches):
+        if self.pool is None:
+            for batch in batches:
+                yield batch, encode_batch(batch, *self.args)
+            return
+        pending: collections.deque = collections.deque()
         for batch in batches:
-            pending.append((batch, pool.apply_async(encode_batch, (batch, val_fraction, itemsize))))
-            if len(pending) >= 3 * opts.workers:  # bounded: the reader never runs far ahead of the workers
+            pending.append((batch, self.pool.apply_async(encode_batch, (batch, *self.args))))
+            if len(pending) >= 3 * self.workers:  # bounded: the reader never runs far ahead of the workers
                 done, result = pending.popleft()
                 yield done, result.get()
         while pending:
             done, result = pending.popleft()
             yield done, result.get()
-    finally:
-        pool.terminate()
-        pool.join()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+
+def _ready(_: int) -> bool:
+    return _TOKENIZER is not None
 
 
 def _init_worker_in_process(tokenizer: Any) -> None:
