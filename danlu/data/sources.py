@@ -38,6 +38,7 @@ class RawBatch:
     records: list = field(default_factory=list)  # bytes (jsonl, text) or str (parquet)
     ends: list = field(default_factory=list)  # [(offset, line)]
     first_line: int = 1
+    first_offset: int = 0  # byte offset of the first record (row for parquet)
 
 
 def expand_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -114,7 +115,7 @@ def _line_batches(path, index, field, split, offset, line, batch_bytes, txt_docs
     kind = "jsonl" if path.suffix == ".jsonl" else "text"
     with open(path, "rb") as f:
         f.seek(offset)
-        batch = RawBatch(kind, str(path), index, field, split, first_line=line)
+        batch = RawBatch(kind, str(path), index, field, split, first_line=line, first_offset=offset)
         size = 0
         paragraph: list[bytes] = []
         for raw in f:
@@ -135,7 +136,7 @@ def _line_batches(path, index, field, split, offset, line, batch_bytes, txt_docs
                 size += len(record)
             if size >= batch_bytes:
                 yield batch
-                batch = RawBatch(kind, str(path), index, field, split, first_line=line)
+                batch = RawBatch(kind, str(path), index, field, split, first_line=line, first_offset=offset)
                 size = 0
         if paragraph:
             batch.records.append(b"".join(paragraph))
@@ -193,15 +194,15 @@ def parse_batch(batch: RawBatch) -> list[str]:
     texts = []
     for i, raw in enumerate(batch.records):
         line = batch.ends[i - 1][1] if i else batch.first_line
-        start_offset = batch.ends[i - 1][0] if i else None
+        start_offset = batch.ends[i - 1][0] if i else batch.first_offset
         if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
+            raw, start_offset = raw[3:], start_offset + 3
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            at = f"byte offset {start_offset + e.start}" if start_offset is not None else f"line {line}"
             raise DanluError(
-                f"{batch.path} is not valid UTF-8 at {at} (line {line}); convert it first, "
+                f"{batch.path} is not valid UTF-8 at byte offset {start_offset + e.start} (line {line}); "
+                "convert it first, "
                 f"e.g. `iconv -f GBK -t UTF-8 {batch.path} > {batch.path}.utf8`"
             ) from None
         if batch.kind == "text":

@@ -167,6 +167,12 @@ def test_bad_inputs_at_the_command_line(tmp_path, tokenizer, capsys):
                  "--quiet"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "x.jsonl line 2: field 'text' is missing" in err and "Traceback" not in err
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"text": "ok"}\n{"text": "caf\xe9"}\n'.encode("latin-1"))
+    code = main(["data", "prepare", "--input", str(latin), "--tokenizer", str(tok_dir), "--out", str(tmp_path / "o"),
+                 "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "latin.jsonl is not valid UTF-8 at byte offset 28 (line 2)" in err and "iconv" in err
     blank = tmp_path / "blank.jsonl"
     blank.write_text('{"text": "  "}\n\n')
     code = main(["data", "prepare", "--input", str(blank), "--tokenizer", str(tok_dir), "--out", str(tmp_path / "e"),
