@@ -102,6 +102,8 @@ def run_prepare(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
     )
     index = prepare(args.input, tokenizer, args.out, opts, overwrite=args.overwrite)
+    if index.get("reused"):
+        print(f"{args.out} already holds these inputs prepared with this tokenizer: nothing to do")
     run = index["last_run"]
     mb_s = run["bytes"] / 1e6 / max(run["seconds"], 1e-9)
     for split, t in index["totals"].items():

@@ -237,7 +237,7 @@ def prepare(
             open_parquet(f, opts.field)
     state = _start_state(out, key, tok_hash, overwrite)
     if state == "done":
-        return read_index(out)
+        return read_index(out) | {"reused": True}
     out.mkdir(parents=True, exist_ok=True)
     if state:
         writers = {

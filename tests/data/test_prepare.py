@@ -112,7 +112,7 @@ def test_refuses_to_mix_tokenizers(tmp_path, tokenizer, world):
     other = BPETokenizer.train(world.pretrain_texts("train"), vocab_size=300)
     with pytest.raises(DanluError, match="holds shards of another tokenizer .* cannot be mixed"):
         prepare([corpus], other, tmp_path / "out", opts)
-    assert prepare([corpus], tokenizer, tmp_path / "out", opts)["totals"]  # same inputs: reused as is
+    assert prepare([corpus], tokenizer, tmp_path / "out", opts)["reused"]  # same inputs: nothing redone
 
 
 def test_corrupt_and_truncated_shards_name_file_and_offset(tmp_path, tokenizer):
