@@ -89,6 +89,10 @@ def _source_splits(paths: list[str], tokenizer: Any, show_progress: bool) -> dic
     for p in paths:
         if Path(p).is_dir() and (Path(p) / INDEX).is_file():
             raise DanluError(f"{p} is a prepared folder: pass it alone, or as a weighted source (`{p}=1`)")
+    if len(paths) == 1 and first.is_dir() and (first / "progress.json").is_file():
+        raise DanluError(
+            f"{first} holds an unfinished `danlu data prepare`; rerun it with the same arguments to finish it"
+        )
     if len(paths) == 1 and first.is_dir() and not (first / "pretrain_train.jsonl").is_file():
         raise DanluError(
             f"{first} is a folder without index.json or pretrain_train.jsonl; pass a prepared folder "
