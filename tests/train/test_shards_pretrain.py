@@ -143,3 +143,19 @@ def test_pretrain_cli_from_shards_mixture_and_bad_data(tmp_path, world, tokenize
     data[:64].tofile(tmp_path / "shards" / "train_000002.bin")
     code, out = _pretrain(capsys, tmp_path, tok_dir, tmp_path / "shards")
     assert code == 2 and "train_000002.bin is truncated" in out.err and "byte offset 64" in out.err
+
+
+def test_world_folder_gives_the_old_token_stream(tmp_path, tokenizer):
+    """A world folder, prepared on the fly, holds exactly the ids the in-memory path built (so `danlu demo` and
+    every world run see the same batches as before shards)."""
+    from danlu.data.datasets import tokenize_corpus
+    from danlu.data.formats import read_texts
+    from danlu.data.world import write_world
+
+    write_world(tmp_path / "w", seed=0, size="tiny")
+    splits = load_token_splits(tmp_path / "w", tokenizer, 32)
+    for split in ("train", "val"):
+        old = tokenize_corpus(read_texts(tmp_path / "w" / f"pretrain_{split}.jsonl"), tokenizer)
+        new = splits[split]
+        assert torch.equal(torch.from_numpy(new.read(0, new.numel())), old)
+        assert torch.equal(sample_blocks(new, 4, 32, 1, 3), sample_blocks(old, 4, 32, 1, 3))
