@@ -1,4 +1,4 @@
-"""`danlu world`: write the embedded bilingual world's data files and print what was written."""
+"""`danlu world` (the embedded bilingual world's data files) and `danlu data prepare|clean` (real corpora)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tiny, small (~1.5 MB of text), medium (~10 MB), large (~25 MB), or an int multiplier",
     )
     p.set_defaults(func=run_world)
+    register_data(subparsers)
 
 
 def _size(value: str) -> str | int:
@@ -48,3 +49,75 @@ def run_world(args: argparse.Namespace) -> int:
         print(f"  {path.name:<{width}}  {what}  {n_bytes / 1e6:8.2f} MB")
     print(f"  held-out facts (never in training text): {meta['heldout_facts']}")
     return 0
+
+
+def register_data(subparsers: argparse._SubParsersAction) -> None:
+    """`danlu data prepare` (corpus -> token shards) and `danlu data clean` (normalise, dedup, filter)."""
+    p = subparsers.add_parser(
+        "data",
+        help="prepare a corpus into token shards, or clean and deduplicate it",
+        description="Corpus tools for pretraining at real sizes: `prepare` tokenizes text into memory-mappable "
+        "shards (streaming, N processes, resumable); `clean` normalises, deduplicates and filters documents.",
+    )
+    sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    pr = sub.add_parser("prepare", help="tokenize .txt/.jsonl/.parquet files into token shards + index.json")
+    pr.add_argument(
+        "--input", required=True, nargs="+", help="files, folders or globs (.txt, .jsonl, .parquet)"
+    )
+    pr.add_argument("--tokenizer", required=True, help="tokenizer folder or tokenizer.json")
+    pr.add_argument("--out", required=True, help="output folder: index.json and the shards")
+    pr.add_argument("--workers", type=int, default=1, help="tokenizer processes (default 1)")
+    pr.add_argument("--field", default="text", help="text field of .jsonl records / column of .parquet files")
+    pr.add_argument("--txt-docs", choices=("file", "blank"), default="file",
+                    help="a .txt file is one document (file, default) or documents split at blank lines (blank)")  # fmt: skip
+    pr.add_argument(
+        "--val-fraction", type=float, default=0.005, help="share of documents held out (default 0.005)"
+    )
+    pr.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per shard (default 16M)")
+    pr.add_argument(
+        "--dtype", default="auto", help="auto (uint16 when the vocabulary fits), uint16 or uint32"
+    )
+    pr.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds other shards")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=run_prepare)
+    cl = sub.add_parser(
+        "clean", help="normalise, deduplicate (exact + MinHash near-dups) and filter documents"
+    )
+    from danlu.data.clean import add_clean_args
+
+    add_clean_args(cl)
+    cl.set_defaults(func=run_clean)
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from danlu.data.prepare import PrepareOptions, prepare
+    from danlu.tokenizers.base import Tokenizer
+
+    tokenizer = Tokenizer.load(args.tokenizer)
+    opts = PrepareOptions(
+        field=args.field,
+        txt_docs=args.txt_docs,
+        val_fraction=args.val_fraction,
+        shard_tokens=args.shard_tokens,
+        dtype=args.dtype,
+        workers=args.workers,
+        show_progress=not args.quiet,
+    )
+    index = prepare(args.input, tokenizer, args.out, opts, overwrite=args.overwrite)
+    if index.get("reused"):
+        print(f"{args.out} already holds these inputs prepared with this tokenizer: nothing to do")
+    run = index["last_run"]
+    mb_s = run["bytes"] / 1e6 / max(run["seconds"], 1e-9)
+    for split, t in index["totals"].items():
+        print(f"{split:5s} {t['documents']:>10,} documents {t['tokens']:>14,} tokens "
+              f"in {len(index['splits'][split])} shards")  # fmt: skip
+    print(f"{index['dtype']} ids; {index['empty_documents']:,} empty documents skipped; "
+          f"{run['bytes'] / 1e6:.1f} MB read in {run['seconds']:.1f} s ({mb_s:.2f} MB/s, {run['workers']} workers)")  # fmt: skip
+    print(f"index: {args.out}/index.json")
+    return 0
+
+
+def run_clean(args: argparse.Namespace) -> int:
+    from danlu.data.clean import run_clean_command
+
+    return run_clean_command(args)

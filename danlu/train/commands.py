@@ -81,7 +81,13 @@ def register(sub) -> None:
     from danlu.flags import heavy
 
     p = sub.add_parser("pretrain", help="pretrain a GPT/LLaMA-style model on text (causal LM)")
-    p.add_argument("--data", required=True, nargs="+", help="a world folder, or .txt/.jsonl files")
+    p.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="a folder of token shards (danlu data prepare), a world folder, .txt/.jsonl/.parquet files, "
+        "or a weighted mixture: a=0.7 b=0.3",
+    )
     p.add_argument(
         "--tokenizer", required=True, help="tokenizer folder or tokenizer.json (danlu tokenizer train)"
     )

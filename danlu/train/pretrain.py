@@ -1,7 +1,8 @@
 """Causal-LM pretraining from text: tokenize a corpus, build a GPT from a preset, run the training loop.
 
-Used by `danlu pretrain` and by `danlu demo`. Data: a world folder (pretrain_train.jsonl + pretrain_val.jsonl),
-or one or more .txt / .jsonl files whose last 5% of documents become the validation split.
+Used by `danlu pretrain` and by `danlu demo`. Data (`load_tokens`): a folder of token shards (`danlu data
+prepare`), a world folder (pretrain_train.jsonl + pretrain_val.jsonl) or .txt / .jsonl / .parquet files (5% of
+documents, by hash, held out), prepared once into a cache and read through memory maps; or a weighted mixture.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import torch
 
-from danlu.data.datasets import sample_blocks, tokenize_corpus
+from danlu.data.datasets import sample_blocks
 from danlu.errors import DanluError
 from danlu.models.checkpoints import load_model, save_model
 from danlu.models.gpt import GPT, GPTConfig
@@ -46,6 +47,16 @@ def load_corpus(data: str | Path | list[str | Path]) -> tuple[list[str], list[st
     return train_texts, val_texts
 
 
+def load_tokens(
+    data: str | Path | list[str | Path], tokenizer: Any, block_size: int, show_progress: bool = False
+):
+    """{"train", "val"} token sources, memory-mapped shards (see `danlu.data.corpus`): a prepared folder, a world
+    folder or files (prepared once into a cache), or a weighted mixture `["a=0.7", "b=0.3"]`."""
+    from danlu.data.corpus import load_token_splits
+
+    return load_token_splits(data, tokenizer, block_size, show_progress)
+
+
 @dataclass
 class PretrainResult:
     model: GPT
@@ -65,11 +76,7 @@ def pretrain(
     """Pretrain a GPT on `data` with `tokenizer`; the checkpoint lands in `out_dir/checkpoint`."""
     cfg = train_config or TrainConfig()
     out_dir = Path(out_dir)
-    train_texts, val_texts = load_corpus(data)
-    tokens = {
-        "train": tokenize_corpus(train_texts, tokenizer, show_progress=cfg.show_progress),
-        "val": tokenize_corpus(val_texts, tokenizer),
-    }
+    tokens = load_tokens(data, tokenizer, cfg.block_size, show_progress=cfg.show_progress)
     for split, t in tokens.items():
         if t.numel() <= cfg.block_size:
             raise DanluError(
