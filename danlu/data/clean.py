@@ -259,27 +259,51 @@ def add_clean_args(p: argparse.ArgumentParser) -> None:
         "--tokenizer", default=None, help="count tokens per rule with this tokenizer (else characters)"
     )
     p.add_argument("--field", default=d.field, help="text field of .jsonl records / column of .parquet files")
-    p.add_argument("--txt-docs", choices=("file", "blank"), default=d.txt_docs, help="see `data prepare`")
     p.add_argument(
-        "--normalize", default=d.normalize, help="Unicode normal form: NFKC (default), NFC or none"
+        "--txt-docs",
+        choices=("file", "blank"),
+        default=d.txt_docs,
+        help="a .txt file is one document (file) or documents split at blank lines (blank)",
     )
-    p.add_argument("--min-chars", type=int, default=d.min_chars, help=f"default {d.min_chars}")
-    p.add_argument("--max-chars", type=int, default=d.max_chars, help=f"default {d.max_chars}")
     p.add_argument(
-        "--max-repetition", type=float, default=d.max_repetition, help=f"default {d.max_repetition}"
+        "--normalize",
+        default=d.normalize,
+        choices=("NFKC", "NFC", "none"),
+        help="Unicode normal form applied first",
     )
-    p.add_argument("--max-symbols", type=float, default=d.max_symbols, help=f"default {d.max_symbols}")
     p.add_argument(
-        "--languages", nargs="*", default=[], help="keep only these scripts: en, zh (default: all)"
+        "--min-chars", type=int, default=d.min_chars, help="drop documents shorter than this many characters"
+    )
+    p.add_argument(
+        "--max-chars", type=int, default=d.max_chars, help="drop documents longer than this many characters"
+    )
+    p.add_argument(
+        "--max-repetition",
+        type=float,
+        default=d.max_repetition,
+        help="drop documents whose share of repeated lines/n-grams exceeds this",
+    )
+    p.add_argument(
+        "--max-symbols",
+        type=float,
+        default=d.max_symbols,
+        help="drop documents whose share of symbol characters exceeds this",
+    )
+    p.add_argument(
+        "--languages",
+        nargs="*",
+        default=[],
+        help="keep only documents in these scripts: en, zh (none given: all)",
     )
     p.add_argument("--no-exact-dedup", action="store_true", help="keep exact duplicates")
     p.add_argument("--no-near-dedup", action="store_true", help="keep near duplicates")
     p.add_argument(
-        "--near-threshold", type=float, default=d.near_threshold, help=f"default {d.near_threshold}"
+        "--near-threshold",
+        type=float,
+        default=d.near_threshold,
+        help="MinHash Jaccard similarity at which two documents are near duplicates",
     )
-    p.add_argument(
-        "--num-perm", type=int, default=d.num_perm, help=f"MinHash permutations (default {d.num_perm})"
-    )
+    p.add_argument("--num-perm", type=int, default=d.num_perm, help="MinHash permutations per document")
 
 
 def run_clean_command(args: argparse.Namespace) -> int:

@@ -66,16 +66,19 @@ def register_data(subparsers: argparse._SubParsersAction) -> None:
     )
     pr.add_argument("--tokenizer", required=True, help="tokenizer folder or tokenizer.json")
     pr.add_argument("--out", required=True, help="output folder: index.json and the shards")
-    pr.add_argument("--workers", type=int, default=1, help="tokenizer processes (default 1)")
+    pr.add_argument("--workers", type=int, default=1, help="tokenizer processes (1: in this process)")
     pr.add_argument("--field", default="text", help="text field of .jsonl records / column of .parquet files")
     pr.add_argument("--txt-docs", choices=("file", "blank"), default="file",
-                    help="a .txt file is one document (file, default) or documents split at blank lines (blank)")  # fmt: skip
+                    help="a .txt file is one document (file) or documents split at blank lines (blank)")  # fmt: skip
     pr.add_argument(
-        "--val-fraction", type=float, default=0.005, help="share of documents held out (default 0.005)"
+        "--val-fraction", type=float, default=0.005, help="share of documents held out for validation"
     )
-    pr.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per shard (default 16M)")
+    pr.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per shard")
     pr.add_argument(
-        "--dtype", default="auto", help="auto (uint16 when the vocabulary fits), uint16 or uint32"
+        "--dtype",
+        default="auto",
+        choices=("auto", "uint16", "uint32"),
+        help="token-id type of the shards (auto: uint16 when the vocabulary fits)",
     )
     pr.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds other shards")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
