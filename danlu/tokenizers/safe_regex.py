@@ -4,8 +4,8 @@ with a time limit.
 A backtracking engine can take exponential time on a pattern such as `(a|a)+$` (17 s for 27 characters with
 Python's `re`), and Python's `re` cannot be interrupted. A tokenizer file is untrusted input, so its patterns
 are compiled with the `regex` module, whose matching functions take a `timeout=`; running past it is a
-DanluError naming the pattern. The limit grows with the text (1 s + 10 µs per character: about 8x what the
-slowest real pattern needs), so long legitimate inputs never hit it.
+DanluError naming the pattern. The limit is CPU time (how `regex` counts it), and grows with the text (1 s +
+10 µs per character: about 8x what the slowest real pattern needs), so long legitimate inputs never hit it.
 
 Patterns danlu itself wrote (its default and GPT-2's, `KNOWN_SAFE`) keep Python's `re`, which is about 4x
 faster on them, so danlu's own tokenizers and their parity with Hugging Face are unchanged.
@@ -22,7 +22,7 @@ import regex
 from danlu.errors import DanluError
 from danlu.tokenizers.unicode_regex import compile_pattern, translate_pattern
 
-FILE_REGEX_TIMEOUT_S = 1.0  # the time limit of one call on a short text
+FILE_REGEX_TIMEOUT_S = 1.0  # the time limit (CPU seconds) of one call on a short text
 FILE_REGEX_TIMEOUT_PER_CHAR_S = 1e-5  # ... plus this much per character of the text
 MAX_PATTERN_LENGTH = 100_000  # characters of a pattern as written in the file (real ones: under 300)
 
