@@ -143,10 +143,13 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     if index.is_file():  # a sharded checkpoint: every shard the index names must be there
         try:
             shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, UnicodeDecodeError, AttributeError) as e:
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError, AttributeError, TypeError) as e:
             raise DanluError(
                 f"{index} is not a valid safetensors index ({e}); copy the checkpoint again"
             ) from e
+        for s in shards:  # plain file names in this folder: an index must not point elsewhere ("../x")
+            if not isinstance(s, str) or Path(s).name != s or not s.endswith(".safetensors"):
+                raise DanluError(f"{index} names the shard {s!r}, not a .safetensors file in {path}")
         absent = [s for s in shards if not (path / s).is_file()]
         if absent:
             raise DanluError(f"{path}: shard(s) {absent} listed in {index.name} are missing; copy them too")

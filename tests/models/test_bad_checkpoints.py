@@ -294,3 +294,11 @@ def test_gguf_inf_weight_is_named(tmp_path):
     path = _gguf(tmp_path / "m.gguf", *_llama(nan=True))
     with pytest.raises(DanluError, match=r"m.gguf: tensor blocks.0.mlp.up.weight holds 1 NaN or infinite"):
         load_model(path)
+
+
+@pytest.mark.parametrize("weight_map", [{"a": "../../outside.safetensors"}, [1, 2], {"a": ["x"]}])
+def test_safetensors_index_must_name_shards_in_the_folder(tmp_path, llama_dir, weight_map):
+    d = _with_config(llama_dir, tmp_path / "ck", lambda c: c)
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(DanluError, match=r"model.safetensors.index.json (names the shard|is not a valid)"):
+        load_model(d)
