@@ -91,9 +91,10 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise DanluError(f"{what} {path} is not UTF-8 text ({e}); is it the right file?") from e
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:  # (RecursionError: arrays nested thousands deep)
         raise DanluError(
-            f"{what} {path} is not valid JSON ({e}); the file may be truncated: save or copy it again"
+            f"{what} {path} is not valid JSON ({type(e).__name__}: {str(e)[:200]}); the file may be truncated "
+            "or corrupt: save or copy it again"
         ) from e
     if not isinstance(data, dict):
         raise DanluError(f"{what} {path} should hold a JSON object, found {type(data).__name__}")

@@ -193,3 +193,10 @@ def test_cli_names_the_bad_tokenizer_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert err.count("\n") == 1 and err.startswith("error: ") and "the id 300000000" in err
+
+
+def test_json_nested_too_deep(tmp_path):
+    path = tmp_path / "tokenizer.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DanluError, match=r"tokenizer.json is not valid JSON \(RecursionError"):
+        load_tokenizer(path)
