@@ -60,15 +60,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _undecodable_argument(argv: list[str]) -> str | None:
+    """The message for the first argument holding bytes that are not UTF-8, or None.
+
+    Python decodes argv with surrogateescape: an undecodable byte becomes a lone surrogate, which would fail
+    later, deep inside (printing it, writing it to JSON), as a traceback.
+    """
+    for i, arg in enumerate(argv, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = arg.encode("utf-8", "surrogateescape")
+            return (
+                f"argument {i} ({raw!r}) is not valid UTF-8 text; pass UTF-8 (convert a file name or text "
+                "with iconv, or rename the file)"
+            )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    bad = _undecodable_argument(argv)
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 1
     try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 1
         result = args.func(args)
-    except DanluError as e:
+    except DanluError as e:  # raised while parsing (a type= check) or running; one line, never a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

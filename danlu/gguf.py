@@ -19,6 +19,7 @@ Only numpy is needed to parse; torch is imported when a tensor is asked for.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,16 @@ _NUMPY = {
 }
 _STRING, _ARRAY = 8, 9
 
+# Bounds on what a header may claim, checked before anything is allocated (a GGUF file is untrusted input):
+MAX_ARRAY_DEPTH = 8  # arrays of arrays (real files nest at most once)
+MAX_DIMS = 8  # dimensions of one tensor (ggml has 4)
+MAX_ALIGNMENT = 1 << 16  # general.alignment (real files: 32); it must also be a power of two
+# The fewest bytes an item can take in the file, so a count is checked against the bytes left before a loop
+# over it runs: a string is at least its uint64 length, an array its type and count, a key-value pair a key,
+# a type and a one-byte value, a tensor info a name, n_dims, type and offset.
+_MIN_BYTES = {_STRING: 8, _ARRAY: 12}
+_KV_MIN_BYTES, _TENSOR_MIN_BYTES = 8 + 4 + 1, 8 + 4 + 4 + 8
+
 # ggml tensor types: name, values per block, bytes per block.
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
     0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
@@ -87,7 +98,7 @@ class GGUFTensor:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.shape)) if self.shape else 1
+        return math.prod(self.shape)  # (Python ints: a forged shape cannot overflow int64 silently)
 
     @property
     def n_bytes(self) -> int:
@@ -146,11 +157,33 @@ class _Reader:
         self.pos += n
         return data.decode("utf-8", errors="replace")
 
-    def value(self, vtype: int) -> Any:
+    def count(self, n: int, min_bytes: int, what: str) -> int:
+        """n items of at least min_bytes each must fit in the bytes left: checked before looping over them."""
+        left = len(self.buf) - self.pos
+        if n * min_bytes > left:
+            raise DanluError(
+                f"{self.path}: {what} claims {n} items but only {left} bytes are left in the file; "
+                "the file is corrupt or truncated"
+            )
+        return n
+
+    def value(self, vtype: int, key: str = "", depth: int = 0) -> Any:
         if vtype == _STRING:
             return self.string()
         if vtype == _ARRAY:
+            if depth >= MAX_ARRAY_DEPTH:
+                raise DanluError(
+                    f"{self.path}: metadata {key} nests arrays more than {MAX_ARRAY_DEPTH} deep; the file is corrupt"
+                )
             item_type, n = self.unpack("<I"), self.unpack("<Q")
+            if item_type not in _NUMPY and item_type not in _MIN_BYTES:
+                raise DanluError(
+                    f"{self.path}: metadata {key} is an array of unknown value type {item_type}; the file is corrupt"
+                )
+            item_bytes = (
+                np.dtype(_NUMPY[item_type]).itemsize if item_type in _NUMPY else _MIN_BYTES[item_type]
+            )
+            self.count(n, item_bytes, f"metadata array {key}")
             if item_type in _NUMPY:  # a numeric array in one read (token types, scores)
                 dt = np.dtype(_NUMPY[item_type])
                 end = self.pos + n * dt.itemsize
@@ -159,7 +192,7 @@ class _Reader:
                 arr = np.frombuffer(self.buf[self.pos : end], dtype=dt)
                 self.pos = end
                 return [bool(x) for x in arr] if item_type == 7 else arr.tolist()
-            return [self.value(item_type) for _ in range(n)]
+            return [self.value(item_type, key, depth + 1) for _ in range(n)]
         if vtype not in _SCALARS:
             raise DanluError(f"{self.path}: unknown GGUF metadata value type {vtype}; the file is corrupt")
         return self.unpack(_SCALARS[vtype])
@@ -181,23 +214,48 @@ def read_gguf(path: str | Path) -> GGUFFile:
     if version not in (2, 3):
         raise DanluError(f"{path} is GGUF version {version}; danlu reads versions 2 and 3")
     n_tensors, n_kv = r.unpack("<Q"), r.unpack("<Q")
+    r.count(n_kv, _KV_MIN_BYTES, "the metadata count")
+    r.count(n_tensors, _TENSOR_MIN_BYTES, "the tensor count")
     metadata: dict[str, Any] = {"GGUF.version": version}
     for _ in range(n_kv):
         key = r.string()
-        metadata[key] = r.value(r.unpack("<I"))
+        metadata[key] = r.value(r.unpack("<I"), key)
     infos = []
     for _ in range(n_tensors):
         name = r.string()
         n_dims = r.unpack("<I")
+        if n_dims > MAX_DIMS:
+            raise DanluError(
+                f"{path}: tensor {name} has {n_dims} dimensions (at most {MAX_DIMS}); the file is corrupt"
+            )
         dims = [r.unpack("<Q") for _ in range(n_dims)]
         infos.append((name, tuple(reversed(dims)), r.unpack("<I"), r.unpack("<Q")))
-    alignment = int(metadata.get("general.alignment", 32))
+    alignment = metadata.get("general.alignment", 32)
+    if (
+        not isinstance(alignment, int)
+        or isinstance(alignment, bool)
+        or not 0 < alignment <= MAX_ALIGNMENT
+        or alignment & (alignment - 1)
+    ):
+        raise DanluError(
+            f"{path}: metadata general.alignment = {alignment!r} is not a power of two in [1, {MAX_ALIGNMENT}]; "
+            "the file is corrupt"
+        )
     start = (r.pos + alignment - 1) // alignment * alignment
     tensors = {name: GGUFTensor(name, shape, t, start + off) for name, shape, t, off in infos}
     for t in tensors.values():
-        if t.ggml_type in GGML_TYPES and t.offset + t.n_bytes > len(data):
+        if t.type_name not in DEQUANTIZABLE_NAMES:
+            continue  # a type danlu cannot read is named when the tensor is asked for (dequantize)
+        block = GGML_TYPES[t.ggml_type][1]
+        if t.shape and t.shape[-1] % block:  # a row is a whole number of quantisation blocks
             raise DanluError(
-                f"{path} is truncated: tensor {t.name} runs past the end of the file; download it again"
+                f"{path}: tensor {t.name} of type {t.type_name} has rows of {t.shape[-1]} values, "
+                f"not a multiple of its block of {block}; the file is corrupt"
+            )
+        if t.offset + t.n_bytes > len(data):
+            raise DanluError(
+                f"{path}: tensor {t.name} (shape {t.shape}, offset {t.offset - start}) runs past the end of "
+                "the file; the file is truncated or corrupt: download it again"
             )
     return GGUFFile(path, version, metadata, tensors, data)
 

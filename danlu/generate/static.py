@@ -49,6 +49,7 @@ class StaticKVCache(KVCache):
 
 def new_static_cache(model: nn.Module, B: int, max_len: int) -> StaticKVCache:
     cfg, p = model.config, model.wte.weight
+    model.ensure_positions(max_len)  # RoPE tables are grown lazily, and never inside the compiled step
     return StaticKVCache(cfg.n_layer, B, cfg.n_kv_head, max_len, cfg.head_size, p.device, p.dtype)
 
 

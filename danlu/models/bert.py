@@ -17,7 +17,7 @@ checkpoints map one to one (danlu/models/hf_bert.py).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from danlu.errors import DanluError
+from danlu.models.config_checks import check_fields, config_from_dict
 from danlu.nn.attention import padding_mask
 from danlu.nn.blocks import EncoderBlock
 from danlu.nn.layers import ACTIVATIONS
@@ -50,6 +51,7 @@ class BertConfig:
     id2label: dict[str, str] | None = None  # class names, keyed by str(id) as in Hugging Face's config.json
 
     def __post_init__(self) -> None:
+        check_fields(self, "BERT config")  # types and ranges first: the checks below do arithmetic on them
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.n_embd
         problems = [
@@ -75,11 +77,7 @@ class BertConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BertConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DanluError(f"BERT config has unknown fields {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "BERT config")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -15,7 +15,8 @@ Reads: Hugging Face folders (sharded safetensors too) and `.gguf` files (danlu/m
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,6 @@ from danlu.models.hf_gpt import (
     state_dict_from_hf,
     state_dict_to_hf,
 )
-from danlu.nn.position import rope_cache
 
 NATIVE_TYPE = "danlu-gpt"
 SEQ2SEQ_TYPE = "danlu-seq2seq"
@@ -99,9 +99,36 @@ def read_config(path: Path) -> dict[str, Any]:
             "model.safetensors (from `danlu pretrain` or a Hugging Face model folder)"
         )
     try:
-        return json.loads(cfg_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise DanluError(f"{cfg_file} is not valid JSON ({e}); the checkpoint is corrupt, re-save it") from e
+    if not isinstance(data, dict):
+        raise DanluError(
+            f"{cfg_file} should hold a JSON object (with model_type and the model's sizes), found "
+            f"{type(data).__name__} {json.dumps(data)[:80]}; the checkpoint is corrupt, re-save it"
+        )
+    return data
+
+
+@contextmanager
+def naming(file: Path | str) -> Iterator[None]:
+    """Prefix a DanluError raised inside with the file it is about (a config error names config.json)."""
+    try:
+        yield
+    except DanluError as e:
+        raise DanluError(f"{file}: {e}") from e
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """A NaN or infinite weight is a corrupt checkpoint: say which tensor at load, not a NaN later in decoding.
+    One `isfinite` pass over each floating-point tensor (about as cheap as reading it)."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise DanluError(
+                f"{source}: tensor {name} holds {bad} NaN or infinite value(s) of {t.numel()}; the weights "
+                "are corrupt (a diverged training run or a broken conversion): use another checkpoint"
+            )
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -116,10 +143,13 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     if index.is_file():  # a sharded checkpoint: every shard the index names must be there
         try:
             shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, UnicodeDecodeError, AttributeError) as e:
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError, AttributeError, TypeError) as e:
             raise DanluError(
                 f"{index} is not a valid safetensors index ({e}); copy the checkpoint again"
             ) from e
+        for s in shards:  # plain file names in this folder: an index must not point elsewhere ("../x")
+            if not isinstance(s, str) or Path(s).name != s or not s.endswith(".safetensors"):
+                raise DanluError(f"{index} names the shard {s!r}, not a .safetensors file in {path}")
         absent = [s for s in shards if not (path / s).is_file()]
         if absent:
             raise DanluError(f"{path}: shard(s) {absent} listed in {index.name} are missing; copy them too")
@@ -158,13 +188,18 @@ def load_model(
             f"{path}: unsupported architecture model_type={model_type!r}; supported: {SUPPORTED_TYPES}"
         )
     danlu_block = hf.get("danlu") or {}
+    if not isinstance(danlu_block, dict) or not isinstance(danlu_block.get("config", {}), dict):
+        raise DanluError(
+            f'{path / "config.json"}: its "danlu" block should be an object with a config object'
+        )
     tensors = read_safetensors(path)
     if model_type == "bert":
         model = _load_bert(path, hf, danlu_block, tensors)
     elif model_type == SEQ2SEQ_TYPE:
         from danlu.models.seq2seq import Seq2SeqConfig, Transformer
 
-        cfg = Seq2SeqConfig.from_dict(danlu_block.get("config", {}))
+        with naming(path / "config.json"):
+            cfg = Seq2SeqConfig.from_dict(danlu_block.get("config", {}))
         model = assign_weights(lambda: Transformer(cfg), tensors, str(path))
         model.init_buffers()
     else:
@@ -178,6 +213,7 @@ def assign_weights(build: Callable[[], nn.Module], sd: dict[str, torch.Tensor], 
     with torch.device("meta"):
         model = build()
     expected = model.state_dict()
+    check_finite({k: v for k, v in sd.items() if k in expected}, source)
     for name, t in sd.items():
         if name in expected and tuple(t.shape) != tuple(expected[name].shape):
             raise DanluError(
@@ -197,18 +233,18 @@ def build_gpt(cfg: GPTConfig, sd: dict[str, torch.Tensor], source: str) -> GPT:
     model = assign_weights(lambda: GPT(cfg), sd, source)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.wte.weight
-    if cfg.position == "rope":  # non-persistent buffers were created on meta: rebuild them
-        model.rope_cos, model.rope_sin = rope_cache(cfg.block_size, cfg.head_size, cfg.rope_theta)
+    model.init_buffers()  # non-persistent buffers (RoPE tables) were created on meta: rebuild them
     return model
 
 
 def _load_gpt(path: Path, hf: dict[str, Any], danlu_block: dict[str, Any], tensors: dict) -> GPT:
     model_type = hf["model_type"]
-    cfg = GPTConfig.from_dict(danlu_block["config"]) if danlu_block.get("config") else config_from_hf(hf)
+    with naming(path / "config.json"):
+        cfg = GPTConfig.from_dict(danlu_block["config"]) if danlu_block.get("config") else config_from_hf(hf)
     if model_type == NATIVE_TYPE:
         sd = tensors
-        if cfg.tie_embeddings:
-            sd.setdefault("lm_head.weight", sd.get("wte.weight"))
+        if cfg.tie_embeddings and "wte.weight" in sd:
+            sd.setdefault("lm_head.weight", sd["wte.weight"])
     else:
         try:
             sd = state_dict_from_hf(model_type, tensors, cfg)
@@ -216,6 +252,8 @@ def _load_gpt(path: Path, hf: dict[str, Any], danlu_block: dict[str, Any], tenso
             raise DanluError(
                 f"{path}: tensor {e} is missing from the weights for a {model_type} model"
             ) from e
+        except (RuntimeError, IndexError) as e:  # q/k/v that cannot be fused: shapes that fit no config
+            raise DanluError(f"{path}: the weights do not fit config.json ({str(e)[:200]})") from e
     return build_gpt(cfg, sd, str(path))
 
 
@@ -233,11 +271,19 @@ def _load_bert(path: Path, hf: dict[str, Any], danlu_block: dict[str, Any], tens
     from danlu.models.bert import BertConfig
 
     if danlu_block.get("config"):
-        cfg, head = BertConfig.from_dict(danlu_block["config"]), danlu_block["head"]
+        with naming(path / "config.json"):
+            cfg, head = BertConfig.from_dict(danlu_block["config"]), danlu_block.get("head")
+        if not isinstance(head, str) or head not in hf_bert.HEADS:
+            raise DanluError(
+                f"{path / 'config.json'}: danlu.head {head!r} is not one of {sorted(hf_bert.HEADS)}"
+            )
     else:
-        cfg = hf_bert.config_from_hf(hf)
+        with naming(path / "config.json"):
+            cfg = hf_bert.config_from_hf(hf)
         names = {k.removeprefix("bert.") for k in tensors}
         archs = hf.get("architectures") or []
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+            raise DanluError(f"{path / 'config.json'}: field architectures should be a list of class names")
         head = BERT_ARCHITECTURES.get(archs[0]) if archs else hf_bert.head_of(names)
         if head is None:
             raise DanluError(
@@ -248,6 +294,8 @@ def _load_bert(path: Path, hf: dict[str, Any], danlu_block: dict[str, Any], tens
         sd = hf_bert.state_dict_from_hf(tensors, cfg, head)
     except KeyError as e:
         raise DanluError(f"{path}: tensor {e} is missing from the weights for a BERT ({head}) model") from e
+    except (RuntimeError, IndexError) as e:  # q/k/v that cannot be fused: shapes that fit no config
+        raise DanluError(f"{path}: the weights do not fit config.json ({str(e)[:200]})") from e
     return assign_weights(lambda: hf_bert.build(cfg, head), sd, str(path))
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from danlu.errors import DanluError
+from danlu.models.config_checks import check_fields, config_from_dict
 from danlu.models.vit import ViT, ViTConfig
 from danlu.nn.attention import padding_mask
 from danlu.nn.blocks import EncoderBlock
@@ -42,7 +43,10 @@ class CLIPConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.vision, dict):
-            self.vision = ViTConfig(**self.vision)
+            self.vision = config_from_dict(ViTConfig, self.vision, "CLIP config's vision")
+        if not isinstance(self.vision, ViTConfig):
+            raise DanluError(f"bad CLIP config: vision should be an object, got {self.vision!r}"[:200])
+        check_fields(self, "CLIP config")
         if self.text_embd % self.text_head:
             raise DanluError(f"text_embd {self.text_embd} is not divisible by text_head {self.text_head}")
 

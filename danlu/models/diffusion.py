@@ -22,6 +22,7 @@ from torch import nn
 
 from danlu.data.pictures import COLOURS, COLOURS_ZH, SHAPES, SHAPES_ZH
 from danlu.errors import DanluError
+from danlu.models.config_checks import check_fields
 
 
 @dataclass
@@ -37,6 +38,7 @@ class DiffusionConfig:
     p_uncond: float = 0.1  # probability each condition is dropped to "null" in training
 
     def __post_init__(self) -> None:
+        check_fields(self, "diffusion config")
         if self.image_size % 4:
             raise DanluError(
                 f"image_size {self.image_size} must be divisible by 4 (the U-Net halves it twice)"

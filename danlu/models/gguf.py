@@ -22,6 +22,7 @@ from danlu.gguf import (
     gguf_metadata,
     read_gguf,
 )
+from danlu.models.config_checks import range_problem, type_problem
 
 if TYPE_CHECKING:
     from danlu.models.gpt import GPT, GPTConfig
@@ -45,35 +46,42 @@ def config_from_gguf(f: GGUFFile) -> GPTConfig:
             f"{f.path}: unsupported architecture general.architecture={arch!r}; danlu loads GGUF {list(GGUF_ARCHITECTURES)}"
         )
 
-    def get(key: str, default: Any = None) -> Any:
+    def get(key: str, field: str, default: Any = None, annotation: str = "int") -> Any:
+        # type and range checked under the file's own key, before anything is sized by it
         value = meta.get(f"{arch}.{key}", default)
         if value is None:
             raise DanluError(f"{f.path}: metadata {arch}.{key} is missing; the GGUF file is incomplete")
+        why = type_problem(value, annotation) or range_problem(field, value)
+        if why:
+            raise DanluError(f"{f.path}: metadata {arch}.{key} {why}, got {value!r}"[:300])
         return value
 
     scaling = meta.get(f"{arch}.rope.scaling.type", "none")
     if scaling not in ("none", None):
         raise DanluError(f"{f.path}: RoPE scaling {scaling!r} is not supported; only plain RoPE")
-    n_embd, n_head = get("embedding_length"), get("attention.head_count")
-    if get("rope.dimension_count", n_embd // n_head) != n_embd // n_head:
+    n_embd, n_head = get("embedding_length", "n_embd"), get("attention.head_count", "n_head")
+    if get("rope.dimension_count", "n_embd", n_embd // n_head) != n_embd // n_head:
         raise DanluError(f"{f.path}: partial rotary embeddings (rope.dimension_count) are not supported")
     tokens = meta.get("tokenizer.ggml.tokens")
-    vocab = meta.get(f"{arch}.vocab_size") or (
-        len(tokens) if tokens else f.tensors["token_embd.weight"].shape[0]
-    )
+    if "token_embd.weight" not in f.tensors:
+        raise DanluError(
+            f"{f.path}: tensor token_embd.weight is missing; the GGUF file does not hold a model"
+        )
+    embd_rows = f.tensors["token_embd.weight"].shape[0]
+    vocab = get("vocab_size", "vocab_size", len(tokens) if isinstance(tokens, list) and tokens else embd_rows)
     return GPTConfig(
         vocab_size=vocab,
-        block_size=get("context_length"),
-        n_layer=get("block_count"),
+        block_size=get("context_length", "block_size"),  # RoPE tables are sized lazily: costs nothing yet
+        n_layer=get("block_count", "n_layer"),
         n_head=n_head,
-        n_kv_head=get("attention.head_count_kv", n_head),
+        n_kv_head=get("attention.head_count_kv", "n_kv_head", n_head),
         n_embd=n_embd,
-        intermediate_size=get("feed_forward_length"),
+        intermediate_size=get("feed_forward_length", "intermediate_size"),
         norm="rmsnorm",
-        norm_eps=get("attention.layer_norm_rms_epsilon", 1e-5),
+        norm_eps=get("attention.layer_norm_rms_epsilon", "norm_eps", 1e-5, "float"),
         mlp="swiglu",
         position="rope",
-        rope_theta=float(get("rope.freq_base", 10000.0)),
+        rope_theta=float(get("rope.freq_base", "rope_theta", 10000.0, "float")),
         bias=False,
         qkv_bias="blk.0.attn_q.bias" in f.tensors,
         tie_embeddings="output.weight" not in f.tensors,
@@ -132,5 +140,11 @@ def load_gguf_model(
 
     f = read_gguf(path)
     cfg = config_from_gguf(f)
-    model = build_gpt(cfg, state_dict_from_gguf(f, cfg), str(f.path))
+    try:
+        sd = state_dict_from_gguf(f, cfg)
+    except (RuntimeError, ValueError) as e:  # q/k/v that cannot be un-permuted or fused: shapes fit no config
+        raise DanluError(
+            f"{f.path}: the tensors do not fit the model its metadata describes ({str(e)[:200]})"
+        ) from e
+    model = build_gpt(cfg, sd, str(f.path))  # checks every shape, and that no weight is NaN or infinite
     return model.to(device=device, dtype=dtype or torch.float32).eval()

@@ -12,7 +12,7 @@ The model predicts token t+1 from tokens ≤ t: the causal LM objective −Σ lo
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -20,15 +20,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from danlu.errors import DanluError
+from danlu.models.config_checks import check_fields, config_from_dict
 from danlu.nn.attention import KVCache, SelfAttention, build_attention_mask
 from danlu.nn.layers import make_mlp, make_norm
-from danlu.nn.position import rope_cache
+from danlu.nn.position import INITIAL_POSITIONS, grown_length, rope_cache
 
 
 @dataclass
 class GPTConfig:
     vocab_size: int = 4096
-    block_size: int = 256  # the longest context the model can see (positions table / RoPE table length)
+    block_size: int = 256  # the longest context the model can see (the learned positions' table length)
     n_layer: int = 4
     n_head: int = 4
     n_kv_head: int | None = None  # grouped-query attention; None means n_head (plain multi-head)
@@ -45,6 +46,7 @@ class GPTConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        check_fields(self, "GPT config")  # types and ranges first: the checks below do arithmetic on them
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.qkv_bias is None:
@@ -66,6 +68,12 @@ class GPTConfig:
             problems.append(f"RoPE needs an even head_size, got {self.n_embd // self.n_head}")
         if self.position not in ("learned", "rope"):
             problems.append(f"position must be 'learned' or 'rope', got {self.position!r}")
+        if self.norm not in ("layernorm", "rmsnorm"):
+            problems.append(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
+        if self.mlp not in ("gelu_tanh", "gelu", "relu", "swiglu"):
+            problems.append(f"mlp must be 'gelu_tanh', 'gelu', 'relu' or 'swiglu', got {self.mlp!r}")
+        if self.n_kv_head > self.n_head:
+            problems.append(f"n_kv_head {self.n_kv_head} is more than n_head {self.n_head}")
         if problems:
             raise DanluError("bad GPT config: " + "; ".join(problems))
 
@@ -84,11 +92,7 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DanluError(f"GPT config has unknown fields {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "GPT config")
 
 
 _GPT2 = dict(norm="layernorm", norm_eps=1e-5, mlp="gelu_tanh", position="learned", bias=True)
@@ -153,9 +157,9 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight  # one matrix both embeds and un-embeds (Press & Wolf 2017)
-        if cfg.position == "rope":
-            cos, sin = rope_cache(cfg.block_size, cfg.head_size, cfg.rope_theta)
-            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, head_size)
+        if cfg.position == "rope":  # (L, head_size) each, L <= block_size grown on demand (ensure_positions)
+            cos, sin = rope_cache(min(cfg.block_size, INITIAL_POSITIONS), cfg.head_size, cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         # GPT-2 scales the residual projections by 1/sqrt(2·n_layer): each block adds two to the residual stream.
@@ -171,6 +175,33 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def init_buffers(self) -> None:
+        """Rebuild the non-persistent RoPE tables at their initial length (after building on the meta device)."""
+        if self.config.position == "rope":
+            cfg = self.config
+            self.rope_cos, self.rope_sin = rope_cache(
+                min(cfg.block_size, INITIAL_POSITIONS), cfg.head_size, cfg.rope_theta
+            )
+
+    def ensure_positions(self, n: int) -> None:
+        """Make the RoPE tables cover positions [0, n); n beyond the model's context is a DanluError.
+
+        Called by every forward (and by the compiled decode path before it starts): the table grows here,
+        outside any compiled region, so a long context costs memory only once it is used.
+        """
+        cfg = self.config
+        if n > cfg.block_size:
+            raise DanluError(
+                f"sequence of {n} tokens is longer than the model's context block_size="
+                f"{cfg.block_size}; shorten the input or use a model with a longer context"
+            )
+        if self.wpe is not None or n <= self.rope_cos.shape[0]:
+            return
+        length = grown_length(n, self.rope_cos.shape[0], cfg.block_size)
+        cos, sin = rope_cache(length, cfg.head_size, cfg.rope_theta)
+        like = self.rope_cos  # same device and dtype as the table it replaces (e.g. after .to(bfloat16))
+        self.rope_cos, self.rope_sin = cos.to(like.device, like.dtype), sin.to(like.device, like.dtype)
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -215,11 +246,7 @@ class GPT(nn.Module):
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
         T = x.shape[1]
         past = kv_cache.seq_len if kv_cache is not None else 0
-        if past + T > self.config.block_size:
-            raise DanluError(
-                f"sequence of {past + T} tokens is longer than the model's context block_size="
-                f"{self.config.block_size}; shorten the input or use a model with a longer context"
-            )
+        self.ensure_positions(past + T)
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=x.device).unsqueeze(0)  # (1, T)
         rope = None

@@ -14,6 +14,7 @@ from torch import nn
 
 from danlu.errors import DanluError
 from danlu.models.bert import BertConfig, BertForPreTraining, BertForSequenceClassification, BertModel
+from danlu.models.config_checks import hf_value
 
 ACTS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 HEADS = {
@@ -30,27 +31,32 @@ HF_CLASS = {
 
 def config_from_hf(hf: dict[str, Any]) -> BertConfig:
     """A BertConfig from a Hugging Face BERT `config.json`."""
-    act = hf.get("hidden_act", "gelu")
+
+    def get(key: str, field: str = "", annotation: str = "int", **default: Any) -> Any:
+        # every value is checked under the file's own name, before BertConfig sees it
+        return hf_value(hf, key, annotation, field=field or key, **default)
+
+    act = get("hidden_act", annotation="str", default="gelu")
     if act not in ACTS:
         raise DanluError(f"BERT hidden_act {act!r} is not supported; supported: {sorted(ACTS)}")
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise DanluError(
             f"BERT position_embedding_type {hf['position_embedding_type']!r} is not supported; only 'absolute'"
         )
-    id2label = hf.get("id2label")
+    id2label = get("id2label", annotation="dict", default=None)
     return BertConfig(
-        vocab_size=hf["vocab_size"],
-        block_size=hf.get("max_position_embeddings", 512),
-        n_layer=hf["num_hidden_layers"],
-        n_head=hf["num_attention_heads"],
-        n_embd=hf["hidden_size"],
-        intermediate_size=hf.get("intermediate_size"),
-        type_vocab_size=hf.get("type_vocab_size", 2),
+        vocab_size=get("vocab_size"),
+        block_size=get("max_position_embeddings", "block_size", default=512),
+        n_layer=get("num_hidden_layers", "n_layer"),
+        n_head=get("num_attention_heads", "n_head"),
+        n_embd=get("hidden_size", "n_embd"),
+        intermediate_size=get("intermediate_size", default=None),
+        type_vocab_size=get("type_vocab_size", default=2),
         activation=ACTS[act],
-        norm_eps=hf.get("layer_norm_eps", 1e-12),
-        dropout=hf.get("hidden_dropout_prob", 0.1),
-        pad_token_id=hf.get("pad_token_id") or 0,
-        num_labels=len(id2label) if id2label else hf.get("num_labels", 2),
+        norm_eps=get("layer_norm_eps", "norm_eps", "float", default=1e-12),
+        dropout=get("hidden_dropout_prob", "dropout", "float", default=0.1),
+        pad_token_id=get("pad_token_id", default=0),
+        num_labels=len(id2label) if id2label else get("num_labels", default=2),
         id2label={str(k): v for k, v in id2label.items()} if id2label else None,
     )
 

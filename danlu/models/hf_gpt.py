@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from danlu.errors import DanluError
+from danlu.models.config_checks import hf_value
 from danlu.models.gpt import GPTConfig
 
 LLAMA_FAMILY = ("llama", "qwen2", "mistral")  # same tensor names; Qwen2 adds q/k/v biases
@@ -21,52 +22,62 @@ LLAMA_FAMILY = ("llama", "qwen2", "mistral")  # same tensor names; Qwen2 adds q/
 def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
     """A GPTConfig from a Hugging Face `config.json` of a GPT-2 or LLaMA-family model."""
     model_type = hf.get("model_type")
+
+    def get(key: str, field: str = "", annotation: str = "int", **default: Any) -> Any:
+        # every value is checked under the file's own name, before GPTConfig sees it
+        return hf_value(hf, key, annotation, field=field or key, **default)
+
     if model_type == "gpt2":
-        act = hf.get("activation_function", "gelu_new")
+        act = get("activation_function", annotation="str", default="gelu_new")
         acts = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
         if act not in acts:
             raise DanluError(f"GPT-2 activation {act!r} is not supported; supported: {sorted(acts)}")
+        n_embd = get("n_embd", "n_embd")
         return GPTConfig(
-            vocab_size=hf["vocab_size"],
-            block_size=hf.get("n_positions", 1024),
-            n_layer=hf["n_layer"],
-            n_head=hf["n_head"],
-            n_embd=hf["n_embd"],
-            intermediate_size=hf.get("n_inner") or 4 * hf["n_embd"],
+            vocab_size=get("vocab_size"),
+            block_size=get("n_positions", "block_size", default=1024),
+            n_layer=get("n_layer"),
+            n_head=get("n_head"),
+            n_embd=n_embd,
+            intermediate_size=get("n_inner", "intermediate_size", default=4 * n_embd),
             norm="layernorm",
-            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            norm_eps=get("layer_norm_epsilon", "norm_eps", "float", default=1e-5),
             mlp=acts[act],
             position="learned",
             bias=True,
-            tie_embeddings=hf.get("tie_word_embeddings", True),
+            tie_embeddings=get("tie_word_embeddings", annotation="bool", default=True),
         )
     if model_type in LLAMA_FAMILY:
-        if hf.get("hidden_act", "silu") != "silu":
-            raise DanluError(f"{model_type} hidden_act {hf['hidden_act']!r} is not supported; only 'silu'")
-        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        act = get("hidden_act", annotation="str", default="silu")
+        if act != "silu":
+            raise DanluError(f"{model_type} hidden_act {act!r} is not supported; only 'silu'")
+        rope = get("rope_parameters", annotation="dict", default=None) or get(
+            "rope_scaling", annotation="dict", default=None
+        )
+        rope = rope or {}
         if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
             raise DanluError(f"RoPE scaling {rope.get('rope_type')!r} is not supported; only plain RoPE")
-        head_dim = hf.get("head_dim")
-        if head_dim and head_dim * hf["num_attention_heads"] != hf["hidden_size"]:
-            raise DanluError(
-                f"head_dim {head_dim} · n_head != hidden_size {hf['hidden_size']}: not supported"
-            )
+        n_head, n_embd = get("num_attention_heads", "n_head"), get("hidden_size", "n_embd")
+        head_dim = get("head_dim", "n_embd", default=None)
+        if head_dim and head_dim * n_head != n_embd:
+            raise DanluError(f"head_dim {head_dim} · n_head != hidden_size {n_embd}: not supported")
+        theta = hf_value(rope, "rope_theta", "float", field="rope_theta", default=None)
         return GPTConfig(
-            vocab_size=hf["vocab_size"],
-            block_size=hf.get("max_position_embeddings", 2048),
-            n_layer=hf["num_hidden_layers"],
-            n_head=hf["num_attention_heads"],
-            n_kv_head=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-            n_embd=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"],
+            vocab_size=get("vocab_size"),
+            block_size=get("max_position_embeddings", "block_size", default=2048),
+            n_layer=get("num_hidden_layers", "n_layer"),
+            n_head=n_head,
+            n_kv_head=get("num_key_value_heads", "n_kv_head", default=n_head),
+            n_embd=n_embd,
+            intermediate_size=get("intermediate_size"),
             norm="rmsnorm",
-            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            norm_eps=get("rms_norm_eps", "norm_eps", "float", default=1e-6),
             mlp="swiglu",
             position="rope",
-            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+            rope_theta=float(theta or get("rope_theta", annotation="float", default=10000.0)),
             bias=False,
-            qkv_bias=model_type == "qwen2" or bool(hf.get("attention_bias", False)),
-            tie_embeddings=hf.get("tie_word_embeddings", False),
+            qkv_bias=model_type == "qwen2" or get("attention_bias", annotation="bool", default=False),
+            tie_embeddings=get("tie_word_embeddings", annotation="bool", default=False),
         )
     supported = ["gpt2", *LLAMA_FAMILY]
     raise DanluError(f"unsupported architecture model_type={model_type!r}; danlu's GPT loads {supported}")

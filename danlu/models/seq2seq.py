@@ -18,7 +18,7 @@ The same model does BART-style denoising (Lewis et al. 2020): source = a corrupt
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -26,15 +26,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from danlu.errors import DanluError
+from danlu.models.config_checks import check_fields, config_from_dict
 from danlu.nn.attention import KVCache, padding_mask
 from danlu.nn.blocks import DecoderBlock, EncoderBlock
-from danlu.nn.position import sinusoidal_positions
+from danlu.nn.position import INITIAL_POSITIONS, grown_length, sinusoidal_positions
 
 
 @dataclass
 class Seq2SeqConfig:
     vocab_size: int = 2048
-    block_size: int = 128  # longest source or target (sinusoids extend, but we size the table once)
+    block_size: int = 128  # longest source or target (the sinusoid table grows to the longest one run)
     n_layer: int = 3  # encoder blocks
     n_decoder_layer: int | None = None  # None: n_layer
     n_head: int = 4
@@ -50,6 +51,7 @@ class Seq2SeqConfig:
     eos_token_id: int = 2
 
     def __post_init__(self) -> None:
+        check_fields(self, "seq2seq config")  # types and ranges first: the checks below do arithmetic on them
         if self.n_decoder_layer is None:
             self.n_decoder_layer = self.n_layer
         if self.intermediate_size is None:
@@ -88,11 +90,7 @@ class Seq2SeqConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Seq2SeqConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DanluError(f"seq2seq config has unknown fields {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "seq2seq config")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -115,7 +113,9 @@ class Transformer(nn.Module):
         self.config = cfg
         C, H = cfg.n_embd, cfg.intermediate_size
         self.embed = nn.Embedding(cfg.vocab_size, C, padding_idx=cfg.pad_token_id)
-        self.register_buffer("positions", sinusoidal_positions(cfg.block_size, C), persistent=False)
+        self.register_buffer(
+            "positions", sinusoidal_positions(min(cfg.block_size, INITIAL_POSITIONS), C), persistent=False
+        )
         self.drop = nn.Dropout(cfg.dropout)
         args = (C, cfg.n_head, H, cfg.activation, cfg.norm_first, cfg.norm_eps, cfg.dropout)
         self.encoder = nn.ModuleList(EncoderBlock(*args) for _ in range(cfg.n_layer))
@@ -127,7 +127,9 @@ class Transformer(nn.Module):
 
     def init_buffers(self) -> None:
         """Rebuild the non-persistent position table (after building the model on the meta device)."""
-        self.positions = sinusoidal_positions(self.config.block_size, self.config.n_embd)
+        self.positions = sinusoidal_positions(
+            min(self.config.block_size, INITIAL_POSITIONS), self.config.n_embd
+        )
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -147,6 +149,10 @@ class Transformer(nn.Module):
                 f"a sequence of {start + T} tokens is longer than the model's block_size={self.config.block_size}; "
                 "shorten it or use a model with a larger block_size"
             )
+        if start + T > self.positions.shape[0]:  # grow the table (lazily sized: position.py)
+            n = grown_length(start + T, self.positions.shape[0], self.config.block_size)
+            pe = sinusoidal_positions(n, self.config.n_embd)
+            self.positions = pe.to(self.positions.device, self.positions.dtype)
         x = self.embed(ids) * math.sqrt(self.config.n_embd) + self.positions[start : start + T]  # (B, T, C)
         return self.drop(x)
 

@@ -149,16 +149,26 @@ def load_diffusion(path: str):
     """A Diffusion model from a checkpoint folder written by `danlu diffusion train`."""
     from pathlib import Path
 
-    from safetensors.torch import load_file
-
     from danlu.errors import DanluError
     from danlu.models.diffusion import Diffusion, DiffusionConfig
 
     d = Path(path)
     if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
         raise DanluError(f"{path} is not a diffusion checkpoint (needs config.json and model.safetensors)")
-    model = Diffusion(DiffusionConfig(**json.loads((d / "config.json").read_text(encoding="utf-8"))))
-    model.load_state_dict(load_file(str(d / "model.safetensors")))
+    from danlu.models.checkpoints import check_finite, read_config, read_safetensors
+    from danlu.models.config_checks import config_from_dict
+
+    try:
+        cfg = config_from_dict(DiffusionConfig, read_config(d), "diffusion config")
+    except DanluError as e:
+        raise DanluError(f"{d / 'config.json'}: {e}") from e
+    model = Diffusion(cfg)  # (its noise schedule is a buffer the weights file does not hold)
+    tensors = read_safetensors(d)
+    check_finite(tensors, str(d))
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise DanluError(f"{d}: the weights do not fit its config.json ({str(e)[:300]})") from e
     return model.eval()
 
 

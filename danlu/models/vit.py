@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from danlu.errors import DanluError
+from danlu.models.config_checks import check_fields
 from danlu.nn.blocks import EncoderBlock
 
 
@@ -32,6 +33,7 @@ class ViTConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        check_fields(self, "ViT config")
         if self.patch_size <= 0 or self.image_size % self.patch_size:
             raise DanluError(
                 f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}; "

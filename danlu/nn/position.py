@@ -9,6 +9,17 @@ import math
 
 import torch
 
+# Position tables (RoPE cos/sin, sinusoids) are computed, not stored: a table starts this long (or the model's
+# context, if shorter) and grows when a longer sequence runs, so a config claiming a context of 1e8 positions
+# costs nothing until such a sequence is run. Learned positions are weights, sized by the tensor in the file.
+INITIAL_POSITIONS = 8192
+
+
+def grown_length(needed: int, current: int, limit: int) -> int:
+    """The length to (re)build a position table to so that it covers `needed` positions: at least double the
+    current one (few rebuilds), never past the model's context `limit`."""
+    return min(limit, max(needed, 2 * current, min(INITIAL_POSITIONS, limit)))
+
 
 def sinusoidal_positions(T: int, C: int) -> torch.Tensor:
     """PE(pos, 2i) = sin(pos / 10000^(2i/C)), PE(pos, 2i+1) = cos(...) (Vaswani et al. 2017, §3.5). -> (T, C)."""

@@ -298,11 +298,12 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def from_hf_dict(cls, data: dict[str, Any], config: dict[str, Any] | None = None) -> BPETokenizer:
         """Build from a parsed `tokenizer.json` (model type BPE, byte-level) and its tokenizer_config."""
-        from danlu.tokenizers.io import special_roles
+        from danlu.tokenizers.io import check_merges, check_token_ids, special_roles
 
         model = data["model"]
-        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
         added = data.get("added_tokens") or []
+        check_token_ids(model["vocab"], added)  # before the id tables are sized by the largest id
+        merges = check_merges(model.get("merges", []))
         specials = {t["content"]: t["id"] for t in added if t.get("special", True)}
         others = {t["content"]: t["id"] for t in added if not t.get("special", True)}
         roles = special_roles({**others, **specials}, config)

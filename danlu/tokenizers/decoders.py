@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from danlu.errors import DanluError
-from danlu.tokenizers.unicode_regex import compile_pattern
+from danlu.tokenizers.safe_regex import compile_file_pattern
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
@@ -92,8 +92,8 @@ class Decoder:
             self._steps.append(lambda t, c=content, a=start, b=stop: _strip(t, c, a, b))
         elif kind == "Replace":
             pattern, content = config.get("pattern", {}), config.get("content", "")
-            if "Regex" in pattern:
-                regex = compile_pattern(pattern["Regex"])
+            if isinstance(pattern, dict) and "Regex" in pattern:  # from a file: under a time limit
+                regex = compile_file_pattern(pattern["Regex"], "decoder Replace")
                 self._steps.append(lambda t, r=regex, c=content: [r.sub(lambda m: c, x) for x in t])
             else:
                 s = pattern.get("String", "")

@@ -40,7 +40,16 @@ def tokenizer_from_gguf_metadata(meta: dict[str, Any], source: str = "GGUF metad
     tokens = meta.get("tokenizer.ggml.tokens")
     if model is None or not isinstance(tokens, list):
         raise DanluError(f"{source} has no tokenizer (tokenizer.ggml.model / tokens missing)")
+    if not all(isinstance(t, str) for t in tokens):
+        raise DanluError(f"{source}: tokenizer.ggml.tokens should be an array of strings")
     types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+    if not isinstance(types, list) or len(types) != len(tokens):
+        raise DanluError(
+            f"{source}: tokenizer.ggml.token_type should be an array of {len(tokens)} integers, one per token"
+        )
+    merges_meta = meta.get("tokenizer.ggml.merges", [])
+    if not isinstance(merges_meta, list) or not all(isinstance(m, str) and " " in m for m in merges_meta):
+        raise DanluError(f"{source}: tokenizer.ggml.merges should be an array of 'left right' strings")
 
     def role(key: str) -> str | None:
         i = meta.get(f"tokenizer.ggml.{key}_token_id")
@@ -53,7 +62,7 @@ def tokenizer_from_gguf_metadata(meta: dict[str, Any], source: str = "GGUF metad
         from danlu.tokenizers.bpe import BPETokenizer
         from danlu.tokenizers.pretokenize import PreTokenizer
 
-        merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+        merges = [tuple(m.split(" ", 1)) for m in merges_meta]
         added = [
             {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False}
             | {"normalized": False, "special": t in specials}

@@ -34,15 +34,67 @@ def special_roles(tokens: dict[str, int], config: dict[str, Any] | None) -> dict
     return {"eos_token": eos, "bos_token": None, "pad_token": None, "unk_token": None}
 
 
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_token_ids(vocab: Any, added: Any, vocab_key: str = "model.vocab") -> None:
+    """Validate a tokenizer file's token -> id tables before anything sized by the largest id is allocated.
+
+    vocab is the model's {token: id} (a WordPiece / BPE `model.vocab`; pass {} for Unigram, whose ids are list
+    positions), added the `added_tokens` entries. Ids must be integers in [0, limit) where limit is twice the
+    number of tokens the file holds (plus 1024): real files are dense, and holes beyond that could only make
+    one wrong id cost gigabytes (a table of 3e8 slots for a 5-token file).
+    """
+    if not isinstance(vocab, dict):
+        raise DanluError(
+            f"{vocab_key} should be an object mapping tokens to ids, found {type(vocab).__name__}"
+        )
+    if not isinstance(added, list):
+        raise DanluError(f"added_tokens should be a list, found {type(added).__name__}")
+    for j, entry in enumerate(added):
+        if not (
+            isinstance(entry, dict) and isinstance(entry.get("content"), str) and _is_id(entry.get("id"))
+        ):
+            raise DanluError(
+                f"added_tokens[{j}] should be an object with a string content and an integer id, found "
+                f"{str(entry)[:200]}"
+            )
+    n = len(vocab) + len(added)
+    limit = 2 * n + 1024
+    entries = [(vocab_key, t, i) for t, i in vocab.items()]
+    entries += [("added_tokens", e["content"], e["id"]) for e in added]
+    for where, token, i in entries:
+        if not _is_id(i) or not 0 <= i < limit:
+            raise DanluError(
+                f"{where} gives token {token[:100]!r} the id {i!r}, but the file holds only {n} tokens "
+                f"(ids must be integers in [0, {limit})); the file is corrupt"
+            )
+
+
+def check_merges(merges: Any) -> list[tuple[str, str]]:
+    """BPE merges as (left, right) pairs: each a "left right" string or a two-string list."""
+    if not isinstance(merges, list):
+        raise DanluError(f"model.merges should be a list, found {type(merges).__name__}")
+    out = []
+    for rank, m in enumerate(merges):
+        pair = tuple(m.split(" ", 1)) if isinstance(m, str) else m
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise DanluError(f"model.merges[{rank}] should be 'left right' or [left, right], found {m!r}")
+        out.append((pair[0], pair[1]))
+    return out
+
+
 def read_json(path: Path, what: str) -> dict[str, Any]:
     """Parse a JSON object from path; any failure is a DanluError naming the file."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise DanluError(f"{what} {path} is not UTF-8 text ({e}); is it the right file?") from e
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:  # (RecursionError: arrays nested thousands deep)
         raise DanluError(
-            f"{what} {path} is not valid JSON ({e}); the file may be truncated: save or copy it again"
+            f"{what} {path} is not valid JSON ({type(e).__name__}: {str(e)[:200]}); the file may be truncated "
+            "or corrupt: save or copy it again"
         ) from e
     if not isinstance(data, dict):
         raise DanluError(f"{what} {path} should hold a JSON object, found {type(data).__name__}")

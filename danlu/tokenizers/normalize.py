@@ -20,6 +20,7 @@ import unicodedata
 from functools import cache
 
 from danlu.errors import DanluError
+from danlu.tokenizers.safe_regex import compile_file_pattern
 from danlu.tokenizers.unicode_regex import WHITE_SPACE_CHARS, compile_pattern, parse_ranges
 
 # The ideograph blocks BERT's reference tokenizer treats as Chinese characters.
@@ -159,8 +160,8 @@ class Normalizer:
             self._steps.append(lambda t, lt=left, rt=right: _strip(t, lt, rt))
         elif kind == "Replace":
             pattern, content = config.get("pattern", {}), config.get("content", "")
-            if "Regex" in pattern:
-                regex = compile_pattern(pattern["Regex"])
+            if isinstance(pattern, dict) and "Regex" in pattern:  # from a file: under a time limit
+                regex = compile_file_pattern(pattern["Regex"], "normalizer Replace")
                 self._steps.append(lambda t, r=regex, c=content: r.sub(lambda m: c, t))
             else:
                 old = pattern.get("String", "")

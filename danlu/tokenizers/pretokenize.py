@@ -16,6 +16,7 @@ import functools
 import re
 
 from danlu.errors import DanluError
+from danlu.tokenizers.safe_regex import compile_file_pattern
 from danlu.tokenizers.unicode_regex import (  # noqa: F401  (compile_pattern is re-exported)
     bert_words_regex,
     compile_pattern,
@@ -194,9 +195,11 @@ class PreTokenizer:
                 self._add(sub)
         elif kind == "Split":
             pattern = config.get("pattern", {})
-            if "Regex" in pattern:
-                regex = compile_pattern(pattern["Regex"])
-            elif "String" in pattern:
+            if not isinstance(pattern, dict):
+                raise DanluError(f"Split pre-tokenizer pattern should be an object, found {pattern!r}")
+            if "Regex" in pattern:  # from a file: run under a time limit (safe_regex.py)
+                regex = compile_file_pattern(pattern["Regex"], "pre_tokenizer Split")
+            elif isinstance(pattern.get("String"), str):
                 regex = re.compile(re.escape(pattern["String"]))
             else:
                 raise DanluError(f"Split pre-tokenizer without a pattern: {config}")

@@ -162,16 +162,24 @@ class UnigramTokenizer(Tokenizer):
     # --- construction and serialisation ------------------------------------------------------------------
     @classmethod
     def from_hf_dict(cls, data: dict[str, Any], config: dict[str, Any] | None = None) -> UnigramTokenizer:
-        from danlu.tokenizers.io import special_roles
+        from danlu.tokenizers.io import check_token_ids, special_roles
 
         model = data["model"]
         added = data.get("added_tokens") or []
+        pieces = model["vocab"]
+        if not isinstance(pieces, list) or not all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], (int, float))
+            for p in pieces
+        ):
+            raise DanluError("model.vocab of a Unigram tokenizer should be a list of [piece, score] pairs")
+        # A Unigram id is a list position; added tokens may sit past the end, but not far past it.
+        check_token_ids({}, [{"content": f"#{i}", "id": i} for i in range(len(pieces))] + added)
         specials = {t["content"]: t["id"] for t in added if t.get("special", True)}
         others = {t["content"]: t["id"] for t in added if not t.get("special", True)}
         roles = special_roles({**others, **specials}, config)
         roles.pop("unk_token", None)
         return cls(
-            [(p, s) for p, s in model["vocab"]],
+            [(p, s) for p, s in pieces],
             specials,
             unk_id=model.get("unk_id"),
             byte_fallback=bool(model.get("byte_fallback", False)),

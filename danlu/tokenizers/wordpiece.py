@@ -195,10 +195,11 @@ class WordPieceTokenizer(Tokenizer):
 
     @classmethod
     def from_hf_dict(cls, data: dict[str, Any], config: dict[str, Any] | None = None) -> WordPieceTokenizer:
-        from danlu.tokenizers.io import token_text
+        from danlu.tokenizers.io import check_token_ids, token_text
 
         model = data["model"]
         added = data.get("added_tokens") or []
+        check_token_ids(model["vocab"], added)  # before the id table is sized by the largest id
         specials = {t["content"]: t["id"] for t in added if t.get("special", True)}
         others = {t["content"]: t["id"] for t in added if not t.get("special", True)}
         config = config or {}
