@@ -223,8 +223,12 @@ def train_clip(
 
     cfg = _cfg(steps, opts, 1e-3, batch_size=B)
     cfg.block_size = config.block_size
-    summary = train(model, batch_fn, cfg, out_dir, save_fn=_save_json)
-    tokenizer.save(out_dir / "checkpoint")
+
+    def save_fn(m: torch.nn.Module, d: Path) -> None:  # the tokenizer belongs to the checkpoint, written with it
+        _save_json(m, d)
+        tokenizer.save(d)
+
+    summary = train(model, batch_fn, cfg, out_dir, save_fn=save_fn)
     model.cpu().eval()
     return (
         model,
