@@ -4,7 +4,6 @@ from OUT when a checkpoint is there. Writes `resumed_from N`, stderr and the fin
 The test starts it from a forkserver that imported torch once, so each of its many runs starts in
 milliseconds; `python kill_script.py OUT STEPS` runs it alone."""
 
-import json
 import os
 import sys
 from pathlib import Path
