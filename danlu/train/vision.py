@@ -224,8 +224,8 @@ def train_clip(
     cfg = _cfg(steps, opts, 1e-3, batch_size=B)
     cfg.block_size = config.block_size
 
-    def save_fn(m: torch.nn.Module, d: Path) -> None:  # the tokenizer belongs to the checkpoint, written with it
-        _save_json(m, d)
+    def save_fn(m: torch.nn.Module, d: Path) -> None:
+        _save_json(m, d)  # the tokenizer belongs to the checkpoint: written with it, published with it
         tokenizer.save(d)
 
     summary = train(model, batch_fn, cfg, out_dir, save_fn=save_fn)
