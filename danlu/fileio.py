@@ -70,6 +70,29 @@ def previous_dir(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.old")
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask can only set it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_modes(path: str | Path) -> None:
+    """Give every file under `path` the mode open() would have (0666 less the umask). Some writers, such as
+    safetensors' `save_file`, create 0600 files, which would make a published checkpoint unreadable to others."""
+    mode = 0o666 & ~_umask()
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            os.chmod(os.path.join(root, name), mode)
+
+
 def fsync_tree(path: str | Path) -> None:
     """fsync every file under `path`, then the folders, so a power cut after a rename finds the data on disk."""
     path = Path(path)
@@ -131,6 +154,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = make_temp_dir(path.parent, path.name)
     try:
         yield tmp
+        default_modes(tmp)
         fsync_tree(tmp)
         replace_dir(tmp, path)
     except BaseException:

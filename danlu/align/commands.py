@@ -82,7 +82,7 @@ def _prompts(paths: list[str], world_file: str) -> list[str]:
 
 def register(sub) -> None:
     from danlu.align.configs import GRPOConfig, PPOConfig
-    from danlu.train.commands import add_train_args
+    from danlu.train.commands import add_overwrite_arg, add_train_args
     from danlu.tune.commands import add_lora_args
 
     r = sub.add_parser("reward", help="train a reward model on preference pairs / rankings")
@@ -97,6 +97,7 @@ def register(sub) -> None:
         "--eval-data", nargs="+", default=None, help="held-out comparisons (world: preference_test)"
     )
     r.add_argument("--out", required=True)
+    add_overwrite_arg(r)
     r.add_argument("--quiet", action="store_true")
     r.add_argument(
         "--no-likelihood-feature",
@@ -116,6 +117,7 @@ def register(sub) -> None:
         "--eval-data", nargs="+", default=None, help="held-out pairs (world: preference_test.jsonl)"
     )
     d.add_argument("--out", required=True)
+    add_overwrite_arg(d)
     d.add_argument("--beta", type=float, default=0.1, help="DPO β: strength of the implicit KL constraint")
     d.add_argument("--sft-weight", type=float, default=0.0, help="weight of an NLL term on chosen answers")
     d.add_argument("--quiet", action="store_true")
@@ -132,6 +134,7 @@ def register(sub) -> None:
     )
     p.add_argument("--eval-data", nargs="+", default=None, help="held-out prompts (world: preference_test)")
     p.add_argument("--out", required=True)
+    add_overwrite_arg(p)
     p.add_argument("--quiet", action="store_true")
     add_lora_args(p)
     add_dataclass_args(p, PPOConfig)
@@ -145,6 +148,7 @@ def register(sub) -> None:
     g.add_argument("--eval-data", nargs="+", default=None, help="held-out records (world: sft_test.jsonl)")
     g.add_argument("--kinds", default="arith", help="record kinds to train and evaluate on (default arith)")
     g.add_argument("--out", required=True)
+    add_overwrite_arg(g)
     g.add_argument("--quiet", action="store_true")
     add_dataclass_args(g, GRPOConfig)
     g.set_defaults(func=run_grpo)
@@ -152,8 +156,9 @@ def register(sub) -> None:
 
 def run_reward(args: argparse.Namespace) -> int:
     from danlu.align.reward import pairwise_accuracy, train_reward_model
-    from danlu.train.commands import train_config_from_args
+    from danlu.train.commands import check_out, train_config_from_args
 
+    check_out(args)
     model, tokenizer = _load_policy(args.model)
     train_records = _comparisons(args.data, "preference_train.jsonl")
     eval_paths = args.eval_data or [d for d in args.data if (Path(d) / "preference_test.jsonl").is_file()]
@@ -169,9 +174,10 @@ def run_reward(args: argparse.Namespace) -> int:
 
 def run_dpo(args: argparse.Namespace) -> int:
     from danlu.align.dpo import dpo
-    from danlu.train.commands import train_config_from_args
+    from danlu.train.commands import RUN_OUTPUTS, check_out, train_config_from_args
     from danlu.tune.commands import lora_from_args
 
+    check_out(args, (*RUN_OUTPUTS, "adapter"))
     model, tokenizer = _load_policy(args.model)
     train_records = _comparisons(args.data, "preference_train.jsonl")
     eval_paths = args.eval_data or [d for d in args.data if (Path(d) / "preference_test.jsonl").is_file()]
@@ -188,9 +194,11 @@ def run_ppo(args: argparse.Namespace) -> int:
     from danlu.align.ppo import ppo
     from danlu.align.reward import RewardModel
     from danlu.models.checkpoints import save_model
+    from danlu.train.commands import check_out
     from danlu.tune.commands import lora_from_args
     from danlu.tune.sft import prompt_text
 
+    check_out(args)
     actor, tokenizer = _load_policy(args.model)
     reward_model = RewardModel.load(args.reward_model)
     critic = RewardModel.load(args.reward_model)
@@ -213,8 +221,10 @@ def run_grpo(args: argparse.Namespace) -> int:
     from danlu.align.configs import GRPOConfig
     from danlu.align.grpo import grpo
     from danlu.models.checkpoints import save_model
+    from danlu.train.commands import check_out
     from danlu.tune.commands import read_records
 
+    check_out(args)
     policy, tokenizer = _load_policy(args.model)
     kinds = {k.strip() for k in args.kinds.split(",") if k.strip()}
     train_records = [

@@ -9,7 +9,10 @@ import json
 def _common(p: argparse.ArgumentParser, steps: int) -> None:
     """Shared training flags; `steps` repeats VisionOptions' default (literal here so `danlu --help` needs no torch;
     tests/vision checks the two agree)."""
+    from danlu.train.commands import add_overwrite_arg
+
     p.add_argument("--out", required=True, help="output folder: checkpoint/, metrics.jsonl, loss.png")
+    add_overwrite_arg(p)
     p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=16)
@@ -55,12 +58,14 @@ def register(sub) -> None:
 
 def _opts(args: argparse.Namespace, **steps):
     from danlu.errors import DanluError
+    from danlu.train.commands import RUN_OUTPUTS, check_out
     from danlu.train.vision import VisionOptions
 
     if args.steps <= 0 or args.batch_size <= 0 or args.n_train <= 0:
         raise DanluError(
             f"--steps, --batch-size and --n-train must be positive, got {args.steps}, {args.batch_size}, {args.n_train}"
         )
+    check_out(args, (*RUN_OUTPUTS, "ema"))
     return VisionOptions(
         image_size=args.image_size,
         n_train=args.n_train,

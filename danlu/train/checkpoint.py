@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from danlu.errors import DanluError
-from danlu.fileio import fsync_tree, previous_dir, replace_dir
+from danlu.fileio import default_modes, fsync_tree, previous_dir, replace_dir
 
 CHECKPOINT = "checkpoint"
 STATE_FILE = "trainer_state.json"
@@ -84,6 +84,7 @@ def save_checkpoint(
         hook("after_optimizer")
     files = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
     (staging / STATE_FILE).write_text(json.dumps({**state, "files": files}, indent=2))
+    default_modes(staging)
     fsync_tree(staging)
     if hook:
         hook("before_publish")

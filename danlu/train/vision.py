@@ -24,6 +24,7 @@ from danlu.data.pictures import (
 from danlu.data.pictures import (
     HELD_OUT_COMBOS as HELD_OUT,
 )
+from danlu.fileio import atomic_dir
 from danlu.train.loop import TrainConfig, train
 
 
@@ -307,7 +308,8 @@ def train_diffusion(
 
     summary = train(model, batch_fn, cfg, Path(out_dir), save_fn=_save_json, on_step=update_ema)
     ema.cpu().eval()
-    _save_json(ema, Path(out_dir) / "ema")
+    with atomic_dir(Path(out_dir) / "ema") as d:
+        _save_json(ema, d)
     return ema, {
         "params": sum(p.numel() for p in model.parameters()),
         "steps": steps,
