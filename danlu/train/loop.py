@@ -242,6 +242,10 @@ def train(
         stop.restore()
     if bar is not None:
         bar.close()
+    if start_step >= cfg.max_steps and dist.is_main:  # resumed a finished run: its last figures from the log
+        for rec in map(json.loads, metrics_path.read_text().splitlines() if metrics_path.exists() else []):
+            train_loss = rec.get("loss", train_loss)
+            last_val = {k: v for k, v in rec.items() if k != "step"} if "val_loss" in rec else last_val
     if dist.is_main:
         from danlu.train.plots import plot_loss_curve
 
