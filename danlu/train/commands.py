@@ -64,7 +64,11 @@ def resume_command(argv: Sequence[str]) -> str:
 def interrupted_message(error: KeyboardInterrupt, args: argparse.Namespace, argv: Sequence[str]) -> str:
     """What the CLI prints on Ctrl-C: where the checkpoint is and, when the command can resume, how."""
     text = str(error) or "interrupted"
-    if getattr(error, "checkpoint", None) is not None and hasattr(args, "resume"):
+    # sft resumes full fine-tuning only (its adapters and prompt encoders keep no optimizer state)
+    resumable = (
+        hasattr(args, "resume") and not getattr(args, "lora", False) and not getattr(args, "ptuning", 0)
+    )
+    if getattr(error, "checkpoint", None) is not None and resumable:
         text += f"\nresume with: {resume_command(argv)}"
     return text
 
