@@ -92,9 +92,9 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(inputs, tmp_pat
     out = tmp_path / "run"
     argv = _pretrain_args(inputs, out, "--max-steps", "12", "--eval-interval", "0", "--seed", "3")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "danlu", *argv], env=env, stderr=subprocess.PIPE, text=True
-    )
+    # A shell running this test in the background may have made SIGINT ignored: give the child the default.
+    proc = subprocess.Popen([sys.executable, "-m", "danlu", *argv], env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 120
     while _steps_logged(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
