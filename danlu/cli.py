@@ -94,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     except DanluError as e:  # raised while parsing (a type= check) or running; one line, never a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a trainer's Ctrl-C says where its checkpoint is and how to resume
+        from danlu.train.commands import interrupted_message
+
+        print(interrupted_message(e, args, sys.argv[1:] if argv is None else argv), file=sys.stderr)
         return 130
     return int(result or 0)
 

@@ -12,6 +12,7 @@ import argparse
 import json
 import platform
 import shlex
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,7 +89,10 @@ def stage_pretrain(ctx: DemoContext) -> dict[str, Any]:
         eval_interval=max(1, a.steps // 10), eval_batches=8, device=a.device, seed=a.seed,
         show_progress=not a.quiet,
     )  # fmt: skip
-    result = pretrain(ctx.state["world_dir"], ctx.state["tokenizer"], ctx.out / "pretrain", a.preset, cfg)
+    resume = _can_resume_training(ctx, ctx.out / "pretrain")  # `demo --resume` after a Ctrl-C mid-pretraining
+    result = pretrain(
+        ctx.state["world_dir"], ctx.state["tokenizer"], ctx.out / "pretrain", a.preset, cfg, resume=resume
+    )
     ctx.state["model"] = result.model
     s = result.summary
     ratio = s["final_val_loss"] / s["first_val_loss"]
@@ -291,19 +295,139 @@ def default_pretrain_steps(stages: list[str]) -> int:
     return PRETRAIN_STEPS_ALIGN if set(stages) & ALIGN_STAGES else PRETRAIN_STEPS
 
 
+# ------------------------------------------------------------------------------------------- resuming
+# demo_state.json records every finished stage (its metrics and report section) and the settings of the run,
+# rewritten after each stage: `danlu demo --resume` reloads what finished stages left on disk and goes on.
+STATE_FILE = "demo_state.json"
+DEMO_OUTPUTS = (STATE_FILE, "metrics.json", "report.md")
+_NOT_SETTINGS = {"func", "quiet", "resume", "overwrite", "stages", "out", "command"}
+_JSON_STATE = ("em_by_model", "samples")  # plain data later stages or the closing lines read
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in sorted(vars(args).items()) if k not in _NOT_SETTINGS and not callable(v)}
+
+
+def _can_resume_training(ctx: DemoContext, run_dir: Path) -> bool:
+    from danlu.fileio import previous_dir
+    from danlu.train.checkpoint import CHECKPOINT
+
+    if not getattr(ctx.args, "resume", False):
+        return False
+    return (run_dir / CHECKPOINT).exists() or previous_dir(run_dir / CHECKPOINT).exists()
+
+
+def _save_progress(ctx: DemoContext, seconds: float) -> None:
+    state = {k: ctx.state[k] for k in _JSON_STATE if k in ctx.state}
+    record = {"settings": _settings(ctx.args), "finished": list(ctx.metrics), "metrics": ctx.metrics,
+              "sections": ctx.sections, "state": state, "seconds": round(seconds, 1)}  # fmt: skip
+    atomic_write_text(ctx.out / STATE_FILE, json.dumps(record, indent=1, ensure_ascii=False))
+
+
+def _restore_world(ctx: DemoContext) -> None:
+    from danlu.data.world import build_world
+
+    ctx.state["world"] = build_world(seed=ctx.args.seed, size=ctx.args.size)
+    ctx.state["world_dir"] = ctx.out / "world"
+
+
+def _restore_tokenizer(ctx: DemoContext) -> None:
+    from danlu.tokenizers.base import Tokenizer
+
+    ctx.state["tokenizer"] = Tokenizer.load(ctx.out / "tokenizer")
+
+
+def _restore_model(key: str, folder: str) -> Callable[[DemoContext], None]:
+    def restore(ctx: DemoContext) -> None:
+        from danlu.models.checkpoints import load_model
+
+        ctx.state[key] = load_model(ctx.out / folder / "checkpoint")
+
+    return restore
+
+
+def _restore_reward(ctx: DemoContext) -> None:
+    from danlu.align.reward import RewardModel
+
+    ctx.state["reward_model"] = RewardModel.load(ctx.out / "reward" / "checkpoint")
+
+
+# What a finished stage hands to later ones, reloaded from its outputs (stages absent here hand on nothing).
+RESTORE: dict[str, Callable[[DemoContext], None]] = {
+    "world": _restore_world,
+    "tokenizer": _restore_tokenizer,
+    "pretrain": _restore_model("model", "pretrain"),
+    "sft": _restore_model("sft_model", "sft"),
+    "reward": _restore_reward,
+}
+
+
+def _resume(ctx: DemoContext) -> float:
+    """Load demo_state.json into ctx and reload the finished stages' models; returns the seconds already spent."""
+    path = ctx.out / STATE_FILE
+    if not path.is_file():
+        print(
+            f"note: {path} does not exist (no stage finished yet); starting from the first stage",
+            file=sys.stderr,
+        )
+        return 0.0
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        settings, finished = record["settings"], list(record["finished"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise DanluError(
+            f"cannot resume: {path} is unreadable ({e}); rerun with --overwrite to start afresh"
+        ) from e
+    now = _settings(ctx.args)
+    changed = [f"--{k.replace('_', '-')} {settings.get(k)} (now {now.get(k)})" for k in sorted(set(settings) | set(now))
+               if settings.get(k) != now.get(k)]  # fmt: skip
+    if changed:
+        raise DanluError(
+            f"cannot resume {ctx.out}: it was started with other settings: {'; '.join(changed)}. Resume with the "
+            "same flags, or pass --overwrite to start afresh"
+        )
+    ctx.metrics.update(record["metrics"])
+    ctx.sections.extend(record["sections"])
+    ctx.state.update(record.get("state", {}))
+    if "samples" in ctx.state:
+        ctx.state["samples"] = [tuple(pair) for pair in ctx.state["samples"]]
+    for name in finished:
+        if name in RESTORE:
+            RESTORE[name](ctx)
+    ctx.say(f"resuming {ctx.out}: {', '.join(finished)} already finished")
+    return float(record.get("seconds", 0.0))
+
+
 def run_demo(args: argparse.Namespace) -> int:
+    from danlu.train.commands import check_out
+
     stages = resolve_stages(args.stages)
     if args.steps is None:
         args.steps = default_pretrain_steps(stages)
+    check_out(args, DEMO_OUTPUTS)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ctx = DemoContext(out=out, args=args)
-    t_start = time.perf_counter()
+    spent = _resume(ctx) if args.resume else 0.0
+    t_start = time.perf_counter() - spent
     for name in stages:
+        if name in ctx.metrics:
+            continue
         ctx.say(f"== {name}")
         t0 = time.perf_counter()
-        ctx.metrics[name] = {**STAGES[name](ctx), "seconds": round(time.perf_counter() - t0, 1)}
+        try:
+            ctx.metrics[name] = {**STAGES[name](ctx), "seconds": round(time.perf_counter() - t0, 1)}
+        except KeyboardInterrupt as e:
+            from danlu.train.checkpoint import TrainingInterrupted
+
+            done = ", ".join(ctx.metrics) or "none"
+            raise TrainingInterrupted(
+                f"{e or 'interrupted'} (demo stage {name}); finished stages ({done}) are kept in {out / STATE_FILE}",
+                out / STATE_FILE,
+                len(ctx.metrics),
+            ) from e
         write_report(ctx, time.perf_counter() - t_start)  # a partial report survives an interruption
+        _save_progress(ctx, time.perf_counter() - t_start)
     ctx.say(f"\nreport: {out / 'report.md'}  metrics: {out / 'metrics.json'}")
     for prompt, text in ctx.state.get("samples", [])[:4]:
         ctx.say(f"  {prompt}{text.strip()}")
@@ -317,6 +441,14 @@ def register(sub) -> None:
         "demo", help="the whole life of a model on the embedded world (report.md, metrics.json)"
     )
     p.add_argument("--out", default="runs/demo", help="output folder")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted demo in OUT after its last finished stage",
+    )
+    from danlu.train.commands import add_overwrite_arg
+
+    add_overwrite_arg(p)
     p.add_argument(
         "--stages",
         nargs="+",

@@ -1,11 +1,21 @@
-"""Atomic writes: a crash or Ctrl-C mid-write never leaves a half-written file or checkpoint behind."""
+"""Atomic writes: a crash or Ctrl-C mid-write never leaves a half-written file or checkpoint behind.
+
+Files and folders are created with the modes a plain `open()` / `mkdir()` gives (0666 / 0777 less the umask,
+so usually 0644 / 0755), not the 0600 / 0700 of `tempfile.mkstemp` / `mkdtemp`: a report or checkpoint
+written here reads like any other output of the run.
+
+`replace_dir(src, dst)` publishes a finished folder under a name that may already hold an older one. POSIX
+cannot rename a folder over a non-empty one, so it takes two renames, ordered so that at every instant a
+complete folder can be found: either `dst`, or (between the two renames only) `.{dst}.old`
+(see `previous_dir`). docs/ARCHITECTURE.md ("Atomic checkpoints") walks through every state.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,11 +24,21 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _temp_name(parent: Path, name: str) -> Path:
+    return parent / f".{name}.{secrets.token_hex(4)}.tmp"
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over the target (atomic on POSIX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    while True:
+        tmp = _temp_name(path.parent, path.name)
+        try:  # O_EXCL: a fresh file of our own; mode 0666 so the umask decides, as for open(path, "w")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -31,22 +51,112 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def make_temp_dir(parent: str | Path, name: str) -> Path:
+    """A new, empty folder `.{name}.XXXXXXXX.tmp` in `parent`, with the umask's mode (mkdtemp would give 0700)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = _temp_name(parent, name)
+        try:
+            os.mkdir(tmp, 0o777)
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def previous_dir(path: str | Path) -> Path:
+    """Where `replace_dir` keeps the folder it is replacing while it swaps (`.{name}.old` beside it)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.old")
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask can only set it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_modes(path: str | Path) -> None:
+    """Give every file under `path` the mode open() would have (0666 less the umask). Some writers, such as
+    safetensors' `save_file`, create 0600 files, which would make a published checkpoint unreadable to others."""
+    mode = 0o666 & ~_umask()
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            os.chmod(os.path.join(root, name), mode)
+
+
+def fsync_tree(path: str | Path) -> None:
+    """fsync every file under `path`, then the folders, so a power cut after a rename finds the data on disk."""
+    path = Path(path)
+    for root, _dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(root)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """fsync a folder (its entries: the renames done in it). Not every platform can open a folder; skip there."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def replace_dir(src: str | Path, dst: str | Path, pause: object = None) -> None:
+    """Move the complete folder `src` to `dst`, replacing what `dst` holds, so a kill at any moment leaves a
+    complete folder at `dst` or, only between the two renames, at `previous_dir(dst)`.
+
+    1. If `dst` exists, it is complete: clear any stale `.old` and rename `dst` -> `.old` (one atomic rename).
+       If `dst` is missing and `.old` exists, an earlier swap was cut between its renames: `.old` is then the
+       only complete copy and is left alone.
+    2. Rename `src` -> `dst` (atomic; `dst` is now the new, complete folder).
+    3. Delete `.old` (a kill while deleting leaves a partial `.old` next to a complete `dst`; step 1 of the next
+       swap clears it).
+    `pause(where)`, when given, is called between the steps (tests use it to stop a process there).
+    """
+    src, dst = Path(src), Path(dst)
+    old = previous_dir(dst)
+    if dst.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        fsync_dir(dst.parent)
+        if pause is not None:
+            pause("between_renames")  # type: ignore[operator]
+    os.replace(src, dst)
+    fsync_dir(dst.parent)
+    if pause is not None:
+        pause("after_publish")  # type: ignore[operator]
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder to fill; on success it replaces `path` whole, on error it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = make_temp_dir(path.parent, path.name)
     try:
         yield tmp
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        default_modes(tmp)
+        fsync_tree(tmp)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

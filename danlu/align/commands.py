@@ -147,7 +147,7 @@ def _check_online(cls):
 def register(sub) -> None:
     from danlu.align.configs import GRPOConfig, PPOConfig
     from danlu.flags import heavy
-    from danlu.train.commands import add_train_args
+    from danlu.train.commands import add_overwrite_arg, add_train_args
     from danlu.tune.commands import add_lora_args
 
     r = sub.add_parser("reward", help="train a reward model on preference pairs / rankings")
@@ -162,6 +162,7 @@ def register(sub) -> None:
         "--eval-data", nargs="+", default=None, help="held-out comparisons (world: preference_test)"
     )
     r.add_argument("--out", required=True, help="output folder: checkpoint/, metrics.jsonl, plots")
+    add_overwrite_arg(r)
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument(
         "--no-likelihood-feature",
@@ -181,6 +182,7 @@ def register(sub) -> None:
         "--eval-data", nargs="+", default=None, help="held-out pairs (world: preference_test.jsonl)"
     )
     d.add_argument("--out", required=True, help="output folder: checkpoint/ (or adapter/), metrics, plots")
+    add_overwrite_arg(d)
     d.add_argument("--beta", type=float, default=0.1, help="DPO β: strength of the implicit KL constraint")
     d.add_argument("--sft-weight", type=float, default=0.0, help="weight of an NLL term on chosen answers")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -197,6 +199,7 @@ def register(sub) -> None:
     )
     p.add_argument("--eval-data", nargs="+", default=None, help="held-out prompts (world: preference_test)")
     p.add_argument("--out", required=True, help="output folder: checkpoint/, metrics, plots")
+    add_overwrite_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_lora_args(p)
     add_online_args(p, PPOConfig)
@@ -212,6 +215,7 @@ def register(sub) -> None:
         "--kinds", nargs="+", default=["arith"], metavar="KIND", help="record kinds to train and evaluate on"
     )
     g.add_argument("--out", required=True, help="output folder: checkpoint/, metrics, plots")
+    add_overwrite_arg(g)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     add_online_args(g, GRPOConfig)
     heavy(g, run_grpo, validate=_check_online(GRPOConfig))
@@ -219,8 +223,9 @@ def register(sub) -> None:
 
 def run_reward(args: argparse.Namespace) -> int:
     from danlu.align.reward import pairwise_accuracy, train_reward_model
-    from danlu.train.commands import train_config_from_args
+    from danlu.train.commands import check_out, train_config_from_args
 
+    check_out(args)
     model, tokenizer = _load_policy(args.model)
     train_records = _comparisons(args.data, "preference_train.jsonl")
     eval_paths = args.eval_data or [d for d in args.data if (Path(d) / "preference_test.jsonl").is_file()]
@@ -236,9 +241,10 @@ def run_reward(args: argparse.Namespace) -> int:
 
 def run_dpo(args: argparse.Namespace) -> int:
     from danlu.align.dpo import dpo
-    from danlu.train.commands import train_config_from_args
+    from danlu.train.commands import RUN_OUTPUTS, check_out, train_config_from_args
     from danlu.tune.commands import lora_from_args
 
+    check_out(args, (*RUN_OUTPUTS, "adapter"))
     model, tokenizer = _load_policy(args.model)
     train_records = _comparisons(args.data, "preference_train.jsonl")
     eval_paths = args.eval_data or [d for d in args.data if (Path(d) / "preference_test.jsonl").is_file()]
@@ -255,9 +261,11 @@ def run_ppo(args: argparse.Namespace) -> int:
     from danlu.align.ppo import ppo
     from danlu.align.reward import RewardModel
     from danlu.models.checkpoints import save_model
+    from danlu.train.commands import check_out
     from danlu.tune.commands import lora_from_args
     from danlu.tune.sft import prompt_text
 
+    check_out(args)
     actor, tokenizer = _load_policy(args.model)
     reward_model = RewardModel.load(args.reward_model)
     critic = RewardModel.load(args.reward_model)
@@ -280,8 +288,10 @@ def run_grpo(args: argparse.Namespace) -> int:
     from danlu.align.configs import GRPOConfig
     from danlu.align.grpo import grpo
     from danlu.models.checkpoints import save_model
+    from danlu.train.commands import check_out
     from danlu.tune.commands import read_records
 
+    check_out(args)
     policy, tokenizer = _load_policy(args.model)
     from danlu.flags import split_list
 

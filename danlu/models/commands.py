@@ -48,6 +48,7 @@ def _flag(dest: str) -> str:
 
 def register(sub) -> None:
     from danlu.flags import heavy
+    from danlu.train.commands import add_overwrite_arg
 
     s = sub.add_parser("seq2seq", help="encoder-decoder Transformer: train on EN->ZH pairs, translate")
     s2 = s.add_subparsers(dest="seq2seq_command", metavar="SUBCOMMAND", required=True)
@@ -63,6 +64,7 @@ def register(sub) -> None:
         help="JSONL pairs for BLEU (none: the world's seq2seq_test.jsonl)",
     )
     t.add_argument("--out", required=True, help="output folder: translate/checkpoint, metrics, loss.png")
+    add_overwrite_arg(t)
     t.add_argument("--preset", default="transformer-tiny", help="model preset (danlu.models.seq2seq.PRESETS)")
     t.add_argument("--vocab-size", type=int, default=1536, help="size of the shared EN+ZH tokenizer")
     t.add_argument("--max-steps", dest="steps", type=int, default=300, help="translation training steps")
@@ -102,6 +104,7 @@ def register(sub) -> None:
     )
     bt.add_argument("--data", required=True, help="a world folder (`danlu world --out DIR`)")
     bt.add_argument("--out", required=True, help="output folder: pretrain/checkpoint, classify/checkpoint")
+    add_overwrite_arg(bt)
     bt.add_argument("--preset", default="bert-tiny", help="model preset (danlu.models.bert.PRESETS)")
     bt.add_argument("--vocab-size", type=int, default=2048, help="WordPiece vocabulary size")
     bt.add_argument("--max-steps", dest="steps", type=int, default=800, help="MLM + NSP pretraining steps")
@@ -127,8 +130,10 @@ def _check_paths_model(path: str) -> None:
 
 def run_seq2seq_train(args: argparse.Namespace) -> int:
     from danlu.data.formats import read_jsonl
+    from danlu.train.commands import check_out
     from danlu.train.seq2seq import TranslatorOptions, train_translator
 
+    check_out(args, ("denoise", "translate"))
     opts = TranslatorOptions(
         preset=args.preset, vocab_size=args.vocab_size, steps=args.steps, denoise_steps=args.denoise_steps,
         batch_size=args.batch_size, lr=args.lr, norm_first=args.norm_first, beam_size=args.beam_size,
@@ -177,7 +182,9 @@ def run_seq2seq_translate(args: argparse.Namespace) -> int:
 
 def run_bert_train(args: argparse.Namespace) -> int:
     from danlu.train.bert import BertRunOptions, train_world_bert
+    from danlu.train.commands import check_out
 
+    check_out(args, ("pretrain", "classify"))
     opts = BertRunOptions(
         preset=args.preset, vocab_size=args.vocab_size, steps=args.steps, finetune_steps=args.finetune_steps,
         device=args.device, seed=args.seed, show_progress=not args.quiet,

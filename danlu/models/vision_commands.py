@@ -11,7 +11,10 @@ import math
 def _common(p: argparse.ArgumentParser, steps: int) -> None:
     """Shared training flags; `steps` repeats VisionOptions' default (literal here so `danlu --help` needs no torch;
     tests/vision checks the two agree)."""
+    from danlu.train.commands import add_overwrite_arg
+
     p.add_argument("--out", required=True, help="output folder: checkpoint/, metrics.jsonl, loss.png")
+    add_overwrite_arg(p)
     p.add_argument("--max-steps", dest="steps", type=int, default=steps, help="optimizer steps to train")
     p.add_argument("--batch-size", type=int, default=64, help="pictures per step")
     p.add_argument("--image-size", type=int, default=16, help="picture side in pixels")

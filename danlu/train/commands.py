@@ -4,7 +4,73 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Sequence
 from dataclasses import fields
+from pathlib import Path
+
+# What a training command writes into --out: its presence means a run is there (`check_out`).
+RUN_OUTPUTS = ("checkpoint", ".checkpoint.old", "metrics.jsonl")
+
+
+def add_overwrite_arg(p: argparse.ArgumentParser) -> None:
+    """`--overwrite`, for every command that writes a run into --out (checked by `check_out`)."""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in OUT (without it, an OUT holding a run is refused)",
+    )
+
+
+def check_out(args: argparse.Namespace, outputs: Sequence[str] = RUN_OUTPUTS) -> None:
+    """Refuse to write over an earlier run in `args.out` unless --resume or --overwrite says what to do with it.
+
+    `outputs` are the names the command writes into OUT; with --overwrite they are removed first, so the
+    folder holds one run and a later --resume can never pick up the replaced run's checkpoint."""
+    from danlu.errors import DanluError
+
+    resume, overwrite = getattr(args, "resume", False), getattr(args, "overwrite", False)
+    if resume and overwrite:
+        raise DanluError(
+            "--resume continues the run in --out and --overwrite replaces it: give one, not both"
+        )
+    out = Path(args.out)
+    found = [name for name in outputs if (out / name).exists()]
+    if resume or not found:
+        return
+    if not overwrite:
+        again = "pass --resume to continue it, " if hasattr(args, "resume") else ""
+        raise DanluError(
+            f"{out} already holds a run ({', '.join(found)}); {again}pass --overwrite to replace it, "
+            "or choose another --out"
+        )
+    for name in found:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line that continues an interrupted run: this one, with --resume instead of --overwrite."""
+    prog = "danlu" if os.path.basename(sys.argv[0]) == "danlu" else f"{shlex.quote(sys.executable)} -m danlu"
+    args = [a for a in argv if a != "--overwrite"]
+    if "--resume" not in args:
+        args.append("--resume")
+    return f"{prog} {shlex.join(args)}"
+
+
+def interrupted_message(error: KeyboardInterrupt, args: argparse.Namespace, argv: Sequence[str]) -> str:
+    """What the CLI prints on Ctrl-C: where the checkpoint is and, when the command can resume, how."""
+    text = str(error) or "interrupted"
+    # sft resumes full fine-tuning only (its adapters and prompt encoders keep no optimizer state)
+    resumable = (
+        hasattr(args, "resume") and not getattr(args, "lora", False) and not getattr(args, "ptuning", 0)
+    )
+    if getattr(error, "checkpoint", None) is not None and resumable:
+        text += f"\nresume with: {resume_command(argv)}"
+    return text
 
 # Help and choices of the TrainConfig fields (its module stays a plain dataclass; the flags come from here).
 TRAIN_FLAGS: dict[str, dict] = {
@@ -98,6 +164,7 @@ def register(sub) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue from OUT/checkpoint exactly where it stopped"
     )
+    add_overwrite_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_train_args(p)
     heavy(p, run_pretrain, validate=check_pretrain_args)
@@ -108,6 +175,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from danlu.train.loop import DistInfo
     from danlu.train.pretrain import pretrain
 
+    check_out(args)
     tokenizer = Tokenizer.load(args.tokenizer)
     result = pretrain(
         args.data, tokenizer, args.out, args.preset, train_config_from_args(args), resume=args.resume

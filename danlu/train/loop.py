@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -25,7 +26,8 @@ import torch
 from torch import nn
 
 from danlu.errors import DanluError
-from danlu.fileio import atomic_write_bytes, atomic_write_text
+from danlu.fileio import atomic_write_text
+from danlu.train.checkpoint import TrainingInterrupted, find_checkpoint, save_checkpoint
 from danlu.train.config import TrainConfig
 from danlu.train.schedule import lr_at
 
@@ -80,6 +82,7 @@ def train(
     `save_fn(model, dir)` writes a model checkpoint (model weights, config, tokenizer) into `dir`; the loop adds
     `trainer_state.json` and `optimizer.pt` beside it for `resume=True`. `eval_fn(model)` may add metrics to each
     evaluation. `on_step(step, metrics)` is called after each step (tests use it to interrupt a run).
+    Ctrl-C stops at the end of the current step, saves a checkpoint and raises TrainingInterrupted.
     Returns a summary: steps, first/final train and validation loss, tokens seen, seconds.
     """
     out_dir = Path(out_dir)
@@ -111,10 +114,9 @@ def train(
         betas=(cfg.beta1, cfg.beta2),
         fused=device.type == "cuda",  # one kernel for all parameters on GPU
     )
-    ckpt_dir = out_dir / "checkpoint"
     start_step, history = 0, {"first_train_loss": None, "first_val_loss": None}
     if resume:
-        start_step, history = _restore(ckpt_dir, model, optimizer, device)
+        start_step, history = _restore(out_dir, model, optimizer, device)
     train_model: nn.Module = model
     if cfg.compile:
         train_model = torch.compile(model)
@@ -153,20 +155,15 @@ def train(
         log({"step": step, **result})
         return result
 
-    def checkpoint(step: int) -> None:
+    def checkpoint(step: int) -> Path | None:
         if not dist.is_main or save_fn is None:
-            return
-        save_fn(model, ckpt_dir)  # atomic: replaces the whole directory
+            return None
         state = {"step": step, "train_config": asdict(cfg), "history": history, "world_size": dist.world_size}
         extra = {"optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
         if device.type == "cuda":
             extra["rng_cuda"] = torch.cuda.get_rng_state(device)
-        import io
-
-        buf = io.BytesIO()
-        torch.save(extra, buf)
-        atomic_write_bytes(ckpt_dir / "optimizer.pt", buf.getvalue())
-        atomic_write_text(ckpt_dir / "trainer_state.json", json.dumps(state, indent=2))
+        # Weights, optimizer, state and tokenizer written whole, then published by rename (train/checkpoint.py).
+        return save_checkpoint(out_dir, lambda d: save_fn(model, d), extra, state)
 
     tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size
     bar = None
@@ -178,58 +175,77 @@ def train(
     t0 = time.perf_counter()
     last_val: dict[str, float] = {}
     train_loss = float("nan")
-    for step in range(start_step, cfg.max_steps):
-        lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr, cfg.decay)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(cfg.grad_accum):
-            batch = to_device(batch_fn("train", step, micro))
-            # Only the last micro-batch all-reduces gradients across processes.
-            sync = micro == cfg.grad_accum - 1
-            ctx = train_model.no_sync() if dist.enabled and not sync else nullcontext()
-            with ctx:
-                with autocast:
-                    loss = train_model(**batch).loss / cfg.grad_accum
-                loss.backward()
-            loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        train_loss = _mean_over_ranks(loss_sum, dist).item()
-        if not math.isfinite(train_loss):
-            raise DanluError(
-                f"training diverged at step {step + 1}: loss is {train_loss}; lower --lr (now {cfg.lr}) or "
-                "raise --warmup-steps"
-            )
-        if history["first_train_loss"] is None:
-            history["first_train_loss"] = train_loss
-        elapsed = time.perf_counter() - t0
-        done = step + 1
-        record = {
-            "step": done,
-            "loss": train_loss,
-            "lr": lr,
-            "grad_norm": float(grad_norm),
-            "tokens": done * tokens_per_step,
-            "elapsed_s": round(elapsed, 3),
-            "tok_per_s": round((done - start_step) * tokens_per_step / max(elapsed, 1e-9), 1),
-        }
-        log(record)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{train_loss:.3f}", lr=f"{lr:.1e}", **{k: f"{v:.3f}" for k, v in last_val.items()}
-            )
-        is_last = done == cfg.max_steps
-        if (cfg.eval_interval and done % cfg.eval_interval == 0) or is_last or done == 1:
-            last_val = evaluate(done)
-        if is_last or (cfg.ckpt_interval and done % cfg.ckpt_interval == 0):
-            checkpoint(done)
-        if on_step is not None:
-            on_step(done, record)
+    stop = _CtrlC(enabled=not dist.enabled)  # under DDP every process gets the signal: keep its default
+    try:
+        for step in range(start_step, cfg.max_steps):
+            lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr, cfg.decay)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(cfg.grad_accum):
+                batch = to_device(batch_fn("train", step, micro))
+                # Only the last micro-batch all-reduces gradients across processes.
+                sync = micro == cfg.grad_accum - 1
+                ctx = train_model.no_sync() if dist.enabled and not sync else nullcontext()
+                with ctx:
+                    with autocast:
+                        loss = train_model(**batch).loss / cfg.grad_accum
+                    loss.backward()
+                loss_sum += loss.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            train_loss = _mean_over_ranks(loss_sum, dist).item()
+            if not math.isfinite(train_loss):
+                raise DanluError(
+                    f"training diverged at step {step + 1}: loss is {train_loss}; lower --lr (now {cfg.lr}) or "
+                    "raise --warmup-steps"
+                )
+            if history["first_train_loss"] is None:
+                history["first_train_loss"] = train_loss
+            elapsed = time.perf_counter() - t0
+            done = step + 1
+            record = {
+                "step": done,
+                "loss": train_loss,
+                "lr": lr,
+                "grad_norm": float(grad_norm),
+                "tokens": done * tokens_per_step,
+                "elapsed_s": round(elapsed, 3),
+                "tok_per_s": round((done - start_step) * tokens_per_step / max(elapsed, 1e-9), 1),
+            }
+            log(record)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{train_loss:.3f}", lr=f"{lr:.1e}", **{k: f"{v:.3f}" for k, v in last_val.items()}
+                )
+            is_last = done == cfg.max_steps
+            if (cfg.eval_interval and done % cfg.eval_interval == 0) or is_last or done == 1:
+                last_val = evaluate(done)
+            saved = None
+            if is_last or (cfg.ckpt_interval and done % cfg.ckpt_interval == 0):
+                saved = checkpoint(done)
+            if on_step is not None:
+                on_step(done, record)
+            if stop.requested and not is_last:
+                if bar is not None:
+                    bar.close()
+                saved = saved or checkpoint(done)
+                where = (
+                    f"checkpoint saved in {saved}" if saved else "this run keeps no checkpoint: nothing saved"
+                )
+                raise TrainingInterrupted(
+                    f"interrupted after step {done} of {cfg.max_steps}; {where}", saved, done
+                )
+    finally:
+        stop.restore()
     if bar is not None:
         bar.close()
+    if start_step >= cfg.max_steps and dist.is_main:  # resumed a finished run: its last figures from the log
+        for rec in map(json.loads, metrics_path.read_text().splitlines() if metrics_path.exists() else []):
+            train_loss = rec.get("loss", train_loss)
+            last_val = {k: v for k, v in rec.items() if k != "step"} if "val_loss" in rec else last_val
     if dist.is_main:
         from danlu.train.plots import plot_loss_curve
 
@@ -256,16 +272,12 @@ def _mean_over_ranks(x: torch.Tensor, dist: DistInfo) -> torch.Tensor:
     return x / dist.world_size
 
 
-def _restore(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device):
-    state_file = ckpt_dir / "trainer_state.json"
-    if not state_file.is_file():
-        raise DanluError(
-            f"cannot resume: {state_file} does not exist. Resume needs the --out folder of an earlier run that "
-            "saved a checkpoint; drop --resume to start afresh"
-        )
+def _restore(out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device):
+    """Load the newest complete checkpoint in `out_dir` (the previous one if the last save was cut short)."""
     from danlu.models.checkpoints import load_model
 
-    state = json.loads(state_file.read_text())
+    ckpt_dir, _ = find_checkpoint(out_dir)
+    state = json.loads((ckpt_dir / "trainer_state.json").read_text())
     model.load_state_dict(load_model(ckpt_dir).state_dict())
     try:
         extra = torch.load(ckpt_dir / "optimizer.pt", map_location=device, weights_only=True)
@@ -276,6 +288,37 @@ def _restore(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     if "rng_cuda" in extra and device.type == "cuda":
         torch.cuda.set_rng_state(extra["rng_cuda"].cpu(), device)
     return int(state["step"]), state.get("history", {"first_train_loss": None, "first_val_loss": None})
+
+
+class _CtrlC:
+    """The first Ctrl-C (SIGINT) asks the loop to stop at the end of the current step, save a checkpoint and
+    raise TrainingInterrupted, so the optimizer is never cut mid-update; a second one stops at once."""
+
+    def __init__(self, enabled: bool) -> None:
+        import signal
+        import threading
+
+        self.requested = False
+        self.previous = None
+        if enabled and threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # nobody else handles Ctrl-C
+                self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "\nCtrl-C: stopping after this step to save a checkpoint (Ctrl-C again to quit now)",
+            file=sys.stderr,
+        )
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

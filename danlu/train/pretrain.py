@@ -17,6 +17,7 @@ from danlu.data.datasets import sample_blocks
 from danlu.errors import DanluError
 from danlu.models.checkpoints import load_model, save_model
 from danlu.models.gpt import GPT, GPTConfig
+from danlu.train.checkpoint import find_checkpoint
 from danlu.train.loop import DistInfo, TrainConfig, train
 
 
@@ -83,12 +84,9 @@ def pretrain(
                 f"the {split} split has {t.numel()} tokens, not more than block_size={cfg.block_size}; "
                 "add text or lower --block-size"
             )
-    if resume:
-        ckpt = out_dir / "checkpoint"
-        model = load_model(ckpt) if (ckpt / "config.json").is_file() else None
-        if model is None:
-            raise DanluError(f"cannot resume: {ckpt} holds no checkpoint; drop --resume to start afresh")
-        model.train()
+    if resume:  # the architecture from the checkpoint; the loop then restores weights and optimizer from it
+        ckpt, _ = find_checkpoint(out_dir, say=False)
+        model = load_model(ckpt).train()
     else:
         overrides = {"vocab_size": tokenizer.vocab_size, **(model_overrides or {})}
         torch.manual_seed(cfg.seed)

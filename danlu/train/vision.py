@@ -24,6 +24,7 @@ from danlu.data.pictures import (
 from danlu.data.pictures import (
     HELD_OUT_COMBOS as HELD_OUT,
 )
+from danlu.fileio import atomic_dir
 from danlu.train.loop import TrainConfig, train
 
 
@@ -223,8 +224,12 @@ def train_clip(
 
     cfg = _cfg(steps, opts, 1e-3, batch_size=B)
     cfg.block_size = config.block_size
-    summary = train(model, batch_fn, cfg, out_dir, save_fn=_save_json)
-    tokenizer.save(out_dir / "checkpoint")
+
+    def save_fn(m: torch.nn.Module, d: Path) -> None:
+        _save_json(m, d)  # the tokenizer belongs to the checkpoint: written with it, published with it
+        tokenizer.save(d)
+
+    summary = train(model, batch_fn, cfg, out_dir, save_fn=save_fn)
     model.cpu().eval()
     return (
         model,
@@ -303,7 +308,8 @@ def train_diffusion(
 
     summary = train(model, batch_fn, cfg, Path(out_dir), save_fn=_save_json, on_step=update_ema)
     ema.cpu().eval()
-    _save_json(ema, Path(out_dir) / "ema")
+    with atomic_dir(Path(out_dir) / "ema") as d:
+        _save_json(ema, d)
     return ema, {
         "params": sum(p.numel() for p in model.parameters()),
         "steps": steps,

@@ -83,7 +83,7 @@ def check_sft_args(args: argparse.Namespace) -> None:
 
 def register(sub) -> None:
     from danlu.flags import heavy
-    from danlu.train.commands import add_train_args
+    from danlu.train.commands import add_overwrite_arg, add_train_args
 
     p = sub.add_parser(
         "sft", help="supervised fine-tuning on instruction / chat records (loss on replies only)"
@@ -107,6 +107,7 @@ def register(sub) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue from OUT/checkpoint (full fine-tuning only)"
     )
+    add_overwrite_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_lora_args(p)
     add_train_args(p, max_steps=300, batch_size=32, block_size=128, lr=5e-4, warmup_steps=15, eval_interval=75,
@@ -117,11 +118,12 @@ def register(sub) -> None:
 def run_sft(args: argparse.Namespace) -> int:
     import danlu
     from danlu.errors import DanluError
-    from danlu.train.commands import train_config_from_args
+    from danlu.train.commands import RUN_OUTPUTS, check_out, train_config_from_args
     from danlu.tune.sft import sft
 
     lora = lora_from_args(args)  # flags first: a bad combination fails before anything is loaded
     config = train_config_from_args(args)
+    check_out(args, (*RUN_OUTPUTS, "adapter", "prompt_encoder"))
     model, tokenizer = danlu.load(args.model)
     if tokenizer is None:
         raise DanluError(f"{args.model} has no tokenizer.json; SFT needs the model's tokenizer beside it")

@@ -119,3 +119,15 @@ def test_resume_without_checkpoint(tmp_path):
             tmp_path,
             resume=True,
         )
+
+
+def test_resuming_a_finished_run_reports_its_figures(tmp_path):
+    cfg = TrainConfig(
+        max_steps=3, batch_size=4, block_size=16, eval_interval=2, eval_batches=1, show_progress=False
+    )
+    model, batch_fn = _setup(tmp_path)
+    full = train(model, batch_fn, cfg, tmp_path, save_fn=save_model)
+    model, batch_fn = _setup(tmp_path)
+    again = train(model, batch_fn, cfg, tmp_path, save_fn=save_model, resume=True)  # nothing left to run
+    assert again["final_train_loss"] == full["final_train_loss"] and math.isfinite(again["final_train_loss"])
+    assert again["final_val_loss"] == full["final_val_loss"]
