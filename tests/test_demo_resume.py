@@ -5,7 +5,7 @@ import json
 import danlu.demo as demo
 from danlu.cli import main
 
-TINY = ["--size", "tiny", "--steps", "6", "--batch-size", "4", "--block-size", "32", "--vocab-size", "300",
+TINY = ["--size", "tiny", "--pretrain-steps", "6", "--batch-size", "4", "--block-size", "32", "--vocab-size", "300",
         "--samples", "2", "--quiet"]  # fmt: skip
 
 
