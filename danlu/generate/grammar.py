@@ -20,6 +20,7 @@ import json
 import weakref
 from typing import Any
 
+import numpy as np
 import torch
 
 from danlu.errors import DanluError
@@ -189,39 +190,54 @@ class JsonRows:
         self.matchers = matchers
         self.finished = [False] * len(matchers)  # the row emitted a stop id: no more grammar
         n_words = (constraint.ll_tokenizer.vocab_size + 31) // 32
-        self._bitmask = torch.zeros(len(matchers), n_words, dtype=torch.int32)  # one bit per token id
-        self._bits = torch.arange(32, dtype=torch.int32)
+        self._bitmask = np.zeros((len(matchers), n_words), dtype=np.uint32)  # one bit per token id
 
-    def allowed(self) -> torch.Tensor:
-        """(B, V) bool: the tokens each row may take next (every token for a finished row)."""
+    def allowed(self) -> np.ndarray:
+        """(B, V) bool: the tokens each row may take next (every token for a finished row).
+
+        numpy, one thread: on a CPU a step's few small tensor ops cost more in thread hand-offs than in work
+        (SmolLM2 on a busy 2-core machine: ~20-60 ms per step for torch's 2-thread ops, < 1 ms in numpy)."""
         B, V, n_ll = len(self.matchers), self.c.vocab_size, self.c.ll_tokenizer.vocab_size
         live = [(m, b) for b, m in enumerate(self.matchers) if not self.finished[b]]
-        if live:  # in parallel, straight into the tensor (llguidance.torch would import torch._dynamo: ~15 s)
-            row_bytes = self._bitmask.shape[1] * 4
-            _executor().unsafe_compute_mask_ptr(live, self._bitmask.data_ptr(), row_bytes, B)
-        bits = (self._bitmask[:, :, None] >> self._bits) & 1  # (B, n_words, 32): bit j of word w = id 32w + j
-        ll_allowed = bits.view(B, -1)[:, :n_ll].bool()
-        allowed = torch.zeros(B, V, dtype=torch.bool)
+        # Straight into the buffer (llguidance.torch would import torch._dynamo: ~15 s); several rows in
+        # parallel on llguidance's thread pool, one row on this thread (the hand-off costs more than its mask).
+        row_bytes = self._bitmask.shape[1] * 4
+        if len(live) == 1:
+            m, b = live[0]
+            m.unsafe_compute_mask_ptr(self._bitmask.ctypes.data + b * row_bytes, row_bytes)
+        elif live:
+            _executor().unsafe_compute_mask_ptr(live, self._bitmask.ctypes.data, row_bytes, B)
+        # Bit j of little-endian word w is token 32·w + j.
+        bits = np.unpackbits(self._bitmask.view(np.uint8), axis=1, count=n_ll, bitorder="little")  # (B, n_ll)
+        allowed = np.zeros((B, V), dtype=np.bool_)
         n = min(V, n_ll)  # model rows past the tokenizer's ids (padded vocab) are never text
-        allowed[:, :n] = ll_allowed[:, :n]
+        allowed[:, :n] = bits[:, :n]
         if self.c.eos < V:
             allowed[:, self.c.eos] = False  # llguidance's EOS counts only if it is one of our stop ids
+        stops = [s for s in self.c.stop_ids if s < V]
         for b, m in enumerate(self.matchers):
             if self.finished[b]:
                 allowed[b] = True
             else:
-                allowed[b, [s for s in self.c.stop_ids if s < V]] = m.is_accepting()
+                allowed[b, stops] = m.is_accepting()
         return allowed
 
     def apply(self, scores: torch.Tensor) -> torch.Tensor:
         """scores (B, V) with every token the grammar forbids at −inf. If the other processors left a row
         nothing the grammar allows (min_new_tokens holding back the end of a complete document, a banned
         n-gram), the grammar wins: that row picks among its allowed tokens alone."""
-        allowed = self.allowed().to(scores.device)
-        masked = scores.masked_fill(~allowed, float("-inf"))
-        dead = torch.isneginf(masked).all(-1)  # (B,)
-        if bool(dead.any()):
-            masked[dead] = torch.zeros_like(masked[dead]).masked_fill(~allowed[dead], float("-inf"))
+        allowed = self.allowed()
+        if scores.device.type == "cpu":  # numpy, one thread (see `allowed`); a new array, scores untouched
+            masked_np = np.where(allowed, scores.numpy(), np.float32("-inf"))
+            dead = np.isneginf(masked_np).all(axis=1)  # (B,)
+            if dead.any():
+                masked_np[dead] = np.where(allowed[dead], np.float32(0), np.float32("-inf"))
+            return torch.from_numpy(masked_np)
+        allowed_t = torch.from_numpy(allowed).to(scores.device)
+        masked = scores.masked_fill(~allowed_t, float("-inf"))
+        dead_t = masked.amax(-1) == float("-inf")  # (B,)
+        if bool(dead_t.any()):
+            masked[dead_t] = torch.zeros_like(masked[dead_t]).masked_fill(~allowed_t[dead_t], float("-inf"))
         return masked
 
     def append(self, tok: torch.Tensor) -> None:

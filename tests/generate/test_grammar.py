@@ -57,7 +57,7 @@ def test_mask_is_exactly_the_tokens_that_keep_the_document_valid(tokenizer):
     for _ in range(8):  # random walks through the language, every step checked
         rows, prefix = c.start(1), b""
         while True:
-            allowed = rows.allowed()[0]
+            allowed = torch.from_numpy(rows.allowed()[0])
             got = set(allowed.nonzero()[:, 0].tolist())
             expected, forced = oracle(tokenizer, prefix, FLAGS_DOCS, stop)
             assert got and got <= expected, prefix
@@ -89,7 +89,7 @@ def test_stop_ids_are_the_only_ends_and_min_new_tokens_cannot_trap_a_row(tokeniz
 def test_random_model_output_always_parses_and_validates(tokenizer, make_gpt):
     model = make_gpt()
     prompts = ["the", "once upon a time", "3 + 4 ="]
-    for seed, schema in itertools.product(range(3), [FLAGS, TAG]):
+    for seed, schema in itertools.product(range(2), [FLAGS, TAG]):
         out = danlu.generate(model, tokenizer, prompts, json_schema=schema, max_new_tokens=40,
                              temperature=1.5, seed=seed)  # fmt: skip
         for text in out:
