@@ -26,6 +26,12 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
         metavar="ID=BIAS",
         help="add BIAS (in [-100, 100]) to token ID's logit, e.g. 50256=-100",
     )
+    p.add_argument(
+        "--json-schema",
+        default=None,
+        metavar="FILE",
+        help='the output must satisfy this JSON Schema file (grammar-constrained; {"type": "object"}: any object)',
+    )
     p.add_argument("--draft-model", default=None, help="checkpoint of a small model: speculative decoding")
     p.add_argument("--amateur-model", default=None, help="checkpoint of a weak model: contrastive decoding")
     p.add_argument("--quantize", choices=["int8", "int4"], default=None, help="weight-only quantisation")
@@ -52,6 +58,10 @@ def generation_options(args: argparse.Namespace) -> dict:
         if not sep:
             raise DanluError(f"--logit-bias takes ID=BIAS, e.g. 50256=-100; got {item!r}") from None
     opts["logit_bias"] = bias
+    if getattr(args, "json_schema", None) is not None:
+        from danlu.generate.grammar import read_schema_file
+
+        opts["json_schema"] = read_schema_file(args.json_schema)
     return opts
 
 

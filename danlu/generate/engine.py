@@ -7,6 +7,7 @@ Notation: B prompts, T prompt length after left padding.
 `danlu.generate(model, tokenizer, prompt | prompts, **options)` and `danlu.stream(model, tokenizer, prompt,
 **options)` are the public entry points; the options are `GenerationOptions` fields. Extra models switch the
 strategy: `draft_model=` speculative decoding, `amateur_model=` contrastive decoding; `num_beams > 1` beam search.
+`json_schema=` (a dict or its JSON text) constrains the output to that schema (grammar.py).
 `compile=True` compiles the decode step with `torch.compile` (a CUDA graph on CUDA, fused C++ on CPU); the
 first call pays the compilation (SmolLM2 on 2 CPU cores: about 55 s, then ~5 s while inductor's on-disk cache
 holds it).
@@ -69,6 +70,8 @@ def _check_models(model: nn.Module, draft_model, amateur_model, opts: Generation
         raise DanluError("give either draft_model (speculative) or amateur_model (contrastive), not both")
     if opts.num_beams > 1 and (draft_model is not None or amateur_model is not None):
         raise DanluError(f"num_beams={opts.num_beams} cannot be combined with a draft or amateur model")
+    if opts.json_schema is not None and draft_model is not None:
+        raise DanluError("json_schema does not work with speculative decoding; drop draft_model")
     for m in (model, draft_model, amateur_model):
         if m is not None:
             m.eval()
@@ -84,9 +87,13 @@ def generate_ids(
     draft_model: nn.Module | None = None,
     amateur_model: nn.Module | None = None,
     compile: bool = False,
+    grammar: Any = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), whatever the strategy (beam search and speculative decoding
-    yield their finished output token by token). A finished row keeps receiving its stop id."""
+    yield their finished output token by token). A finished row keeps receiving its stop id. With
+    opts.json_schema, grammar is its `grammar.json_constraint(tokenizer, opts, V, stop_ids)`."""
+    if opts.json_schema is not None and grammar is None:
+        raise DanluError("json_schema is set but no grammar was given; pass grammar=json_constraint(...)")
     if opts.num_beams > 1 or draft_model is not None:
         if opts.num_beams > 1:
             rows = beam_search(model, input_ids, attention_mask, opts, stop_ids)
@@ -97,7 +104,7 @@ def generate_ids(
             yield torch.tensor([r[step] if step < len(r) else filler for r in rows])
         return
     yield from decode_n(
-        model, input_ids, attention_mask, opts, stop_ids, amateur=amateur_model, compile=compile
+        model, input_ids, attention_mask, opts, stop_ids, amateur_model, compile=compile, grammar=grammar
     )
 
 
@@ -171,8 +178,13 @@ def _start(model: nn.Module, tokenizer, prompts: list[str], options: dict[str, A
     _check_models(model, draft_model, amateur_model, opts)
     input_ids, attention_mask = encode_prompts(model, tokenizer, prompts, opts)
     stop_ids = stop_token_ids(tokenizer, opts)
+    grammar = None
+    if opts.json_schema is not None:
+        from danlu.generate.grammar import json_constraint
+
+        grammar = json_constraint(tokenizer, opts, model.config.vocab_size, stop_ids)
     tokens = generate_ids(
-        model, input_ids, attention_mask, opts, stop_ids, draft_model, amateur_model, compile
+        model, input_ids, attention_mask, opts, stop_ids, draft_model, amateur_model, compile, grammar
     )
     return opts, stop_ids, tokens
 
@@ -182,7 +194,7 @@ def generate(model: nn.Module, tokenizer: Any, prompt: str | list[str], **option
 
     Options: the `GenerationOptions` fields (max_new_tokens, temperature, top_k, top_p, min_p,
     repetition_penalty, presence_penalty, frequency_penalty, no_repeat_ngram_size, num_beams, length_penalty,
-    stop, seed, ...), plus draft_model=, amateur_model= and compile= (see the module docstring).
+    stop, seed, json_schema, ...), plus draft_model=, amateur_model= and compile= (see the module docstring).
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:

@@ -81,6 +81,11 @@ class GenerationOptions:
     num_draft_tokens: int = option(
         4, "speculative decoding: tokens the draft model proposes per round (with --draft-model)", ge=1
     )
+    # The schema's canonical JSON text (a dict given here is written out so), enforced by a token mask
+    # (grammar.py); '{"type": "object"}' is any JSON object. The CLI's --json-schema FILE reads the text.
+    json_schema: str | None = option(
+        None, "JSON Schema the output must satisfy (grammar-constrained decoding)", cli=False
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -92,6 +97,11 @@ class GenerationOptions:
             raise DanluError(
                 f"logit_bias must map token ids to numbers, got {self.logit_bias!r}; e.g. {{50256: -100}}"
             ) from e
+        if self.json_schema is not None:
+            from danlu.generate.grammar import canonical_schema, compile_schema
+
+            self.json_schema = canonical_schema(self.json_schema)
+            compile_schema(self.json_schema)  # a schema llguidance cannot compile fails here, before decoding
         validate_options(self)
 
     @classmethod
@@ -129,4 +139,8 @@ def validate_options(o: GenerationOptions) -> None:
         raise DanluError(
             f"num_beams={o.num_beams} with temperature={o.temperature}: beam search is deterministic here; "
             "use temperature=0 with beams, or num_beams=1 to sample"
+        )
+    if o.num_beams > 1 and o.json_schema is not None:
+        raise DanluError(
+            f"json_schema does not work with beam search (num_beams={o.num_beams}); use num_beams=1"
         )

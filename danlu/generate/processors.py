@@ -13,11 +13,13 @@ Notes 002 §decoding strategies:
   tokens generated so far.
 - no-repeat-n-gram (Paulus et al. 2017): forbid any token that would complete an n-gram already in the text.
 - min new tokens: forbid the end-of-text ids until enough tokens exist; logit bias: add a constant per token.
+- grammar (json_schema): forbid every token that cannot continue a document the schema accepts (grammar.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -134,19 +136,26 @@ class TokenHistory:
 
     seen (B, V) bool: tokens of the prompt or generated (repetition penalty); counts (B, V): how often each token
     was generated (presence / frequency); tokens: each row's ids (no-repeat-n-gram). Only what the options use is
-    kept; padding never counts.
+    kept; padding never counts. grammar: the rows' JSON-schema matchers (grammar.JsonRows), fed the same tokens.
     """
 
     seen: torch.Tensor | None = None
     counts: torch.Tensor | None = None
     tokens: list[list[int]] | None = None
+    grammar: Any = None
 
     @classmethod
     def start(
-        cls, input_ids: torch.Tensor, attention_mask: torch.Tensor, V: int, opts: GenerationOptions
+        cls,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        V: int,
+        opts: GenerationOptions,
+        grammar: Any = None,
     ) -> TokenHistory:
+        """grammar: a grammar.JsonConstraint (built from the tokenizer), or None."""
         B = input_ids.shape[0]
-        h = cls()
+        h = cls(grammar=grammar.start(B) if grammar is not None else None)
         if opts.repetition_penalty != 1.0:
             in_prompt = torch.zeros(B, V, device=input_ids.device)
             in_prompt.scatter_add_(1, input_ids.clamp(0, V - 1), attention_mask.float())  # padding adds 0
@@ -166,6 +175,8 @@ class TokenHistory:
         if self.tokens is not None:
             for row, t in zip(self.tokens, tok.tolist()):
                 row.append(t)
+        if self.grammar is not None:
+            self.grammar.append(tok)
 
     def reorder(self, index: torch.Tensor) -> None:
         """Row i becomes old row index[i] (beam search)."""
@@ -175,6 +186,8 @@ class TokenHistory:
             self.counts = self.counts.index_select(0, index)
         if self.tokens is not None:
             self.tokens = [list(self.tokens[i]) for i in index.tolist()]
+        if self.grammar is not None:
+            self.grammar.reorder(index)
 
 
 def process_logits(
@@ -187,7 +200,8 @@ def process_logits(
     """Apply the penalties and constraints the options ask for to scores (B, V) at new-token index `step`.
 
     The order follows Hugging Face's (repetition, n-gram, min length), so that the same options give the same
-    tokens; logit bias and the OpenAI penalties come last. Sampling filters are `warp`'s job.
+    tokens; logit bias and the OpenAI penalties come next, and the grammar's mask last (it must hold whatever
+    the others did). Sampling filters are `warp`'s job.
     """
     if history.seen is not None:
         scores = repetition_penalty(scores, history.seen, opts.repetition_penalty)
@@ -200,6 +214,8 @@ def process_logits(
         scores = presence_frequency_penalty(
             scores, history.counts, opts.presence_penalty, opts.frequency_penalty
         )
+    if history.grammar is not None:
+        scores = history.grammar.apply(scores)
     return scores
 
 

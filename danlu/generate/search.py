@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -69,11 +70,13 @@ def decode_n(
     stop_ids: list[int],
     amateur: nn.Module | None = None,
     compile: bool = False,
+    grammar: Any = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), until every row produced a stop id or N tokens exist.
 
     A finished row keeps receiving its stop id (callers ignore it). With an `amateur` model the processed
-    scores become contrastive ones (`contrastive_scores`) before a token is picked.
+    scores become contrastive ones (`contrastive_scores`) before a token is picked. grammar: a
+    grammar.JsonConstraint whose mask `process_logits` applies (json_schema), or None.
     """
     B, T = input_ids.shape
     N = opts.max_new_tokens
@@ -84,7 +87,7 @@ def decode_n(
         )
     state = new_state(model, B, T + N, compile=compile)
     logits = prefill(model, state, input_ids, attention_mask)
-    history = TokenHistory.start(input_ids, attention_mask, logits.shape[-1], opts)
+    history = TokenHistory.start(input_ids, attention_mask, logits.shape[-1], opts, grammar=grammar)
     if amateur is not None:
         amateur_state = new_state(amateur, B, T + N)
         amateur_logits = prefill(amateur, amateur_state, input_ids, attention_mask)
@@ -229,6 +232,7 @@ def _check_speculative(
         "presence_penalty": opts.presence_penalty != 0,
         "frequency_penalty": opts.frequency_penalty != 0,
         "no_repeat_ngram_size": opts.no_repeat_ngram_size != 0,
+        "json_schema": opts.json_schema is not None,
     }
     bad = [name for name, on in unsupported.items() if on]
     if bad:
