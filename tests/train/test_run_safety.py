@@ -54,7 +54,8 @@ def test_pretrain_refuses_a_finished_run_unless_resume_or_overwrite(inputs, tmp_
 
 
 # Every command that writes a run into --out, with an OUT holding what it would overwrite. The check runs
-# before any model is loaded, so the model paths need not exist.
+# before any model is loaded, so the model and data paths are empty placeholders (they only have to exist,
+# since the flag checks that run first look for them).
 GUARDED = [
     (["sft", "--model", "M", "--data", "D"], "checkpoint"),
     (["reward", "--model", "M", "--data", "D"], "checkpoint"),
@@ -71,7 +72,10 @@ GUARDED = [
 
 
 @pytest.mark.parametrize("argv,existing", GUARDED, ids=[" ".join(a[:2]) for a, _ in GUARDED])
-def test_every_trainer_refuses_to_overwrite(argv, existing, tmp_path, capsys):
+def test_every_trainer_refuses_to_overwrite(argv, existing, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for placeholder in ("M", "D", "R"):
+        (tmp_path / placeholder).mkdir()
     out = tmp_path / "run"
     (out / existing).mkdir(parents=True) if "." not in existing else (
         out.mkdir(),
