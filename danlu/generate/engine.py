@@ -14,7 +14,7 @@ holds it).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -84,16 +84,20 @@ def generate_ids(
     draft_model: nn.Module | None = None,
     amateur_model: nn.Module | None = None,
     compile: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), whatever the strategy (beam search and speculative decoding
-    yield their finished output token by token). A finished row keeps receiving its stop id."""
+    yield their finished output token by token). A finished row keeps receiving its stop id.
+
+    Token by token, the caller stops decoding by closing the generator; beam search yields nothing until it
+    ends, so it calls `should_stop()` before each of its steps instead and ends early once that is True."""
     if opts.num_beams > 1 or draft_model is not None:
         if opts.num_beams > 1:
-            rows = beam_search(model, input_ids, attention_mask, opts, stop_ids)
+            rows = beam_search(model, input_ids, attention_mask, opts, stop_ids, should_stop)
         else:
             rows = [speculative_decode(model, draft_model, input_ids, opts, stop_ids)[0]]
         filler = stop_ids[0] if stop_ids else 0
-        for step in range(max(len(r) for r in rows)):
+        for step in range(max((len(r) for r in rows), default=0)):
             yield torch.tensor([r[step] if step < len(r) else filler for r in rows])
         return
     yield from decode_n(
