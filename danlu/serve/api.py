@@ -41,8 +41,8 @@ from danlu.errors import DanluError
 from danlu.serve.batching import Batcher, Overloaded, Row, RowEvent
 from danlu.serve.prompting import ServeConfig, chat_prompt, generation_options, parse_tool_call
 from danlu.serve.schemas import (
-    INT64_MAX,
-    INT64_MIN,
+    SEED_MAX,
+    SEED_MIN,
     APIError,
     ChatRequest,
     CompletionRequest,
@@ -54,6 +54,7 @@ from danlu.serve.server import ERROR_RESPONSES, BodyLimit, HostCheck, SafeJSON
 STREAMED = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 
 STATIC = Path(__file__).parent / "static"
+GONE = -1  # the row index of the event that says the client hung up
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -69,8 +70,8 @@ def choice_options(options: dict[str, Any], n: int) -> list[dict[str, Any]]:
     choices differ while choice 0 is what the same request with n=1 returns."""
     if options.get("seed") is None or not options.get("temperature"):
         return [options] * n
-    span = INT64_MAX - INT64_MIN + 1  # seed + i wraps around within the 64-bit range the seed was checked in
-    return [{**options, "seed": (options["seed"] + i - INT64_MIN) % span + INT64_MIN} for i in range(n)]
+    span = SEED_MAX - SEED_MIN + 1  # seed + i wraps around within the range the seed was checked in
+    return [{**options, "seed": (options["seed"] + i - SEED_MIN) % span + SEED_MIN} for i in range(n)]
 
 
 def create_app(
@@ -226,6 +227,8 @@ def create_app(
         try:
             while remaining:
                 index, event = await events.get()
+                if index == GONE:
+                    return
                 if index not in remaining:
                     continue
                 if event.error is not None:
@@ -237,17 +240,19 @@ def create_app(
             for r in rows:  # the client left or an error ended this request: stop decoding its rows
                 r.cancelled = True
 
-    async def cancel_on_disconnect(request: Request, rows: list[Row]) -> None:
+    async def cancel_on_disconnect(request: Request, events: asyncio.Queue, rows: list[Row]) -> None:
         """Mark the rows cancelled as soon as the client hangs up (the body is read: the next message the
-        server gives is http.disconnect, when the client goes away or after the response)."""
+        server gives is http.disconnect, when the client goes away or after the response), and wake the
+        collector: cancelled rows send no final event."""
         while (await request.receive())["type"] != "http.disconnect":
             pass
         for r in rows:
             r.cancelled = True
+        events.put_nowait((GONE, RowEvent()))
 
     async def collect(request: Request, events: asyncio.Queue, rows: list[Row]) -> list[tuple[str, str, int]]:
         """Every row's text and final event; if the client leaves first, its rows stop decoding."""
-        watcher = asyncio.create_task(cancel_on_disconnect(request, rows))
+        watcher = asyncio.create_task(cancel_on_disconnect(request, events, rows))
         texts = [""] * len(rows)
         finals: list[RowEvent] = [RowEvent()] * len(rows)
         try:

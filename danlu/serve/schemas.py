@@ -34,8 +34,10 @@ class APIError(Exception):
 
 
 Number = float | int
-# Integers that fit the 64-bit seed torch's generators take (OpenAI's documented range of `seed`).
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Seeds: integers a JSON number carries exactly in every client (JavaScript's safe integers) and the OpenAPI
+# document can state exactly (FastAPI writes bounds as floats, so 2**63 - 1 would read as 2**63); torch's
+# generators take them all (2**64 raised "Overflow when unpacking long long", a 500).
+SEED_MIN, SEED_MAX = -(2**53), 2**53
 # length_penalty divides a beam's score by length**alpha: beyond |alpha| = 10 that power overflows a float for
 # the lengths served (3**1000 raises OverflowError) and the float32 scores underflow to ties long before.
 MAX_LENGTH_PENALTY = 10.0
@@ -118,7 +120,7 @@ class Sampling(_Body):
     top_p: _optional(_number(gt=0, le=1)) = None
     n: Annotated[int, Field(ge=1)] = 1
     stop: str | list[str] | None = None
-    seed: Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)] | None = None
+    seed: Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)] | None = None
     presence_penalty: _optional(_number(ge=-2, le=2)) = None
     frequency_penalty: _optional(_number(ge=-2, le=2)) = None
     logit_bias: dict[str, _number(ge=-100, le=100)] | None = None
