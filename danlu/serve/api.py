@@ -50,8 +50,10 @@ from danlu.serve.schemas import (
 )
 from danlu.serve.server import ERROR_RESPONSES, BodyLimit, HostCheck, SafeJSON
 
-# The two generation routes answer JSON, or server-sent events with stream=true.
-STREAMED = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+# The two generation routes answer JSON, or server-sent events with stream=true: each event's data is one JSON
+# chunk, and the last one is "[DONE]" (OpenAPI 3.1: the schema of an event stream describes one event).
+SSE_EVENT = {"type": "object", "properties": {"data": {"type": "string"}}, "required": ["data"]}
+STREAMED = {200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}}
 
 STATIC = Path(__file__).parent / "static"
 GONE = -1  # the row index of the event that says the client hung up
@@ -104,6 +106,21 @@ def create_app(
     )
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.add_middleware(HostCheck, allowed=config.allowed_hosts)  # added last: runs first
+    generated_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, with the served model ids as the enum of every `model` (any other is a 404)."""
+        if app.openapi_schema is None:
+            doc = generated_openapi()
+            schemas = doc["components"]["schemas"]
+            for name in ("ChatRequest", "CompletionRequest"):
+                schemas[name]["properties"]["model"]["enum"] = [config.model_name]
+            if embedder is not None:
+                schemas["EmbeddingRequest"]["properties"]["model"]["enum"] = [embedder.name]
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.batcher, app.state.usage, app.state.config = batcher, usage, config
 
     # ---- errors ------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
 
@@ -34,6 +34,27 @@ class APIError(Exception):
 
 
 Number = float | int
+
+
+_KEYWORDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
+
+
+def _integral(value: Any) -> Any:
+    """7.0 is the integer 7, as JSON Schema's "integer" says (strict pydantic alone would refuse it); 7.5 and
+    "7" stay refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 2**63 else value
+
+
+Integer = Annotated[int, BeforeValidator(_integral)]
+
+
+def _int(**bounds: int) -> Any:
+    """An Integer within bounds, described with JSON-schema keywords (the validator would leave pydantic's
+    own ge/le in the document)."""
+    schema = {"type": "integer", **{_KEYWORDS[k]: v for k, v in bounds.items()}}
+    return Annotated[int, BeforeValidator(_integral), Field(**bounds), WithJsonSchema(schema)]
+
+
 # Seeds: integers a JSON number carries exactly in every client (JavaScript's safe integers) and the OpenAPI
 # document can state exactly (FastAPI writes bounds as floats, so 2**63 - 1 would read as 2**63); torch's
 # generators take them all (2**64 raised "Overflow when unpacking long long", a 500).
@@ -92,9 +113,6 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-_KEYWORDS = {"ge": "minimum", "le": "maximum", "gt": "exclusiveMinimum", "lt": "exclusiveMaximum"}
-
-
 def _number(**bounds: float) -> Any:
     """A number (JSON integer or float, strict) within bounds, described as one `{"type": "number", "minimum":
     ...}` schema: pydantic would write float | int as an anyOf with the bounds outside it, which JSON-schema
@@ -109,18 +127,22 @@ def _optional(t: Any) -> Any:
     return Annotated[t | None, WithJsonSchema({"anyOf": [inner, {"type": "null"}]})]
 
 
+Text = Annotated[str, Field(min_length=1)]
+Texts = Text | Annotated[list[Text], Field(min_length=1)]  # a prompt or input: one text or a list of them
+
+
 class Sampling(_Body):
     """The decoding fields shared by /v1/completions and /v1/chat/completions."""
 
     model: str
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: _int(ge=1) | None = None
     # Below 1e-5 the engine's logits / temperature overflow float32 (1e-300 gave NaN probabilities); the server
     # decodes such a temperature greedily, which is the limit softmax(logits / T) tends to as T -> 0.
     temperature: _optional(_number(ge=0, le=2)) = None
     top_p: _optional(_number(gt=0, le=1)) = None
-    n: Annotated[int, Field(ge=1)] = 1
+    n: _int(ge=1) = 1
     stop: str | list[str] | None = None
-    seed: Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)] | None = None
+    seed: _int(ge=SEED_MIN, le=SEED_MAX) | None = None
     presence_penalty: _optional(_number(ge=-2, le=2)) = None
     frequency_penalty: _optional(_number(ge=-2, le=2)) = None
     logit_bias: dict[str, _number(ge=-100, le=100)] | None = None
@@ -128,23 +150,21 @@ class Sampling(_Body):
     stream_options: StreamOptions | None = None
     user: str | None = None
     # danlu's own options (vLLM accepts the same names)
-    top_k: Annotated[int, Field(ge=0)] | None = None
+    top_k: _int(ge=0) | None = None
     min_p: _optional(_number(ge=0, le=1)) = None
     repetition_penalty: _optional(_number(ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)) = None
-    no_repeat_ngram_size: Annotated[int, Field(ge=0)] | None = None
-    num_beams: Annotated[int, Field(ge=1)] | None = None
+    no_repeat_ngram_size: _int(ge=0) | None = None
+    num_beams: _int(ge=1) | None = None
     length_penalty: _optional(_number(ge=-MAX_LENGTH_PENALTY, le=MAX_LENGTH_PENALTY)) = None
-    min_tokens: Annotated[int, Field(ge=0)] | None = None
+    min_tokens: _int(ge=0) | None = None
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[str]
+    prompt: Texts
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: Integer | None = None
     suffix: str | None = None
-    best_of: Annotated[int, Field(ge=1)] | None = (
-        None  # only best_of == n is served (it then changes nothing)
-    )
+    best_of: _int(ge=1) | None = None  # only best_of == n is served (it then changes nothing)
 
 
 class ToolCallFunction(_Strict):
@@ -195,7 +215,7 @@ class NamedToolChoice(_Strict):
 
 class ChatRequest(Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: _int(ge=1) | None = None
     tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     logprobs: bool | None = None
@@ -203,9 +223,9 @@ class ChatRequest(Sampling):
 
 class EmbeddingRequest(_Body):
     model: str
-    input: str | list[str]
+    input: Texts
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    dimensions: Integer | None = None
     user: str | None = None
 
 
