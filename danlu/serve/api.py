@@ -294,7 +294,7 @@ def create_app(
         return {
             "status": "ok" if batcher.alive else "stopped",
             "model": config.model_name,
-            "batching": batcher.stats.to_dict(),
+            "batching": {**batcher.stats.to_dict(), "rows_in_flight": batcher.in_flight},
         }
 
     @app.get("/usage", dependencies=[Depends(check_key)])

@@ -4,11 +4,13 @@ check), and plain bad input is a 4xx naming the field, never a 500 or a reset co
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,6 +19,7 @@ import danlu
 from danlu.serve.api import ServeConfig, create_app
 from danlu.serve.server import BackgroundServer
 
+BENCH = Path(__file__).parents[2] / "benchmarks" / "serve_hardening.py"
 CHAT = {
     "model": "tiny-world",
     "messages": [{"role": "user", "content": "Hi"}],
@@ -187,6 +190,22 @@ def test_an_abandoned_beam_search_stops(server, http):
     assert full > 150  # the search runs long when nobody hangs up
     steps, cancelled = abandon(server, http, body)
     assert cancelled == 1 and steps < full / 2, (steps, full)
+
+
+def test_load_with_idle_and_abandoning_clients(slow_model):
+    """benchmarks/serve_hardening.py, small: the good clients see no error, and every abandoned request was
+    cancelled by the server (its rows dropped or stopped, none left in flight)."""
+    spec = importlib.util.spec_from_file_location("serve_hardening", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model, tokenizer = slow_model
+    with BackgroundServer(create_app(model, tokenizer, ServeConfig(model_name="bench"))) as url:
+        r = bench.run(url, clients=4, requests=3, max_tokens=8, idle=20, abandoning=2)
+    print("\n" + bench.report(r))
+    assert r["alone"]["errors"] == [] and r["attacked"]["errors"] == []
+    assert r["alone"]["requests"] == r["attacked"]["requests"] == 12
+    assert r["bad"]["abandoned"] >= 2 and r["bad"]["opened"] >= 20
+    assert r["cancelled_rows"] == r["bad"]["abandoned"] and r["rows_in_flight_after"] == 0
 
 
 # ---- finding 4: connections --------------------------------------------------------------------------------
