@@ -231,7 +231,7 @@ def test_keep_alive_connections_are_closed_when_idle(tight):
     sock = connect(tight)
     sock.sendall(request_bytes("/health", method="GET"))
     assert read_response(sock)[0] == 200
-    assert closed_by_server(sock, 5)
+    assert closed_by_server(sock, 2)  # the 0.5 s keep-alive timeout, not uvicorn's default 5 s
 
 
 def test_connections_beyond_the_cap_are_refused(tiny):
@@ -325,7 +325,9 @@ def test_tokenizing_a_megabyte_does_not_block_the_loop(server, http):
             healthy += 1
     big.join()
     assert error_of(answer[0], 400, "prompt")["code"] == "context_length_exceeded"
-    assert healthy >= 5, healthy  # /health kept answering while the prompt was tokenized
+    # /health kept answering while the prompt was tokenized (~2.5 s): 30-40 answers here, 4 when the loop
+    # tokenized it itself (those slipped in while the body was uploading)
+    assert healthy >= 12, healthy
 
 
 def test_best_of_is_refused_unless_it_equals_n(http):
