@@ -139,5 +139,10 @@ def run_serve(args: argparse.Namespace) -> int:
         f"serving {config.model_name!r} on http://{args.host}:{args.port}  (web chat at /, API at /v1)",
         flush=True,
     )
+    if config.allowed_hosts is None:
+        print(
+            "answering to any Host name; name them with --allowed-hosts to refuse DNS-rebinding requests",
+            flush=True,
+        )
     serve(model, tokenizer, config, host=args.host, port=args.port, embedder=embedder)
     return 0

@@ -372,3 +372,13 @@ def test_405_carries_allow(http):
     r = http.get("/v1/chat/completions")
     assert r.status_code == 405 and r.headers["allow"] == "POST"
     assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_allowed_hosts_default_to_loopback_names_on_loopback():
+    from danlu.serve.commands import allowed_hosts
+
+    assert allowed_hosts(None, "127.0.0.1") == ("localhost", "127.0.0.1", "::1")
+    assert "127.0.0.2" in allowed_hosts(None, "127.0.0.2")
+    assert allowed_hosts(None, "0.0.0.0") is None  # a public bind answers to any name unless told otherwise
+    assert allowed_hosts("chat.example.org, localhost", "0.0.0.0") == ("chat.example.org", "localhost")
+    assert allowed_hosts("*", "127.0.0.1") is None
