@@ -205,7 +205,10 @@ def test_load_with_idle_and_abandoning_clients(slow_model):
     assert r["alone"]["errors"] == [] and r["attacked"]["errors"] == []
     assert r["alone"]["requests"] == r["attacked"]["requests"] == 12
     assert r["bad"]["abandoned"] >= 2 and r["bad"]["opened"] >= 20
-    assert r["cancelled_rows"] == r["bad"]["abandoned"] and r["rows_in_flight_after"] == 0
+    # Each abandoned request would decode 200 tokens (over 0.6 s here) and is dropped after 50-300 ms, so all
+    # are cancelled; one may be missed if the client hung up before the server had read its body.
+    assert r["bad"]["abandoned"] - 1 <= r["cancelled_rows"] <= r["bad"]["abandoned"]
+    assert r["rows_in_flight_after"] == 0
 
 
 # ---- finding 4: connections --------------------------------------------------------------------------------
