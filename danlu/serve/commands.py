@@ -73,7 +73,8 @@ def register(sub) -> None:
         "--max-connections",
         type=int,
         default=d.max_connections,
-        help="open connections; more get a bare 503 and are closed (default %(default)s)",
+        help="open connections; at the cap the oldest idle one is closed to make room, or if every one is "
+        "busy the new one gets a bare 503 (default %(default)s)",
     )
     limits.add_argument(
         "--allowed-hosts",

@@ -134,8 +134,11 @@ class GuardedH11Protocol(H11Protocol):
     - header timeout: from the moment a connection opens, or a kept-alive one receives the first byte of its
       next request, the request line and headers must be complete within `header_timeout` seconds, else the
       connection is closed (an idle or slow-header socket holds nothing for long);
-    - connection cap: a connection beyond `max_connections` open ones gets a fixed 503 and is closed at once,
-      before any parsing (uvicorn's own limit_concurrency answers only once the headers are in).
+    - connection cap: at `max_connections` open ones, a new connection first evicts the oldest one still
+      waiting for its request's headers (an idle or slow-header socket: holding many of them must not lock out
+      clients that do ask something); only when every connection has a request in progress does the new one
+      get a fixed 503 and close, before any parsing (uvicorn's own limit_concurrency answers only once the
+      headers are in, and counts idle sockets as much as busy ones).
     The class attributes are set per server by `guarded_protocol`."""
 
     header_timeout: float = 10.0
@@ -144,6 +147,9 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._header_timer: asyncio.TimerHandle | None = None
+        self._waiting_since = time.monotonic()  # when this connection began waiting for a request's headers
+        if len(self.connections) > self.max_connections:
+            self._evict_one_waiting()
         if len(self.connections) > self.max_connections:
             body = json.dumps(
                 APIError(
@@ -157,6 +163,22 @@ class GuardedH11Protocol(H11Protocol):
             transport.close()
             return
         self._start_header_timer()
+
+    def _waiting(self) -> bool:
+        """No request in progress: idle, or still receiving a request line and headers."""
+        busy = self.cycle is not None and not self.cycle.response_complete
+        return not busy and self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+
+    def _evict_one_waiting(self) -> None:
+        waiting = [
+            c
+            for c in self.connections
+            if c is not self and isinstance(c, GuardedH11Protocol) and c._waiting()
+        ]
+        if waiting:
+            oldest = min(waiting, key=lambda c: c._waiting_since)
+            oldest.transport.close()
+            self.connections.discard(oldest)  # closing completes on a later loop turn; count it gone now
 
     def _start_header_timer(self) -> None:
         if self._header_timer is None:
@@ -174,6 +196,8 @@ class GuardedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.conn.their_state is h11.IDLE:  # bytes of a new request: its headers are now on the clock
+            if self._header_timer is None:
+                self._waiting_since = time.monotonic()
             self._start_header_timer()
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:  # the request line and headers are in

@@ -237,17 +237,31 @@ def test_keep_alive_connections_are_closed_when_idle(tight):
     assert closed_by_server(sock, 2)  # the 0.5 s keep-alive timeout, not uvicorn's default 5 s
 
 
-def test_connections_beyond_the_cap_are_refused(tiny):
+def test_idle_connections_make_room_at_the_cap(tiny):
     model, tokenizer = tiny
     app = create_app(model, tokenizer, ServeConfig(model_name="tiny-world", max_connections=3))
     with BackgroundServer(app) as url:
-        held = [connect(url) for _ in range(3)]
+        idle = [connect(url) for _ in range(3)]
+        time.sleep(0.2)
+        asking = connect(url)  # the cap is reached by sockets that ask nothing: the oldest makes room
+        asking.sendall(request_bytes("/health", method="GET"))
+        assert read_response(asking)[0] == 200
+        assert closed_by_server(idle[0], 5)
+
+
+def test_connections_beyond_the_cap_are_refused_when_all_are_busy(tiny):
+    model, tokenizer = tiny
+    app = create_app(model, tokenizer, ServeConfig(model_name="tiny-world", max_connections=3))
+    with BackgroundServer(app) as url:
+        busy = [connect(url) for _ in range(3)]
+        for s in busy:  # headers in, body still coming: a request in progress on every connection
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{")
         time.sleep(0.2)
         extra = connect(url)
         status, _, body = read_response(extra)
         assert status == 503 and json.loads(body)["error"]["code"] == "too_many_connections"
         assert closed_by_server(extra, 5)
-        for s in held:
+        for s in busy:
             s.close()
         time.sleep(0.2)
         assert httpx.get(url + "/health", timeout=10).status_code == 200
