@@ -399,3 +399,31 @@ def test_allowed_hosts_default_to_loopback_names_on_loopback():
     assert allowed_hosts(None, "0.0.0.0") is None  # a public bind answers to any name unless told otherwise
     assert allowed_hosts("chat.example.org, localhost", "0.0.0.0") == ("chat.example.org", "localhost")
     assert allowed_hosts("*", "127.0.0.1") is None
+
+
+def test_schema_ranges_sit_inside_the_engine_ranges():
+    """Every bound the request schema states is a value the engine (GenerationOptions) accepts, and an excluded
+    bound is one it refuses: the schema may be tighter than the engine (see schemas.py), never looser."""
+    from danlu.generate.options import GenerationOptions
+    from danlu.serve.schemas import ChatRequest
+
+    engine_name = {"min_tokens": "min_new_tokens", "max_tokens": "max_new_tokens"}
+    props = ChatRequest.model_json_schema()["properties"]
+    checked = 0
+    for name, prop in props.items():
+        option = engine_name.get(name, name)
+        if option not in GenerationOptions.__dataclass_fields__ or option in ("seed", "logit_bias"):
+            continue
+        number = next((x for x in prop.get("anyOf", [prop]) if x.get("type") in ("number", "integer")), None)
+        if number is None:
+            continue
+        extra = {"max_new_tokens": 1_000_000} if option == "min_new_tokens" else {}
+        for key in ("minimum", "maximum"):
+            if key in number:
+                GenerationOptions(**{option: number[key], **extra})  # raises if the engine refuses it
+                checked += 1
+        if "exclusiveMinimum" in number:
+            with pytest.raises(danlu.errors.DanluError):
+                GenerationOptions(**{option: number["exclusiveMinimum"]})
+            checked += 1
+    assert checked >= 12
