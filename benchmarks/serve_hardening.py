@@ -123,6 +123,7 @@ def run(
     abandoning: int,
     rounds: int = 1,
     timeout: float = 300,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """`rounds` times in turn against the server at `url`: the good load alone, then with the bad clients
     (taking turns spreads the drift of a shared machine over both modes); latencies pooled per mode."""
@@ -131,11 +132,17 @@ def run(
     bad_total = {"opened": 0, "refused": 0, "closed_by_server": 0, "abandoned": 0}
     before = httpx.get(url + "/health").json()["batching"]
     for _ in range(rounds):
-        for k, v in asyncio.run(good_load(url, clients, requests, max_tokens, timeout)).items():
+        lone = asyncio.run(good_load(url, clients, requests, max_tokens, timeout))
+        for k, v in lone.items():
             alone[k] += v
+        if verbose:
+            print(f"  round: alone p95 {summary(lone)['p95_s'] * 1000:.0f} ms", flush=True)
         good, bad = asyncio.run(
             with_bad_clients(url, clients, requests, max_tokens, idle, abandoning, timeout)
         )
+        if verbose:
+            print(f"  round: attacked p95 {summary(good)['p95_s'] * 1000:.0f} ms, errors {len(good['errors'])}",
+                  flush=True)  # fmt: skip
         for k, v in good.items():
             attacked[k] += v
         for k, v in bad.items():
@@ -188,9 +195,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = danlu.save(model, tokenizer, Path(tmp) / "bench")
         with serve_load.ServerProcess(checkpoint, args.clients, args.threads) as url:
-            r = run(
-                url, args.clients, args.requests, args.max_tokens, args.idle, args.abandoning, args.rounds
-            )
+            r = run(url, args.clients, args.requests, args.max_tokens, args.idle, args.abandoning, args.rounds,
+                    verbose=True)  # fmt: skip
             print(report(r))
 
 
