@@ -39,15 +39,14 @@ from starlette.exceptions import HTTPException
 from danlu.app.usage import UsageTracker
 from danlu.errors import DanluError
 from danlu.serve.batching import Batcher, Overloaded, Row, RowEvent
-from danlu.serve.prompting import ServeConfig, chat_prompt, generation_options, parse_tool_call
-from danlu.serve.schemas import (
-    SEED_MAX,
-    SEED_MIN,
-    APIError,
-    ChatRequest,
-    CompletionRequest,
-    EmbeddingRequest,
+from danlu.serve.prompting import (
+    ServeConfig,
+    chat_prompt,
+    choice_options,
+    generation_options,
+    parse_tool_call,
 )
+from danlu.serve.schemas import APIError, ChatRequest, CompletionRequest, EmbeddingRequest
 from danlu.serve.server import ERROR_RESPONSES, BodyLimit, HostCheck, SafeJSON
 
 # The two generation routes answer JSON, or server-sent events with stream=true: each event's data is one JSON
@@ -65,15 +64,6 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
-
-
-def choice_options(options: dict[str, Any], n: int) -> list[dict[str, Any]]:
-    """The options of each of n choices: a seeded sampling request samples choice i with seed + i, so the n
-    choices differ while choice 0 is what the same request with n=1 returns."""
-    if options.get("seed") is None or not options.get("temperature"):
-        return [options] * n
-    span = SEED_MAX - SEED_MIN + 1  # seed + i wraps around within the range the seed was checked in
-    return [{**options, "seed": (options["seed"] + i - SEED_MIN) % span + SEED_MIN} for i in range(n)]
 
 
 def create_app(

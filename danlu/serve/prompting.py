@@ -1,6 +1,6 @@
 """From a request to what the engine takes: the prompt string of a chat (`chat_prompt`), the generation options
-of any request (`generation_options`, with the server's visible defaults in `ServeConfig`), and from a model's
-reply back to a tool call (`parse_tool_call`).
+of any request (`generation_options`, with the server's visible defaults in `ServeConfig`) and of each of its n
+choices (`choice_options`), and from a model's reply back to a tool call (`parse_tool_call`).
 
 Tools (OpenAI function calling) are described to the model in a system message, `TOOLS_PROMPT`, visible here:
 the model is asked to answer with one JSON object {"name": ..., "arguments": {...}} to call a tool. A reply that is
@@ -18,7 +18,7 @@ from typing import Any
 
 from danlu.errors import DanluError
 from danlu.serve.config import LOOPBACK_HOSTS, MIN_SAMPLING_TEMPERATURE, ServeConfig  # noqa: F401 (re-exported)
-from danlu.serve.schemas import APIError, ChatRequest, Sampling
+from danlu.serve.schemas import SEED_MAX, SEED_MIN, APIError, ChatRequest, Sampling
 
 TOOLS_PROMPT = (
     "You can call these tools:\n{tools}\n"
@@ -242,3 +242,12 @@ def _named_option(message: str) -> str | None:
     """The option a DanluError from GenerationOptions names first (its messages start with the name)."""
     name = message.split(" ", 1)[0].split("=", 1)[0]
     return name if name.isidentifier() else None
+
+
+def choice_options(options: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """The options of each of n choices: a seeded sampling request samples choice i with seed + i, so the n
+    choices differ while choice 0 is what the same request with n=1 returns."""
+    if options.get("seed") is None or not options.get("temperature"):
+        return [options] * n
+    span = SEED_MAX - SEED_MIN + 1  # seed + i wraps around within the range the seed was checked in
+    return [{**options, "seed": (options["seed"] + i - SEED_MIN) % span + SEED_MIN} for i in range(n)]
