@@ -15,7 +15,7 @@ holds it).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -88,19 +88,23 @@ def generate_ids(
     amateur_model: nn.Module | None = None,
     compile: bool = False,
     grammar: Any = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,), whatever the strategy (beam search and speculative decoding
     yield their finished output token by token). A finished row keeps receiving its stop id. With
-    opts.json_schema, grammar is its `grammar.json_constraint(tokenizer, opts, V, stop_ids)`."""
+    opts.json_schema, grammar is its `grammar.json_constraint(tokenizer, opts, V, stop_ids)`.
+
+    Token by token, the caller stops decoding by closing the generator; beam search yields nothing until it
+    ends, so it calls `should_stop()` before each of its steps instead and ends early once that is True."""
     if opts.json_schema is not None and grammar is None:
         raise DanluError("json_schema is set but no grammar was given; pass grammar=json_constraint(...)")
     if opts.num_beams > 1 or draft_model is not None:
         if opts.num_beams > 1:
-            rows = beam_search(model, input_ids, attention_mask, opts, stop_ids)
+            rows = beam_search(model, input_ids, attention_mask, opts, stop_ids, should_stop)
         else:
             rows = [speculative_decode(model, draft_model, input_ids, opts, stop_ids)[0]]
         filler = stop_ids[0] if stop_ids else 0
-        for step in range(max(len(r) for r in rows)):
+        for step in range(max((len(r) for r in rows), default=0)):
             yield torch.tensor([r[step] if step < len(r) else filler for r in rows])
         return
     yield from decode_n(

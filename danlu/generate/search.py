@@ -7,7 +7,7 @@ Notation: B prompts, nb = num_beams, K candidates kept per step, N = max_new_tok
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,6 +126,7 @@ def beam_search(
     attention_mask: torch.Tensor,
     opts: GenerationOptions,
     stop_ids: list[int],
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[list[int]]:
     """The best hypothesis of each prompt (its new token ids, ending with the stop id if it stopped).
 
@@ -135,6 +136,9 @@ def beam_search(
     2016: alpha > 0 favours longer outputs, < 0 shorter); a prompt is done when no live beam can beat its worst
     finished one (the bound uses the current length), or, with early_stopping, once nb have finished. This is
     the procedure transformers' `generate(num_beams=...)` runs, so both pick the same tokens.
+
+    `should_stop`, when given, is called before every step; once it returns True the search ends at once with
+    what is finished so far (a server whose client went away; a prompt with nothing finished gets []).
     """
     B, T = input_ids.shape
     nb, N, alpha = opts.num_beams, opts.max_new_tokens, opts.length_penalty
@@ -160,6 +164,8 @@ def beam_search(
     offsets = torch.arange(B, device=device)[:, None] * nb  # (B, 1)
 
     for step in range(N):
+        if should_stop is not None and should_stop():
+            break
         log_probs = process_logits(logits.log_softmax(-1), history, opts, step, stop_ids)  # (B·nb, V)
         total = (log_probs.view(B, nb, V) + live_scores[..., None]).view(B, nb * V)
         cand_scores, cand_index = torch.topk(total, K)  # (B, K)

@@ -2,9 +2,10 @@
 
     api.py         create_app(model, tokenizer, ServeConfig, embedder) -> FastAPI: the routes and OpenAI errors
     batching.py    Batcher: a worker thread decoding concurrent requests as one batch through the engine
-    prompting.py   ServeConfig (every default), chat_prompt, generation_options, tool calls
+    prompting.py   chat_prompt, generation_options, tool calls
     schemas.py     the request bodies (strict pydantic) and APIError
-    server.py      BodyLimit (413), serve(...) (uvicorn), BackgroundServer (a thread on 127.0.0.1, for tests)
+    config.py      ServeConfig: every default and limit
+    server.py      BodyLimit 413, HostCheck 421, the connection guards, serve(...) (uvicorn), BackgroundServer
     static/        index.html, the chat page
     commands.py    the `danlu serve` command (also `python -m danlu.serve`)
 

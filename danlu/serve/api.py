@@ -9,8 +9,11 @@
 
 Every generation goes through the Batcher (danlu/serve/batching.py): concurrent requests are decoded together.
 Errors are OpenAI's JSON ({"error": {"message", "type", "param", "code"}}) with the status that fits:
-400 bad value or unsupported field, 401 bad API key, 404 unknown model or route, 413 body too large,
-422 wrong field type, 503 queue full. The defaults the server applies are the fields of `ServeConfig`.
+400 bad value or unsupported field, 401 bad API key, 404 unknown model or route, 405 wrong method (with Allow),
+413 body too large, 421 Host not allowed, 422 wrong field type or value out of range, 503 too many rows in
+flight; the OpenAPI document (/openapi.json) lists them all. The defaults and limits the server applies are the
+fields of `ServeConfig` (docs/SECURITY.md). Tokenizing and rendering chat templates run in worker threads, so
+a long prompt never stalls the event loop, and a request whose client went away stops decoding.
 """
 
 from __future__ import annotations
@@ -36,11 +39,23 @@ from starlette.exceptions import HTTPException
 from danlu.app.usage import UsageTracker
 from danlu.errors import DanluError
 from danlu.serve.batching import Batcher, Overloaded, Row, RowEvent
-from danlu.serve.prompting import ServeConfig, chat_prompt, generation_options, parse_tool_call
+from danlu.serve.prompting import (
+    ServeConfig,
+    chat_prompt,
+    choice_options,
+    generation_options,
+    parse_tool_call,
+)
 from danlu.serve.schemas import APIError, ChatRequest, CompletionRequest, EmbeddingRequest
-from danlu.serve.server import BodyLimit
+from danlu.serve.server import ERROR_RESPONSES, BodyLimit, HostCheck, SafeJSON
+
+# The two generation routes answer JSON, or server-sent events with stream=true: each event's data is one JSON
+# chunk, and the last one is "[DONE]" (OpenAPI 3.1: the schema of an event stream describes one event).
+SSE_EVENT = {"type": "object", "properties": {"data": {"type": "string"}}, "required": ["data"]}
+STREAMED = {200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}}}
 
 STATIC = Path(__file__).parent / "static"
+GONE = -1  # the row index of the event that says the client hung up
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -49,14 +64,6 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
-
-
-def choice_options(options: dict[str, Any], n: int) -> list[dict[str, Any]]:
-    """The options of each of n choices: a seeded sampling request samples choice i with seed + i, so the n
-    choices differ while choice 0 is what the same request with n=1 returns."""
-    if options.get("seed") is None or not options.get("temperature"):
-        return [options] * n
-    return [{**options, "seed": options["seed"] + i} for i in range(n)]
 
 
 def create_app(
@@ -68,7 +75,7 @@ def create_app(
     if tokenizer is None:
         raise DanluError("serving needs the model's tokenizer; load a checkpoint saved with tokenizer.json")
     model.eval()
-    batcher = Batcher(model, tokenizer, config.max_batch_size, config.max_wait_ms, config.max_queue)
+    batcher = Batcher(model, tokenizer, config.max_batch_size, config.max_wait_ms, config.max_rows_in_flight)
     usage = UsageTracker()
     block = model.config.block_size
     started = int(time.time())
@@ -79,14 +86,37 @@ def create_app(
         yield
         batcher.stop()
 
-    app = FastAPI(title="danlu", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="danlu",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        default_response_class=SafeJSON,
+        responses=ERROR_RESPONSES,
+    )
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(HostCheck, allowed=config.allowed_hosts)  # added last: runs first
+    generated_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, with the served model ids as the enum of every `model` (any other is a 404)."""
+        if app.openapi_schema is None:
+            doc = generated_openapi()
+            schemas = doc["components"]["schemas"]
+            for name in ("ChatRequest", "CompletionRequest"):
+                schemas[name]["properties"]["model"]["enum"] = [config.model_name]
+            if embedder is not None:
+                schemas["EmbeddingRequest"]["properties"]["model"]["enum"] = [embedder.name]
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.state.batcher, app.state.usage, app.state.config = batcher, usage, config
 
     # ---- errors ------------------------------------------------------------------------------------------
     @app.exception_handler(APIError)
     async def on_api_error(request: Request, e: APIError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
+        return SafeJSON(e.body(), status_code=e.status)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -99,24 +129,28 @@ def create_app(
                 f"the request body is not valid JSON ({ctx.get('error', bad_json.get('msg'))})",
                 code="invalid_json",
             )
-            return JSONResponse(err.body(), status_code=400)
+            return SafeJSON(err.body(), status_code=400)
         first = errors[0]
+        if first.get("type") == "invalid_unicode":
+            where = (first.get("ctx") or {}).get("where", "body")
+            err = APIError(400, str(first.get("msg")), param=where, code="invalid_unicode")
+            return SafeJSON(err.body(), status_code=400)
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         got = repr(first.get("input"))[:80]
         err = APIError(422, f"{where}: {first.get('msg')} (got {got})", param=where, code=first.get("type"))
-        return JSONResponse(err.body(), status_code=422)
+        return SafeJSON(err.body(), status_code=422)
 
     @app.exception_handler(HTTPException)
     async def on_http(request: Request, e: HTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
         message = e.detail if e.status_code != 404 else f"no route {request.method} {request.url.path}"
         err = APIError(e.status_code, str(message), code=codes.get(e.status_code))
-        return JSONResponse(err.body(), status_code=e.status_code)
+        return SafeJSON(err.body(), status_code=e.status_code, headers=e.headers)  # 405 keeps its Allow
 
     @app.exception_handler(Exception)
     async def on_crash(request: Request, e: Exception) -> JSONResponse:
         err = APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error")
-        return JSONResponse(err.body(), status_code=500)
+        return SafeJSON(err.body(), status_code=500)
 
     async def check_key(request: Request) -> None:
         if config.api_key is None:
@@ -145,8 +179,23 @@ def create_app(
                 code="model_not_found",
             )
 
-    def count(text: str) -> int:
-        return len(tokenizer.encode(text))
+    async def count(text: str) -> int:
+        """The prompt's length in tokens, counted in a worker thread (a 1 MB prompt takes seconds)."""
+        return len(await run_in_threadpool(tokenizer.encode, text))
+
+    def check_rows(n: int, prompts: int) -> None:
+        if n > config.max_n:
+            raise APIError(
+                400, f"n={n} is too large; this server returns at most {config.max_n} choices", param="n"
+            )
+        rows = n * prompts
+        if rows > config.max_rows_per_request:
+            raise APIError(
+                400,
+                f"this request asks for {rows} completions (n x prompts); this server decodes at most "
+                f"{config.max_rows_per_request} per request; send fewer prompts or a smaller n",
+                param="prompt" if prompts > 1 else "n",
+            )
 
     def submit(specs: list[tuple[str, dict[str, Any], int]]) -> tuple[asyncio.Queue, list[Row]]:
         loop = asyncio.get_running_loop()
@@ -183,6 +232,8 @@ def create_app(
         try:
             while remaining:
                 index, event = await events.get()
+                if index == GONE:
+                    return
                 if index not in remaining:
                     continue
                 if event.error is not None:
@@ -194,13 +245,28 @@ def create_app(
             for r in rows:  # the client left or an error ended this request: stop decoding its rows
                 r.cancelled = True
 
-    async def collect(events: asyncio.Queue, rows: list[Row]) -> list[tuple[str, str, int]]:
+    async def cancel_on_disconnect(request: Request, events: asyncio.Queue, rows: list[Row]) -> None:
+        """Mark the rows cancelled as soon as the client hangs up (the body is read: the next message the
+        server gives is http.disconnect, when the client goes away or after the response), and wake the
+        collector: cancelled rows send no final event."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        for r in rows:
+            r.cancelled = True
+        events.put_nowait((GONE, RowEvent()))
+
+    async def collect(request: Request, events: asyncio.Queue, rows: list[Row]) -> list[tuple[str, str, int]]:
+        """Every row's text and final event; if the client leaves first, its rows stop decoding."""
+        watcher = asyncio.create_task(cancel_on_disconnect(request, events, rows))
         texts = [""] * len(rows)
         finals: list[RowEvent] = [RowEvent()] * len(rows)
-        async for i, ev in events_of(events, rows):
-            texts[i] += ev.piece
-            if ev.done:
-                finals[i] = ev
+        try:
+            async for i, ev in events_of(events, rows):
+                texts[i] += ev.piece
+                if ev.done:
+                    finals[i] = ev
+        finally:
+            watcher.cancel()
         return [(t, f.finish_reason or "stop", f.completion_tokens) for t, f in zip(texts, finals)]
 
     def sse(obj: Any) -> str:
@@ -216,7 +282,7 @@ def create_app(
         return {
             "status": "ok" if batcher.alive else "stopped",
             "model": config.model_name,
-            "batching": batcher.stats.to_dict(),
+            "batching": {**batcher.stats.to_dict(), "rows_in_flight": batcher.in_flight},
         }
 
     @app.get("/usage", dependencies=[Depends(check_key)])
@@ -237,22 +303,30 @@ def create_app(
             check_model(name)
         return model_card(name)
 
-    @app.post("/v1/completions", dependencies=[Depends(check_key)])
-    async def completions(req: CompletionRequest) -> Any:
+    @app.post("/v1/completions", dependencies=[Depends(check_key)], responses=STREAMED)
+    async def completions(req: CompletionRequest, request: Request) -> Any:
         check_model(req.model)
         for field_name in ("logprobs", "suffix"):
             if getattr(req, field_name) is not None:
                 raise APIError(
                     400, f"{field_name} is not supported by danlu serve; leave it out", param=field_name
                 )
+        if req.best_of is not None and req.best_of != req.n:
+            raise APIError(
+                400,
+                f"best_of={req.best_of} is not supported by danlu serve (it would rank {req.best_of} samples "
+                f"by log-probability); leave it out or set it equal to n={req.n}",
+                param="best_of",
+            )
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts or not all(prompts):
             raise APIError(
                 400, "prompt must be a non-empty string or a list of non-empty strings", param="prompt"
             )
+        check_rows(req.n, len(prompts))
         specs = []
         for p in prompts:
-            n_tokens = count(p)
+            n_tokens = await count(p)
             opts = generation_options(req, n_tokens, block, tokenizer, config, chat=False, param="prompt")
             specs += [(p, o, n_tokens) for o in choice_options(opts, req.n)]
         events, rows = submit(specs)
@@ -298,7 +372,7 @@ def create_app(
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(stream(), media_type="text/event-stream")
-        results = await collect(events, rows)
+        results = await collect(request, events, rows)
         completion_tokens = sum(c for _, _, c in results)
         usage.record(config.model_name, prompt_tokens, completion_tokens)
         choices = [
@@ -313,13 +387,14 @@ def create_app(
         return {"id": rid, "object": "text_completion", "created": created, "model": req.model,
                 "choices": choices, "usage": _usage(prompt_tokens, completion_tokens)}  # fmt: skip
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
-    async def chat_completions(req: ChatRequest) -> Any:
+    @app.post("/v1/chat/completions", dependencies=[Depends(check_key)], responses=STREAMED)
+    async def chat_completions(req: ChatRequest, request: Request) -> Any:
         check_model(req.model)
         if req.logprobs:
             raise APIError(400, "logprobs is not supported by danlu serve; leave it out", param="logprobs")
-        prompt = chat_prompt(tokenizer, req)
-        n_tokens = count(prompt)
+        check_rows(req.n, 1)
+        prompt = await run_in_threadpool(chat_prompt, tokenizer, req)  # a template may take a while
+        n_tokens = await count(prompt)
         opts = generation_options(req, n_tokens, block, tokenizer, config, chat=True, param="messages")
         events, rows = submit([(prompt, o, n_tokens) for o in choice_options(opts, req.n)])
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
@@ -358,13 +433,13 @@ def create_app(
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(stream(), media_type="text/event-stream")
-        results = await collect(events, rows)
+        results = await collect(request, events, rows)
         completion_tokens = sum(c for _, _, c in results)
         usage.record(config.model_name, prompt_tokens * req.n, completion_tokens)
         choices = []
         for i, (text, reason, _) in enumerate(results):
             message: dict[str, Any] = {"role": "assistant", "content": text}
-            call = parse_tool_call(text, req) if req.tools and req.tool_choice != "none" else None
+            call = parse_tool_call(text, req) if req.tools else None
             if call is not None:
                 message, reason = {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
             choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": reason})
@@ -391,7 +466,7 @@ def create_app(
                 param="dimensions",
             )
         counter = getattr(embedder, "count_tokens", lambda t: len(t.split()))
-        tokens = [counter(t) for t in texts]
+        tokens = await run_in_threadpool(lambda: [counter(t) for t in texts])
         limit = getattr(embedder, "max_length", None)
         for i, n in enumerate(tokens):
             if limit is not None and n > limit:

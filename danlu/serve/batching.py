@@ -7,7 +7,12 @@ non-streaming ones just collect them). Requests that arrive while a batch decode
 
 Rows are grouped by their generation options: a batch shares one `GenerationOptions` except `max_new_tokens`
 (the batch runs to the largest; each row stops at its own) and `stop` strings (checked per row). A batch also
-respects the context: its longest prompt plus its largest max_new_tokens must fit `block_size`.
+respects the context: its longest prompt plus its largest max_new_tokens must fit `block_size`, and holds at most
+`max_batch_size` sequences, a beam-search row counting as its num_beams.
+
+Work for a client that went away stops: the caller sets `Row.cancelled`; a waiting row is dropped, a decoding
+row ends at the next step, and a batch whose rows are all cancelled stops decoding (beam search included,
+through the engine's `should_stop` hook). At most `max_in_flight` rows wait or decode at once (503 beyond).
 
 A row is one completion: a request with n choices, or several prompts, submits several rows. Each row reports
 through its `emit` callback, called on the worker thread: `RowEvent(piece=...)` for text, then exactly one
@@ -53,13 +58,19 @@ class Row:
     def max_new_tokens(self) -> int:
         return int(self.options.get("max_new_tokens", 64))
 
+    @property
+    def sequences(self) -> int:
+        """Sequences this row decodes: its beams in beam search, else one."""
+        return max(1, int(self.options.get("num_beams", 1)))
+
     def group_key(self) -> str:
         shared = {k: v for k, v in self.options.items() if k not in ("max_new_tokens", "stop")}
         return json.dumps(shared, sort_keys=True, default=str)
 
 
 def plan_batches(rows: list[Row], max_batch_size: int, block_size: int) -> list[list[Row]]:
-    """Rows cut into batches of one option group each, at most max_batch_size rows, fitting the context."""
+    """Rows cut into batches of one option group each, at most max_batch_size sequences (a lone row always
+    fits), fitting the context."""
     groups: dict[str, list[Row]] = {}
     for r in rows:
         groups.setdefault(r.group_key(), []).append(r)
@@ -70,7 +81,7 @@ def plan_batches(rows: list[Row], max_batch_size: int, block_size: int) -> list[
             for b in open_batches:
                 longest = max(r.prompt_tokens, *(x.prompt_tokens for x in b))
                 most = max(r.max_new_tokens, *(x.max_new_tokens for x in b))
-                if len(b) < max_batch_size and longest + most <= block_size:
+                if (len(b) + 1) * r.sequences <= max_batch_size and longest + most <= block_size:
                     b.append(r)
                     break
             else:
@@ -79,8 +90,9 @@ def plan_batches(rows: list[Row], max_batch_size: int, block_size: int) -> list[
     return batches
 
 
-def run_batch(model: Any, tokenizer: Any, rows: list[Row]) -> None:
-    """Decode rows as one batch through the engine, emitting every row's pieces and its final event."""
+def run_batch(model: Any, tokenizer: Any, rows: list[Row], stats: BatchStats | None = None) -> None:
+    """Decode rows as one batch through the engine, emitting every row's pieces and its final event; a
+    cancelled row gets no more events. `stats` counts the decode steps run and the rows cancelled."""
     from danlu.generate.engine import (
         GenerationOptions,
         TextTracker,
@@ -97,6 +109,12 @@ def run_batch(model: Any, tokenizer: Any, rows: list[Row]) -> None:
     trackers = [TextTracker(tokenizer, list(r.options.get("stop") or [])) for r in rows]
     counts = [0] * len(rows)
     ended = [False] * len(rows)
+    stats = stats if stats is not None else BatchStats()
+    beams = opts.num_beams > 1
+
+    def all_cancelled() -> bool:  # beam search asks before each of its steps
+        stats.decode_steps += 1
+        return all(r.cancelled for r in rows)
 
     def finish(i: int, reason: str) -> None:
         ended[i] = True
@@ -105,12 +123,15 @@ def run_batch(model: Any, tokenizer: Any, rows: list[Row]) -> None:
             rows[i].emit(RowEvent(piece=rest))
         rows[i].emit(RowEvent(done=True, finish_reason=reason, completion_tokens=counts[i]))
 
-    for tok in generate_ids(model, input_ids, attention_mask, opts, stop_ids):
+    tokens = generate_ids(model, input_ids, attention_mask, opts, stop_ids, should_stop=all_cancelled)
+    for tok in tokens:
+        stats.decode_steps += 0 if beams else 1
         for i, t in enumerate(tok.tolist()):
             if ended[i]:
                 continue
             if rows[i].cancelled:
                 ended[i] = True
+                stats.cancelled_rows += 1
                 continue
             if t in stop_ids:
                 finish(i, "stop")
@@ -125,7 +146,11 @@ def run_batch(model: Any, tokenizer: Any, rows: list[Row]) -> None:
                 finish(i, "length")
         if all(ended):
             break  # closing the generator stops decoding
+    tokens.close()
     for i in range(len(rows)):
+        if not ended[i] and rows[i].cancelled:
+            ended[i] = True
+            stats.cancelled_rows += 1
         if not ended[i]:
             finish(i, "length")
 
@@ -136,6 +161,8 @@ class BatchStats:
     rows: int = 0
     largest_batch: int = 0
     busy_seconds: float = 0.0
+    decode_steps: int = 0  # engine steps run (a beam-search step counts once)
+    cancelled_rows: int = 0  # rows whose client went away, dropped while waiting or stopped while decoding
 
     def to_dict(self) -> dict[str, Any]:
         mean = self.rows / self.batches if self.batches else 0.0
@@ -145,6 +172,8 @@ class BatchStats:
             "mean_batch_size": round(mean, 2),
             "largest_batch": self.largest_batch,
             "busy_seconds": round(self.busy_seconds, 3),
+            "decode_steps": self.decode_steps,
+            "cancelled_rows": self.cancelled_rows,
         }
 
 
@@ -157,15 +186,17 @@ class Batcher:
         tokenizer: Any,
         max_batch_size: int = 32,
         max_wait_ms: float = 10.0,
-        max_queue: int = 1024,
+        max_in_flight: int = 256,
     ) -> None:
-        if max_batch_size < 1 or max_wait_ms < 0 or max_queue < 1:
+        if max_batch_size < 1 or max_wait_ms < 0 or max_in_flight < 1:
             raise DanluError(
                 f"bad batching settings: max_batch_size={max_batch_size} (>= 1), max_wait_ms={max_wait_ms} (>= 0), "
-                f"max_queue={max_queue} (>= 1)"
+                f"max_in_flight={max_in_flight} (>= 1)"
             )
         self.model, self.tokenizer = model, tokenizer
-        self.max_batch_size, self.max_wait_ms, self.max_queue = max_batch_size, max_wait_ms, max_queue
+        self.max_batch_size, self.max_wait_ms, self.max_in_flight = max_batch_size, max_wait_ms, max_in_flight
+        self._in_flight = 0  # rows submitted and not yet finished (waiting or decoding)
+        self._lock = threading.Lock()
         self.block_size = model.config.block_size
         self.stats = BatchStats()
         self._queue: queue.Queue[Row] = queue.Queue()
@@ -189,6 +220,7 @@ class Batcher:
                 row = self._queue.get_nowait()
             except queue.Empty:
                 break
+            self._finished(1)
             row.emit(RowEvent(error=Overloaded("the server is shutting down")))
 
     @property
@@ -199,10 +231,23 @@ class Batcher:
         """Queue rows for decoding; Overloaded when the queue is full or the worker is not running."""
         if not self.alive:
             raise Overloaded("the batching worker is not running")
-        if self._queue.qsize() + len(rows) > self.max_queue:
-            raise Overloaded(f"{self._queue.qsize()} rows are already waiting (limit {self.max_queue})")
+        with self._lock:
+            if self._in_flight + len(rows) > self.max_in_flight:
+                raise Overloaded(
+                    f"{self._in_flight} rows are waiting or decoding and this request adds {len(rows)} "
+                    f"(limit {self.max_in_flight})"
+                )
+            self._in_flight += len(rows)
         for r in rows:
             self._queue.put(r)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def _finished(self, n: int) -> None:
+        with self._lock:
+            self._in_flight -= n
 
     def _gather(self) -> list[Row]:
         try:
@@ -217,7 +262,10 @@ class Batcher:
                 rows.append(self._queue.get_nowait() if timeout <= 0 else self._queue.get(timeout=timeout))
             except queue.Empty:
                 break
-        return [r for r in rows if not r.cancelled]
+        live = [r for r in rows if not r.cancelled]
+        self.stats.cancelled_rows += len(rows) - len(live)
+        self._finished(len(rows) - len(live))
+        return live
 
     def _loop(self) -> None:
         while self._running:
@@ -228,8 +276,10 @@ class Batcher:
                 self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
                 started = time.perf_counter()
                 try:
-                    run_batch(self.model, self.tokenizer, batch)
+                    run_batch(self.model, self.tokenizer, batch, self.stats)
                 except Exception as e:  # a failed batch fails its rows, never the worker
                     for r in batch:
                         r.emit(RowEvent(error=e))
+                finally:
+                    self._finished(len(batch))
                 self.stats.busy_seconds += time.perf_counter() - started

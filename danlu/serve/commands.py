@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from danlu.serve.config import LOOPBACK_HOSTS, ServeConfig
+
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API with a web chat page")
@@ -25,12 +27,63 @@ def register(sub) -> None:
         "--max-batch-size", type=int, default=32, help="requests decoded together (1 = one by one)"
     )
     p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for company")
-    p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger request bodies get a 413")
+    d = ServeConfig()
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="larger request bodies get a 413")
     p.add_argument(
         "--default-max-tokens",
         type=int,
-        default=256,
+        default=d.default_max_tokens,
         help="max_tokens of a request that gives none (capped by the room left in the context)",
+    )
+    limits = p.add_argument_group(
+        "limits (each bounds what one client can make the server do; docs/SECURITY.md)"
+    )
+    limits.add_argument("--max-num-beams", type=int, default=d.max_num_beams, help="widest beam search")
+    limits.add_argument("--max-n", type=int, default=d.max_n, help="choices per request")
+    limits.add_argument(
+        "--max-rows-per-request",
+        type=int,
+        default=d.max_rows_per_request,
+        help="completions one request may ask for, n x prompts",
+    )
+    limits.add_argument(
+        "--max-rows-in-flight",
+        type=int,
+        default=d.max_rows_in_flight,
+        help="rows waiting or decoding, all requests together; beyond it 503",
+    )
+    limits.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=d.max_prompt_tokens,
+        help="longest prompt, besides the model's context",
+    )
+    limits.add_argument(
+        "--header-timeout",
+        type=float,
+        default=d.header_timeout_s,
+        help="seconds a connection has to send a request's headers",
+    )
+    limits.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=d.keep_alive_timeout_s,
+        help="seconds an idle keep-alive connection stays open",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=d.max_connections,
+        help="open connections; at the cap the oldest idle one is closed to make room, or if every one is "
+        "busy the new one gets a bare 503",
+    )
+    limits.add_argument(
+        "--allowed-hosts",
+        nargs="+",
+        default=None,
+        metavar="HOST",
+        help="Host header names to answer to, space-separated, or '*' for any (none given: the loopback "
+        "names when bound to a loopback address, else any)",
     )
     from danlu.flags import heavy
 
@@ -44,13 +97,31 @@ def _check_serve_args(args: argparse.Namespace) -> None:
 
     if not 0 < args.port < 65536:
         raise DanluError(f"--port must be in 1..65535, got {args.port}")
-    for name in ("max_batch_size", "max_body_bytes", "default_max_tokens"):
+    positive = ("max_batch_size", "max_body_bytes", "default_max_tokens", "max_num_beams", "max_n",
+                "max_rows_per_request", "max_rows_in_flight", "max_prompt_tokens", "max_connections")  # fmt: skip
+    for name in positive:
         if getattr(args, name) < 1:
             raise DanluError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.max_wait_ms < 0:
-        raise DanluError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms}")
+    for name in ("max_wait_ms", "header_timeout", "keep_alive_timeout"):
+        if getattr(args, name) < 0:
+            raise DanluError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if not Path(args.model).exists():
         raise DanluError(f"no such model: {args.model}")
+
+
+def allowed_hosts(option: list[str] | str | None, host: str) -> tuple[str, ...] | None:
+    """The Host names to accept: the option's list ('*' = any), else the loopback names for a loopback bind."""
+    import ipaddress
+
+    if option is not None:
+        values = [option] if isinstance(option, str) else option
+        names = tuple(h.strip() for v in values for h in v.split(",") if h.strip())
+        return None if "*" in names else names
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    return LOOPBACK_HOSTS + ((host,) if loopback and host not in LOOPBACK_HOSTS else ()) if loopback else None
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -59,7 +130,6 @@ def run_serve(args: argparse.Namespace) -> int:
     from danlu.errors import DanluError
 
     try:
-        from danlu.serve.api import ServeConfig
         from danlu.serve.server import serve
     except ImportError as e:
         raise DanluError(f"danlu serve needs fastapi and uvicorn ({e}); pip install 'danlu[serve]'") from e
@@ -81,10 +151,24 @@ def run_serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         default_max_tokens=args.default_max_tokens,
+        max_num_beams=args.max_num_beams,
+        max_n=args.max_n,
+        max_rows_per_request=args.max_rows_per_request,
+        max_rows_in_flight=args.max_rows_in_flight,
+        max_prompt_tokens=args.max_prompt_tokens,
+        header_timeout_s=args.header_timeout,
+        keep_alive_timeout_s=args.keep_alive_timeout,
+        max_connections=args.max_connections,
+        allowed_hosts=allowed_hosts(args.allowed_hosts, args.host),
     )
     print(
         f"serving {config.model_name!r} on http://{args.host}:{args.port}  (web chat at /, API at /v1)",
         flush=True,
     )
+    if config.allowed_hosts is None:
+        print(
+            "answering to any Host name; name them with --allowed-hosts to refuse DNS-rebinding requests",
+            flush=True,
+        )
     serve(model, tokenizer, config, host=args.host, port=args.port, embedder=embedder)
     return 0

@@ -1,6 +1,6 @@
 """From a request to what the engine takes: the prompt string of a chat (`chat_prompt`), the generation options
-of any request (`generation_options`, with the server's visible defaults in `ServeConfig`), and from a model's
-reply back to a tool call (`parse_tool_call`).
+of any request (`generation_options`, with the server's visible defaults in `ServeConfig`) and of each of its n
+choices (`choice_options`), and from a model's reply back to a tool call (`parse_tool_call`).
 
 Tools (OpenAI function calling) are described to the model in a system message, `TOOLS_PROMPT`, visible here:
 the model is asked to answer with one JSON object {"name": ..., "arguments": {...}} to call a tool. A reply that is
@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from danlu.errors import DanluError
-from danlu.serve.schemas import APIError, ChatRequest, Sampling
+from danlu.serve.config import LOOPBACK_HOSTS, MIN_SAMPLING_TEMPERATURE, ServeConfig  # noqa: F401 (re-exported)
+from danlu.serve.schemas import SEED_MAX, SEED_MIN, APIError, ChatRequest, Sampling
 
 TOOLS_PROMPT = (
     "You can call these tools:\n{tools}\n"
@@ -55,16 +55,47 @@ def _arguments(raw: str, where: str) -> dict[str, Any]:
     return value
 
 
+def offered_tools(req: ChatRequest) -> dict[str, Any]:
+    """The tools the model may call, by name, as tool_choice narrows them: "none" none, a named function only
+    that one (which must be declared), "auto"/"required"/unset every declared tool."""
+    tools = {t.function.name: t.function for t in req.tools or []}
+    choice = req.tool_choice
+    if choice is None or choice == "auto":
+        return tools
+    if choice == "none":
+        return {}
+    if not tools:
+        raise APIError(
+            400, f"tool_choice={_choice_text(choice)} needs tools; declare them in tools", param="tool_choice"
+        )
+    if choice == "required":
+        return tools
+    name = choice.function.name
+    if name not in tools:
+        raise APIError(
+            400,
+            f"tool_choice names the function {name!r}, which is not among the tools {sorted(tools)}",
+            param="tool_choice.function.name",
+        )
+    return {name: tools[name]}
+
+
+def _choice_text(choice: Any) -> str:
+    return repr(choice) if isinstance(choice, str) else f"{{function: {choice.function.name!r}}}"
+
+
 def chat_prompt(tokenizer: Any, req: ChatRequest) -> str:
     """The prompt string for a chat request (tools described first when given and not switched off)."""
-    tools = {t.function.name: t.function for t in req.tools or []}
+    declared = {t.function.name for t in req.tools or []}
+    tools = offered_tools(req)
     messages: list[dict[str, str]] = []
-    if tools and req.tool_choice != "none":
+    if tools:
         lines = "\n".join(
             f"- {f.name}: {f.description or ''} parameters: {json.dumps(f.parameters or {}, ensure_ascii=False)}"
             for f in tools.values()
         )
-        messages.append({"role": "system", "content": TOOLS_PROMPT.format(tools=lines)})
+        must = "" if req.tool_choice in (None, "auto") else "\nYou must call a tool in this reply."
+        messages.append({"role": "system", "content": TOOLS_PROMPT.format(tools=lines) + must})
     call_ids: set[str] = set()
     for i, m in enumerate(req.messages):
         content = _text(m.content, f"messages[{i}].content")
@@ -77,10 +108,10 @@ def chat_prompt(tokenizer: Any, req: ChatRequest) -> str:
                     param=f"messages[{i}]",
                 )
             args = _arguments(call.function.arguments, where)
-            if tools and call.function.name not in tools:
+            if declared and call.function.name not in declared:
                 raise APIError(
                     400,
-                    f"messages[{i}].tool_calls[{j}] calls {call.function.name!r}, which is not among the tools {sorted(tools)}",
+                    f"messages[{i}].tool_calls[{j}] calls {call.function.name!r}, which is not among the tools {sorted(declared)}",
                     param=f"messages[{i}].tool_calls[{j}].function.name",
                     code="invalid_tool_call",
                 )
@@ -103,7 +134,9 @@ def chat_prompt(tokenizer: Any, req: ChatRequest) -> str:
         messages.append({"role": "system" if m.role == "developer" else m.role, "content": content})
     try:
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    except Exception as e:  # a tokenizer whose template cannot render these messages
+    except Exception as e:
+        # a template that cannot render these messages: danlu.tokenizers.chat.ChatTemplateError (a DanluError)
+        # or whatever else the template engine raises; the client sent the messages, so it is a 400
         raise APIError(
             400, f"cannot render the messages with the model's chat template: {e}", param="messages"
         ) from e
@@ -116,7 +149,7 @@ def parse_tool_call(text: str, req: ChatRequest) -> dict[str, Any] | None:
         value = json.loads(body)
     except json.JSONDecodeError:
         return None
-    names = {t.function.name for t in req.tools or []}
+    names = set(offered_tools(req))
     if not (
         isinstance(value, dict)
         and value.get("name") in names
@@ -131,23 +164,6 @@ def parse_tool_call(text: str, req: ChatRequest) -> dict[str, Any] | None:
     }
 
 
-@dataclass
-class ServeConfig:
-    """Every default and limit the server applies (`danlu serve` flags set them)."""
-
-    model_name: str = "danlu"  # the id clients put in "model"
-    api_key: str | None = None  # None: no key needed
-    max_body_bytes: int = 1_000_000  # larger request bodies get 413
-    max_batch_size: int = 32  # rows decoded together; 1 = sequential serving
-    max_wait_ms: float = 10.0  # how long a lone request waits for company
-    max_queue: int = 1024  # rows waiting beyond this get 503
-    max_n: int = 8  # choices per request
-    max_stop: int = 16  # stop strings per request
-    max_embedding_inputs: int = 2048
-    default_max_tokens: int = 256  # when a request gives none (capped by the context left)
-    default_temperature: float = 1.0  # OpenAI's default; send temperature=0 for greedy decoding
-
-
 def generation_options(
     req: Sampling, prompt_tokens: int, block: int, tokenizer: Any, config: ServeConfig, chat: bool, param: str
 ) -> dict[str, Any]:
@@ -156,6 +172,14 @@ def generation_options(
     max_tokens (ServeConfig.default_max_tokens, capped by the room left in the context)."""
     from danlu.generate.engine import GenerationOptions
 
+    if prompt_tokens > config.max_prompt_tokens:
+        raise APIError(
+            400,
+            f"the prompt is {prompt_tokens} tokens; this server takes at most {config.max_prompt_tokens}; "
+            "shorten it",
+            param=param,
+            code="context_length_exceeded",
+        )
     room = block - prompt_tokens
     if room < 1:
         raise APIError(
@@ -184,7 +208,15 @@ def generation_options(
         raise APIError(
             400, f"stop must be up to {config.max_stop} non-empty strings, got {stop!r}", param="stop"
         )
+    if req.num_beams is not None and req.num_beams > config.max_num_beams:
+        raise APIError(
+            400,
+            f"num_beams={req.num_beams} is too large; this server searches at most {config.max_num_beams} beams",
+            param="num_beams",
+        )
     temperature = config.default_temperature if req.temperature is None else req.temperature
+    if 0 < temperature < MIN_SAMPLING_TEMPERATURE:
+        temperature = 0.0
     opts: dict[str, Any] = {"max_new_tokens": max_tokens, "temperature": temperature, "stop": stop}
     for name in ("top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
                  "no_repeat_ngram_size", "num_beams", "length_penalty", "seed"):  # fmt: skip
@@ -202,5 +234,20 @@ def generation_options(
     try:
         GenerationOptions.from_kwargs(**opts)
     except DanluError as e:
-        raise APIError(400, str(e)) from e
+        raise APIError(400, str(e), param=_named_option(str(e))) from e
     return opts
+
+
+def _named_option(message: str) -> str | None:
+    """The option a DanluError from GenerationOptions names first (its messages start with the name)."""
+    name = message.split(" ", 1)[0].split("=", 1)[0]
+    return name if name.isidentifier() else None
+
+
+def choice_options(options: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """The options of each of n choices: a seeded sampling request samples choice i with seed + i, so the n
+    choices differ while choice 0 is what the same request with n=1 returns."""
+    if options.get("seed") is None or not options.get("temperature"):
+        return [options] * n
+    span = SEED_MAX - SEED_MIN + 1  # seed + i wraps around within the range the seed was checked in
+    return [{**options, "seed": (options["seed"] + i - SEED_MIN) % span + SEED_MIN} for i in range(n)]
