@@ -48,7 +48,9 @@ _ONLINE_FLAGS: dict[str, dict] = {
         "help": "group loss variant (danlu.align.losses): normalisation, std scaling, clipping",
         "choices": ("grpo", "dr_grpo", "dapo", "gspo", "cispo"),
     },
-    "clip_high": {"help": "upper ratio clip epsilon (DAPO's clip-higher: 0.28; equal to --clip-range: symmetric)"},
+    "clip_high": {
+        "help": "upper ratio clip epsilon (DAPO's clip-higher: 0.28; equal to --clip-range: symmetric)"
+    },
 }
 
 

@@ -28,7 +28,9 @@ def register(sub) -> None:
     )
     p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for company")
     d = ServeConfig()
-    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="larger request bodies get a 413")
+    p.add_argument(
+        "--max-body-bytes", type=int, default=d.max_body_bytes, help="larger request bodies get a 413"
+    )
     p.add_argument(
         "--default-max-tokens",
         type=int,

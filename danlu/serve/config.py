@@ -30,7 +30,9 @@ class ServeConfig:
     max_stop: int = 16  # stop strings per request
     max_embedding_inputs: int = 2048
     default_max_tokens: int = 256  # when a request gives none (capped by the context left)
-    default_temperature: float = 0.0  # for `temperature: null`; GenerationOptions' default (greedy), as the CLI
+    default_temperature: float = (
+        0.0  # for `temperature: null`; GenerationOptions' default (greedy), as the CLI
+    )
     # Connections (applied by serve() and BackgroundServer, see server.py)
     header_timeout_s: float = 10.0  # a connection must finish a request's headers this soon after it starts
     keep_alive_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this

@@ -72,6 +72,7 @@ def interrupted_message(error: KeyboardInterrupt, args: argparse.Namespace, argv
         text += f"\nresume with: {resume_command(argv)}"
     return text
 
+
 # Help and choices of the TrainConfig fields (its module stays a plain dataclass; the flags come from here).
 TRAIN_FLAGS: dict[str, dict] = {
     "max_steps": {"help": "optimizer steps to train"},
