@@ -45,10 +45,15 @@ _Snapshot = tuple[list[str], list[str], list[dict], np.ndarray]
 
 @dataclass
 class Hit:
+    """One retrieved chunk. `score` is what the retriever ranked by (cosine for vector search, BM25, or the
+    reciprocal-rank-fusion value for hybrid search: ~0.03, meaningful only as an order); `cosine` is the cosine
+    similarity of query and chunk embeddings (-1..1) when known: the number to show a reader."""
+
     id: str
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
     score: float = 0.0
+    cosine: float | None = None
 
 
 def _matches(meta: dict[str, Any], flt: dict[str, Any]) -> bool:
@@ -362,7 +367,7 @@ class VectorStore:
         if not ids:
             return []
         top, scores = self._top(snap, vector, k, filter)
-        return [Hit(ids[n], texts[n], metas[n], float(s)) for n, s in zip(top, scores)]
+        return [Hit(ids[n], texts[n], metas[n], float(s), float(s)) for n, s in zip(top, scores)]
 
     def _faiss_search(self, snap: _Snapshot, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         import faiss
@@ -379,6 +384,15 @@ class VectorStore:
     def search(self, query: str, k: int = 4, filter: dict[str, Any] | None = None) -> list[Hit]:
         """The k chunks most similar to the query text, best first (score = cosine similarity)."""
         return self.search_vector(self._query_vector(query), k, filter)
+
+    def cosine(self, query: str, ids: Sequence[str]) -> dict[str, float]:
+        """Cosine similarity of the query to each stored chunk among `ids` (ids not in the store are left out)."""
+        vector = self._query_vector(query)
+        ids_, _, _, matrix = self._load()
+        where = {i: n for n, i in enumerate(ids_)}
+        rows = [where[i] for i in ids if i in where]
+        sims = matrix[rows] @ vector  # (n,)
+        return {ids_[n]: float(s) for n, s in zip(rows, sims)}
 
     def _query_vector(self, query: str) -> np.ndarray:
         if not isinstance(query, str):
@@ -405,7 +419,7 @@ class VectorStore:
         if not ids:
             return []
         rows, relevance = self._top(snap, vector, max(k, fetch_k), filter)
-        candidates = [Hit(ids[n], texts[n], metas[n], float(s)) for n, s in zip(rows, relevance)]
+        candidates = [Hit(ids[n], texts[n], metas[n], float(s), float(s)) for n, s in zip(rows, relevance)]
         cand = matrix[rows]  # (C, dim)
         pairwise = cand @ cand.T  # (C, C)
         picked: list[int] = []
