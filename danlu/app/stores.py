@@ -145,7 +145,7 @@ class VectorStore:
                 raise DanluError(f"cannot create the vector store {self.path}: its folder is not writable")
         self._lock = threading.RLock()
         self._local = threading.local()  # this thread's connection and the data_version it last saw
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: dict[int, sqlite3.Connection] = {}  # by thread id
         self._shared: sqlite3.Connection | None = None  # ":memory:": one database, so one connection
         self._cache: _Snapshot | None = None
         self._faiss_index: tuple[np.ndarray, Any] | None = None  # (the matrix it indexes, the index)
@@ -189,26 +189,32 @@ class VectorStore:
     def _db(self) -> sqlite3.Connection:
         """This thread's connection (sqlite3 connections must not be shared between threads without a lock)."""
         if self._memory:
-            if self._shared is None:
-                self._shared = sqlite3.connect(":memory:", check_same_thread=False)
-                self._connections.append(self._shared)
-            return self._shared
+            with self._lock:
+                if self._shared is None:
+                    self._shared = sqlite3.connect(":memory:", check_same_thread=False)
+                return self._shared
         db = getattr(self._local, "db", None)
         if db is None:
-            if self.read_only:  # immutable: no -wal/-shm files to create beside a file we may not write
-                db = sqlite3.connect(
-                    f"file:{Path(self.path).absolute()}?mode=ro&immutable=1",
-                    uri=True,
-                    check_same_thread=False,
-                )
-            else:
-                # check_same_thread=False only so that close() may close it from another thread; it is used by this one.
-                # timeout: wait up to 30 s for another process's write.
-                db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
-                db.execute("PRAGMA journal_mode=WAL")  # readers and one writer at once, across processes
+            try:
+                db = self._connect()
+            except sqlite3.Error as e:
+                raise _sqlite_error(self.path, e) from e
             self._local.db, self._local.version = db, None
             with self._lock:
-                self._connections.append(db)
+                # Close the connections of threads that have ended (a server's worker threads come and go).
+                alive = {t.ident for t in threading.enumerate()}
+                for ident in [i for i in self._connections if i not in alive]:
+                    self._connections.pop(ident).close()
+                self._connections[threading.get_ident()] = db
+        return db
+
+    def _connect(self) -> sqlite3.Connection:
+        # check_same_thread=False only so that close() may close it from another thread: one thread uses it.
+        if self.read_only:  # immutable: no -wal/-shm files to create beside a file we may not write
+            uri = f"file:{Path(self.path).absolute()}?mode=ro&immutable=1"
+            return sqlite3.connect(uri, uri=True, check_same_thread=False)
+        db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)  # waits 30 s for other writers
+        db.execute("PRAGMA journal_mode=WAL")  # readers and one writer at once, across processes
         return db
 
     def _write(self, action: Any) -> None:
@@ -433,8 +439,10 @@ class VectorStore:
     def close(self) -> None:
         """Close every thread's connection (a thread that uses the store afterwards opens a new one)."""
         with self._lock:
-            for db in self._connections:
+            for db in self._connections.values():
                 db.close()
             self._connections.clear()
-            self._shared = None
+            if self._shared is not None:
+                self._shared.close()
+                self._shared = None
             self._local = threading.local()
