@@ -104,7 +104,7 @@ def _sqlite_error(path: str, e: sqlite3.Error) -> DanluError:
         return DanluError(
             f"cannot open the vector store {path} ({e}); check the folder exists and is writable"
         )
-    return DanluError(f"{path} is not a usable danlu vector store ({e}); choose another path")
+    return DanluError(f"{path} is not a danlu vector store ({e}); choose another path")
 
 
 def _writable(path: str) -> bool:
