@@ -140,5 +140,6 @@ def run_ask(args: argparse.Namespace) -> int:
         print("(no --model or --endpoint given: the best chunks only)", file=sys.stderr)
     for n, h in enumerate(result["sources"], 1):
         where = h.metadata.get("source", h.id)
-        print(f"[{n}] {where} ({score_label(h, n)})\n    {h.text[:300]}")
+        text = " ".join(h.text.split())  # one line per chunk: a hard-wrapped file keeps its line breaks
+        print(f"[{n}] {where} ({score_label(h, n)})\n    {text[:300]}")
     return 0
