@@ -19,6 +19,7 @@ from typing import Any
 
 from danlu.app.llms import LLM, Prompt, render_prompt
 from danlu.app.prompts import ChatTemplate, PromptTemplate, numbered
+from danlu.app.retrieval import score_label
 from danlu.app.stores import Hit
 from danlu.errors import DanluError
 
@@ -121,7 +122,10 @@ class RagChain:
         sources = self.retriever.retrieve(question)
         prompt = self.build_prompt(question, sources)
         if self.verbose:
-            scores = "\n".join(f"{h.score:.3f} {h.metadata.get('source', h.id)}" for h in sources)
+            scores = "\n".join(
+                f"[{n}] {score_label(h, n)} {h.metadata.get('source', h.id)}"
+                for n, h in enumerate(sources, 1)
+            )
             print(
                 f"----- retrieved -----\n{scores}\n----- RAG prompt -----\n{render_prompt(prompt)}",
                 flush=True,

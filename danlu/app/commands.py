@@ -235,6 +235,7 @@ def _retriever(store, kind: str, k: int):
 def run_ask(args: argparse.Namespace) -> int:
 
     from danlu.app.chains import RagChain
+    from danlu.app.retrieval import score_label
     from danlu.app.stores import VectorStore
 
     store = VectorStore(args.store)
@@ -247,8 +248,18 @@ def run_ask(args: argparse.Namespace) -> int:
         answer = RagChain(retriever, llm).invoke(args.question)
         result = {"question": args.question, "answer": answer.answer, "sources": answer.cited}
     if args.json:
+        # rank and cosine (query-chunk similarity, null when unknown) for readers; score: what the retriever
+        # ranked by (for hybrid search the reciprocal-rank-fusion value, meaningful only as an order)
         sources = [
-            {"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata} for h in result["sources"]
+            {
+                "id": h.id,
+                "rank": n,
+                "cosine": h.cosine,
+                "score": h.score,
+                "text": h.text,
+                "metadata": h.metadata,
+            }
+            for n, h in enumerate(result["sources"], 1)
         ]
         print(json.dumps({**result, "sources": sources}, ensure_ascii=False, indent=2))
         return 0
@@ -259,5 +270,6 @@ def run_ask(args: argparse.Namespace) -> int:
         print("(no --model or --endpoint given: the best chunks only)", file=sys.stderr)
     for n, h in enumerate(result["sources"], 1):
         where = h.metadata.get("source", h.id)
-        print(f"[{n}] {where} (score {h.score:.3f})\n    {h.text[:300]}")
+        text = " ".join(h.text.split())  # one line per chunk: a hard-wrapped file keeps its line breaks
+        print(f"[{n}] {where} ({score_label(h, n)})\n    {text[:300]}")
     return 0

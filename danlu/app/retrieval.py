@@ -7,7 +7,9 @@ BM25 (Robertson & Zaragoza 2009), for query terms t and a document d of |d| term
     score(q, d) = Σ_t IDF(t) · tf(t, d)·(k1 + 1) / (tf(t, d) + k1·(1 − b + b·|d| / avgdl))
     IDF(t) = ln(1 + (N − n_t + 0.5) / (n_t + 0.5))          (never negative)
 Reciprocal rank fusion (Cormack, Clarke & Büttcher 2009): score(d) = Σ_r w_r / (rrf_k + rank_r(d)), ranks from 1;
-it needs no score calibration between retrievers, only their orderings.
+it needs no score calibration between retrievers, only their orderings. Its values (at most
+Σ_r w_r / (rrf_k + 1) ≈ 0.03) mean nothing to a reader, so what is shown is `score_label`: the cosine similarity of
+the dense retriever (`Hit.cosine`, filled in for every fused hit), or the rank where there is no embedding.
 """
 
 from __future__ import annotations
@@ -179,8 +181,15 @@ def reciprocal_rank_fusion(
         for rank, hit in enumerate(ranking, start=1):
             fused[hit.id] += w / (rrf_k + rank)
             first.setdefault(hit.id, hit)
+    cosine = {h.id: h.cosine for ranking in rankings for h in ranking if h.cosine is not None}
     order = sorted(fused, key=lambda i: -fused[i])
-    return [Hit(i, first[i].text, first[i].metadata, fused[i]) for i in order]
+    return [Hit(i, first[i].text, first[i].metadata, fused[i], cosine.get(i)) for i in order]
+
+
+def score_label(hit: Hit, rank: int) -> str:
+    """The score a reader understands: "cosine 0.62" (query-chunk similarity, -1..1) when known, else the rank
+    ("rank 2", e.g. BM25 alone, whose scores have no fixed scale)."""
+    return f"cosine {hit.cosine:.3f}" if hit.cosine is not None else f"rank {rank}"
 
 
 class HybridRetriever:
@@ -194,15 +203,24 @@ class HybridRetriever:
         rrf_k: int = 60,
         weights: Sequence[float] | None = None,
         unique: str | None = None,
+        store: VectorStore | None = None,
     ) -> None:
+        """`store`: where the chunks' embeddings are, to give every fused hit its cosine similarity (hits that
+        only BM25 found have none otherwise)."""
         if not retrievers:
             raise DanluError("HybridRetriever needs at least one retriever")
         self.retrievers, self.k, self.rrf_k, self.weights = list(retrievers), k, rrf_k, weights
-        self.unique = unique
+        self.unique, self.store = unique, store
 
     def retrieve(self, query: str) -> list[Hit]:
         rankings = [r.retrieve(query) for r in self.retrievers]
-        return unique_hits(reciprocal_rank_fusion(rankings, self.rrf_k, self.weights), self.unique, self.k)
+        hits = unique_hits(reciprocal_rank_fusion(rankings, self.rrf_k, self.weights), self.unique, self.k)
+        unknown = [h.id for h in hits if h.cosine is None]
+        if self.store is not None and unknown:
+            cosine = self.store.cosine(query, unknown)
+            for h in hits:
+                h.cosine = cosine.get(h.id, h.cosine)
+        return hits
 
 
 def hybrid_retriever(
@@ -211,7 +229,7 @@ def hybrid_retriever(
     """Vector search + BM25 over the same store's chunks (fetch_k candidates each), fused by RRF."""
     bm25 = BM25Index.from_store(store)
     retrievers = [VectorRetriever(store, k=fetch_k), BM25Retriever(bm25, k=fetch_k)]
-    return HybridRetriever(retrievers, k=k, rrf_k=rrf_k, unique=unique)
+    return HybridRetriever(retrievers, k=k, rrf_k=rrf_k, unique=unique, store=store)
 
 
 def recall_at_k(retriever: Any, queries: Sequence[tuple[str, str]], key: str = "source") -> float:

@@ -171,11 +171,23 @@ MAX_EXPONENT = 64
 MAX_MAGNITUDE = 1e30
 
 
+def _in_range(value: int | float | complex) -> int | float:
+    """Every literal and every intermediate result: real, finite (a literal 1e1000 is inf, inf - inf is nan; a
+    model must never read "inf" or "nan" as an answer) and at most MAX_MAGNITUDE."""
+    if isinstance(value, complex):
+        raise ToolError("calculator: the result is not a real number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ToolError(f"calculator: the result is not a finite number ({value}); use smaller numbers")
+    if abs(value) > MAX_MAGNITUDE:
+        raise ToolError(f"calculator: the result is out of range (|x| <= {MAX_MAGNITUDE:g}, real)")
+    return value
+
+
 def _evaluate(node: ast.AST) -> int | float:
     if isinstance(node, ast.Expression):
         return _evaluate(node.body)
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return node.value
+        return _in_range(node.value)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_evaluate(node.operand))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
@@ -184,10 +196,13 @@ def _evaluate(node: ast.AST) -> int | float:
             raise ToolError(f"calculator: exponent {right} is too large (at most {MAX_EXPONENT})")
         if isinstance(node.op, ast.Div | ast.FloorDiv | ast.Mod) and right == 0:
             raise ToolError("calculator: division by zero")
-        value = _BINARY[type(node.op)](left, right)
-        if isinstance(value, complex) or abs(value) > MAX_MAGNITUDE:
-            raise ToolError(f"calculator: the result is out of range (|x| <= {MAX_MAGNITUDE:g}, real)")
-        return value
+        try:
+            value = _BINARY[type(node.op)](left, right)
+        except OverflowError:  # float ** float past 1.8e308
+            raise ToolError(
+                f"calculator: the result is out of range (|x| <= {MAX_MAGNITUDE:g}, real)"
+            ) from None
+        return _in_range(value)
     raise ToolError(
         f"calculator: {type(node).__name__} is not allowed; use numbers, + - * / // % ** and parentheses"
     )

@@ -112,5 +112,7 @@ def handle_eval(args: argparse.Namespace) -> int:
         result = score_file(args.task, args.predictions, out, **options)
         print(f"{args.task}: {result['n']} records")
     _print_metrics(result["metrics"])
+    for note in result.get("notes", []):
+        print(f"note: {note}")
     print(f"wrote {out / 'eval.json'}" + "".join(f", {name}" for name in result["plots"]))
     return 0

@@ -103,23 +103,38 @@ def plot_confusion_matrix(
     return _save(fig, path)
 
 
-def plot_pr_curves(
-    curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
-    path: str | Path,
-    title: str = "Precision-recall",
-) -> Path:
-    """One PR curve per entry {name: (recall, precision, ap)}, the AP shown in the legend.
+# Curves that coincide (two perfect classes: precision 1 at every recall) must all stay visible: each curve gets
+# its own colour, dash pattern and marker, and curves drawn earlier are wider, so one drawn on top of another
+# leaves the earlier one's edges showing (the nested-line idiom).
+_STYLES = ["-", "--", "-.", ":"]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
-    Points may come in either recall order (rising, as COCO's, or falling, as `precision_recall_curve`'s).
-    """
+
+def pr_curves_figure(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], title: str = "Precision-recall"
+) -> Any:
+    """The PR-curve figure of `plot_pr_curves` (not saved)."""
     fig = _new_figure(6.5, 5.0)
     ax = fig.add_subplot()
-    for name, (recall, precision, ap) in curves.items():
+    n = len(curves)
+    for i, (name, (recall, precision, ap)) in enumerate(curves.items()):
         recall, precision = np.asarray(recall), np.asarray(precision)
         if len(recall) > 1 and recall[0] > recall[-1]:  # scikit-learn's order (recall falling): turn it round
             recall, precision = recall[::-1], precision[::-1]
         # "pre": precision P_n holds on the recall interval (R_{n-1}, R_n], the area the step-wise AP sums
-        ax.step(recall, precision, where="pre", label=f"{name} (AP = {ap:.3f})")
+        ax.step(
+            recall,
+            precision,
+            where="pre",
+            label=f"{name} (AP = {ap:.3f})",
+            color=f"C{i % 10}",
+            linestyle=_STYLES[i % len(_STYLES)],
+            linewidth=1.2 + 2.0 * (n - 1 - i) / max(n - 1, 1),  # first curve widest, last 1.2
+            marker=_MARKERS[i % len(_MARKERS)],
+            markevery=max(1, len(recall) // 8),
+            markersize=4,
+            alpha=0.9,
+        )
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0.0, 1.0)
@@ -128,7 +143,20 @@ def plot_pr_curves(
     ax.set_title(title)
     if curves:
         ax.legend(loc="lower left", fontsize=8)
-    return _save(fig, path)
+    return fig
+
+
+def plot_pr_curves(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
+    path: str | Path,
+    title: str = "Precision-recall",
+) -> Path:
+    """One PR curve per entry {name: (recall, precision, ap)}, the AP shown in the legend; curves that coincide
+    all stay visible (see _STYLES).
+
+    Points may come in either recall order (rising, as COCO's, or falling, as `precision_recall_curve`'s).
+    """
+    return _save(pr_curves_figure(curves, title), path)
 
 
 def plot_histogram(values: Sequence[float], path: str | Path, title: str, xlabel: str) -> Path:
@@ -142,14 +170,37 @@ def plot_histogram(values: Sequence[float], path: str | Path, title: str, xlabel
     return _save(fig, path)
 
 
-def plot_bars(values: Mapping[str, float], path: str | Path, title: str, ylabel: str) -> Path:
-    """A bar chart of named values, each bar labelled with its value."""
-    fig = _new_figure(max(4.0, 1.0 + 0.8 * len(values)), 4.0)
+def bars_figure(
+    values: Mapping[str, float], title: str, ylabel: str, ylim: tuple[float, float] | None = None
+) -> Any:
+    """The bar-chart figure of `plot_bars` (not saved). ylim fixes the value axis (e.g. (0, 1) for a rate: with
+    every value 0 matplotlib would otherwise centre a ±0.04 axis on nothing)."""
+    names = [str(n) for n in values]
+    longest = max((len(n) for n in names), default=1)
+    slanted = (
+        len(names) > 3 or longest > 8
+    )  # long or many names: slanted, anchored at the tick, never overlapping
+    fig = _new_figure(max(4.5, 1.5 + (0.8 if slanted else 0.1 * longest + 0.6) * len(names)), 4.0)
     ax = fig.add_subplot()
-    names = list(values)
-    bars = ax.bar(range(len(names)), [values[n] for n in names])
+    bars = ax.bar(range(len(names)), [values[n] for n in values])
     ax.bar_label(bars, fmt="%.3f", fontsize=8)
-    ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 4 else 0)
+    if slanted:
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", rotation_mode="anchor")
+    else:
+        ax.set_xticks(range(len(names)), names)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    return _save(fig, path)
+    ax.set_title(title, pad=14)  # room for the value label of a bar that reaches the top of a fixed axis
+    return fig
+
+
+def plot_bars(
+    values: Mapping[str, float],
+    path: str | Path,
+    title: str,
+    ylabel: str,
+    ylim: tuple[float, float] | None = None,
+) -> Path:
+    """A bar chart of named values, each bar labelled with its value."""
+    return _save(bars_figure(values, title, ylabel, ylim), path)

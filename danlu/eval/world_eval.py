@@ -14,6 +14,12 @@ The model is used only through `model(input_ids).logits` and `danlu.generate.gen
 prompts, max_new_tokens=..., temperature=0.0) -> list[str]`. Prompts go through the tokenizer's chat template
 (instruction, then a blank line and the input if there is one), the way SFT formats them; the answer is the
 generated text up to its first newline, stripped.
+
+Exact match and BLEU compare *replies*: a base model that was never instruction-tuned continues a prompt instead
+of answering it and scores about 0 whatever it knows. `answer_format_notes` says so in `notes` (eval.json, and
+the CLI prints them): it measures the probability the model gives the chat template's end-of-turn token right
+after a correct answer — an instruction-tuned model puts most of its probability there, a base model that never
+saw the token almost none.
 """
 
 from __future__ import annotations
@@ -57,6 +63,74 @@ def _into_chinese(record: dict[str, Any]) -> bool:
     return bool(_HAN.search(record["output"]))
 
 
+# A model that never learned where a reply ends gives the end-of-turn token about the uniform 1/V (random
+# weights) or less (pretraining pushes never-seen tokens down); an instruction-tuned one gives it orders of
+# magnitude more (SmolLM2-135M-Instruct: 0.1 after the world's answers, 5000 times 1/V).
+END_OF_TURN_FACTOR = 10.0  # the note when the mean probability is below END_OF_TURN_FACTOR / V
+PROBE_RECORDS = 8
+
+
+def end_of_turn_probability(
+    model: Any, tokenizer: Any, records: list[dict[str, Any]]
+) -> tuple[float, int] | None:
+    """(mean probability, vocabulary size V): over a few records, the probability that the model ends its turn
+    right after the gold answer (the token the chat template puts after an assistant message, e.g.
+    `<|im_end|>`). None when the template gives no such token (no template, or one that does not render an
+    assistant turn after the prompt)."""
+    import torch
+
+    if not hasattr(tokenizer, "apply_chat_template") or not hasattr(tokenizer, "encode"):
+        return None
+    window = _context_size(model)
+    probs, V = [], 0
+    for r in records[:PROBE_RECORDS]:
+        content = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
+        turns = [{"role": "user", "content": content}, {"role": "assistant", "content": r["output"]}]
+        try:
+            prefix = sft_prompt(r, tokenizer) + r["output"]
+            full = tokenizer.apply_chat_template(turns, add_generation_prompt=False)
+        except Exception:  # noqa: BLE001 - a template that cannot render a reply gives no probe, not an error
+            return None
+        if not isinstance(full, str) or not full.startswith(prefix) or len(full) == len(prefix):
+            return None
+        ids, full_ids = list(tokenizer.encode(prefix)), list(tokenizer.encode(full))
+        if len(full_ids) <= len(ids) or full_ids[: len(ids)] != ids:
+            return None
+        end = full_ids[len(ids)]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids[-window:]])).logits[0, -1]  # (V,)
+        probs.append(torch.softmax(logits.float(), -1)[end].item())
+        V = logits.shape[-1]
+    return (sum(probs) / len(probs), V) if probs else None
+
+
+def answer_format_notes(
+    model: Any, tokenizer: Any, records: list[dict[str, Any]], exact: dict[str, float]
+) -> list[str]:
+    """Why exact match / BLEU may mean nothing for this model, as sentences for the report (empty if none)."""
+    if not hasattr(tokenizer, "apply_chat_template"):
+        return [
+            "the tokenizer has no chat template, so questions go in as plain text: exact match and BLEU are "
+            "meaningful only for a model trained to answer in that format"
+        ]
+    probe = end_of_turn_probability(model, tokenizer, records)
+    if probe is not None and probe[0] < END_OF_TURN_FACTOR / probe[1]:
+        p, V = probe
+        return [
+            f"exact match and BLEU cannot be meaningful for this model: after a correct answer it gives the chat "
+            f"template's end-of-turn token a probability of {p:.2g} (about {p * V:.2g}/V for its {V} tokens; an "
+            "instruction-tuned model gives it thousands of times 1/V), so it looks like a base model that was "
+            "never instruction-tuned: it continues prompts instead of answering them. Perplexity is the measure "
+            "for it; fine-tune it first (`danlu sft`) to score answers"
+        ]
+    if exact and all(v == 0 for v in exact.values()):
+        return [
+            "exact match is 0 for every kind: if the model was never instruction-tuned (SFT), it continues "
+            "prompts instead of answering them and this score says nothing about what it knows"
+        ]
+    return []
+
+
 def _context_size(model: Any, default: int = 256) -> int:
     config = getattr(model, "config", None)
     for name in ("block_size", "n_positions", "max_position_embeddings", "max_seq_len"):
@@ -81,7 +155,8 @@ def evaluate_model(
 
     limit: at most this many records per file (for quick runs). max_length: the perplexity window
     (default: the model's context size from its config, else 256). prompt_fn(record, tokenizer) -> str
-    overrides `sft_prompt`. Returns the dict written to eval.json.
+    overrides `sft_prompt`. Returns the dict written to eval.json; its "notes" say when a metric cannot be
+    meaningful for this model (see `answer_format_notes`).
     """
     from danlu.eval.text import corpus_bleu, exact_match, perplexity
 
@@ -94,6 +169,7 @@ def evaluate_model(
             f"world: {world_dir} has neither {PERPLEXITY_FILE} nor {SFT_TEST_FILE}; is it a world directory?"
         )
     metrics: dict[str, Any] = {}
+    notes: list[str] = []
     plots = []
 
     if PERPLEXITY_FILE in found:
@@ -153,7 +229,9 @@ def evaluate_model(
             if pairs:
                 hyps, refs = zip(*pairs, strict=True)
                 metrics[name] = corpus_bleu(list(hyps), list(refs), tokenize="zh" if to_zh else "13a").score
-        plots.append(report.plot_bars(em, out_dir / "exact_match.png", "Exact match by kind", "exact match"))
+        notes += answer_format_notes(model, tokenizer, records, metrics["exact_match"])
+        title = "Exact match by kind" + (" (see the note in eval.json)" if notes else "")
+        plots.append(report.plot_bars(em, out_dir / "exact_match.png", title, "exact match", ylim=(0.0, 1.0)))
         samples = [
             {
                 "instruction": r["instruction"],
@@ -165,6 +243,6 @@ def evaluate_model(
         ]
         report.write_jsonl(samples, out_dir / "samples.jsonl")
 
-    result = {"world": str(world_dir), "metrics": metrics, "plots": [p.name for p in plots]}
+    result = {"world": str(world_dir), "metrics": metrics, "notes": notes, "plots": [p.name for p in plots]}
     report.write_json(result, out_dir / "eval.json")
     return result

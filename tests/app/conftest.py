@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -37,10 +36,10 @@ def local_model(world):
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    """A throwaway redis-server (Debian package redis-server) on a free loopback port, no persistence."""
-    server = shutil.which("redis-server")
-    assert server, "redis-server is not installed: apt-get install redis-server"
+def redis_url(tmp_path_factory, redis_server):
+    """A throwaway redis-server (Debian package redis-server; tests/conftest.py finds it) on a free loopback port,
+    no persistence."""
+    server = redis_server
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

