@@ -7,6 +7,8 @@ import os
 # Before anything imports huggingface_hub: the reference libraries must never reach the network, so that plain
 # `pytest` behaves as CI does (a missing file is an error, not a download).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Corpora prepared on the fly (danlu.data.corpus) go to a folder of this test run, not the user's ~/.cache.
+os.environ.setdefault("DANLU_CACHE_DIR", __import__("tempfile").mkdtemp(prefix="danlu-test-cache-"))
 
 import importlib.util  # noqa: E402
 import shutil  # noqa: E402
