@@ -110,8 +110,10 @@ def _check_predict(args: argparse.Namespace) -> None:
 
 
 def _opts(args: argparse.Namespace, **steps):
+    from danlu.train.commands import RUN_OUTPUTS, check_out
     from danlu.train.vision import VisionOptions
 
+    check_out(args, (*RUN_OUTPUTS, "ema"))  # before any picture is drawn: never write over an earlier run
     return VisionOptions(
         image_size=args.image_size,
         n_train=args.n_train,

@@ -50,6 +50,15 @@ def spawn_chat(tmp_path, checkpoint_path, seconds_per_token: float) -> pexpect.s
             return model, tokenizer
 
         danlu.load = slow_load
+        # the decode step may bypass model.forward (the lean static-cache step): slow it down where it is called
+        import danlu.generate.search as search
+        real_step = search.decode_one
+
+        def slow_step(*args, **kwargs):
+            time.sleep({seconds_per_token})
+            return real_step(*args, **kwargs)
+
+        search.decode_one = slow_step
         raise SystemExit(main(["chat", "--model", {str(checkpoint_path)!r}, "--max-new-tokens", "{MAX_NEW}",
                                "--min-new-tokens", "{MAX_NEW}", "--temperature", "0"]))
     """)
@@ -91,8 +100,11 @@ def test_ctrl_c_stops_one_reply_and_the_session_goes_on(checkpoint, tmp_path):
     child.expect(r"\[unknown command /frobnicate; /help lists the commands\]")
 
     child.expect("you> ")
+    time.sleep(0.3)  # a person's Ctrl-C comes after readline is waiting again, not within microseconds of it
     child.sendintr()  # once at the prompt: a hint, not the end
     child.expect(r"Ctrl-C again or Ctrl-D to quit")
+    child.expect("you> ")
+    time.sleep(0.3)
     child.sendintr()
     child.expect(pexpect.EOF)
     child.close()
@@ -118,3 +130,29 @@ def test_notes_follow_the_reply_and_save_errors_are_reported(checkpoint, tmp_pat
     assert "could not write" in captured.err and "the conversation is unchanged" in captured.err
     assert "[no system prompt]" in captured.err and "/save FILE" in captured.err
     assert captured.err.index("danlu chat") < captured.err.index("[cut at")  # banner before everything
+
+
+def test_ctrl_c_twice_at_the_prompt_quits(checkpoint, tmp_path):
+    path, _, _ = checkpoint
+    child = spawn_chat(tmp_path, path, seconds_per_token=0.0)
+    child.expect("you> ")
+    time.sleep(0.3)
+    child.sendintr()
+    child.expect(r"Ctrl-C again or Ctrl-D to quit")
+    child.expect("you> ")
+    time.sleep(0.3)
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_ctrl_d_at_the_prompt_quits(checkpoint, tmp_path):
+    path, _, _ = checkpoint
+    child = spawn_chat(tmp_path, path, seconds_per_token=0.0)
+    child.expect("you> ")
+    time.sleep(0.3)
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
