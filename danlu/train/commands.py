@@ -141,7 +141,12 @@ def check_pretrain_args(args: argparse.Namespace) -> None:
     check_preset(args.preset)
     train_config_from_args(args)
     check_paths(args.tokenizer, what="tokenizer")
-    check_paths(*args.data, what="data file or folder")
+    from danlu.data.corpus import parse_data_specs
+
+    # `a=0.7 b=0.3` names weighted sources: check their paths (and the weights) without the "=w" part
+    check_paths(
+        *(path for paths, _ in parse_data_specs(args.data) for path in paths), what="data file or folder"
+    )
 
 
 def register(sub) -> None:

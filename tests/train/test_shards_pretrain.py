@@ -122,7 +122,7 @@ def test_plain_files_are_cached_and_refreshed(tmp_path, world, tokenizer):
 def _pretrain(capsys, tmp_path, tok_dir, *data):
     code = main(["pretrain", "--data", *map(str, data), "--tokenizer", str(tok_dir), "--out", str(tmp_path / "run"),
                  "--preset", "llama-tiny", "--max-steps", "2", "--batch-size", "2", "--block-size", "32",
-                 "--eval-interval", "2", "--eval-batches", "1", "--quiet"])  # fmt: skip
+                 "--eval-interval", "2", "--eval-batches", "1", "--quiet", "--overwrite"])  # fmt: skip
     return code, capsys.readouterr()
 
 
