@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from danlu.errors import DanluError
@@ -91,9 +92,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 1
         result = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at interpreter exit
     except DanluError as e:  # raised while parsing (a type= check) or running; one line, never a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `danlu world | head`: the reader left; stop quietly, as cat and grep do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush of stdout must not fail again
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
     except KeyboardInterrupt as e:  # a trainer's Ctrl-C says where its checkpoint is and how to resume
         from danlu.train.commands import interrupted_message
 

@@ -163,6 +163,8 @@ class Parser(argparse.ArgumentParser):
         given = kwargs.get("formatter_class")
         raw = isinstance(given, type) and issubclass(given, argparse.RawDescriptionHelpFormatter)
         kwargs["formatter_class"] = RawDescriptionHelpFormatter if raw else HelpFormatter
+        # `--max` must not silently mean `--max-new-tokens` today and fail once `--max-steps` joins a command.
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
 

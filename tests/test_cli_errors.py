@@ -1,5 +1,8 @@
 """Bad input at the command line: one clear `error: ...` line, exit status 2, no traceback."""
 
+import subprocess
+import sys
+
 import pytest
 
 from danlu.cli import main
@@ -97,3 +100,25 @@ def test_building_the_cli_does_not_import_torch():
     code = "import sys, danlu.cli; danlu.cli.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    # `danlu world --out DIR | head -0`: the reader is gone before the summary is written.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "danlu", "world", "--out", str(tmp_path / "w")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert proc.returncode == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_abbreviated_flags_are_refused(capsys):
+    # argparse would read `--max-new` as `--max-new-tokens`: a prefix that silently changes meaning
+    # the day another flag starts with it.
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", "m", "--max-new", "3", "hi"])
+    assert "unrecognized arguments: --max-new" in capsys.readouterr().err
