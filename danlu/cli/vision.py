@@ -11,7 +11,7 @@ import math
 def _common(p: argparse.ArgumentParser, steps: int) -> None:
     """Shared training flags; `steps` repeats VisionOptions' default (literal here so `danlu --help` needs no torch;
     tests/vision checks the two agree)."""
-    from danlu.train.commands import add_overwrite_arg
+    from danlu.cli.train import add_overwrite_arg
 
     p.add_argument("--out", required=True, help="output folder: checkpoint/, metrics.jsonl, loss.png")
     add_overwrite_arg(p)
@@ -103,15 +103,15 @@ def register(sub) -> None:
 
 
 def _check_predict(args: argparse.Namespace) -> None:
-    from danlu.train.commands import check_paths
+    from danlu.cli.train import check_paths
 
     check_paths(args.model, what="model")
     check_paths(*args.images, what="image")
 
 
 def _opts(args: argparse.Namespace, **steps):
-    from danlu.train.commands import RUN_OUTPUTS, check_out
-    from danlu.train.vision import VisionOptions
+    from danlu.cli.train import RUN_OUTPUTS, check_out
+    from danlu.recipes.vision import VisionOptions
 
     check_out(args, (*RUN_OUTPUTS, "ema"))  # before any picture is drawn: never write over an earlier run
     return VisionOptions(
@@ -126,7 +126,7 @@ def _opts(args: argparse.Namespace, **steps):
 
 
 def run_vit_train(args: argparse.Namespace) -> int:
-    from danlu.train.vision import train_vit_classifier
+    from danlu.recipes.vision import train_vit_classifier
 
     _, summary = train_vit_classifier(args.out, _opts(args, vit_steps=args.steps))
     print(json.dumps(summary, indent=2))
@@ -134,7 +134,7 @@ def run_vit_train(args: argparse.Namespace) -> int:
 
 
 def run_clip_train(args: argparse.Namespace) -> int:
-    from danlu.train.vision import train_clip
+    from danlu.recipes.vision import train_clip
 
     _, _, summary = train_clip(args.out, _opts(args, clip_steps=args.steps))
     print(json.dumps(summary, indent=2))
@@ -142,7 +142,7 @@ def run_clip_train(args: argparse.Namespace) -> int:
 
 
 def run_diffusion_train(args: argparse.Namespace) -> int:
-    from danlu.train.vision import train_diffusion
+    from danlu.recipes.vision import train_diffusion
 
     _, summary = train_diffusion(args.out, _opts(args, diffusion_steps=args.steps))
     print(json.dumps(summary, indent=2))
@@ -319,8 +319,8 @@ def run_clip_predict(args: argparse.Namespace) -> int:
 
     from danlu.data.pictures import SHAPES
     from danlu.models.clip import class_embeddings
+    from danlu.recipes.vision import SHAPE_TEMPLATES
     from danlu.tokenizers.base import Tokenizer
-    from danlu.train.vision import SHAPE_TEMPLATES
 
     model = load_vision(args.model, "CLIP", args.device)
     tokenizer = Tokenizer.load(args.model)

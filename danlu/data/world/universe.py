@@ -12,7 +12,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from danlu.data import world_lexicon as lex
+from danlu.data.world import lexicon as lex
 from danlu.errors import DanluError
 
 HELDOUT_FRACTION = 0.12  # of people-facts, per relation

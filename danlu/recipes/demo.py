@@ -176,14 +176,14 @@ STAGES: dict[str, Callable[[DemoContext], dict[str, Any]]] = {
     "tokenizer": stage_tokenizer,
     "pretrain": stage_pretrain,
     "samples": stage_samples,
-    "seq2seq": _lazy("danlu.train.seq2seq", "stage_seq2seq"),
-    "bert": _lazy("danlu.train.bert", "stage_bert"),
-    "vision": _lazy("danlu.train.vision", "stage_vision"),
-    "sft": _lazy("danlu.align.demo_stages", "stage_sft"),
-    "reward": _lazy("danlu.align.demo_stages", "stage_reward"),
-    "dpo": _lazy("danlu.align.demo_stages", "stage_dpo"),
-    "ppo": _lazy("danlu.align.demo_stages", "stage_ppo"),
-    "grpo": _lazy("danlu.align.demo_stages", "stage_grpo"),
+    "seq2seq": _lazy("danlu.recipes.seq2seq", "stage_seq2seq"),
+    "bert": _lazy("danlu.recipes.bert", "stage_bert"),
+    "vision": _lazy("danlu.recipes.vision", "stage_vision"),
+    "sft": _lazy("danlu.recipes.align_stages", "stage_sft"),
+    "reward": _lazy("danlu.recipes.align_stages", "stage_reward"),
+    "dpo": _lazy("danlu.recipes.align_stages", "stage_dpo"),
+    "ppo": _lazy("danlu.recipes.align_stages", "stage_ppo"),
+    "grpo": _lazy("danlu.recipes.align_stages", "stage_grpo"),
 }
 DEFAULT_STAGES = ["world", "tokenizer", "pretrain", "samples"]
 ALIGN_STAGES = {"sft", "reward", "dpo", "ppo", "grpo"}
@@ -399,7 +399,7 @@ def _resume(ctx: DemoContext) -> float:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from danlu.train.commands import check_out
+    from danlu.cli.train import check_out
 
     stages = resolve_stages(args.stages)
     if args.steps is None:
@@ -446,7 +446,7 @@ def register(sub) -> None:
         action="store_true",
         help="continue an interrupted demo in OUT after its last finished stage",
     )
-    from danlu.train.commands import add_overwrite_arg
+    from danlu.cli.train import add_overwrite_arg
 
     add_overwrite_arg(p)
     p.add_argument(
@@ -472,7 +472,7 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="pretraining peak learning rate")
     p.add_argument("--samples", type=int, default=6, help="generations shown at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage headings")
-    from danlu.align.demo_stages import add_demo_args
+    from danlu.recipes.align_stages import add_demo_args
 
     add_demo_args(p)
     heavy(p, run_demo, validate=check_demo_args)
@@ -480,8 +480,8 @@ def register(sub) -> None:
 
 def check_demo_args(args: argparse.Namespace) -> None:
     """Every flag checked before the world is written (a typo must not cost a stage)."""
-    from danlu.data.world_universe import resolve_size
-    from danlu.train.commands import check_preset
+    from danlu.cli.train import check_preset
+    from danlu.data.world.universe import resolve_size
 
     resolve_stages(args.stages)
     check_preset(args.preset)

@@ -40,7 +40,7 @@ def check_tokenizer(tokenizer: Any) -> dict[str, int]:
     if missing:
         raise DanluError(
             f"the tokenizer lacks the special tokens {missing}; a seq2seq tokenizer needs {SPECIALS} "
-            "(train one with danlu.train.seq2seq.train_tokenizer)"
+            "(train one with danlu.recipes.seq2seq.train_tokenizer)"
         )
     return ids
 

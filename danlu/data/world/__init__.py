@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from danlu.data import world_lexicon as lex
-from danlu.data.world_lexicon import split_words
-from danlu.data.world_tasks import (
+from danlu.data.world import lexicon as lex
+from danlu.data.world.lexicon import split_words
+from danlu.data.world.tasks import (
     classification_records,
     knowledge_records,
     preference_records,
@@ -50,8 +50,8 @@ from danlu.data.world_tasks import (
     seq2seq_records,
     sft_records,
 )
-from danlu.data.world_text import fact_lines, pretrain_documents
-from danlu.data.world_universe import Entity, Fact, Universe, WorldSize, build_universe, resolve_size
+from danlu.data.world.text import fact_lines, pretrain_documents
+from danlu.data.world.universe import Entity, Fact, Universe, WorldSize, build_universe, resolve_size
 from danlu.errors import DanluError
 
 __all__ = ["World", "build_world", "write_world", "reward", "split_words", "FILES"]

@@ -1,6 +1,6 @@
 """`danlu demo` stages after pretraining: SFT -> reward model -> DPO (default), PPO and GRPO (with --stages).
 
-Each `stage_*(ctx)` takes the DemoContext of danlu.demo, trains from the models earlier stages left in
+Each `stage_*(ctx)` takes the DemoContext of danlu.recipes.demo, trains from the models earlier stages left in
 `ctx.state` ("model": the pretrained GPT, then "sft_model", "reward_model", ...), evaluates on the world's held-out
 files, appends a report section and returns its metrics. A stage whose inputs are missing runs the stage it needs
 first (so `--stages ppo` also trains SFT and the reward model). Sizes are chosen so the whole
@@ -282,8 +282,8 @@ def arithmetic_pool(held_out: list[dict]) -> list[dict]:
     sft_train holds (~1.5k vs 400): fresh problems teach arithmetic rather than a memorised answer list."""
     import re
 
-    from danlu.data import world_lexicon as lex
-    from danlu.data.world_tasks import arith_qa
+    from danlu.data.world import lexicon as lex
+    from danlu.data.world.tasks import arith_qa
 
     def key(text: str) -> tuple[str, ...]:
         m = re.search(r"(\d+) ([-+*]) (\d+)", text)
