@@ -28,7 +28,7 @@ COMMAND_MODULES = [
     "danlu.cli.eval",  # eval
     "danlu.cli.serve",  # serve
     "danlu.cli.app",  # rag index / ask, agent
-    "danlu.recipes.demo",  # demo
+    "danlu.cli.demo",  # demo
 ]
 
 

@@ -160,8 +160,9 @@ def load_diffusion(path: str):
     d = Path(path)
     if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
         raise DanluError(f"{path} is not a diffusion checkpoint (needs config.json and model.safetensors)")
-    from danlu.models.checkpoints import check_finite, read_config, read_safetensors
+    from danlu.models.checkpoints import read_config, read_safetensors
     from danlu.models.config_checks import config_from_dict
+    from danlu.models.weights import check_finite
 
     try:
         cfg = config_from_dict(DiffusionConfig, read_config(d), "diffusion config")
@@ -180,9 +181,8 @@ def load_diffusion(path: str):
 def run_diffusion_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from danlu.data.pictures import save_grid, to_uint8
+    from danlu.data.pictures import parse_prompt, save_grid, to_uint8
     from danlu.errors import DanluError
-    from danlu.models.diffusion import parse_prompt
 
     if args.n <= 0:
         raise DanluError(f"--samples must be positive, got {args.n}")

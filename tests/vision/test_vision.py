@@ -15,13 +15,14 @@ from danlu.data.pictures import (
     HELD_OUT_COMBOS,
     SHAPES,
     make_pictures,
+    parse_prompt,
     save_grid,
     to_tensor,
     to_uint8,
 )
 from danlu.errors import DanluError
 from danlu.models.clip import CLIP, CLIPConfig, clip_loss, retrieval_recall, zero_shot_classify
-from danlu.models.diffusion import Diffusion, DiffusionConfig, linear_schedule, parse_prompt, q_sample
+from danlu.models.diffusion import Diffusion, DiffusionConfig, linear_schedule, q_sample
 from danlu.models.vit import ViT, ViTConfig
 
 
