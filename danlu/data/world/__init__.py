@@ -21,7 +21,7 @@ In memory (split is "train" or "test"; pretraining uses "train" or "val"):
     world.seq2seq_records(split)         {"source": English, "target": Chinese, "kind"}
     world.classification_records(split)  {"text", "label"}, label in people / animals / places / numbers
     world.vocabulary()                   set[str] of every word the world can produce (see `split_words`)
-    world.facts, world.people, ...       the universe itself (`world_universe.Fact`, `Entity`)
+    world.facts, world.people, ...       the universe itself (`universe.Fact`, `Entity`)
 
 The SFT knowledge experiment: `sft_test` holds questions of kind "fact" (facts stated in pretraining whose
 questions were never in any training record) and "fact_heldout" (facts that appear in NO training text at
@@ -31,6 +31,10 @@ Kinds: "fact", "fact_heldout", "arith", "translate". Records carry "answer", che
 
 Sizes: "tiny" (unit tests, ~50 KB of pretraining text), "small" (default, ~1.5 MB), "medium" (~10 MB),
 "large" (~25 MB), or an int m (small with m times the text). The same seed and size give byte-identical files.
+
+The package: lexicon.py (syllables, closed lists, sentence templates), universe.py (entities and facts
+from a seed), text.py (sentences, pretraining documents), tasks.py (SFT, preference and seq2seq records, the
+reward); this file assembles them into a World and writes its files.
 """
 
 from __future__ import annotations
@@ -181,7 +185,7 @@ class World:
         return knowledge_records(self.universe, self.seed)
 
     def knowledge_records(self, heldout: bool | None = None) -> list[dict]:
-        """Fact-completion probes (`world_tasks.knowledge_records`); `heldout` picks held-out or held-in only."""
+        """Fact-completion probes (`tasks.knowledge_records`); `heldout` picks held-out or held-in only."""
         return [r for r in self._knowledge if heldout is None or r["heldout"] == heldout]
 
     def records(self, stem: str) -> list[dict]:
