@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+# The subpackage danlu/generate (decoding) is imported first, so that the function `generate` below is what
+# `danlu.generate` names: importing a submodule sets the parent's attribute only when the submodule is first
+# loaded, which is now, before the `def`. Later `from danlu.generate.engine import ...` leave the function in
+# place. The package's __init__ imports nothing, so `import danlu` stays cheap. (docs/ARCHITECTURE.md, "Layers")
+from danlu import generate as _decoding  # noqa: F401  (loaded before the def below, see above)
+
 __version__ = "0.1.0"
 __all__ = ["load", "save", "generate", "stream", "__version__"]
 
@@ -26,13 +32,12 @@ def save(model: Any, tokenizer: Any, path: Any) -> Any:
     return _save(model, tokenizer, path)
 
 
-def __getattr__(name: str) -> Any:
-    # `danlu.generate` is the callable package danlu/generate (see its __init__), imported on first use.
-    if name == "generate":
-        import danlu.generate
+def generate(model: Any, tokenizer: Any, prompt: Any, **options: Any) -> Any:
+    """The continuation of `prompt` (a string, or a list of strings decoded as one batch); see
+    `danlu.generate.engine.generate` for the options (the same names as `danlu generate --help`)."""
+    from danlu.generate.engine import generate as _generate
 
-        return danlu.generate
-    raise AttributeError(f"module 'danlu' has no attribute {name!r}")
+    return _generate(model, tokenizer, prompt, **options)
 
 
 def stream(model: Any, tokenizer: Any, prompt: str, **options: Any) -> Any:

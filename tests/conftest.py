@@ -114,8 +114,8 @@ def make_gpt(tokenizer):
 
 @pytest.fixture
 def cli():
-    """`danlu.cli.main` (cli.py registers the fine-tuning and alignment commands)."""
+    """`danlu.cli.main` (danlu/cli/ registers the fine-tuning and alignment commands)."""
     from danlu.cli import COMMAND_MODULES, main
 
-    assert {"danlu.tune.commands", "danlu.align.commands"} <= set(COMMAND_MODULES)
+    assert {"danlu.cli.tune", "danlu.cli.align"} <= set(COMMAND_MODULES)
     return main

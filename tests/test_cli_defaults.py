@@ -45,7 +45,7 @@ def test_cli_defaults_are_the_library_defaults(name):
 
 def test_cli_default_beam_search_is_valid():
     """The reported failure: `danlu generate --num-beams 4` refused by the CLI's own sampling default."""
-    from danlu.generate.commands import check_generation_args
+    from danlu.cli.generate import check_generation_args
 
     args = command("generate").parse_args(["--model", "m", "hi", "--num-beams", "4"])
     check_generation_args(args)  # raised "num_beams=4 with temperature=0.8" before

@@ -17,6 +17,7 @@ def no_heavy_work(monkeypatch):
 
     monkeypatch.setattr("danlu.tokenizers.base.Tokenizer.load", forbidden)
     monkeypatch.setattr("danlu.load", forbidden)
+    monkeypatch.setattr("danlu.models.checkpoints.load", forbidden)  # what the library (serve, app) calls
     monkeypatch.setattr("danlu.data.world.write_world", forbidden)
     monkeypatch.setattr("danlu.data.formats.read_texts", forbidden)
 

@@ -12,8 +12,8 @@ from danlu.cli import main
 from danlu.data.pictures import SHAPES, make_pictures, to_tensor
 from danlu.models.clip import CLIP, CLIPConfig, zero_shot_classify
 from danlu.models.vit import ViT, ViTConfig
+from danlu.recipes.vision import SHAPE_TEMPLATES, _save_json
 from danlu.tokenizers.bpe import BPETokenizer
-from danlu.train.vision import SHAPE_TEMPLATES, _save_json
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def pictures(tmp_path_factory):
 
 
 def _pixels(paths):
-    from danlu.models.vision_commands import read_image
+    from danlu.cli.vision import read_image
 
     return to_tensor(np.stack([read_image(p, 8) for p in paths]))
 

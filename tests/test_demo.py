@@ -58,8 +58,8 @@ def test_generate_and_chat_on_the_demo_checkpoint(demo_dir, capsys, monkeypatch)
 
 
 def test_stage_selection():
-    from danlu.demo import resolve_stages
     from danlu.errors import DanluError
+    from danlu.recipes.demo import resolve_stages
 
     assert resolve_stages(None) == ["world", "tokenizer", "pretrain", "samples"]
     assert resolve_stages("bert") == ["world", "tokenizer", "bert"]
@@ -69,7 +69,12 @@ def test_stage_selection():
 
 
 def test_alignment_runs_pretrain_longer_unless_told():
-    from danlu.demo import PRETRAIN_STEPS, PRETRAIN_STEPS_ALIGN, default_pretrain_steps, resolve_stages
+    from danlu.recipes.demo import (
+        PRETRAIN_STEPS,
+        PRETRAIN_STEPS_ALIGN,
+        default_pretrain_steps,
+        resolve_stages,
+    )
 
     assert default_pretrain_steps(resolve_stages(None)) == PRETRAIN_STEPS
     assert default_pretrain_steps(resolve_stages("grpo")) == PRETRAIN_STEPS_ALIGN > PRETRAIN_STEPS
@@ -103,7 +108,7 @@ def test_samples_section_keeps_hostile_text_literal():
     collapsed into one paragraph; plus HTML, backtick fences and leading spaces in generated text."""
     from markdown_it import MarkdownIt
 
-    from danlu.demo import samples_section
+    from danlu.recipes.demo import samples_section
 
     samples = [
         ("Bonalen likes to ", "49 this year. **bold?** _x_"),

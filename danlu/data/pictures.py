@@ -164,3 +164,17 @@ def save_grid(images: np.ndarray, path, ncol: int = 8, scale: int = 4) -> None:
         grid[1 + r * (H + 1) : 1 + r * (H + 1) + H, 1 + c * (W + 1) : 1 + c * (W + 1) + W] = images[i]
     img = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
     img.save(path)
+
+
+def parse_prompt(prompt: str) -> tuple[int | None, int | None]:
+    """The (shape, colour) indices named in an English or Chinese prompt ("a red circle", "红色圆形");
+    None for an attribute the prompt leaves out."""
+    text = prompt.lower()
+    shape = next((i for i, s in enumerate(SHAPES) if s in text or SHAPES_ZH[s] in prompt), None)
+    colour = next((i for i, c in enumerate(COLOURS) if c in text or COLOURS_ZH[c] in prompt), None)
+    if shape is None and colour is None:
+        raise DanluError(
+            f"prompt {prompt!r} names no shape ({', '.join(SHAPES)}) and no colour ({', '.join(COLOURS)}); "
+            'try "a red circle"'
+        )
+    return shape, colour

@@ -10,7 +10,7 @@
 - `danlu.eval.preference`: win rates, online Elo, Bradley-Terry ratings with bootstrap intervals
 
 The main functions are importable from here (`from danlu.eval import corpus_bleu`); they are loaded on
-first use (PEP 562 `__getattr__`) so that `danlu --help`, which imports `danlu.eval.commands`, stays fast.
+first use (PEP 562 `__getattr__`) so that `danlu --help`, which imports `danlu.cli.eval`, stays fast.
 """
 
 from __future__ import annotations

@@ -66,8 +66,8 @@ def probe_knowledge(
     model: Any, tokenizer: Any, world: Any, n_per_group: int = 200, seed: int = 0, batch_size: int = 16
 ) -> KnowledgeProbe:
     """Run the three probes on up to `n_per_group` items each (sampled with `seed`)."""
-    from danlu.data.world_tasks import N_CHOICES
-    from danlu.data.world_text import arith_problem
+    from danlu.data.world.tasks import N_CHOICES
+    from danlu.data.world.text import arith_problem
 
     if n_per_group < 1:
         raise DanluError(f"n_per_group: must be at least 1, got {n_per_group}")

@@ -3,25 +3,9 @@
 Modules, top to bottom: options.py (GenerationOptions, validation) -> processors.py (pure logits functions)
 -> static.py (lean static-cache forward, CUDA graphs) -> steps.py (prefill / decode_one / reorder / rollback)
 -> search.py (greedy, sampling, beam, contrastive, speculative) -> engine.py (text in, text out, streaming);
-quantize.py (int8 / int4 weights) and commands.py (`danlu generate`, `danlu chat`) stand aside.
+quantize.py (int8 / int4 weights) stands aside; the commands (`danlu generate`, `danlu chat`) are danlu/cli/generate.py.
 
-`danlu.generate` is both this package and the public function `danlu.generate(model, tokenizer, prompt, ...)`:
-the package object is made callable (it forwards to `engine.generate`), so `import danlu.generate.engine` can
-never shadow the function with the module, whichever is imported first.
+The public function `danlu.generate(model, tokenizer, prompt, ...)` is defined in danlu/__init__.py (it calls
+`engine.generate`); this package is reached by its submodules: `from danlu.generate.engine import generate`,
+`from danlu.generate import engine`. This file imports nothing, so `import danlu` stays cheap.
 """
-
-from __future__ import annotations
-
-import sys
-import types
-from typing import Any
-
-
-class _CallableModule(types.ModuleType):
-    def __call__(self, model: Any, tokenizer: Any, prompt: Any, **options: Any) -> Any:
-        from danlu.generate.engine import generate
-
-        return generate(model, tokenizer, prompt, **options)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -15,7 +15,7 @@ Reads: Hugging Face folders (sharded safetensors too) and `.gguf` files (danlu/m
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from danlu.models.hf_gpt import (
     state_dict_from_hf,
     state_dict_to_hf,
 )
+from danlu.models.weights import assign_weights, build_gpt
 
 NATIVE_TYPE = "danlu-gpt"
 SEQ2SEQ_TYPE = "danlu-seq2seq"
@@ -119,18 +120,6 @@ def naming(file: Path | str) -> Iterator[None]:
         raise DanluError(f"{file}: {e}") from e
 
 
-def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
-    """A NaN or infinite weight is a corrupt checkpoint: say which tensor at load, not a NaN later in decoding.
-    One `isfinite` pass over each floating-point tensor (about as cheap as reading it)."""
-    for name, t in tensors.items():
-        if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
-            bad = int((~torch.isfinite(t)).sum())
-            raise DanluError(
-                f"{source}: tensor {name} holds {bad} NaN or infinite value(s) of {t.numel()}; the weights "
-                "are corrupt (a diverged training run or a broken conversion): use another checkpoint"
-            )
-
-
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of `model.safetensors` or of a sharded `model-0000x-of-0000y.safetensors` set."""
     files = sorted(path.glob("*.safetensors"))
@@ -205,36 +194,6 @@ def load_model(
     else:
         model = _load_gpt(path, hf, danlu_block, tensors)
     return model.to(device=device, dtype=dtype or torch.float32).eval()
-
-
-def assign_weights(build: Callable[[], nn.Module], sd: dict[str, torch.Tensor], source: str) -> nn.Module:
-    """Build a model on the meta device (no memory, no init) and give it the tensors of `sd`, checking that
-    every tensor it needs is there with the right shape; a DanluError names the first bad tensor."""
-    with torch.device("meta"):
-        model = build()
-    expected = model.state_dict()
-    check_finite({k: v for k, v in sd.items() if k in expected}, source)
-    for name, t in sd.items():
-        if name in expected and tuple(t.shape) != tuple(expected[name].shape):
-            raise DanluError(
-                f"{source}: tensor {name} has shape {tuple(t.shape)} but the config needs {tuple(expected[name].shape)}"
-            )
-    missing = sorted(set(expected) - set(sd))
-    if missing:
-        raise DanluError(
-            f"{source}: weights are missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}"
-        )
-    model.load_state_dict({k: v for k, v in sd.items() if k in expected}, strict=False, assign=True)
-    return model
-
-
-def build_gpt(cfg: GPTConfig, sd: dict[str, torch.Tensor], source: str) -> GPT:
-    """A GPT holding the danlu-named tensors `sd` (ties and RoPE tables restored)."""
-    model = assign_weights(lambda: GPT(cfg), sd, source)
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.wte.weight
-    model.init_buffers()  # non-persistent buffers (RoPE tables) were created on meta: rebuild them
-    return model
 
 
 def _load_gpt(path: Path, hf: dict[str, Any], danlu_block: dict[str, Any], tensors: dict) -> GPT:

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from danlu.data.pictures import COLOURS, COLOURS_ZH, SHAPES, SHAPES_ZH
 from danlu.errors import DanluError
 from danlu.models.config_checks import check_fields
 
@@ -30,8 +29,9 @@ class DiffusionConfig:
     image_size: int = 16
     channels: int = 3
     base: int = 32  # U-Net width at full resolution; 2·base below
-    n_shapes: int = len(SHAPES)
-    n_colours: int = len(COLOURS)
+    # condition vocabularies; the defaults are the picture world's 4 shapes and 5 colours (data/pictures.py)
+    n_shapes: int = 4
+    n_colours: int = 5
     n_steps: int = 1000
     beta_start: float = 1e-4  # DDPM's linear schedule
     beta_end: float = 0.02
@@ -235,17 +235,3 @@ class Diffusion(nn.Module):
                 x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
         self.train(was_training)
         return x.clamp(-1, 1)
-
-
-def parse_prompt(prompt: str) -> tuple[int | None, int | None]:
-    """The (shape, colour) indices named in an English or Chinese prompt ("a red circle", "红色圆形");
-    None for an attribute the prompt leaves out."""
-    text = prompt.lower()
-    shape = next((i for i, s in enumerate(SHAPES) if s in text or SHAPES_ZH[s] in prompt), None)
-    colour = next((i for i, c in enumerate(COLOURS) if c in text or COLOURS_ZH[c] in prompt), None)
-    if shape is None and colour is None:
-        raise DanluError(
-            f"prompt {prompt!r} names no shape ({', '.join(SHAPES)}) and no colour ({', '.join(COLOURS)}); "
-            'try "a red circle"'
-        )
-    return shape, colour

@@ -23,6 +23,7 @@ from danlu.gguf import (
     read_gguf,
 )
 from danlu.models.config_checks import range_problem, type_problem
+from danlu.models.weights import build_gpt
 
 if TYPE_CHECKING:
     from danlu.models.gpt import GPT, GPTConfig
@@ -136,8 +137,6 @@ def load_gguf_model(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> GPT:
     """A danlu GPT from a LLaMA / Qwen2 / SmolLM GGUF file, weights dequantised to float32 (or `dtype`)."""
-    from danlu.models.checkpoints import build_gpt
-
     f = read_gguf(path)
     cfg = config_from_gguf(f)
     try:

@@ -7,7 +7,8 @@
     config.py      ServeConfig: every default and limit
     server.py      BodyLimit 413, HostCheck 421, the connection guards, serve(...) (uvicorn), BackgroundServer
     static/        index.html, the chat page
-    commands.py    the `danlu serve` command (also `python -m danlu.serve`)
+
+The `danlu serve` command is danlu/cli/serve.py (also `python -m danlu.serve`).
 
 Needs the `serve` extra: pip install 'danlu[serve]' (fastapi, uvicorn, httpx).
 """

@@ -1,12 +1,12 @@
-"""`python -m danlu.serve --model PATH ...`: the same as `danlu serve` (see danlu/serve/commands.py)."""
+"""`python -m danlu.serve --model PATH ...`: the same as `danlu serve` (see danlu/cli/serve.py)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from danlu.cli.serve import register
 from danlu.errors import DanluError
-from danlu.serve.commands import register
 
 
 def main(argv: list[str] | None = None) -> int:

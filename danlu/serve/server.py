@@ -261,21 +261,12 @@ def uvicorn_config(app: Any, config: Any, log_level: str = "info", **kwargs: Any
     )
 
 
-def serve(
-    model: Any,
-    tokenizer: Any,
-    config: Any,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    embedder: Any = None,
-) -> None:
-    """Run the server until interrupted."""
+def serve(app: Any, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run `app` (from `api.create_app`, its ServeConfig in app.state.config) until interrupted. The caller
+    builds the app, so this module (below api.py, which uses its guards) never imports api.py."""
     import uvicorn
 
-    from danlu.serve.api import create_app
-
-    app = create_app(model, tokenizer, config, embedder)
-    uvicorn.Server(uvicorn_config(app, config, host=host, port=port)).run()
+    uvicorn.Server(uvicorn_config(app, app.state.config, host=host, port=port)).run()
 
 
 class BackgroundServer:

@@ -26,14 +26,14 @@ def answers(
     temperature: float = 0.0, seed: int | None = None,
 ) -> list[str]:  # fmt: skip
     """The model's reply to each SFT record's prompt, cut at the first newline and stripped."""
-    import danlu
+    from danlu.generate.engine import generate
     from danlu.tune.sft import prompt_text
 
     prompts = [prompt_text(r, tokenizer) for r in records]
     out: list[str] = []
     was_training = model.training
     for start in range(0, len(prompts), batch_size):
-        texts = danlu.generate(
+        texts = generate(
             model, tokenizer, prompts[start : start + batch_size], max_new_tokens=max_new_tokens,
             temperature=temperature, seed=seed, stop_token_ids=chat_stop_ids(tokenizer),
         )  # fmt: skip

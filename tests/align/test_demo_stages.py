@@ -3,9 +3,9 @@
 import argparse
 import json
 
-from danlu.align import demo_stages as ds
 from danlu.data.world import write_world
-from danlu.demo import DemoContext
+from danlu.recipes import align_stages as ds
+from danlu.recipes.demo import DemoContext
 
 
 def test_all_alignment_stages_run_and_report(tmp_path, tokenizer, make_gpt):

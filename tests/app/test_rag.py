@@ -9,13 +9,13 @@ import pytest
 
 import danlu
 from danlu.app.chains import RAG_PROMPT, LLMChain, RagChain, cited_sources, pipeline
-from danlu.app.commands import register
 from danlu.app.embeddings import HashingEmbeddings
 from danlu.app.llms import FakeLLM, LocalLLM
 from danlu.app.loaders import world_fact_documents
 from danlu.app.prompts import PromptTemplate
 from danlu.app.retrieval import hybrid_retriever
 from danlu.app.stores import Hit, VectorStore
+from danlu.cli.app import register
 from danlu.errors import DanluError
 
 

@@ -6,12 +6,12 @@ import argparse
 import json
 import re
 
-from danlu.app.commands import register
 from danlu.app.embeddings import HashingEmbeddings
 from danlu.app.loaders import Document
 from danlu.app.retrieval import BM25Index, BM25Retriever, hybrid_retriever
 from danlu.app.splitters import split_documents, split_recursive
 from danlu.app.stores import Hit, VectorStore
+from danlu.cli.app import register
 
 EN = [
     "Zovelan is a small city on the northern coast of Ropa.",

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from danlu.cli import main
-from danlu.data import world_lexicon as lex
 from danlu.data.formats import read_jsonl
 from danlu.data.world import FILES, build_world, reward, split_words, write_world
-from danlu.data.world_text import fact_lines
+from danlu.data.world import lexicon as lex
+from danlu.data.world.text import fact_lines
 from danlu.errors import DanluError
 
 

@@ -6,10 +6,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import danlu.generate.engine
 from danlu.errors import DanluError
 from danlu.eval.text import corpus_bleu, perplexity
 from danlu.eval.world_eval import evaluate_model
+from danlu.generate import engine
 
 
 class CharTokenizer:
@@ -83,7 +83,7 @@ def test_evaluate_model_on_a_world_dir(tmp_path, monkeypatch):
         seen.extend(prompts)
         return [ANSWERS[p.removeprefix("<user>").split("\n")[0].removesuffix("<assistant>")] for p in prompts]
 
-    monkeypatch.setattr(danlu.generate.engine, "generate", fake_generate)
+    monkeypatch.setattr(engine, "generate", fake_generate)
     model, tokenizer = TinyLM(), CharTokenizer()
     out = tmp_path / "out"
     result = evaluate_model(model, tokenizer, world, out, max_new_tokens=8, batch_size=2)

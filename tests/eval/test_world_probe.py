@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from danlu.data.world_tasks import N_CHOICES
+from danlu.data.world.tasks import N_CHOICES
 from danlu.errors import DanluError
 from danlu.eval.world_probe import probe_knowledge
 

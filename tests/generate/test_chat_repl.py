@@ -51,7 +51,7 @@ def spawn_chat(tmp_path, checkpoint_path, seconds_per_token: float) -> pexpect.s
 
         danlu.load = slow_load
         # the decode step may bypass model.forward (the lean static-cache step): slow it down where it is called
-        import danlu.generate.search as search
+        from danlu.generate import search
         real_step = search.decode_one
 
         def slow_step(*args, **kwargs):

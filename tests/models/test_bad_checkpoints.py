@@ -102,7 +102,7 @@ def test_bert_and_seq2seq_configs_are_checked():
 
 
 def test_diffusion_config_that_is_a_list(tmp_path):
-    from danlu.models.vision_commands import load_diffusion
+    from danlu.cli.vision import load_diffusion
 
     (tmp_path / "config.json").write_text("[16, 3]")
     save_file({"x": torch.zeros(1)}, str(tmp_path / "model.safetensors"))

@@ -396,7 +396,7 @@ def test_405_carries_allow(http):
 
 
 def test_allowed_hosts_default_to_loopback_names_on_loopback():
-    from danlu.serve.commands import allowed_hosts
+    from danlu.cli.serve import allowed_hosts
 
     assert allowed_hosts(None, "127.0.0.1") == ("localhost", "127.0.0.1", "::1")
     assert "127.0.0.2" in allowed_hosts(None, "127.0.0.2")

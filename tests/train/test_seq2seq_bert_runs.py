@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from danlu.cli import models as commands
 from danlu.data.world import write_world
-from danlu.demo import DemoContext
 from danlu.errors import DanluError
-from danlu.models import commands
 from danlu.models.bert import BertForPreTraining, BertForSequenceClassification
 from danlu.models.checkpoints import load_model
 from danlu.models.seq2seq import Transformer
-from danlu.train.bert import encode_pair, split_sentences, stage_bert, train_tokenizer
-from danlu.train.seq2seq import stage_seq2seq
+from danlu.recipes.bert import encode_pair, split_sentences, stage_bert, train_tokenizer
+from danlu.recipes.demo import DemoContext
+from danlu.recipes.seq2seq import stage_seq2seq
 
 
 @pytest.fixture(scope="module")

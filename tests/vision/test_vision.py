@@ -15,13 +15,14 @@ from danlu.data.pictures import (
     HELD_OUT_COMBOS,
     SHAPES,
     make_pictures,
+    parse_prompt,
     save_grid,
     to_tensor,
     to_uint8,
 )
 from danlu.errors import DanluError
 from danlu.models.clip import CLIP, CLIPConfig, clip_loss, retrieval_recall, zero_shot_classify
-from danlu.models.diffusion import Diffusion, DiffusionConfig, linear_schedule, parse_prompt, q_sample
+from danlu.models.diffusion import Diffusion, DiffusionConfig, linear_schedule, q_sample
 from danlu.models.vit import ViT, ViTConfig
 
 
@@ -89,7 +90,7 @@ def test_vit_rejects_indivisible_image_size():
 
 
 def test_vit_learns_shapes_quickly(tmp_path):
-    from danlu.train.vision import VisionOptions, train_vit_classifier
+    from danlu.recipes.vision import VisionOptions, train_vit_classifier
 
     opts = VisionOptions(n_train=100, n_test=20, n_heldout=20, vit_steps=25, batch_size=16)
     _, s = train_vit_classifier(tmp_path, opts)
@@ -120,7 +121,7 @@ def test_infonce_is_low_for_aligned_pairs():
 
 @functools.cache
 def _tokenizer():
-    from danlu.train.vision import train_caption_tokenizer
+    from danlu.recipes.vision import train_caption_tokenizer
 
     return train_caption_tokenizer(vocab_size=300)
 
@@ -164,7 +165,7 @@ def test_retrieval_recall():
 
 
 def test_clip_training_lowers_the_loss(tmp_path):
-    from danlu.train.vision import VisionOptions, train_clip
+    from danlu.recipes.vision import VisionOptions, train_clip
 
     opts = VisionOptions(n_train=60, n_test=10, n_heldout=10, batch_size=8)
     model, tok, s = train_clip(tmp_path, opts, steps=15)
@@ -222,8 +223,8 @@ def test_guidance_one_is_the_conditional_prediction():
 
 
 def test_diffusion_training_keeps_a_weight_average(tmp_path):
-    from danlu.models.vision_commands import load_diffusion
-    from danlu.train.vision import VisionOptions, train_diffusion
+    from danlu.cli.vision import load_diffusion
+    from danlu.recipes.vision import VisionOptions, train_diffusion
 
     opts = VisionOptions(n_train=40, batch_size=8, diffusion_ema=0.5)
     ema, s = train_diffusion(tmp_path, opts, steps=4)
@@ -238,7 +239,7 @@ def test_diffusion_training_keeps_a_weight_average(tmp_path):
 
 def test_vision_cli_step_defaults_match_the_options():
     from danlu.cli import build_parser
-    from danlu.train.vision import VisionOptions
+    from danlu.recipes.vision import VisionOptions
 
     p = build_parser()
     for cmd, field in (("vit", "vit_steps"), ("clip", "clip_steps"), ("diffusion", "diffusion_steps")):

@@ -132,6 +132,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from danlu.errors import DanluError
 
     try:
+        from danlu.serve.api import create_app
         from danlu.serve.server import serve
     except ImportError as e:
         raise DanluError(f"danlu serve needs fastapi and uvicorn ({e}); pip install 'danlu[serve]'") from e
@@ -172,5 +173,5 @@ def run_serve(args: argparse.Namespace) -> int:
             "answering to any Host name; name them with --allowed-hosts to refuse DNS-rebinding requests",
             flush=True,
         )
-    serve(model, tokenizer, config, host=args.host, port=args.port, embedder=embedder)
+    serve(create_app(model, tokenizer, config, embedder), host=args.host, port=args.port)
     return 0

@@ -11,8 +11,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from danlu.data import world_lexicon as lex
-from danlu.data.world_text import (
+from danlu.data.world import lexicon as lex
+from danlu.data.world.text import (
     HeldoutGuard,
     Line,
     arith_line,
@@ -22,7 +22,7 @@ from danlu.data.world_text import (
     render,
     story,
 )
-from danlu.data.world_universe import Fact, Term, Universe, WorldSize
+from danlu.data.world.universe import Fact, Term, Universe, WorldSize
 from danlu.errors import DanluError
 
 PROBE_FRACTION = 0.25  # of held-in facts whose questions appear only in sft_test

@@ -4,7 +4,7 @@ This file is pure data: syllables for invented names, closed lists of attribute 
 templates for each relation. Keeping all literal text here lets `World.vocabulary()` be computed from it,
 and lets a reader see the whole grammar of the world on one page.
 
-Template placeholders (filled by `world_text.render`):
+Template placeholders (filled by `text.render`):
   {s}      the subject's name              {o}      the object (value) as a bare word
   {a_o}    English object with its article ("a cup", "an orange")
   {one_o}  Chinese object with "一" and its measure word ("一个杯子")
@@ -210,7 +210,7 @@ RELATIONS: dict[str, Relation] = {
 
 # ---------------------------------------------------------------------------------------------------------
 # Stories: short narratives built only from true facts plus neutral connecting sentences. Each line is
-# (English, Chinese); the placeholders name the facts they rely on, and world_text.py drops a line whose
+# (English, Chinese); the placeholders name the facts they rely on, and text.py drops a line whose
 # fact is held out. {p} and {q} are people, {city}/{qcity} their homes, {river} the river of {city},
 # {pet} an animal, {country} a country, {capital} its capital, {language} its language.
 STORY = {

@@ -32,7 +32,7 @@ def _size(value: str) -> str | int:
 
 def run_world(args: argparse.Namespace) -> int:
     from danlu.data.world import write_world
-    from danlu.data.world_universe import resolve_size
+    from danlu.data.world.universe import resolve_size
 
     resolve_size(_size(args.size))  # a bad size fails before any file is written
     paths = write_world(args.out, seed=args.seed, size=_size(args.size))

@@ -70,8 +70,8 @@ def lora_from_args(args: argparse.Namespace):
 
 def check_sft_args(args: argparse.Namespace) -> None:
     """Every flag checked before the model is loaded."""
+    from danlu.cli.train import check_paths, train_config_from_args
     from danlu.errors import DanluError
-    from danlu.train.commands import check_paths, train_config_from_args
 
     train_config_from_args(args)
     lora_from_args(args)
@@ -82,8 +82,8 @@ def check_sft_args(args: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
+    from danlu.cli.train import add_overwrite_arg, add_train_args
     from danlu.flags import heavy
-    from danlu.train.commands import add_overwrite_arg, add_train_args
 
     p = sub.add_parser(
         "sft", help="supervised fine-tuning on instruction / chat records (loss on replies only)"
@@ -117,8 +117,8 @@ def register(sub) -> None:
 
 def run_sft(args: argparse.Namespace) -> int:
     import danlu
+    from danlu.cli.train import RUN_OUTPUTS, check_out, train_config_from_args
     from danlu.errors import DanluError
-    from danlu.train.commands import RUN_OUTPUTS, check_out, train_config_from_args
     from danlu.tune.sft import sft
 
     lora = lora_from_args(args)  # flags first: a bad combination fails before anything is loaded

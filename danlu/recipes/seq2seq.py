@@ -17,6 +17,7 @@ import torch
 
 from danlu.errors import DanluError
 from danlu.models.seq2seq import Seq2SeqConfig, Transformer, beam_decode, greedy_decode
+from danlu.recipes.context import DemoContext
 from danlu.train.loop import TrainConfig, train
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<mask>"]
@@ -40,7 +41,7 @@ def check_tokenizer(tokenizer: Any) -> dict[str, int]:
     if missing:
         raise DanluError(
             f"the tokenizer lacks the special tokens {missing}; a seq2seq tokenizer needs {SPECIALS} "
-            "(train one with danlu.train.seq2seq.train_tokenizer)"
+            "(train one with danlu.recipes.seq2seq.train_tokenizer)"
         )
     return ids
 
@@ -317,7 +318,7 @@ def train_translator(
     return Seq2SeqResult(model, tokenizer, summary)
 
 
-def stage_seq2seq(ctx: Any) -> dict[str, Any]:
+def stage_seq2seq(ctx: DemoContext) -> dict[str, Any]:
     """`danlu demo` stage: EN->ZH translation on the world (denoising, then teacher forcing), BLEU on held-out
     pairs. Uses ctx.state["world_dir"]; writes ctx.out / "seq2seq"."""
     a = ctx.args

@@ -8,8 +8,8 @@ import sys
 
 
 def _check_seq2seq_train(args: argparse.Namespace) -> None:
+    from danlu.cli.train import check_paths, check_preset
     from danlu.errors import DanluError
-    from danlu.train.commands import check_paths, check_preset
 
     check_preset(args.preset, "seq2seq")
     for name in ("vocab_size", "steps", "batch_size", "beam_size"):
@@ -21,8 +21,8 @@ def _check_seq2seq_train(args: argparse.Namespace) -> None:
 
 
 def _check_translate(args: argparse.Namespace) -> None:
+    from danlu.cli.train import check_paths
     from danlu.errors import DanluError
-    from danlu.train.commands import check_paths
 
     if args.beam_size <= 0 or args.max_new_tokens <= 0:
         raise DanluError(
@@ -32,8 +32,8 @@ def _check_translate(args: argparse.Namespace) -> None:
 
 
 def _check_bert_train(args: argparse.Namespace) -> None:
+    from danlu.cli.train import check_paths, check_preset
     from danlu.errors import DanluError
-    from danlu.train.commands import check_paths, check_preset
 
     check_preset(args.preset, "bert")
     for name in ("vocab_size", "steps", "finetune_steps"):
@@ -47,8 +47,8 @@ def _flag(dest: str) -> str:
 
 
 def register(sub) -> None:
+    from danlu.cli.train import add_overwrite_arg
     from danlu.flags import heavy
-    from danlu.train.commands import add_overwrite_arg
 
     s = sub.add_parser("seq2seq", help="encoder-decoder Transformer: train on EN->ZH pairs, translate")
     s2 = s.add_subparsers(dest="seq2seq_command", metavar="SUBCOMMAND", required=True)
@@ -123,15 +123,15 @@ def register(sub) -> None:
 
 
 def _check_paths_model(path: str) -> None:
-    from danlu.train.commands import check_paths
+    from danlu.cli.train import check_paths
 
     check_paths(path, what="model")
 
 
 def run_seq2seq_train(args: argparse.Namespace) -> int:
+    from danlu.cli.train import check_out
     from danlu.data.formats import read_jsonl
-    from danlu.train.commands import check_out
-    from danlu.train.seq2seq import TranslatorOptions, train_translator
+    from danlu.recipes.seq2seq import TranslatorOptions, train_translator
 
     check_out(args, ("denoise", "translate"))
     opts = TranslatorOptions(
@@ -161,7 +161,7 @@ def _load_kind(path: str, device: str, kind: str):
 def run_seq2seq_translate(args: argparse.Namespace) -> int:
     from danlu.data.formats import read_jsonl
     from danlu.errors import DanluError
-    from danlu.train.seq2seq import check_tokenizer, translate
+    from danlu.recipes.seq2seq import check_tokenizer, translate
 
     model, tokenizer = _load_kind(args.model, args.device, "Transformer")
     check_tokenizer(tokenizer)
@@ -181,8 +181,8 @@ def run_seq2seq_translate(args: argparse.Namespace) -> int:
 
 
 def run_bert_train(args: argparse.Namespace) -> int:
-    from danlu.train.bert import BertRunOptions, train_world_bert
-    from danlu.train.commands import check_out
+    from danlu.cli.train import check_out
+    from danlu.recipes.bert import BertRunOptions, train_world_bert
 
     check_out(args, ("pretrain", "classify"))
     opts = BertRunOptions(

@@ -25,6 +25,7 @@ from danlu.data.pictures import (
     HELD_OUT_COMBOS as HELD_OUT,
 )
 from danlu.fileio import atomic_dir
+from danlu.recipes.context import DemoContext
 from danlu.train.loop import TrainConfig, train
 
 
@@ -292,7 +293,9 @@ def train_diffusion(
     steps = steps or opts.diffusion_steps
     torch.manual_seed(opts.seed)
     tr = make_pictures(opts.n_train, "train", opts.seed, opts.image_size)
-    model = Diffusion(DiffusionConfig(image_size=opts.image_size))
+    model = Diffusion(
+        DiffusionConfig(image_size=opts.image_size, n_shapes=len(SHAPES), n_colours=len(COLOURS))
+    )
     fields = {"shape": torch.from_numpy(tr.shape), "colour": torch.from_numpy(tr.colour)}
     batch_fn = _picture_batches(to_tensor(tr.images), fields, opts.batch_size, 3)
     cfg = _cfg(steps, opts, 2e-3)
@@ -387,7 +390,7 @@ def run_vision(
     return metrics, lines
 
 
-def stage_vision(ctx: Any) -> dict[str, Any]:
+def stage_vision(ctx: DemoContext) -> dict[str, Any]:
     """`danlu demo` stage: ViT, CLIP and diffusion on the picture world; writes ctx.out / "vision"."""
     a = ctx.args
     opts = VisionOptions(device=getattr(a, "device", "cpu"), seed=a.seed, show_progress=not a.quiet)

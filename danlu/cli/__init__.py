@@ -1,7 +1,7 @@
 """`danlu <command>`: one subcommand per stage of a model's life.
 
-Each stage package owns its subcommands in a `commands.py` module with a `register(subparsers)` function,
-so this file stays a thin router. Stages are imported lazily: `danlu --help` does not pay for torch.
+Each stage's subcommands live in a module of this package (danlu/cli/<stage>.py) with a `register(subparsers)`
+function, so this file stays a thin router. Stages are imported lazily: `danlu --help` does not pay for torch.
 A `DanluError` is printed as one line (`error: ...`) with exit status 2, never as a traceback.
 """
 
@@ -17,19 +17,19 @@ from danlu.flags import Parser
 
 # Modules that define `register(subparsers)`; the order is the order of `danlu --help`.
 COMMAND_MODULES = [
-    "danlu.data.commands",  # world
-    "danlu.tokenizers.commands",  # tokenizer train / encode / inspect
-    "danlu.models.commands",  # seq2seq train/translate, bert train/embed
-    "danlu.models.vision_commands",  # vit, clip, diffusion
-    "danlu.models.export_commands",  # export (GGUF, Hugging Face folder)
-    "danlu.train.commands",  # pretrain
-    "danlu.tune.commands",  # sft
-    "danlu.align.commands",  # reward, ppo, dpo, grpo
-    "danlu.generate.commands",  # generate, chat
-    "danlu.eval.commands",  # eval
-    "danlu.serve.commands",  # serve
-    "danlu.app.commands",  # rag index / ask, agent
-    "danlu.demo",  # demo
+    "danlu.cli.data",  # world
+    "danlu.cli.tokenizers",  # tokenizer train / encode / inspect
+    "danlu.cli.models",  # seq2seq train/translate, bert train/embed
+    "danlu.cli.vision",  # vit, clip, diffusion
+    "danlu.cli.export",  # export (GGUF, Hugging Face folder)
+    "danlu.cli.train",  # pretrain
+    "danlu.cli.tune",  # sft
+    "danlu.cli.align",  # reward, ppo, dpo, grpo
+    "danlu.cli.generate",  # generate, chat
+    "danlu.cli.eval",  # eval
+    "danlu.cli.serve",  # serve
+    "danlu.cli.app",  # rag index / ask, agent
+    "danlu.cli.demo",  # demo
 ]
 
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush of stdout must not fail again
         return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
     except KeyboardInterrupt as e:  # a trainer's Ctrl-C says where its checkpoint is and how to resume
-        from danlu.train.commands import interrupted_message
+        from danlu.cli.train import interrupted_message
 
         print(interrupted_message(e, args, sys.argv[1:] if argv is None else argv), file=sys.stderr)
         return 130

@@ -21,7 +21,7 @@ In memory (split is "train" or "test"; pretraining uses "train" or "val"):
     world.seq2seq_records(split)         {"source": English, "target": Chinese, "kind"}
     world.classification_records(split)  {"text", "label"}, label in people / animals / places / numbers
     world.vocabulary()                   set[str] of every word the world can produce (see `split_words`)
-    world.facts, world.people, ...       the universe itself (`world_universe.Fact`, `Entity`)
+    world.facts, world.people, ...       the universe itself (`universe.Fact`, `Entity`)
 
 The SFT knowledge experiment: `sft_test` holds questions of kind "fact" (facts stated in pretraining whose
 questions were never in any training record) and "fact_heldout" (facts that appear in NO training text at
@@ -31,6 +31,10 @@ Kinds: "fact", "fact_heldout", "arith", "translate". Records carry "answer", che
 
 Sizes: "tiny" (unit tests, ~50 KB of pretraining text), "small" (default, ~1.5 MB), "medium" (~10 MB),
 "large" (~25 MB), or an int m (small with m times the text). The same seed and size give byte-identical files.
+
+The package: lexicon.py (syllables, closed lists, sentence templates), universe.py (entities and facts
+from a seed), text.py (sentences, pretraining documents), tasks.py (SFT, preference and seq2seq records, the
+reward); this file assembles them into a World and writes its files.
 """
 
 from __future__ import annotations
@@ -40,9 +44,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from danlu.data import world_lexicon as lex
-from danlu.data.world_lexicon import split_words
-from danlu.data.world_tasks import (
+from danlu.data.world import lexicon as lex
+from danlu.data.world.lexicon import split_words
+from danlu.data.world.tasks import (
     classification_records,
     knowledge_records,
     preference_records,
@@ -50,8 +54,8 @@ from danlu.data.world_tasks import (
     seq2seq_records,
     sft_records,
 )
-from danlu.data.world_text import fact_lines, pretrain_documents
-from danlu.data.world_universe import Entity, Fact, Universe, WorldSize, build_universe, resolve_size
+from danlu.data.world.text import fact_lines, pretrain_documents
+from danlu.data.world.universe import Entity, Fact, Universe, WorldSize, build_universe, resolve_size
 from danlu.errors import DanluError
 
 __all__ = ["World", "build_world", "write_world", "reward", "split_words", "FILES"]
@@ -181,7 +185,7 @@ class World:
         return knowledge_records(self.universe, self.seed)
 
     def knowledge_records(self, heldout: bool | None = None) -> list[dict]:
-        """Fact-completion probes (`world_tasks.knowledge_records`); `heldout` picks held-out or held-in only."""
+        """Fact-completion probes (`tasks.knowledge_records`); `heldout` picks held-out or held-in only."""
         return [r for r in self._knowledge if heldout is None or r["heldout"] == heldout]
 
     def records(self, stem: str) -> list[dict]:

@@ -14,8 +14,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from danlu.data import world_lexicon as lex
-from danlu.data.world_universe import Entity, Fact, Term, Universe
+from danlu.data.world import lexicon as lex
+from danlu.data.world.universe import Entity, Fact, Term, Universe
 
 _SLOT = re.compile(r"\{(\w+)\}")
 

@@ -11,7 +11,7 @@ import math
 def _common(p: argparse.ArgumentParser, steps: int) -> None:
     """Shared training flags; `steps` repeats VisionOptions' default (literal here so `danlu --help` needs no torch;
     tests/vision checks the two agree)."""
-    from danlu.train.commands import add_overwrite_arg
+    from danlu.cli.train import add_overwrite_arg
 
     p.add_argument("--out", required=True, help="output folder: checkpoint/, metrics.jsonl, loss.png")
     add_overwrite_arg(p)
@@ -103,15 +103,15 @@ def register(sub) -> None:
 
 
 def _check_predict(args: argparse.Namespace) -> None:
-    from danlu.train.commands import check_paths
+    from danlu.cli.train import check_paths
 
     check_paths(args.model, what="model")
     check_paths(*args.images, what="image")
 
 
 def _opts(args: argparse.Namespace, **steps):
-    from danlu.train.commands import RUN_OUTPUTS, check_out
-    from danlu.train.vision import VisionOptions
+    from danlu.cli.train import RUN_OUTPUTS, check_out
+    from danlu.recipes.vision import VisionOptions
 
     check_out(args, (*RUN_OUTPUTS, "ema"))  # before any picture is drawn: never write over an earlier run
     return VisionOptions(
@@ -126,7 +126,7 @@ def _opts(args: argparse.Namespace, **steps):
 
 
 def run_vit_train(args: argparse.Namespace) -> int:
-    from danlu.train.vision import train_vit_classifier
+    from danlu.recipes.vision import train_vit_classifier
 
     _, summary = train_vit_classifier(args.out, _opts(args, vit_steps=args.steps))
     print(json.dumps(summary, indent=2))
@@ -134,7 +134,7 @@ def run_vit_train(args: argparse.Namespace) -> int:
 
 
 def run_clip_train(args: argparse.Namespace) -> int:
-    from danlu.train.vision import train_clip
+    from danlu.recipes.vision import train_clip
 
     _, _, summary = train_clip(args.out, _opts(args, clip_steps=args.steps))
     print(json.dumps(summary, indent=2))
@@ -142,7 +142,7 @@ def run_clip_train(args: argparse.Namespace) -> int:
 
 
 def run_diffusion_train(args: argparse.Namespace) -> int:
-    from danlu.train.vision import train_diffusion
+    from danlu.recipes.vision import train_diffusion
 
     _, summary = train_diffusion(args.out, _opts(args, diffusion_steps=args.steps))
     print(json.dumps(summary, indent=2))
@@ -160,8 +160,9 @@ def load_diffusion(path: str):
     d = Path(path)
     if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
         raise DanluError(f"{path} is not a diffusion checkpoint (needs config.json and model.safetensors)")
-    from danlu.models.checkpoints import check_finite, read_config, read_safetensors
+    from danlu.models.checkpoints import read_config, read_safetensors
     from danlu.models.config_checks import config_from_dict
+    from danlu.models.weights import check_finite
 
     try:
         cfg = config_from_dict(DiffusionConfig, read_config(d), "diffusion config")
@@ -180,9 +181,8 @@ def load_diffusion(path: str):
 def run_diffusion_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from danlu.data.pictures import save_grid, to_uint8
+    from danlu.data.pictures import parse_prompt, save_grid, to_uint8
     from danlu.errors import DanluError
-    from danlu.models.diffusion import parse_prompt
 
     if args.n <= 0:
         raise DanluError(f"--samples must be positive, got {args.n}")
@@ -319,8 +319,8 @@ def run_clip_predict(args: argparse.Namespace) -> int:
 
     from danlu.data.pictures import SHAPES
     from danlu.models.clip import class_embeddings
+    from danlu.recipes.vision import SHAPE_TEMPLATES
     from danlu.tokenizers.base import Tokenizer
-    from danlu.train.vision import SHAPE_TEMPLATES
 
     model = load_vision(args.model, "CLIP", args.device)
     tokenizer = Tokenizer.load(args.model)

@@ -19,6 +19,7 @@ from torch import nn
 
 from danlu.errors import DanluError
 from danlu.models.bert import BertConfig, BertForPreTraining, BertForSequenceClassification
+from danlu.recipes.context import DemoContext
 from danlu.train.loop import TrainConfig, train
 from danlu.train.objectives import mask_tokens, nsp_pairs
 
@@ -324,7 +325,7 @@ def train_world_bert(
     return ft, summary
 
 
-def stage_bert(ctx: Any) -> dict[str, Any]:
+def stage_bert(ctx: DemoContext) -> dict[str, Any]:
     """`danlu demo` stage: BERT pretrained (MLM + NSP) on the world's text, fine-tuned to classify its labelled
     sentences. Uses ctx.state["world_dir"]; writes ctx.out / "bert"."""
     a = ctx.args

@@ -1,7 +1,7 @@
 """The entities of the embedded world and the facts about them, built from a seed.
 
 A `Universe` holds countries, cities, people, animals (invented species), rivers and languages, each with an
-English and a Chinese name, plus attribute values from the closed lists in `world_lexicon`. Every attribute is
+English and a Chinese name, plus attribute values from the closed lists in `lexicon.py`. Every attribute is
 one `Fact` (subject, relation, object). A fixed slice of people-facts is *held out*: it is never written into
 any training text, so a model can only answer it by guessing (the SFT-does-not-inject-knowledge experiment).
 """
@@ -12,7 +12,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from danlu.data import world_lexicon as lex
+from danlu.data.world import lexicon as lex
 from danlu.errors import DanluError
 
 HELDOUT_FRACTION = 0.12  # of people-facts, per relation
@@ -37,7 +37,7 @@ class Entity:
 @dataclass(frozen=True)
 class Fact:
     subject: Term
-    relation: str  # a key of world_lexicon.RELATIONS, e.g. "person.job"
+    relation: str  # a key of lexicon.RELATIONS, e.g. "person.job"
     object: Term
     heldout: bool = False
 

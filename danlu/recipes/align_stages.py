@@ -1,6 +1,6 @@
 """`danlu demo` stages after pretraining: SFT -> reward model -> DPO (default), PPO and GRPO (with --stages).
 
-Each `stage_*(ctx)` takes the DemoContext of danlu.demo, trains from the models earlier stages left in
+Each `stage_*(ctx)` takes the DemoContext of danlu.recipes.demo, trains from the models earlier stages left in
 `ctx.state` ("model": the pretrained GPT, then "sft_model", "reward_model", ...), evaluates on the world's held-out
 files, appends a report section and returns its metrics. A stage whose inputs are missing runs the stage it needs
 first (so `--stages ppo` also trains SFT and the reward model). Sizes are chosen so the whole
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from danlu.mdtext import code_span
+from danlu.recipes.context import DemoContext
 
 STAGE_DEFAULTS = {"sft_steps": 300, "reward_steps": 100, "dpo_steps": 60, "ppo_steps": 40, "grpo_steps": 200}
 
@@ -29,17 +30,17 @@ def add_demo_args(p: Any) -> None:
         )
 
 
-def _arg(ctx: Any, name: str) -> Any:
+def _arg(ctx: DemoContext, name: str) -> Any:
     return getattr(ctx.args, name, None) or STAGE_DEFAULTS[name]
 
 
-def _records(ctx: Any, stem: str) -> list[dict]:
+def _records(ctx: DemoContext, stem: str) -> list[dict]:
     from danlu.data.formats import read_jsonl
 
     return read_jsonl(Path(ctx.state["world_dir"]) / f"{stem}.jsonl")
 
 
-def _train_config(ctx: Any, **kw: Any) -> Any:
+def _train_config(ctx: DemoContext, **kw: Any) -> Any:
     from danlu.train.loop import TrainConfig
 
     base = dict(
@@ -48,7 +49,7 @@ def _train_config(ctx: Any, **kw: Any) -> Any:
     return TrainConfig(**{**base, **kw})
 
 
-def _ensure(ctx: Any, key: str, stage: str) -> Any:
+def _ensure(ctx: DemoContext, key: str, stage: str) -> Any:
     """ctx.state[key], running `stage` first (and recording its metrics) when an earlier run did not."""
     if key not in ctx.state:
         ctx.say(f"== {stage} (needed first)")
@@ -64,7 +65,7 @@ def _em_table(rows: dict[str, dict[str, float]], kinds: list[str]) -> str:
     )
 
 
-def _plot_stages(ctx: Any) -> None:
+def _plot_stages(ctx: DemoContext) -> None:
     """Exact match per kind for every evaluated model so far: stages.png beside report.md."""
     import matplotlib
 
@@ -90,7 +91,7 @@ def _plot_stages(ctx: Any) -> None:
     plt.close(fig)
 
 
-def _evaluate(ctx: Any, name: str, model: Any) -> dict[str, Any]:
+def _evaluate(ctx: DemoContext, name: str, model: Any) -> dict[str, Any]:
     from danlu.tune.evaluate import evaluate_sft
 
     result = evaluate_sft(model, ctx.state["tokenizer"], _records(ctx, "sft_test"))
@@ -104,7 +105,7 @@ def _r(x: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------- SFT
-def stage_sft(ctx: Any) -> dict[str, Any]:
+def stage_sft(ctx: DemoContext) -> dict[str, Any]:
     from danlu.tune.sft import sft
 
     tok = ctx.state["tokenizer"]
@@ -148,7 +149,7 @@ def stage_sft(ctx: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- reward model
-def stage_reward(ctx: Any) -> dict[str, Any]:
+def stage_reward(ctx: DemoContext) -> dict[str, Any]:
     from danlu.align.reward import pairwise_accuracy, train_reward_model
 
     sft_model = _ensure(ctx, "sft_model", "sft")
@@ -180,7 +181,7 @@ def stage_reward(ctx: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- DPO
-def stage_dpo(ctx: Any) -> dict[str, Any]:
+def stage_dpo(ctx: DemoContext) -> dict[str, Any]:
     from danlu.align.dpo import dpo
 
     sft_model = _ensure(ctx, "sft_model", "sft")
@@ -222,7 +223,7 @@ def stage_dpo(ctx: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- PPO
-def stage_ppo(ctx: Any) -> dict[str, Any]:
+def stage_ppo(ctx: DemoContext) -> dict[str, Any]:
     from danlu.align.configs import PPOConfig
     from danlu.align.ppo import ppo
     from danlu.tune.sft import prompt_text
@@ -282,8 +283,8 @@ def arithmetic_pool(held_out: list[dict]) -> list[dict]:
     sft_train holds (~1.5k vs 400): fresh problems teach arithmetic rather than a memorised answer list."""
     import re
 
-    from danlu.data import world_lexicon as lex
-    from danlu.data.world_tasks import arith_qa
+    from danlu.data.world import lexicon as lex
+    from danlu.data.world.tasks import arith_qa
 
     def key(text: str) -> tuple[str, ...]:
         m = re.search(r"(\d+) ([-+*]) (\d+)", text)
@@ -308,7 +309,7 @@ def arithmetic_pool(held_out: list[dict]) -> list[dict]:
     return pool
 
 
-def stage_grpo(ctx: Any) -> dict[str, Any]:
+def stage_grpo(ctx: DemoContext) -> dict[str, Any]:
     from danlu.align.configs import GRPOConfig
     from danlu.align.grpo import grpo
 

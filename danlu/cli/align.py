@@ -115,7 +115,7 @@ def _prompts(paths: list[str], world_file: str) -> list[str]:
 
 
 def _check_train(args: argparse.Namespace) -> None:
-    from danlu.train.commands import check_paths, train_config_from_args
+    from danlu.cli.train import check_paths, train_config_from_args
 
     train_config_from_args(args)
     check_paths(args.model, what="model")
@@ -123,7 +123,7 @@ def _check_train(args: argparse.Namespace) -> None:
 
 
 def _check_dpo(args: argparse.Namespace) -> None:
-    from danlu.tune.commands import lora_from_args
+    from danlu.cli.tune import lora_from_args
 
     _check_train(args)
     lora_from_args(args)
@@ -131,7 +131,7 @@ def _check_dpo(args: argparse.Namespace) -> None:
 
 def _check_online(cls):
     def check(args: argparse.Namespace) -> None:
-        from danlu.train.commands import check_paths
+        from danlu.cli.train import check_paths
 
         config_from_args(cls, args)
         check_paths(
@@ -139,7 +139,7 @@ def _check_online(cls):
         )
         check_paths(*args.data, *(args.eval_data or []), what="data file or folder")
         if getattr(args, "lora", False):
-            from danlu.tune.commands import lora_from_args
+            from danlu.cli.tune import lora_from_args
 
             lora_from_args(args)
 
@@ -148,9 +148,9 @@ def _check_online(cls):
 
 def register(sub) -> None:
     from danlu.align.configs import GRPOConfig, PPOConfig
+    from danlu.cli.train import add_overwrite_arg, add_train_args
+    from danlu.cli.tune import add_lora_args
     from danlu.flags import heavy
-    from danlu.train.commands import add_overwrite_arg, add_train_args
-    from danlu.tune.commands import add_lora_args
 
     r = sub.add_parser("reward", help="train a reward model on preference pairs / rankings")
     r.add_argument("--model", required=True, help="decoder to start from (usually the SFT model)")
@@ -225,7 +225,7 @@ def register(sub) -> None:
 
 def run_reward(args: argparse.Namespace) -> int:
     from danlu.align.reward import pairwise_accuracy, train_reward_model
-    from danlu.train.commands import check_out, train_config_from_args
+    from danlu.cli.train import check_out, train_config_from_args
 
     check_out(args)
     model, tokenizer = _load_policy(args.model)
@@ -243,8 +243,8 @@ def run_reward(args: argparse.Namespace) -> int:
 
 def run_dpo(args: argparse.Namespace) -> int:
     from danlu.align.dpo import dpo
-    from danlu.train.commands import RUN_OUTPUTS, check_out, train_config_from_args
-    from danlu.tune.commands import lora_from_args
+    from danlu.cli.train import RUN_OUTPUTS, check_out, train_config_from_args
+    from danlu.cli.tune import lora_from_args
 
     check_out(args, (*RUN_OUTPUTS, "adapter"))
     model, tokenizer = _load_policy(args.model)
@@ -262,9 +262,9 @@ def run_ppo(args: argparse.Namespace) -> int:
     from danlu.align.configs import PPOConfig
     from danlu.align.ppo import ppo
     from danlu.align.reward import RewardModel
+    from danlu.cli.train import check_out
+    from danlu.cli.tune import lora_from_args
     from danlu.models.checkpoints import save_model
-    from danlu.train.commands import check_out
-    from danlu.tune.commands import lora_from_args
     from danlu.tune.sft import prompt_text
 
     check_out(args)
@@ -289,9 +289,9 @@ def run_ppo(args: argparse.Namespace) -> int:
 def run_grpo(args: argparse.Namespace) -> int:
     from danlu.align.configs import GRPOConfig
     from danlu.align.grpo import grpo
+    from danlu.cli.train import check_out
+    from danlu.cli.tune import read_records
     from danlu.models.checkpoints import save_model
-    from danlu.train.commands import check_out
-    from danlu.tune.commands import read_records
 
     check_out(args)
     policy, tokenizer = _load_policy(args.model)

@@ -15,26 +15,13 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from danlu.errors import DanluError
 from danlu.fileio import atomic_write_text
 from danlu.mdtext import code_span, fenced
-
-
-@dataclass
-class DemoContext:
-    out: Path
-    args: argparse.Namespace
-    state: dict[str, Any] = field(default_factory=dict)  # objects handed from stage to stage
-    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> its metrics
-    sections: list[str] = field(default_factory=list)  # report.md sections, in order
-
-    def say(self, message: str) -> None:
-        if not self.args.quiet:
-            print(message, flush=True)
+from danlu.recipes.context import DemoContext
 
 
 # ------------------------------------------------------------------------------------------- the stages
@@ -113,16 +100,14 @@ def stage_pretrain(ctx: DemoContext) -> dict[str, Any]:
 
 
 def stage_samples(ctx: DemoContext) -> dict[str, Any]:
-    import danlu
     from danlu.data.formats import read_texts
     from danlu.data.world import split_words
+    from danlu.generate.engine import generate
 
     model, tok, world = ctx.state["model"].eval(), ctx.state["tokenizer"], ctx.state["world"]
     val = read_texts(ctx.state["world_dir"] / "pretrain_val.jsonl")
     prompts = _sample_prompts(val, n=ctx.args.samples)
-    outs = danlu.generate(
-        model, tok, prompts, max_new_tokens=48, temperature=0.8, top_k=50, seed=ctx.args.seed
-    )
+    outs = generate(model, tok, prompts, max_new_tokens=48, temperature=0.8, top_k=50, seed=ctx.args.seed)
     vocabulary = world.vocabulary()
     valid = total = 0
     for out in outs:
@@ -176,14 +161,14 @@ STAGES: dict[str, Callable[[DemoContext], dict[str, Any]]] = {
     "tokenizer": stage_tokenizer,
     "pretrain": stage_pretrain,
     "samples": stage_samples,
-    "seq2seq": _lazy("danlu.train.seq2seq", "stage_seq2seq"),
-    "bert": _lazy("danlu.train.bert", "stage_bert"),
-    "vision": _lazy("danlu.train.vision", "stage_vision"),
-    "sft": _lazy("danlu.align.demo_stages", "stage_sft"),
-    "reward": _lazy("danlu.align.demo_stages", "stage_reward"),
-    "dpo": _lazy("danlu.align.demo_stages", "stage_dpo"),
-    "ppo": _lazy("danlu.align.demo_stages", "stage_ppo"),
-    "grpo": _lazy("danlu.align.demo_stages", "stage_grpo"),
+    "seq2seq": _lazy("danlu.recipes.seq2seq", "stage_seq2seq"),
+    "bert": _lazy("danlu.recipes.bert", "stage_bert"),
+    "vision": _lazy("danlu.recipes.vision", "stage_vision"),
+    "sft": _lazy("danlu.recipes.align_stages", "stage_sft"),
+    "reward": _lazy("danlu.recipes.align_stages", "stage_reward"),
+    "dpo": _lazy("danlu.recipes.align_stages", "stage_dpo"),
+    "ppo": _lazy("danlu.recipes.align_stages", "stage_ppo"),
+    "grpo": _lazy("danlu.recipes.align_stages", "stage_grpo"),
 }
 DEFAULT_STAGES = ["world", "tokenizer", "pretrain", "samples"]
 ALIGN_STAGES = {"sft", "reward", "dpo", "ppo", "grpo"}
@@ -263,9 +248,12 @@ def _cores() -> str:
 
 
 def _version() -> str:
-    import danlu
+    from importlib.metadata import PackageNotFoundError, version
 
-    return danlu.__version__
+    try:
+        return version("danlu")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
 
 
 def resolve_stages(spec: str | list[str] | None) -> list[str]:
@@ -399,12 +387,9 @@ def _resume(ctx: DemoContext) -> float:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from danlu.train.commands import check_out
-
     stages = resolve_stages(args.stages)
     if args.steps is None:
         args.steps = default_pretrain_steps(stages)
-    check_out(args, DEMO_OUTPUTS)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ctx = DemoContext(out=out, args=args)
@@ -432,62 +417,3 @@ def run_demo(args: argparse.Namespace) -> int:
     for prompt, text in ctx.state.get("samples", [])[:4]:
         ctx.say(f"  {prompt}{text.strip()}")
     return 0
-
-
-def register(sub) -> None:
-    from danlu.flags import heavy
-
-    p = sub.add_parser(
-        "demo", help="the whole life of a model on the embedded world (report.md, metrics.json)"
-    )
-    p.add_argument("--out", default="runs/demo", help="output folder")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted demo in OUT after its last finished stage",
-    )
-    from danlu.train.commands import add_overwrite_arg
-
-    add_overwrite_arg(p)
-    p.add_argument(
-        "--stages",
-        nargs="+",
-        default=None,
-        metavar="STAGE",
-        help=f"stages or groups, space-separated ({', '.join(STAGE_GROUPS)}); none: {' '.join(DEFAULT_STAGES)}",
-    )
-    p.add_argument("--seed", type=int, default=0, help="random seed of the world and of every stage")
-    p.add_argument("--size", default="small", help="world size: tiny, small, medium, large or a multiplier")
-    p.add_argument("--preset", default="llama-tiny", help="GPT preset of the pretrained model")
-    p.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size")
-    p.add_argument(
-        "--pretrain-steps",
-        dest="steps",
-        type=int,
-        default=None,
-        help=f"pretraining steps (none: {PRETRAIN_STEPS}; {PRETRAIN_STEPS_ALIGN} when alignment stages run)",
-    )
-    p.add_argument("--batch-size", type=int, default=32, help="pretraining sequences per step")
-    p.add_argument("--block-size", type=int, default=128, help="pretraining tokens per sequence")
-    p.add_argument("--lr", type=float, default=2e-3, help="pretraining peak learning rate")
-    p.add_argument("--samples", type=int, default=6, help="generations shown at the end")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or stage headings")
-    from danlu.align.demo_stages import add_demo_args
-
-    add_demo_args(p)
-    heavy(p, run_demo, validate=check_demo_args)
-
-
-def check_demo_args(args: argparse.Namespace) -> None:
-    """Every flag checked before the world is written (a typo must not cost a stage)."""
-    from danlu.data.world_universe import resolve_size
-    from danlu.train.commands import check_preset
-
-    resolve_stages(args.stages)
-    check_preset(args.preset)
-    resolve_size(args.size)
-    for name in ("vocab_size", "batch_size", "block_size", "samples"):
-        if getattr(args, name) < 1:
-            raise DanluError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if (args.steps is not None and args.steps < 1) or not args.lr > 0:
-        raise DanluError(f"--pretrain-steps must be >= 1 and --lr > 0, got {args.steps}, {args.lr}")
