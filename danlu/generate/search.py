@@ -233,6 +233,7 @@ def beam_hypotheses(
     stop_ids: list[int],
     should_stop: Callable[[], bool] | None = None,
     prompt: tuple[torch.Tensor, torch.Tensor] | None = None,
+    finish_at_length: bool = True,
 ) -> list[Hypothesis]:
     """The best hypothesis of each prompt, of any stepping backend (decoder-only or encoder-decoder).
 
@@ -246,7 +247,8 @@ def beam_hypotheses(
     alpha > 0 favours longer outputs, < 0 shorter; lp(n) = n or GNMT's (5 + n) / 6, opts.length_penalty_form);
     a prompt is done when no live beam can beat its worst finished one (the bound uses the current length),
     or, with early_stopping, once nb have finished. This is the procedure transformers' `generate(num_beams=...)`
-    runs, so both pick the same tokens.
+    runs, so both pick the same tokens. finish_at_length=False (the seq2seq translator's rule): only a stop id
+    finishes a hypothesis, and a prompt none of whose beams stopped within N tokens gets its best live beam.
 
     `should_stop`, when given, is called before every step; once it returns True the search ends at once with
     what is finished so far (a server whose client went away; a prompt with nothing finished gets []).
@@ -286,7 +288,7 @@ def beam_hypotheses(
         cand_seqs, cand_lps = _gather(live_seqs, cand_beam), _gather(live_lps, cand_beam)  # (B, K, N)
         cand_seqs[:, :, step] = cand_tok
         cand_lps[:, :, step] = cand_scores - _gather(live_scores, cand_beam)  # the new token's log-prob
-        ends = torch.isin(cand_tok, stops) | (step == N - 1)  # (B, K)
+        ends = torch.isin(cand_tok, stops) | (finish_at_length and step == N - 1)  # (B, K)
 
         # The nb best candidates that did not end live on.
         alive = cand_scores + ends.float() * NEG
@@ -322,6 +324,11 @@ def beam_hypotheses(
         tokens.reorder(rows)
         tokens.append(next_tok.view(-1))
         logits = stepper.step(next_tok.view(-1))
+    if not finish_at_length:  # nothing stopped: the best live beam (all have the same length)
+        none = ~is_done.any(-1)  # (B,)
+        done_seqs[:, 0] = torch.where(none[:, None], live_seqs[:, 0], done_seqs[:, 0])
+        done_lps[:, 0] = torch.where(none[:, None], live_lps[:, 0], done_lps[:, 0])
+        done_lens[:, 0] = torch.where(none, step + 1, done_lens[:, 0])
     seqs, lps, lens = done_seqs[:, 0].tolist(), done_lps[:, 0].tolist(), done_lens[:, 0].tolist()
     return [Hypothesis(s[:n], lp[:n]) for s, lp, n in zip(seqs, lps, lens)]
 
