@@ -37,7 +37,7 @@ from danlu.generate.text import TextTracker
 
 __all__ = [
     "GenerationOptions", "Completion", "RowDecoder", "RowUpdate", "run", "decode_rows", "generate", "stream",
-    "generate_ids", "encode_prompts", "pad_prompts", "stop_token_ids",
+    "decode_prompts", "generate_ids", "encode_prompts", "pad_prompts", "stop_token_ids",
 ]  # fmt: skip
 
 FINISH_REASONS = ("stop", "length", "cancelled")
@@ -379,22 +379,36 @@ def _start_rows(model, tokenizer, prompts, opts, num_samples, row_seeds, draft_m
         opts = GenerationOptions.from_kwargs(**options)
     elif options:
         raise DanluError(f"give opts or option keywords, not both (got {sorted(options)})")
-    _check_models(model, draft_model, amateur_model, opts)
     ids = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
     ids = [x for x in ids for _ in range(num_samples)]
     stop_ids = stop_token_ids(tokenizer, opts)
     rows = [RowDecoder(tokenizer, stop_ids, opts.stop, opts.max_new_tokens, len(x)) for x in ids]
-    expand_rows = None
-    if opts.num_beams == 1 and draft_model is None:
-        ids, index = _shared_prompts(ids)
+    updates = decode_prompts(model, tokenizer, ids, opts, rows, draft_model=draft_model, amateur_model=amateur_model,
+                             compile=compile, row_seeds=row_seeds)  # fmt: skip
+    return updates, rows
+
+
+def decode_prompts(
+    model: nn.Module,
+    tokenizer: Any,
+    prompt_ids: list[list[int]],
+    opts: GenerationOptions,
+    rows: list[RowDecoder],
+    **kwargs: Any,
+) -> Iterator[RowUpdate]:
+    """`decode_rows` from each row's prompt token ids (checked against the context and left-padded): a prompt
+    that several rows share is prefilled once (greedy or sampled decoding). kwargs: decode_rows' keywords."""
+    _check_models(model, kwargs.get("draft_model"), kwargs.get("amateur_model"), opts)
+    stop_ids = stop_token_ids(tokenizer, opts)
+    ids, expand_rows = prompt_ids, None
+    if opts.num_beams == 1 and kwargs.get("draft_model") is None:
+        ids, index = _shared_prompts(prompt_ids)
         if index is not None:
             expand_rows = torch.tensor(index, device=model_device(model))
     input_ids, attention_mask = pad_prompts(model, tokenizer, ids, opts)
     grammar = _grammar(model, tokenizer, opts, stop_ids)
-    updates = decode_rows(model, input_ids, attention_mask, opts, rows, stop_ids, draft_model=draft_model,
-                          amateur_model=amateur_model, compile=compile, grammar=grammar, expand_rows=expand_rows,
-                          row_seeds=row_seeds)  # fmt: skip
-    return updates, rows
+    return decode_rows(model, input_ids, attention_mask, opts, rows, stop_ids, grammar=grammar,
+                       expand_rows=expand_rows, **kwargs)  # fmt: skip
 
 
 def _completions(started: tuple[Iterator[RowUpdate], list[RowDecoder]]) -> Iterator[Completion]:
