@@ -36,7 +36,7 @@ from danlu.generate.steps import model_device
 from danlu.generate.text import TextTracker
 
 __all__ = [
-    "GenerationOptions", "Completion", "RowDecoder", "RowUpdate", "run", "decode_rows", "generate", "stream",
+    "GenerationOptions", "Completion", "RowDecoder", "RowUpdate", "run", "decode_rows", "generate", "stream", "stream_completion",
     "decode_prompts", "generate_ids", "encode_prompts", "pad_prompts", "stop_token_ids",
 ]  # fmt: skip
 
@@ -475,7 +475,21 @@ def stream(model: nn.Module, tokenizer: Any, prompt: str, **options: Any) -> Ite
         raise DanluError(
             f"stream takes one prompt string, got {type(prompt).__name__}; use generate for lists"
         )
-    updates, _ = _rows(model, tokenizer, [prompt], dict(options))
+    for item in stream_completion(model, tokenizer, prompt, **options):
+        if isinstance(item, str):
+            yield item
+
+
+def stream_completion(
+    model: nn.Module, tokenizer: Any, prompt: str, **options: Any
+) -> Iterator[str | Completion]:
+    """`stream`'s pieces, then the row's Completion (ids, log-probs, finish reason, counts) last."""
+    if not isinstance(prompt, str):
+        raise DanluError(
+            f"stream takes one prompt string, got {type(prompt).__name__}; use generate for lists"
+        )
+    updates, rows = _rows(model, tokenizer, [prompt], dict(options))
     for update in updates:
         if update.piece:
             yield update.piece
+    yield rows[0].result()
