@@ -58,6 +58,7 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     stop_token_id: int | None = None
+    stop_logprob: float | None = None  # the stop id's log-probability, when one ended the row
 
     @property
     def completion_tokens(self) -> int:
@@ -82,6 +83,7 @@ class RowDecoder:
         self.logprobs: list[float] = []
         self.finish_reason: str | None = None
         self.stop_token_id: int | None = None
+        self.stop_logprob: float | None = None
         self.released = ""  # every piece handed out
 
     @property
@@ -99,7 +101,7 @@ class RowDecoder:
         if self.finished:
             return ""
         if tok in self.stop_ids:
-            self.stop_token_id = tok
+            self.stop_token_id, self.stop_logprob = tok, logprob
             return self._end("stop")
         self.ids.append(tok)
         self.logprobs.append(logprob)
@@ -123,7 +125,7 @@ class RowDecoder:
         if not self.finished:
             raise RuntimeError("the row is still decoding; close() it first")
         return Completion(self.released, tuple(self.ids), tuple(self.logprobs), self.finish_reason,
-                          self.prompt_tokens, self.stop_token_id)  # fmt: skip
+                          self.prompt_tokens, self.stop_token_id, self.stop_logprob)  # fmt: skip
 
 
 @dataclass(frozen=True)

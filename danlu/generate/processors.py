@@ -40,7 +40,8 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
         return logits / temperature
     top = logits.amax(-1, keepdim=True)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a row of −inf stays −inf, not NaN
-    return (logits - top) / temperature
+    # In float64, where τ itself does not round to 0 (in float32 τ = 1e-300 would, and 0 / 0 is NaN).
+    return ((logits.double() - top.double()) / temperature).to(logits.dtype)
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
