@@ -92,6 +92,7 @@ def row_seeds(seed: int, rows: int) -> list[int]:
 def sample(
     model: nn.Module, tokenizer: Any, prompts: list[str], max_new_tokens: int = 24, temperature: float = 1.0,
     top_k: int = 0, seed: int | None = None, stop_ids: list[int] | None = None, num_samples: int = 1,
+    share_prefill: bool = True,
 ) -> Rollout:  # fmt: skip
     """Sample `num_samples` responses per prompt (consecutive rows) and lay the batch out as a Rollout.
     temperature 0 is greedy.
@@ -99,7 +100,8 @@ def sample(
     One call of the decoding engine (`generate.engine.run`, its static cache and lean forward) with the
     rollout's temperature and top-k as GenerationOptions: identical prompts (GRPO's G copies of a prompt, or
     num_samples > 1) are prefilled once and their KV cache copied to every sample. Row r samples with seed
-    `row_seeds(seed, R)[r]` (without a seed, from torch's global generator)."""
+    `row_seeds(seed, R)[r]` (without a seed, from torch's global generator). share_prefill=False prefills
+    every row (the baseline of benchmarks/rollout_speed.py)."""
     from danlu.generate.engine import GenerationOptions, run
 
     if stop_ids is None:
@@ -122,7 +124,7 @@ def sample(
                              stop_token_ids=stop_ids, add_eos_stop=False)  # fmt: skip
     seeds = row_seeds(seed, len(prompt_ids)) if seed is not None and temperature > 0 else None
     try:
-        done = run(model, tokenizer, prompt_ids, opts, row_seeds=seeds)
+        done = run(model, tokenizer, prompt_ids, opts, row_seeds=seeds, share_prefill=share_prefill)
     finally:
         model.train(was_training)
     # Each response up to and including its stop token; what follows is padding.

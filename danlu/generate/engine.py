@@ -23,7 +23,6 @@ holds it).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,110 +30,14 @@ from torch import nn
 
 from danlu.errors import DanluError
 from danlu.generate.options import GenerationOptions
+from danlu.generate.rows import FINISH_REASONS, Completion, RowDecoder, RowUpdate, TextTracker  # noqa: F401
 from danlu.generate.search import CausalStepper, beam_hypotheses, decode_steps, speculative_decode
 from danlu.generate.steps import model_device
-from danlu.generate.text import TextTracker
 
 __all__ = [
     "GenerationOptions", "Completion", "RowDecoder", "RowUpdate", "run", "decode_rows", "generate", "stream", "stream_completion",
     "decode_prompts", "generate_ids", "encode_prompts", "pad_prompts", "stop_token_ids",
 ]  # fmt: skip
-
-FINISH_REASONS = ("stop", "length", "cancelled")
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One row's result. token_ids: the new tokens, without the stop id that ended the row (that is
-    stop_token_id); logprobs[i]: log-probability of token_ids[i] under the distribution it was chosen from
-    (the processed one: penalties, bias and grammar applied, and temperature/top-k/top-p/min-p when
-    sampling; beam search: the processed log-softmax it summed; speculative decoding: NaN, not computed).
-    finish_reason: "stop" (a stop id or stop string), "length" (max_new_tokens) or "cancelled".
-    completion_tokens counts token_ids, so a stop string's token counts and the stop id does not."""
-
-    text: str
-    token_ids: tuple[int, ...]
-    logprobs: tuple[float, ...]
-    finish_reason: str
-    prompt_tokens: int
-    stop_token_id: int | None = None
-    stop_logprob: float | None = None  # the stop id's log-probability, when one ended the row
-
-    @property
-    def completion_tokens(self) -> int:
-        return len(self.token_ids)
-
-
-class RowDecoder:
-    """One row's token -> text bookkeeping: stop ids, stop strings, its own max_new_tokens, the text released
-    so far, the finish reason. Fed one (token, log-prob) at a time; knows nothing of the batch around it."""
-
-    def __init__(
-        self,
-        tokenizer: Any,
-        stop_ids: Sequence[int],
-        stop: Sequence[str] = (),
-        max_new_tokens: int | None = None,
-        prompt_tokens: int = 0,
-    ) -> None:
-        self.tracker = TextTracker(tokenizer, list(stop))
-        self.stop_ids, self.max_new_tokens, self.prompt_tokens = set(stop_ids), max_new_tokens, prompt_tokens
-        self.ids: list[int] = []
-        self.logprobs: list[float] = []
-        self.finish_reason: str | None = None
-        self.stop_token_id: int | None = None
-        self.stop_logprob: float | None = None
-        self.released = ""  # every piece handed out
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
-    def _end(self, reason: str) -> str:
-        self.finish_reason = reason
-        piece = self.tracker.flush() if reason != "cancelled" else ""
-        self.released += piece
-        return piece
-
-    def push(self, tok: int, logprob: float = float("nan")) -> str:
-        """Add the row's next token; return the text that became safe to show (often "")."""
-        if self.finished:
-            return ""
-        if tok in self.stop_ids:
-            self.stop_token_id, self.stop_logprob = tok, logprob
-            return self._end("stop")
-        self.ids.append(tok)
-        self.logprobs.append(logprob)
-        piece = self.tracker.push(tok)
-        self.released += piece
-        if self.tracker.finished:  # a stop string: the text is cut before it
-            return piece + self._end("stop")
-        if self.max_new_tokens is not None and len(self.ids) >= self.max_new_tokens:
-            return piece + self._end("length")
-        return piece
-
-    def cancel(self) -> None:
-        if not self.finished:
-            self._end("cancelled")
-
-    def close(self) -> str:
-        """Decoding ended without this row finishing: it ran out of tokens."""
-        return "" if self.finished else self._end("length")
-
-    def result(self) -> Completion:
-        if not self.finished:
-            raise RuntimeError("the row is still decoding; close() it first")
-        return Completion(self.released, tuple(self.ids), tuple(self.logprobs), self.finish_reason,
-                          self.prompt_tokens, self.stop_token_id, self.stop_logprob)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class RowUpdate:
-    """Row `row` released `piece`; `done` is its Completion once it finished (else None)."""
-
-    row: int
-    piece: str
-    done: Completion | None = None
 
 
 def check_prompt_ids(model: nn.Module, ids: list[list[int]], opts: GenerationOptions) -> None:
@@ -360,18 +263,21 @@ def run(
     draft_model: nn.Module | None = None,
     amateur_model: nn.Module | None = None,
     compile: bool = False,
+    share_prefill: bool = True,
     **options: Any,
 ) -> list[Completion]:
     """One Completion per row: prompts are strings or token-id lists; with num_samples=G each prompt gives G
     consecutive rows. Identical prompts are prefilled once and share their KV cache (greedy or sampled
     decoding). opts, or the GenerationOptions fields as keywords. row_seeds: one sampling seed per row
-    (the G samples of a prompt need different ones; opts.seed gives every row the same stream)."""
-    return list(_completions(_start_rows(model, tokenizer, prompts, opts, num_samples, row_seeds, draft_model,
-                                         amateur_model, compile, options)))  # fmt: skip
+    (the G samples of a prompt need different ones; opts.seed gives every row the same stream).
+    share_prefill=False prefills every row (the baseline of benchmarks/rollout_speed.py)."""
+    started = _start_rows(model, tokenizer, prompts, opts, num_samples, row_seeds, draft_model, amateur_model,
+                          compile, options, share_prefill)  # fmt: skip
+    return list(_completions(started))
 
 
 def _start_rows(model, tokenizer, prompts, opts, num_samples, row_seeds, draft_model, amateur_model, compile,
-                options) -> tuple[Iterator[RowUpdate], list[RowDecoder]]:  # fmt: skip
+                options, share_prefill=True) -> tuple[Iterator[RowUpdate], list[RowDecoder]]:  # fmt: skip
     prompts = list(prompts)
     if not prompts:
         raise DanluError("no prompts given")
@@ -386,7 +292,7 @@ def _start_rows(model, tokenizer, prompts, opts, num_samples, row_seeds, draft_m
     stop_ids = stop_token_ids(tokenizer, opts)
     rows = [RowDecoder(tokenizer, stop_ids, opts.stop, opts.max_new_tokens, len(x)) for x in ids]
     updates = decode_prompts(model, tokenizer, ids, opts, rows, draft_model=draft_model, amateur_model=amateur_model,
-                             compile=compile, row_seeds=row_seeds)  # fmt: skip
+                             compile=compile, row_seeds=row_seeds, share_prefill=share_prefill)  # fmt: skip
     return updates, rows
 
 
@@ -396,14 +302,16 @@ def decode_prompts(
     prompt_ids: list[list[int]],
     opts: GenerationOptions,
     rows: list[RowDecoder],
+    share_prefill: bool = True,
     **kwargs: Any,
 ) -> Iterator[RowUpdate]:
     """`decode_rows` from each row's prompt token ids (checked against the context and left-padded): a prompt
-    that several rows share is prefilled once (greedy or sampled decoding). kwargs: decode_rows' keywords."""
+    that several rows share is prefilled once (greedy or sampled decoding; unless share_prefill=False).
+    kwargs: decode_rows' keywords."""
     _check_models(model, kwargs.get("draft_model"), kwargs.get("amateur_model"), opts)
     stop_ids = stop_token_ids(tokenizer, opts)
     ids, expand_rows = prompt_ids, None
-    if opts.num_beams == 1 and kwargs.get("draft_model") is None:
+    if share_prefill and opts.num_beams == 1 and kwargs.get("draft_model") is None:
         ids, index = _shared_prompts(prompt_ids)
         if index is not None:
             expand_rows = torch.tensor(index, device=model_device(model))
