@@ -2,7 +2,9 @@
 
 Modules, top to bottom: options.py (GenerationOptions, validation) -> processors.py (pure logits functions)
 -> static.py (lean static-cache forward, CUDA graphs) -> steps.py (prefill / decode_one / reorder / rollback)
--> search.py (greedy, sampling, beam, contrastive, speculative) -> engine.py (text in, text out, streaming);
+-> search.py (the one decoding loop and beam search over a stepping backend; contrastive, speculative)
+-> rows.py (one row's tokens -> text and its Completion) -> engine.py (the one engine: prompts in, Completions
+out; generate and stream); encoder_decoder.py (the seq2seq Transformer as a stepping backend);
 quantize.py (int8 / int4 weights) and commands.py (`danlu generate`, `danlu chat`) stand aside.
 
 `danlu.generate` is both this package and the public function `danlu.generate(model, tokenizer, prompt, ...)`:

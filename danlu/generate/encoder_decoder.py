@@ -9,6 +9,8 @@ All You Need" §6.1 (beam 4, alpha 0.6; Wu et al. 2016). Notation: B sources, S 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from danlu.errors import DanluError
@@ -68,8 +70,6 @@ def translate_ids(
     start = torch.full((B, 1), cfg.bos_token_id, dtype=torch.long, device=input_ids.device)
     history = (start, torch.ones_like(start))  # what the decoder has written: its start token
     stop_ids = [cfg.eos_token_id]
-    from dataclasses import replace
-
     opts = replace(opts, max_new_tokens=N)
     if opts.num_beams > 1:
         hyps = beam_hypotheses(

@@ -100,6 +100,7 @@ def _check_models(model: nn.Module, draft_model, amateur_model, opts: Generation
             m.eval()
 
 
+@torch.inference_mode()
 def scored_steps(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -180,7 +181,6 @@ def generate_ids(
         steps.close()
 
 
-@torch.inference_mode()
 def decode_rows(
     model: nn.Module,
     input_ids: torch.Tensor,
