@@ -250,4 +250,6 @@ def choice_options(options: GenerationOptions, n: int) -> list[GenerationOptions
     if options.seed is None or not options.temperature:
         return [options] * n
     span = SEED_MAX - SEED_MIN + 1  # seed + i wraps around within the range the seed was checked in
-    return [replace(options, seed=(options.seed + i - SEED_MIN) % span + SEED_MIN) for i in range(n)]
+    return [options] + [
+        replace(options, seed=(options.seed + i - SEED_MIN) % span + SEED_MIN) for i in range(1, n)
+    ]
