@@ -29,7 +29,7 @@ def command(name: str) -> argparse.ArgumentParser:
 
 
 def _empty(value):
-    return None if value in ([], {}) else value
+    return None if value in ([], {}, ()) else value
 
 
 @pytest.mark.parametrize("name", ["generate", "chat"])

@@ -4,8 +4,9 @@ Notation: B rollouts, P prompt length (left-padded), R response length, T = P + 
 
 Notes 000 §RLHF: "feed the Actor a prompt and it writes a response; every response token has a log_prob under
 the Actor (log_probs) and, feeding the same prompt + response to the Reference model, a ref_log_prob".
-`sample` keeps token ids (never re-tokenised text, which could split differently), and a `Rollout` holds one
-(B, T) batch laid out so every model scores it with the same forward:
+`sample` is one call of the decoding engine (each prompt prefilled once, however many samples it gets) and
+keeps token ids (never re-tokenised text, which could split differently); a `Rollout` holds one (B, T) batch
+laid out so every model scores it with the same forward:
 
     input_ids      [pad pad p1 p2 p3 | y1 y2 y3 <|im_end|> pad]      prompts left-padded, responses right-padded
     attention_mask [ 0   0  1  1  1  |  1  1  1     1       0 ]
@@ -21,10 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from danlu.errors import DanluError
+from danlu.nn.logprobs import token_logprobs
 
 
 @dataclass
@@ -34,6 +35,9 @@ class Rollout:
     response_mask: torch.Tensor  # (B, T) 1 on generated tokens (the stop token included)
     prompt_len: int  # P: responses start at this column
     texts: list[str]  # decoded responses (up to the stop token)
+    # (B, T − 1) log-prob of each action under the distribution it was sampled from (temperature / top-k
+    # applied: the engine's), 0 off the actions. At temperature 1 without top-k it is the policy's log π.
+    sample_log_probs: torch.Tensor | None = None
 
     @property
     def position_ids(self) -> torch.Tensor:
@@ -51,9 +55,9 @@ class Rollout:
 
 
 def token_log_probs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """log p(x_{t+1} | x_≤t) for t = 0 .. T−2: logits (B, T, V), input_ids (B, T) -> (B, T − 1)."""
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T − 1, V)
-    return logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    """log p(x_{t+1} | x_≤t) for t = 0 .. T−2: logits (B, T, V), input_ids (B, T) -> (B, T − 1). The one
+    log-prob gather (`nn.logprobs.token_logprobs`) on the shifted grid."""
+    return token_logprobs(logits[:, :-1], input_ids[:, 1:])
 
 
 def sequence_log_probs(model: nn.Module, rollout: Rollout) -> torch.Tensor:
@@ -77,15 +81,29 @@ def left_pad(
     return input_ids.to(device), attention_mask.to(device)
 
 
+def row_seeds(seed: int, rows: int) -> list[int]:
+    """The sampling seed of each rollout row: distinct per row (a prompt's G samples must differ), a pure
+    function of (seed, row), so row r of a seeded rollout is what the engine samples for that prompt alone
+    with seed row_seeds(seed, rows)[r]."""
+    return [(seed * 1_000_003 + r) % 2**62 for r in range(rows)]
+
+
 @torch.no_grad()
 def sample(
     model: nn.Module, tokenizer: Any, prompts: list[str], max_new_tokens: int = 24, temperature: float = 1.0,
-    top_k: int = 0, seed: int | None = None, stop_ids: list[int] | None = None,
+    top_k: int = 0, seed: int | None = None, stop_ids: list[int] | None = None, num_samples: int = 1,
+    share_prefill: bool = True,
 ) -> Rollout:  # fmt: skip
-    """Sample one response per prompt and lay the batch out as a Rollout. temperature 0 is greedy.
+    """Sample `num_samples` responses per prompt (consecutive rows) and lay the batch out as a Rollout.
+    temperature 0 is greedy.
 
-    A plain KV-cached loop (prefill the left-padded prompts once, then one token per step) that needs only the
-    GPT interface: `new_kv_cache`, and forward with attention_mask / kv_cache / position_ids."""
+    One call of the decoding engine (`generate.engine.run`, its static cache and lean forward) with the
+    rollout's temperature and top-k as GenerationOptions: identical prompts (GRPO's G copies of a prompt, or
+    num_samples > 1) are prefilled once and their KV cache copied to every sample. Row r samples with seed
+    `row_seeds(seed, R)[r]` (without a seed, from torch's global generator). share_prefill=False prefills
+    every row (the baseline of benchmarks/rollout_speed.py)."""
+    from danlu.generate.engine import GenerationOptions, run
+
     if stop_ids is None:
         from danlu.tune.evaluate import chat_stop_ids
 
@@ -93,61 +111,42 @@ def sample(
             [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         )
     was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    prompt_ids = [tokenizer.encode(p) for p in prompts]
+    prompt_ids = [ids for p in prompts for ids in [tokenizer.encode(p)] * num_samples]
     longest = max(len(x) for x in prompt_ids)
     max_new_tokens = min(max_new_tokens, model.config.block_size - longest)
     if max_new_tokens < 1:
         raise DanluError(
             f"a {longest}-token prompt leaves no room to answer in a {model.config.block_size}-token context"
         )
+    opts = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                             stop_token_ids=stop_ids, add_eos_stop=False)  # fmt: skip
+    seeds = row_seeds(seed, len(prompt_ids)) if seed is not None and temperature > 0 else None
+    try:
+        done = run(model, tokenizer, prompt_ids, opts, row_seeds=seeds, share_prefill=share_prefill)
+    finally:
+        model.train(was_training)
+    # Each response up to and including its stop token; what follows is padding.
+    answers = [[*c.token_ids, *([c.stop_token_id] if c.stop_token_id is not None else [])] for c in done]
+    logps = [[*c.logprobs, *([c.stop_logprob] if c.stop_token_id is not None else [])] for c in done]
+    R = max(len(a) for a in answers)
+    response = torch.full((len(done), R), pad, dtype=torch.long)
+    response_mask = torch.zeros((len(done), R), dtype=torch.long)
+    response_logps = torch.zeros((len(done), R))
+    for i, (a, lp) in enumerate(zip(answers, logps)):
+        response[i, : len(a)], response_mask[i, : len(a)] = torch.tensor(a), 1
+        response_logps[i, : len(a)] = torch.tensor(lp)
     input_ids, prompt_mask = left_pad(prompt_ids, pad, device)  # (B, P)
-    B, P = input_ids.shape
-    mask = prompt_mask
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    cache = model.new_kv_cache(B, max_len=P + max_new_tokens)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, P)
-    logits = model(input_ids, attention_mask=mask, kv_cache=cache, position_ids=positions).logits[:, -1]
-    next_pos = positions[:, -1:] + 1  # (B, 1)
-    stops = torch.tensor(stop_ids, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    steps: list[torch.Tensor] = []
-    for i in range(max_new_tokens):
-        if temperature == 0:
-            tok = logits.argmax(-1)  # (B,)
-        else:
-            scaled = logits.float() / temperature
-            if top_k > 0:
-                kth = torch.topk(scaled, min(top_k, scaled.shape[-1]), dim=-1).values[:, -1:]
-                scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-            tok = torch.multinomial(scaled.softmax(-1), 1, generator=generator).squeeze(-1)
-        tok = tok.masked_fill(done, pad)  # a finished row only pads
-        steps.append(tok)
-        done |= torch.isin(tok, stops)
-        if bool(done.all()) or i == max_new_tokens - 1:
-            break
-        mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], dim=1)  # (B, P + i + 1)
-        logits = model(tok[:, None], attention_mask=mask, kv_cache=cache, position_ids=next_pos).logits[:, -1]
-        next_pos = next_pos + 1
-    model.train(was_training)
-    response = torch.stack(steps, dim=1)  # (B, R)
-    # Keep each response up to and including its first stop token; what follows it is padding.
-    is_stop = torch.isin(response, stops).long()
-    after_stop = (is_stop.cumsum(-1) - is_stop) > 0  # strictly after the first stop
-    response_mask = (~after_stop).long()  # (B, R)
-    response = response.masked_fill(after_stop, pad)
-    texts = []
-    for row, keep in zip(response.tolist(), response_mask.tolist()):
-        ids = [t for t, k in zip(row, keep) if k and t not in stop_ids]
-        texts.append(tokenizer.decode(ids, skip_special_tokens=True))
+    response, response_mask = response.to(device), response_mask.to(device)
+    sampled = torch.cat([torch.zeros_like(prompt_mask, dtype=torch.float), response_logps.to(device)], 1)
     return Rollout(
         input_ids=torch.cat([input_ids, response], dim=1),  # (B, T)
         attention_mask=torch.cat([prompt_mask, response_mask], dim=1),
         response_mask=torch.cat([torch.zeros_like(prompt_mask), response_mask], dim=1),
-        prompt_len=P,
-        texts=texts,
+        prompt_len=input_ids.shape[1],
+        texts=[c.text for c in done],
+        sample_log_probs=sampled[:, 1:],  # (B, T − 1) on the action grid
     )
 
 

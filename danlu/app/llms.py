@@ -170,7 +170,7 @@ class BaseLLM:
 
 class LocalLLM(BaseLLM):
     """A danlu model in this process. Chat messages are rendered with the tokenizer's chat template and end at
-    `<|im_end|>`; token counts come from the model's own tokenizer."""
+    `<|im_end|>`; token counts are the engine's (the prompt's tokens and the tokens it generated)."""
 
     def __init__(self, model: Any, tokenizer: Any, name: str = "local", **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
@@ -193,11 +193,8 @@ class LocalLLM(BaseLLM):
             options = {**options, "stop_token_ids": [*options.get("stop_token_ids", []), end]}
         return text, options
 
-    def _count(self, text: str) -> int:
-        return len(self.tokenizer.encode(text))
-
     def _complete(self, prompts: list[Prompt], options: dict[str, Any]) -> list[Completion]:
-        from danlu.generate.engine import generate
+        from danlu.generate.engine import run
 
         groups: dict[str, list[int]] = {}  # chat and raw prompts may need different stop ids
         rendered = [self._text_and_options(p, options) for p in prompts]
@@ -206,21 +203,20 @@ class LocalLLM(BaseLLM):
         out: list[Completion | None] = [None] * len(prompts)
         for idx in groups.values():
             opts = rendered[idx[0]][1]
-            texts = generate(self.model, self.tokenizer, [rendered[i][0] for i in idx], **opts)
-            for i, t in zip(idx, texts):
-                out[i] = Completion(t, self._count(rendered[i][0]), self._count(t))
+            # the engine's counts: the prompt's tokens and the tokens generated (no re-tokenising of the text)
+            for i, c in zip(idx, run(self.model, self.tokenizer, [rendered[i][0] for i in idx], **opts)):
+                out[i] = Completion(c.text, c.prompt_tokens, c.completion_tokens)
         return out  # type: ignore[return-value]
 
     def _stream(self, prompt: Prompt, options: dict[str, Any]) -> Iterator[str | Completion]:
-        from danlu.generate.engine import stream
+        from danlu.generate.engine import stream_completion
 
         text, opts = self._text_and_options(prompt, options)
-        pieces = []
-        for piece in stream(self.model, self.tokenizer, text, **opts):
-            pieces.append(piece)
-            yield piece
-        full = "".join(pieces)
-        yield Completion(full, self._count(text), self._count(full))
+        for item in stream_completion(self.model, self.tokenizer, text, **opts):
+            if isinstance(item, str):
+                yield item
+            else:
+                yield Completion(item.text, item.prompt_tokens, item.completion_tokens)
 
 
 # danlu option name -> OpenAI field name; the others are sent under their own names (danlu serve reads them).

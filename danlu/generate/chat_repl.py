@@ -38,34 +38,22 @@ class Reply:
 def stream_reply(
     model: Any, tokenizer: Any, prompt: str, options: dict[str, Any], reply: Reply
 ) -> Iterator[str]:
-    """`danlu.stream`, keeping count of the tokens and recording why the answer ended in `reply`."""
-    from danlu.generate.engine import TextTracker, _start
+    """`danlu.stream` through the engine's rows, recording the tokens generated and why the answer ended
+    (the engine's finish reason) in `reply`."""
+    from danlu.generate.engine import _rows
 
-    opts, stop_ids, tokens = _start(model, tokenizer, [prompt], dict(options))
-    tracker = TextTracker(tokenizer, opts.stop)
+    updates, rows = _rows(model, tokenizer, [prompt], dict(options))
     try:
-        for tok in tokens:
-            t = int(tok[0])
-            reply.n_tokens += 1
-            if t in stop_ids:
-                reply.finish = "stop"
-                return
-            piece = tracker.push(t)
-            if piece:
-                reply.text += piece
-                yield piece
-            if tracker.finished:
-                reply.finish = "stop"
-                return
-        rest = tracker.flush()
-        if rest:
-            reply.text += rest
-            yield rest
-        reply.finish = "length" if reply.n_tokens >= opts.max_new_tokens else "stop"
+        for update in updates:
+            reply.n_tokens = len(rows[0].ids)
+            if update.piece:
+                reply.text += update.piece
+                yield update.piece
+            if update.done is not None:
+                reply.finish = update.done.finish_reason
     finally:
-        close = getattr(tokens, "close", None)
-        if close is not None:
-            close()
+        reply.n_tokens = len(rows[0].ids)
+        updates.close()
 
 
 class ChatSession:

@@ -8,16 +8,41 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NoReturn
 
 from danlu.errors import DanluError
 from danlu.flags import check_ranges, option
 
 
-@dataclass
+class FrozenMap(dict):
+    """A dict that cannot change, so that options holding one (logit_bias) can be hashed and shared."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("generation options cannot change; make new ones with dataclasses.replace(opts, ...)")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _read_only  # type: ignore[assignment]
+
+
+# length_penalty divides a beam's score by length**alpha (or ((5 + length) / 6)**alpha): beyond |alpha| = 10
+# that power overflows a float for long outputs (3**1000 raises OverflowError) and float32 scores underflow to
+# ties long before. repetition_penalty divides positive logits and multiplies negative ones: 1e-300 or 1e300
+# turn them into inf/-inf and the distribution into NaN; [0.01, 100] covers every value in use (1.0-2.0).
+MAX_LENGTH_PENALTY = 10.0
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 100.0
+LENGTH_PENALTY_FORMS = ("power", "gnmt")
+
+
+@dataclass(frozen=True)
 class GenerationOptions:
     """Everything that shapes decoding; the defaults are greedy search with nothing else switched on, as in
-    transformers' `generate` (so a beam search or a parity check needs no flag but its own)."""
+    transformers' `generate` (so a beam search or a parity check needs no flag but its own).
+
+    Frozen and hashable: one object travels from the caller (CLI, server request, app, rollout) to the
+    decoding loop unchanged; a variant is `dataclasses.replace(opts, seed=...)`. Sequences are stored as
+    tuples and logit_bias as a read-only dict (`FrozenMap`)."""
 
     max_new_tokens: int = option(64, "most tokens to generate", ge=1)
     min_new_tokens: int = option(0, "end-of-text is forbidden before this many new tokens", ge=0)
@@ -45,7 +70,8 @@ class GenerationOptions:
     repetition_penalty: float = option(
         1.0,
         "CTRL (Keskar et al. 2019): seen tokens' logits / it (x if < 0); 1 = off",
-        gt=0,
+        ge=MIN_REPETITION_PENALTY,
+        le=MAX_REPETITION_PENALTY,
         hint="1 disables it",
     )
     presence_penalty: float = option(
@@ -60,10 +86,22 @@ class GenerationOptions:
     num_beams: int = option(
         1, "beam search with this many beams; 1 = off", ge=1, hint="1 means no beam search"
     )
-    # Wu et al. 2016 rank finished hypotheses by score / length^alpha; > 1 favours longer outputs.
-    length_penalty: float = option(1.0, "beam search: score / length^alpha; > 1 favours longer outputs")
+    # Wu et al. 2016 rank finished hypotheses by score / lp(length)^alpha; > 0 favours longer outputs.
+    length_penalty: float = option(
+        1.0,
+        "beam search: score / length^alpha; > 0 favours longer outputs",
+        ge=-MAX_LENGTH_PENALTY,
+        le=MAX_LENGTH_PENALTY,
+    )
+    # "power": lp(n) = n (transformers' generate); "gnmt": lp(n) = (5 + n) / 6 (Wu et al. 2016, eq. 14; the
+    # seq2seq translator, as in "Attention Is All You Need" §6.1).
+    length_penalty_form: str = option(
+        "power", "beam search: length^alpha (power) or ((5 + length) / 6)^alpha (gnmt)",
+        choices=LENGTH_PENALTY_FORMS,
+    )  # fmt: skip
     early_stopping: bool = option(False, "beam search: end a prompt as soon as num_beams hypotheses finished")
-    stop: list[str] = option(
+    # Sequences are stored as tuples (hashable); the factories stay `list` so the CLI builds `nargs` flags.
+    stop: tuple[str, ...] = option(
         default_factory=list, help="stop strings: the output is cut before the first one", flag="stop"
     )
     seed: int | None = option(None, "sampling seed (each prompt of a batch draws from its own stream)")
@@ -71,7 +109,7 @@ class GenerationOptions:
         default_factory=dict, help="token id -> added to its logit (OpenAI)", cli=False
     )
     add_eos_stop: bool = option(True, "stop at the tokenizer's end-of-text id", cli=False)
-    stop_token_ids: list[int] = option(
+    stop_token_ids: tuple[int, ...] = option(
         default_factory=list, help="more ids that end a row (chat: <|im_end|>)", cli=False
     )
     contrastive_alpha: float = option(
@@ -88,11 +126,16 @@ class GenerationOptions:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        self.stop = list(self.stop)
+        put = object.__setattr__  # frozen: the normal forms are set once, here
+        put(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
+        try:
+            put(self, "stop_token_ids", tuple(self.stop_token_ids))
+        except TypeError as e:
+            raise DanluError(
+                f"stop_token_ids must be a list of token ids, got {self.stop_token_ids!r}"
+            ) from e
         try:  # JSON object keys are strings: {"50256": -100} means token 50256
-            self.logit_bias = {int(k): float(v) for k, v in dict(self.logit_bias).items()}
+            put(self, "logit_bias", FrozenMap({int(k): float(v) for k, v in dict(self.logit_bias).items()}))
         except (TypeError, ValueError) as e:
             raise DanluError(
                 f"logit_bias must map token ids to numbers, got {self.logit_bias!r}; e.g. {{50256: -100}}"
@@ -100,7 +143,7 @@ class GenerationOptions:
         if self.json_schema is not None:
             from danlu.generate.grammar import canonical_schema, compile_schema
 
-            self.json_schema = canonical_schema(self.json_schema)
+            put(self, "json_schema", canonical_schema(self.json_schema))
             compile_schema(self.json_schema)  # a schema llguidance cannot compile fails here, before decoding
         validate_options(self)
 
@@ -130,6 +173,8 @@ def validate_options(o: GenerationOptions) -> None:
         raise DanluError(f"length_penalty must be a finite number, got {lp!r}")
     if o.seed is not None and (isinstance(o.seed, bool) or not isinstance(o.seed, int)):
         raise DanluError(f"seed must be an integer, got {o.seed!r}")
+    if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in o.stop_token_ids):
+        raise DanluError(f"stop_token_ids must be token ids (integers >= 0), got {list(o.stop_token_ids)!r}")
     if not all(isinstance(s, str) and s for s in o.stop):
         raise DanluError(f"stop must be a list of non-empty strings, got {o.stop!r}")
     for tok, bias in o.logit_bias.items():

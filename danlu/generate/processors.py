@@ -28,9 +28,20 @@ from danlu.generate.options import GenerationOptions
 NEG_INF = float("-inf")
 
 
+# Below this τ, logits / τ can overflow float32 (a logit of 10 at τ = 1e-38 is inf; inf − inf is NaN in softmax).
+_TINY_TEMPERATURE = 1e-4
+
+
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """logits / τ (τ > 0)."""
-    return logits / temperature
+    """logits / τ (τ > 0). For a tiny τ the row's largest logit is subtracted first (softmax does not change),
+    so the top token's logit is 0 and the others fall to −inf at worst: the distribution tends to greedy's
+    one-hot (ties shared) instead of overflowing to NaN (τ = 1e-300 is then simply greedy)."""
+    if temperature >= _TINY_TEMPERATURE:
+        return logits / temperature
+    top = logits.amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a row of −inf stays −inf, not NaN
+    # In float64, where τ itself does not round to 0 (in float32 τ = 1e-300 would, and 0 / 0 is NaN).
+    return ((logits.double() - top.double()) / temperature).to(logits.dtype)
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:

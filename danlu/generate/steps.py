@@ -17,8 +17,9 @@ forward (the test suite's scripted fakes do).
 
 from __future__ import annotations
 
+import copy
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -203,6 +204,19 @@ def reorder(state: DecodeState, index: torch.Tensor) -> None:
     state.cache.reorder(index)
     state.key_mask.copy_(state.key_mask.index_select(0, index))
     state.next_pos = state.next_pos.index_select(0, index)
+
+
+def expand(state: DecodeState, index: torch.Tensor) -> DecodeState:
+    """A new state whose row i continues old row index[i] (any number of rows): one prefilled prompt shared by
+    several samples (GRPO's G answers, n choices). The copy runs eagerly (a compiled step's CUDA graph is bound
+    to the old buffers)."""
+    cache = copy.copy(state.cache)
+    cache.k = [k.index_select(0, index) for k in state.cache.k]
+    cache.v = [v.index_select(0, index) for v in state.cache.v]
+    return replace(
+        state, cache=cache, key_mask=state.key_mask.index_select(0, index),
+        next_pos=state.next_pos.index_select(0, index), decode_fn=None, guards_checked=False,
+    )  # fmt: skip
 
 
 def rollback(state: DecodeState, length: int) -> None:

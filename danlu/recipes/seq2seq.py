@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from danlu.errors import DanluError
-from danlu.models.seq2seq import Seq2SeqConfig, Transformer, beam_decode, greedy_decode
+from danlu.generate.encoder_decoder import beam_decode, greedy_decode
+from danlu.models.seq2seq import Seq2SeqConfig, Transformer
 from danlu.recipes.context import DemoContext
 from danlu.train.loop import TrainConfig, train
 

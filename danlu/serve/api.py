@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException
 
 from danlu.app.usage import UsageTracker
 from danlu.errors import DanluError
+from danlu.generate.options import GenerationOptions
 from danlu.serve.batching import Batcher, Overloaded, Row, RowEvent
 from danlu.serve.prompting import (
     ServeConfig,
@@ -179,9 +180,10 @@ def create_app(
                 code="model_not_found",
             )
 
-    async def count(text: str) -> int:
-        """The prompt's length in tokens, counted in a worker thread (a 1 MB prompt takes seconds)."""
-        return len(await run_in_threadpool(tokenizer.encode, text))
+    async def encode(text: str) -> list[int]:
+        """The prompt's tokens, in a worker thread (a 1 MB prompt takes seconds); the batcher decodes from
+        them, so a prompt is tokenised once."""
+        return await run_in_threadpool(tokenizer.encode, text)
 
     def check_rows(n: int, prompts: int) -> None:
         if n > config.max_n:
@@ -197,7 +199,7 @@ def create_app(
                 param="prompt" if prompts > 1 else "n",
             )
 
-    def submit(specs: list[tuple[str, dict[str, Any], int]]) -> tuple[asyncio.Queue, list[Row]]:
+    def submit(specs: list[tuple[str, GenerationOptions, list[int]]]) -> tuple[asyncio.Queue, list[Row]]:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
 
@@ -210,7 +212,7 @@ def create_app(
 
             return emit
 
-        rows = [Row(p, o, n, emitter(i)) for i, (p, o, n) in enumerate(specs)]
+        rows = [Row(p, o, len(ids), emitter(i), prompt_ids=ids) for i, (p, o, ids) in enumerate(specs)]
         try:
             batcher.submit(rows)
         except Overloaded as e:
@@ -326,12 +328,12 @@ def create_app(
         check_rows(req.n, len(prompts))
         specs = []
         for p in prompts:
-            n_tokens = await count(p)
-            opts = generation_options(req, n_tokens, block, tokenizer, config, chat=False, param="prompt")
-            specs += [(p, o, n_tokens) for o in choice_options(opts, req.n)]
+            ids = await encode(p)
+            opts = generation_options(req, len(ids), block, tokenizer, config, chat=False, param="prompt")
+            specs += [(p, o, ids) for o in choice_options(opts, req.n)]
         events, rows = submit(specs)
         rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        prompt_tokens = sum(n for _, _, n in specs[:: req.n])
+        prompt_tokens = sum(len(ids) for _, _, ids in specs[:: req.n])
 
         def chunk(i: int, text: str, finish: str | None) -> dict[str, Any]:
             choice = {"text": text, "index": i, "logprobs": None, "finish_reason": finish}
@@ -394,11 +396,11 @@ def create_app(
             raise APIError(400, "logprobs is not supported by danlu serve; leave it out", param="logprobs")
         check_rows(req.n, 1)
         prompt = await run_in_threadpool(chat_prompt, tokenizer, req)  # a template may take a while
-        n_tokens = await count(prompt)
-        opts = generation_options(req, n_tokens, block, tokenizer, config, chat=True, param="messages")
-        events, rows = submit([(prompt, o, n_tokens) for o in choice_options(opts, req.n)])
+        ids = await encode(prompt)
+        opts = generation_options(req, len(ids), block, tokenizer, config, chat=True, param="messages")
+        events, rows = submit([(prompt, o, ids) for o in choice_options(opts, req.n)])
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        prompt_tokens = n_tokens
+        prompt_tokens = len(ids)
 
         def chunk(i: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
             choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}

@@ -1,11 +1,13 @@
 """Dynamic batching: concurrent requests share one batched decode instead of waiting for each other.
 
 A background thread (the worker) takes the first waiting row, waits up to `max_wait_ms` for more, then runs
-them as one left-padded batch through the engine (`danlu.generate.engine.generate_ids`), handing each row its
+them as one left-padded batch through the engine (`danlu.generate.engine.decode_prompts`), handing each row its
 text pieces as soon as they are safe to show (streaming requests forward them as server-sent events;
-non-streaming ones just collect them). Requests that arrive while a batch decodes wait for the next batch.
+non-streaming ones just collect them), and its finish reason and token count as the engine reports them.
+Requests that arrive while a batch decodes wait for the next batch.
 
-Rows are grouped by their generation options: a batch shares one `GenerationOptions` except `max_new_tokens`
+Rows are grouped by their generation options (the request's own `GenerationOptions` object, hashable): a batch
+shares one except `max_new_tokens`
 (the batch runs to the largest; each row stops at its own) and `stop` strings (checked per row). A batch also
 respects the context: its longest prompt plus its largest max_new_tokens must fit `block_size`, and holds at most
 `max_batch_size` sequences, a beam-search row counting as its num_beams.
@@ -16,20 +18,21 @@ through the engine's `should_stop` hook). At most `max_in_flight` rows wait or d
 
 A row is one completion: a request with n choices, or several prompts, submits several rows. Each row reports
 through its `emit` callback, called on the worker thread: `RowEvent(piece=...)` for text, then exactly one
-final `RowEvent(done=True, finish_reason="stop"|"length", completion_tokens=...)` or `RowEvent(error=...)`.
+final `RowEvent(done=True, finish_reason="stop"|"length", completion_tokens=..., completion=...)` or
+`RowEvent(error=...)`.
 """
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from danlu.errors import DanluError
+from danlu.generate.engine import Completion, GenerationOptions, RowDecoder, decode_prompts, stop_token_ids
 
 
 class Overloaded(Exception):
@@ -43,35 +46,41 @@ class RowEvent:
     finish_reason: str | None = None  # "stop" (end-of-text, stop id or stop string) or "length"
     completion_tokens: int = 0
     error: BaseException | None = None
+    completion: Completion | None = None  # the engine's result (ids, log-probs) on the final event
 
 
 @dataclass
 class Row:
     prompt: str
-    options: dict[str, Any]  # generation options (danlu names), validated by the caller
+    options: GenerationOptions  # validated by the caller (a dict of option names is turned into one)
     prompt_tokens: int
     emit: Callable[[RowEvent], None]
     cancelled: bool = False  # set by the caller when the client went away: the row is dropped
     submitted: float = field(default_factory=time.perf_counter)
+    prompt_ids: list[int] | None = None  # the prompt's tokens when the caller has them (else encoded here)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.options, GenerationOptions):
+            self.options = GenerationOptions.from_kwargs(**self.options)
 
     @property
     def max_new_tokens(self) -> int:
-        return int(self.options.get("max_new_tokens", 64))
+        return self.options.max_new_tokens
 
     @property
     def sequences(self) -> int:
         """Sequences this row decodes: its beams in beam search, else one."""
-        return max(1, int(self.options.get("num_beams", 1)))
+        return self.options.num_beams
 
-    def group_key(self) -> str:
-        shared = {k: v for k, v in self.options.items() if k not in ("max_new_tokens", "stop")}
-        return json.dumps(shared, sort_keys=True, default=str)
+    def group_key(self) -> GenerationOptions:
+        """The options a batch shares: all but max_new_tokens and stop strings (kept per row)."""
+        return replace(self.options, max_new_tokens=1, stop=())
 
 
 def plan_batches(rows: list[Row], max_batch_size: int, block_size: int) -> list[list[Row]]:
     """Rows cut into batches of one option group each, at most max_batch_size sequences (a lone row always
     fits), fitting the context."""
-    groups: dict[str, list[Row]] = {}
+    groups: dict[GenerationOptions, list[Row]] = {}
     for r in rows:
         groups.setdefault(r.group_key(), []).append(r)
     batches: list[list[Row]] = []
@@ -92,67 +101,30 @@ def plan_batches(rows: list[Row], max_batch_size: int, block_size: int) -> list[
 
 def run_batch(model: Any, tokenizer: Any, rows: list[Row], stats: BatchStats | None = None) -> None:
     """Decode rows as one batch through the engine, emitting every row's pieces and its final event; a
-    cancelled row gets no more events. `stats` counts the decode steps run and the rows cancelled."""
-    from danlu.generate.engine import (
-        GenerationOptions,
-        TextTracker,
-        encode_prompts,
-        generate_ids,
-        stop_token_ids,
-    )
-
-    shared = {k: v for k, v in rows[0].options.items() if k != "stop"}
-    shared["max_new_tokens"] = max(r.max_new_tokens for r in rows)
-    opts = GenerationOptions.from_kwargs(**shared)
-    input_ids, attention_mask = encode_prompts(model, tokenizer, [r.prompt for r in rows], opts)
+    cancelled row gets no more events. `stats` counts the decode steps run and the rows cancelled.
+    Rows with the same prompt (a request's n choices) share one prefill."""
+    opts = replace(rows[0].options, stop=(), max_new_tokens=max(r.max_new_tokens for r in rows))
     stop_ids = stop_token_ids(tokenizer, opts)
-    trackers = [TextTracker(tokenizer, list(r.options.get("stop") or [])) for r in rows]
-    counts = [0] * len(rows)
-    ended = [False] * len(rows)
+    prompt_ids = [r.prompt_ids if r.prompt_ids is not None else tokenizer.encode(r.prompt) for r in rows]
+    decoders = [RowDecoder(tokenizer, stop_ids, r.options.stop, r.max_new_tokens, len(x))
+                for r, x in zip(rows, prompt_ids)]  # fmt: skip
     stats = stats if stats is not None else BatchStats()
-    beams = opts.num_beams > 1
 
-    def all_cancelled() -> bool:  # beam search asks before each of its steps
+    def step() -> None:
         stats.decode_steps += 1
-        return all(r.cancelled for r in rows)
 
-    def finish(i: int, reason: str) -> None:
-        ended[i] = True
-        rest = trackers[i].flush()
-        if rest:
-            rows[i].emit(RowEvent(piece=rest))
-        rows[i].emit(RowEvent(done=True, finish_reason=reason, completion_tokens=counts[i]))
-
-    tokens = generate_ids(model, input_ids, attention_mask, opts, stop_ids, should_stop=all_cancelled)
-    for tok in tokens:
-        stats.decode_steps += 0 if beams else 1
-        for i, t in enumerate(tok.tolist()):
-            if ended[i]:
-                continue
-            if rows[i].cancelled:
-                ended[i] = True
-                stats.cancelled_rows += 1
-                continue
-            if t in stop_ids:
-                finish(i, "stop")
-                continue
-            counts[i] += 1
-            piece = trackers[i].push(t)
-            if piece:
-                rows[i].emit(RowEvent(piece=piece))
-            if trackers[i].finished:
-                finish(i, "stop")
-            elif counts[i] >= rows[i].max_new_tokens:
-                finish(i, "length")
-        if all(ended):
-            break  # closing the generator stops decoding
-    tokens.close()
-    for i in range(len(rows)):
-        if not ended[i] and rows[i].cancelled:
-            ended[i] = True
+    updates = decode_prompts(model, tokenizer, prompt_ids, opts, decoders,
+                             is_cancelled=lambda i: rows[i].cancelled, on_step=step)  # fmt: skip
+    for u in updates:
+        c = u.done
+        if c is not None and c.finish_reason == "cancelled":
             stats.cancelled_rows += 1
-        if not ended[i]:
-            finish(i, "length")
+            continue
+        if u.piece:
+            rows[u.row].emit(RowEvent(piece=u.piece))
+        if c is not None:
+            rows[u.row].emit(RowEvent(done=True, finish_reason=c.finish_reason,
+                                      completion_tokens=c.completion_tokens, completion=c))  # fmt: skip
 
 
 @dataclass

@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from danlu.errors import DanluError
+from danlu.generate.options import GenerationOptions
 from danlu.serve.config import LOOPBACK_HOSTS, MIN_SAMPLING_TEMPERATURE, ServeConfig  # noqa: F401 (re-exported)
 from danlu.serve.schemas import SEED_MAX, SEED_MIN, APIError, ChatRequest, Sampling
 
@@ -166,12 +168,11 @@ def parse_tool_call(text: str, req: ChatRequest) -> dict[str, Any] | None:
 
 def generation_options(
     req: Sampling, prompt_tokens: int, block: int, tokenizer: Any, config: ServeConfig, chat: bool, param: str
-) -> dict[str, Any]:
-    """The engine options for a request (danlu names), checked against the context and the engine's ranges:
+) -> GenerationOptions:
+    """The engine options for a request, checked against the context and the engine's ranges (the object the
+    batcher groups by and the engine decodes with):
     every unset field takes the engine's default, except temperature (ServeConfig.default_temperature) and
     max_tokens (ServeConfig.default_max_tokens, capped by the room left in the context)."""
-    from danlu.generate.engine import GenerationOptions
-
     if prompt_tokens > config.max_prompt_tokens:
         raise APIError(
             400,
@@ -219,7 +220,7 @@ def generation_options(
         temperature = 0.0
     opts: dict[str, Any] = {"max_new_tokens": max_tokens, "temperature": temperature, "stop": stop}
     for name in ("top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
-                 "no_repeat_ngram_size", "num_beams", "length_penalty", "seed"):  # fmt: skip
+                 "no_repeat_ngram_size", "num_beams", "length_penalty", "length_penalty_form", "seed"):  # fmt: skip
         value = getattr(req, name)
         if value is not None:
             opts[name] = value
@@ -232,10 +233,9 @@ def generation_options(
         if end is not None:
             opts["stop_token_ids"] = [end]
     try:
-        GenerationOptions.from_kwargs(**opts)
+        return GenerationOptions.from_kwargs(**opts)
     except DanluError as e:
         raise APIError(400, str(e), param=_named_option(str(e))) from e
-    return opts
 
 
 def _named_option(message: str) -> str | None:
@@ -244,10 +244,12 @@ def _named_option(message: str) -> str | None:
     return name if name.isidentifier() else None
 
 
-def choice_options(options: dict[str, Any], n: int) -> list[dict[str, Any]]:
+def choice_options(options: GenerationOptions, n: int) -> list[GenerationOptions]:
     """The options of each of n choices: a seeded sampling request samples choice i with seed + i, so the n
     choices differ while choice 0 is what the same request with n=1 returns."""
-    if options.get("seed") is None or not options.get("temperature"):
+    if options.seed is None or not options.temperature:
         return [options] * n
     span = SEED_MAX - SEED_MIN + 1  # seed + i wraps around within the range the seed was checked in
-    return [{**options, "seed": (options["seed"] + i - SEED_MIN) % span + SEED_MIN} for i in range(n)]
+    return [options] + [
+        replace(options, seed=(options.seed + i - SEED_MIN) % span + SEED_MIN) for i in range(1, n)
+    ]

@@ -9,10 +9,14 @@ repetition_penalty, no_repeat_ngram_size, num_beams, length_penalty), as vLLM do
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
+
+from danlu.flags import RANGE_KEYS
+from danlu.generate.options import LENGTH_PENALTY_FORMS, GenerationOptions
 
 
 class APIError(Exception):
@@ -59,12 +63,23 @@ def _int(**bounds: int) -> Any:
 # document can state exactly (FastAPI writes bounds as floats, so 2**63 - 1 would read as 2**63); torch's
 # generators take them all (2**64 raised "Overflow when unpacking long long", a 500).
 SEED_MIN, SEED_MAX = -(2**53), 2**53
-# length_penalty divides a beam's score by length**alpha: beyond |alpha| = 10 that power overflows a float for
-# the lengths served (3**1000 raises OverflowError) and the float32 scores underflow to ties long before.
-MAX_LENGTH_PENALTY = 10.0
-# repetition_penalty divides positive logits and multiplies negative ones: 1e-300 or 1e300 turn them into
-# inf/-inf and the sampling distribution into NaN; [0.01, 100] covers every value in use (1.0-2.0).
-MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 100.0
+# The engine's options are the source of every decoding field's range, default and description: the field
+# metadata of GenerationOptions (danlu.flags.option), which the CLI's flags and validate_options read too.
+_OPTIONS = {f.name: f for f in fields(GenerationOptions)}
+
+
+def _bounds(name: str, **narrower: float) -> dict[str, float]:
+    """The engine's bounds of option `name`, with the server's narrower ones (OpenAI's) on top."""
+    meta = _OPTIONS[name].metadata
+    return {**{k: meta[k] for k in RANGE_KEYS if k in meta}, **narrower}
+
+
+def _default(name: str) -> Any:
+    return _OPTIONS[name].default
+
+
+def _help(name: str) -> str:
+    return _OPTIONS[name].metadata["help"]
 
 
 def _surrogate_path(value: Any, where: str) -> str | None:
@@ -127,37 +142,56 @@ def _optional(t: Any) -> Any:
     return Annotated[t | None, WithJsonSchema({"anyOf": [inner, {"type": "null"}]})]
 
 
+def _optional_option(t: Any, name: str) -> Any:
+    """Optional field for engine option `name`: t's schema or null, described by the option's help text."""
+    schema = {"anyOf": [t.__metadata__[-1].json_schema, {"type": "null"}], "description": _help(name)}
+    return Annotated[t | None, WithJsonSchema(schema)]
+
+
+def _option_number(name: str, **narrower: float) -> Any:
+    """Optional number field for engine option `name`: its range (narrowed by the server), its help text."""
+    return _optional_option(_number(**_bounds(name, **narrower)), name)
+
+
+def _option_int(name: str) -> Any:
+    """Optional integer field for engine option `name`."""
+    return _optional_option(_int(**_bounds(name)), name)
+
+
 Text = Annotated[str, Field(min_length=1)]
 Texts = Text | Annotated[list[Text], Field(min_length=1)]  # a prompt or input: one text or a list of them
 
 
 class Sampling(_Body):
-    """The decoding fields shared by /v1/completions and /v1/chat/completions."""
+    """The decoding fields shared by /v1/completions and /v1/chat/completions. Ranges, defaults and
+    descriptions are the engine's (GenerationOptions' field metadata), narrowed where OpenAI's API is
+    narrower (temperature <= 2); defaults are the library's (greedy), as for danlu.generate and the CLI
+    (tests/test_cli_defaults.py)."""
 
     model: str
-    max_tokens: _int(ge=1) | None = None
-    # Below 1e-5 the engine's logits / temperature overflow float32 (1e-300 gave NaN probabilities); the server
-    # decodes such a temperature greedily, which is the limit softmax(logits / T) tends to as T -> 0.
-    # Defaults are GenerationOptions' (greedy), as for danlu.generate and the CLI (tests/test_cli_defaults.py).
-    temperature: _optional(_number(ge=0, le=2)) = 0.0
-    top_p: _optional(_number(gt=0, le=1)) = 1.0
+    max_tokens: _option_int("max_new_tokens") = None  # unset: as many as fit (ServeConfig.default_max_tokens)
+    # Below 1e-5 the server decodes a temperature greedily (the limit softmax(logits / T) tends to as T -> 0;
+    # the engine does the same for tiny T instead of overflowing).
+    temperature: _option_number("temperature", le=2) = _default("temperature")
+    top_p: _option_number("top_p") = _default("top_p")
     n: _int(ge=1) = 1
     stop: str | list[str] | None = None
     seed: _int(ge=SEED_MIN, le=SEED_MAX) | None = None
-    presence_penalty: _optional(_number(ge=-2, le=2)) = 0.0
-    frequency_penalty: _optional(_number(ge=-2, le=2)) = 0.0
+    presence_penalty: _option_number("presence_penalty") = _default("presence_penalty")
+    frequency_penalty: _option_number("frequency_penalty") = _default("frequency_penalty")
     logit_bias: dict[str, _number(ge=-100, le=100)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     # danlu's own options (vLLM accepts the same names)
-    top_k: _int(ge=0) | None = 0
-    min_p: _optional(_number(ge=0, le=1)) = 0.0
-    repetition_penalty: _optional(_number(ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)) = 1.0
-    no_repeat_ngram_size: _int(ge=0) | None = 0
-    num_beams: _int(ge=1) | None = 1
-    length_penalty: _optional(_number(ge=-MAX_LENGTH_PENALTY, le=MAX_LENGTH_PENALTY)) = 1.0
-    min_tokens: _int(ge=0) | None = 0
+    top_k: _option_int("top_k") = _default("top_k")
+    min_p: _option_number("min_p") = _default("min_p")
+    repetition_penalty: _option_number("repetition_penalty") = _default("repetition_penalty")
+    no_repeat_ngram_size: _option_int("no_repeat_ngram_size") = _default("no_repeat_ngram_size")
+    num_beams: _option_int("num_beams") = _default("num_beams")
+    length_penalty: _option_number("length_penalty") = _default("length_penalty")
+    length_penalty_form: Literal[LENGTH_PENALTY_FORMS] | None = _default("length_penalty_form")  # type: ignore[valid-type]
+    min_tokens: _option_int("min_new_tokens") = _default("min_new_tokens")
 
 
 class CompletionRequest(Sampling):

@@ -7,6 +7,7 @@ from danlu.app.cache import MemoryCache, RedisCache, SQLiteCache, cache_key
 from danlu.app.llms import FakeLLM, LocalLLM
 from danlu.app.usage import UsageTracker
 from danlu.errors import DanluError
+from danlu.generate.engine import run
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
@@ -65,9 +66,13 @@ def test_usage_counts_streams_and_reports(local_model):
     model, tokenizer = local_model
     usage = UsageTracker()
     llm = LocalLLM(model, tokenizer, name="tiny", usage=usage, options={"max_new_tokens": 6})
-    text = "".join(llm.stream("Deva is"))
+    "".join(llm.stream("Deva is"))
     u = usage.by_model["tiny"]
-    assert u.requests == 1 and u.completion_tokens == len(tokenizer.encode(text))
+    # The tokens the model generated, as the engine counts them: re-tokenising the text counted 10 here (the
+    # tiny model writes broken UTF-8, whose replacement characters re-encode as more tokens).
+    generated = run(model, tokenizer, ["Deva is"], max_new_tokens=6)[0]
+    assert u.requests == 1 and u.completion_tokens == generated.completion_tokens == 6
+    assert u.prompt_tokens == generated.prompt_tokens == len(tokenizer.encode("Deva is"))
     FakeLLM(["a b c"], usage=usage).invoke("x y")
     assert usage.total().total_tokens == u.total_tokens + 2 + 3
     assert "tiny" in usage.report() and "fake" in usage.report()

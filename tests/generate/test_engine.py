@@ -153,7 +153,7 @@ def test_top_k_and_top_p_keep_the_right_sets():
 @pytest.mark.parametrize(
     "options, needle",
     [({"num_beams": 0}, "num_beams must be >= 1, got 0"), ({"min_p": 1.5}, "min_p must be in \\[0, 1\\]"),
-     ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
+     ({"repetition_penalty": 0.0}, r"repetition_penalty must be in \[0.01, 100\]"),
      ({"presence_penalty": 3.0}, "presence_penalty must be in \\[-2, 2\\], got 3.0"),
      ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size must be >= 0"),
      ({"min_new_tokens": 9, "max_new_tokens": 4}, "min_new_tokens must be in \\[0, max_new_tokens=4\\]"),

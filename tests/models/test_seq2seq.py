@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from danlu.errors import DanluError
+from danlu.generate.encoder_decoder import beam_decode, greedy_decode
 from danlu.models.checkpoints import load_model, save_model
-from danlu.models.seq2seq import Seq2SeqConfig, Transformer, beam_decode, greedy_decode, shift_right
+from danlu.models.seq2seq import Seq2SeqConfig, Transformer, shift_right
 
 TOL = 1e-5
 
