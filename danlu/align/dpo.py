@@ -164,7 +164,7 @@ def dpo(
         raise DanluError(f"DPO beta must be > 0, got {beta}")
     if val_records is None:
         train_records, val_records = split_validation(train_records, seed=cfg.seed)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad = tokenizer.pad_id
     train_pairs = encode_pairs(train_records, tokenizer, cfg.block_size)
     val_pairs = encode_pairs(val_records, tokenizer, cfg.block_size)
     eval_pairs = encode_pairs(eval_records, tokenizer, cfg.block_size) if eval_records else []

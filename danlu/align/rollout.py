@@ -87,15 +87,13 @@ def sample(
     A plain KV-cached loop (prefill the left-padded prompts once, then one token per step) that needs only the
     GPT interface: `new_kv_cache`, and forward with attention_mask / kv_cache / position_ids."""
     if stop_ids is None:
-        from danlu.tune.evaluate import chat_stop_ids
-
-        stop_ids = chat_stop_ids(tokenizer) + (
+        stop_ids = tokenizer.end_of_turn_ids + (
             [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         )
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = tokenizer.pad_id
     prompt_ids = [tokenizer.encode(p) for p in prompts]
     longest = max(len(x) for x in prompt_ids)
     max_new_tokens = min(max_new_tokens, model.config.block_size - longest)

@@ -112,6 +112,30 @@ def sharegpt_messages(obj: dict, where: str = "") -> list[dict[str, str]]:
     return out
 
 
+def sft_messages(record: dict) -> list[dict[str, str]]:
+    """An SFT record as chat messages: OpenAI `messages` as they are, ShareGPT `conversations` mapped to roles,
+    Alpaca's instruction (+ a blank line + input) as the user turn and its output as the reply. The one place
+    an SFT record becomes a conversation: training, evaluation, reward and rollouts all prompt through it."""
+    if "messages" in record:
+        return list(record["messages"])
+    if "conversations" in record:
+        return sharegpt_messages(record)
+    user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": record.get("output", "")}]
+
+
+def sft_prompt(record: dict, tokenizer: Any) -> str:
+    """The prompt a model is given for an SFT record: every turn before the first assistant reply through the
+    tokenizer's chat template, ending with the assistant header. A tokenizer without a template gets the
+    turns' text as it is (a base model prompted in plain text)."""
+    messages = sft_messages(record)
+    first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
+    if not hasattr(tokenizer, "apply_chat_template"):
+        return "\n\n".join(m["content"] for m in messages[:first])
+    prompt = tokenizer.apply_chat_template(messages[:first], add_generation_prompt=True)
+    return prompt if isinstance(prompt, str) else tokenizer.decode(prompt)  # an HF-style template gives ids
+
+
 def validate_record(kind: str, obj: Any, where: str = "") -> dict:
     """Check one record of `kind`; return it unchanged, or raise DanluError naming `where` and the field."""
     if kind not in REQUIRED:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from danlu.data.formats import sft_messages, sft_prompt
 from danlu.errors import DanluError
 from danlu.eval import report
 
@@ -43,15 +44,6 @@ def _read(path: Path, limit: int | None) -> list[dict[str, Any]]:
 
     rows = [obj for _, obj in read_jsonl(path)]
     return rows[:limit] if limit is not None else rows
-
-
-def sft_prompt(record: dict[str, Any], tokenizer: Any) -> str:
-    """The user turn (instruction, plus the input after a blank line) through the chat template if any."""
-    content = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
-    if not hasattr(tokenizer, "apply_chat_template"):
-        return content
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-    return prompt if isinstance(prompt, str) else tokenizer.decode(prompt)
 
 
 def _into_chinese(record: dict[str, Any]) -> bool:
@@ -84,8 +76,7 @@ def end_of_turn_probability(
     window = _context_size(model)
     probs, V = [], 0
     for r in records[:PROBE_RECORDS]:
-        content = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
-        turns = [{"role": "user", "content": content}, {"role": "assistant", "content": r["output"]}]
+        turns = sft_messages(r)
         try:
             prefix = sft_prompt(r, tokenizer) + r["output"]
             full = tokenizer.apply_chat_template(turns, add_generation_prompt=False)

@@ -47,7 +47,7 @@ def encode_prompts(
             f"max_new_tokens={opts.max_new_tokens} plus the {longest}-token prompt exceeds the model's context "
             f"of {block} tokens; use max_new_tokens <= {block - longest}"
         )
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = tokenizer.pad_id
     input_ids = torch.full((len(ids), longest), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
     for i, x in enumerate(ids):

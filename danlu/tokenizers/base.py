@@ -28,6 +28,10 @@ CHATML_TEMPLATE = (
 )
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 
+# Tokens that close an assistant turn in the chat formats danlu meets: ChatML (Qwen, SmolLM2, danlu's own),
+# Llama 3, Gemma, Phi-3. `Tokenizer.end_of_turn_ids` is the ids of those this vocabulary holds.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+
 
 class Tokenizer:
     """Text <-> token ids. See the module docstring for what a subclass provides."""
@@ -119,6 +123,22 @@ class Tokenizer:
     @property
     def pad_token_id(self) -> int | None:
         return self.token_to_id(self.pad_token) if self.pad_token else None
+
+    @property
+    def pad_id(self) -> int:
+        """The id to pad batches with: the pad token, else the end-of-text token, else 0 (as Hugging Face's
+        `generate` falls back to eos). Padded positions are always masked, so the choice changes no result;
+        it only has to be a valid id."""
+        if self.pad_token_id is not None:
+            return self.pad_token_id
+        return self.eos_token_id if self.eos_token_id is not None else 0
+
+    @property
+    def end_of_turn_ids(self) -> list[int]:
+        """Ids that end an assistant turn besides end-of-text (ChatML's `<|im_end|>`, Llama 3's `<|eot_id|>`,
+        ...: the END_OF_TURN_TOKENS this vocabulary holds); decoding a chat reply stops at them."""
+        ids = (self.token_to_id(t) for t in END_OF_TURN_TOKENS)
+        return [i for i in ids if i is not None]
 
     @property
     def unk_token_id(self) -> int | None:

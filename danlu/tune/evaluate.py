@@ -3,7 +3,7 @@ exact match per record kind, and the world's verifiable reward.
 
 The metric is `danlu eval`'s (danlu.eval.world_eval): the prompt is the chat-formatted instruction, the answer
 the greedy reply up to its first newline; the full gold output ("25岁。") and the bare answer ("25") both count.
-Decoding stops at <|im_end|>, so a batch costs only as many steps as its longest reply.
+Decoding stops at the end of the turn (`Tokenizer.end_of_turn_ids`), so a batch costs only as many steps as its longest reply.
 """
 
 from __future__ import annotations
@@ -14,12 +14,6 @@ import torch
 from torch import nn
 
 
-def chat_stop_ids(tokenizer: Any) -> list[int]:
-    """Token ids that end an assistant turn (ChatML's <|im_end|>) besides end-of-text."""
-    im_end = tokenizer.token_to_id("<|im_end|>")
-    return [im_end] if im_end is not None else []
-
-
 @torch.no_grad()
 def answers(
     model: nn.Module, tokenizer: Any, records: list[dict], max_new_tokens: int = 24, batch_size: int = 64,
@@ -27,15 +21,15 @@ def answers(
 ) -> list[str]:  # fmt: skip
     """The model's reply to each SFT record's prompt, cut at the first newline and stripped."""
     import danlu
-    from danlu.tune.sft import prompt_text
+    from danlu.data.formats import sft_prompt
 
-    prompts = [prompt_text(r, tokenizer) for r in records]
+    prompts = [sft_prompt(r, tokenizer) for r in records]
     out: list[str] = []
     was_training = model.training
     for start in range(0, len(prompts), batch_size):
         texts = danlu.generate(
             model, tokenizer, prompts[start : start + batch_size], max_new_tokens=max_new_tokens,
-            temperature=temperature, seed=seed, stop_token_ids=chat_stop_ids(tokenizer),
+            temperature=temperature, seed=seed, stop_token_ids=tokenizer.end_of_turn_ids,
         )  # fmt: skip
         out.extend(t.strip().split("\n")[0].strip() for t in texts)
     model.train(was_training)

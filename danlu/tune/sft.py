@@ -30,29 +30,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from danlu.data.formats import sft_messages, sft_prompt
 from danlu.errors import DanluError
 
 IGNORE = -100
 
 
-def record_messages(record: dict) -> list[dict[str, str]]:
-    """An SFT record as chat messages: OpenAI `messages` as they are, ShareGPT `conversations` mapped to roles,
-    Alpaca's instruction (+ a blank line + input) as the user turn and its output as the reply."""
-    if "messages" in record:
-        return list(record["messages"])
-    if "conversations" in record:
-        from danlu.data.formats import sharegpt_messages
-
-        return sharegpt_messages(record)
-    user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
-
-
-def prompt_text(record: dict, tokenizer: Any) -> str:
-    """The prompt a model is given for a record (everything before the first assistant reply)."""
-    messages = record_messages(record)
-    first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return tokenizer.apply_chat_template(messages[:first], add_generation_prompt=True)
+# The one SFT prompt formatter lives with the record schemas; these names stay for existing callers.
+record_messages = sft_messages
+prompt_text = sft_prompt
 
 
 @dataclass
@@ -90,7 +76,7 @@ def encode_records(records: list[dict], tokenizer: Any, max_len: int) -> list[SF
     """Encode validated SFT records; an example whose reply is cut off entirely by max_len is an error."""
     out = []
     for i, r in enumerate(records):
-        ex = encode_messages(record_messages(r), tokenizer, max_len)
+        ex = encode_messages(sft_messages(r), tokenizer, max_len)
         if all(label == IGNORE for label in ex.labels[1:]):
             raise DanluError(
                 f"SFT record {i + 1}: the prompt alone is {len(ex.input_ids)}+ tokens, so nothing of the reply "
@@ -219,7 +205,7 @@ def sft(
     val_ex = encode_records(val_records, tokenizer, max_len)
     if packing:
         train_ex = pack_examples(train_ex, max_len, cfg.seed)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad_id = tokenizer.pad_id
     batch_fn = make_batch_fn(train_ex, val_ex, cfg.batch_size, cfg.seed, cfg.grad_accum, pad_id)
 
     extras: dict[str, Path] = {}
