@@ -21,7 +21,6 @@ packing): cheap, and harmless when each reply depends only on its own prompt.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch import nn
 
 from danlu.data.formats import sft_messages, sft_prompt
 from danlu.errors import DanluError
+from danlu.tune.lora import finish_lora, merged_copy, wrap_lora
 
 IGNORE = -100
 
@@ -211,15 +211,8 @@ def sft(
     extras: dict[str, Path] = {}
     trained: nn.Module = model
     save_fn: Callable[[nn.Module, Path], None] | None
-    if lora is not None:
-        from danlu.tune.lora import apply_lora, merge_and_unload
-
-        apply_lora(model, lora)
-
-        def save_fn(m: nn.Module, d: Path) -> None:
-            save_model(merge_and_unload(copy.deepcopy(m)), d, tokenizer=tokenizer)
-
-    elif ptuning is not None:
+    wrap_lora(model, lora)  # a no-op without a LoRA config
+    if ptuning is not None:
         from danlu.tune.ptuning import PTuningModel
 
         trained = PTuningModel(model, ptuning)
@@ -227,19 +220,17 @@ def sft(
     else:
 
         def save_fn(m: nn.Module, d: Path) -> None:
-            save_model(m, d, tokenizer=tokenizer)
+            save_model(merged_copy(m), d, tokenizer=tokenizer)  # LoRA: a merged copy; training goes on
 
     summary = train(trained, batch_fn, cfg, out_dir, save_fn=save_fn, eval_fn=eval_fn, resume=resume)
     summary["train_examples"] = len(train_records)
     summary["train_rows"] = len(train_ex)
     summary["trainable_params"] = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     checkpoint: Path | None = out_dir / "checkpoint"
-    if lora is not None:
-        from danlu.tune.lora import merge_and_unload, save_adapter
-
-        extras["adapter"] = save_adapter(model, out_dir / "adapter", lora)
-        trained = merge_and_unload(model)
-    elif ptuning is not None:
+    adapter = finish_lora(model, lora, out_dir / "adapter")  # adapters to OUT/adapter, merged in place
+    if adapter is not None:
+        extras["adapter"] = adapter
+    if ptuning is not None:
         extras["prompt_encoder"] = trained.save(out_dir / "prompt_encoder")
         checkpoint = None
     trained.eval()
