@@ -32,6 +32,7 @@ from typing import Any
 from danlu.data.formats import sft_messages, sft_prompt
 from danlu.errors import DanluError
 from danlu.eval import report
+from danlu.fileio import write_jsonl
 
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")  # Chinese characters: tells EN->ZH from ZH->EN references
 
@@ -232,7 +233,7 @@ def evaluate_model(
             }
             for r, a in zip(records[:20], answers[:20], strict=True)
         ]
-        report.write_jsonl(samples, out_dir / "samples.jsonl")
+        write_jsonl(out_dir / "samples.jsonl", report.jsonable(samples))
 
     result = {"world": str(world_dir), "metrics": metrics, "notes": notes, "plots": [p.name for p in plots]}
     report.write_json(result, out_dir / "eval.json")
