@@ -24,17 +24,18 @@ saw the token almost none.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import regex
 
 from danlu.data.formats import sft_messages, sft_prompt
 from danlu.errors import DanluError
 from danlu.eval import report
 from danlu.fileio import write_jsonl
 
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")  # Chinese characters: tells EN->ZH from ZH->EN references
+_HAN = regex.compile(r"\p{Han}")  # Chinese characters: tells EN->ZH from ZH->EN references
 
 PERPLEXITY_FILE = "pretrain_val.jsonl"
 SFT_TEST_FILE = "sft_test.jsonl"

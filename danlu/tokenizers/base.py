@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from danlu.errors import DanluError
+from danlu.tokenizers.pretokenize import split_matches
 
 DEFAULT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -148,16 +149,7 @@ class Tokenizer:
         """Text cut into (piece, is_added) around the added/special-token strings it contains."""
         if self._special_regex is None or not text:
             return [(text, False)] if text else []
-        out: list[tuple[str, bool]] = []
-        pos = 0
-        for m in self._special_regex.finditer(text):
-            if m.start() > pos:
-                out.append((text[pos : m.start()], False))
-            out.append((m.group(0), True))
-            pos = m.end()
-        if pos < len(text):
-            out.append((text[pos:], False))
-        return out
+        return split_matches(self._special_regex, text)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of text. Special-token strings in text ("<|im_end|>") become their ids.
