@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from danlu.errors import DanluError
+from danlu.tune.lora import finish_lora, merged_copy, wrap_lora
 from danlu.tune.sft import IGNORE, SFTExample, collate, encode_messages, epoch_batch_indices, split_validation
 
 
@@ -151,8 +152,6 @@ def dpo(
 
     Returns (policy, summary); the summary has held-out preference metrics before and after when
     eval_records are given. The model is saved to OUT/checkpoint (LoRA merged; adapters in OUT/adapter)."""
-    import copy
-
     from danlu.models.checkpoints import save_model
     from danlu.train.loop import TrainConfig, train
 
@@ -164,7 +163,7 @@ def dpo(
         raise DanluError(f"DPO beta must be > 0, got {beta}")
     if val_records is None:
         train_records, val_records = split_validation(train_records, seed=cfg.seed)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad = tokenizer.pad_id
     train_pairs = encode_pairs(train_records, tokenizer, cfg.block_size)
     val_pairs = encode_pairs(val_records, tokenizer, cfg.block_size)
     eval_pairs = encode_pairs(eval_records, tokenizer, cfg.block_size) if eval_records else []
@@ -184,29 +183,17 @@ def dpo(
             pairs, ref = [val_pairs[i] for i in idx], val_ref[idx]
         return pair_batch(pairs, pad) | {"ref_logps": ref}
 
-    if lora is not None:
-        from danlu.tune.lora import apply_lora
-
-        apply_lora(policy, lora)
+    wrap_lora(policy, lora)  # a no-op without a LoRA config
     wrapped = DPOModel(policy, beta, sft_weight)
 
     def eval_fn(module: nn.Module) -> dict[str, float]:
         return preference_metrics(policy, eval_pairs, eval_ref, pad, beta) if eval_pairs else {}
 
     def save_fn(m: nn.Module, d: Path) -> None:
-        if lora is not None:
-            from danlu.tune.lora import merge_and_unload
-
-            save_model(merge_and_unload(copy.deepcopy(policy)), d, tokenizer=tokenizer)
-        else:
-            save_model(policy, d, tokenizer=tokenizer)
+        save_model(merged_copy(policy), d, tokenizer=tokenizer)  # LoRA: a merged copy; training goes on
 
     summary = train(wrapped, batch_fn, cfg, out_dir, save_fn=save_fn, eval_fn=eval_fn)
-    if lora is not None:
-        from danlu.tune.lora import merge_and_unload, save_adapter
-
-        save_adapter(policy, Path(out_dir) / "adapter", lora)
-        merge_and_unload(policy)
+    finish_lora(policy, lora, Path(out_dir) / "adapter")  # adapters to OUT/adapter, merged in place
     policy.eval()
     if eval_pairs:
         summary["before"] = before

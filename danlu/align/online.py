@@ -73,27 +73,9 @@ class MetricsLog:
 def plot_curves(log: MetricsLog, keys: list[str], png: str | Path, title: str,
                 hlines: dict[str, float] | None = None) -> Path:  # fmt: skip
     """One panel per key (its value against the step), with optional horizontal bound lines per key."""
-    import matplotlib
+    from danlu.plots import plot_panels
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        pts = log.series(key)
-        if pts:
-            ax.plot(*zip(*pts), "o-", markersize=2.5, linewidth=1)
-        if hlines and key in hlines:
-            ax.axhline(hlines[key], color="red", linestyle="--", linewidth=1, label=f"bound {hlines[key]:g}")
-            ax.legend()
-        ax.set_xlabel("step")
-        ax.set_title(key)
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return Path(png)
+    return plot_panels({key: log.series(key) for key in keys}, png, title, hlines)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -36,6 +36,7 @@ from danlu.align.online import MetricsLog, adamw, plot_curves, resolve_device, s
 from danlu.align.reward import RewardModel
 from danlu.align.rollout import Rollout, masked_mean, sample, sequence_log_probs
 from danlu.errors import DanluError
+from danlu.tune.lora import finish_lora, wrap_lora
 
 
 class AdaptiveKLController:
@@ -158,10 +159,7 @@ def ppo(
         m.to(device).eval()
     actor.to(device).train()
     critic.to(device).train()
-    if lora is not None:
-        from danlu.tune.lora import apply_lora
-
-        apply_lora(actor, lora)
+    wrap_lora(actor, lora)  # a no-op without a LoRA config
     actor_opt = adamw(actor.parameters(), cfg.lr)
     critic_opt = adamw(critic.parameters(), cfg.critic_lr)
     kl_ctl = AdaptiveKLController(
@@ -240,10 +238,7 @@ def ppo(
             bar.set_postfix(score=f"{record['score']:.3f}", kl=f"{kl_token:.3f}", beta=f"{kl_ctl.value:.3f}")
     if bar is not None:
         bar.close()
-    if lora is not None:
-        from danlu.tune.lora import merge_and_unload
-
-        merge_and_unload(actor)
+    finish_lora(actor, lora)  # merged in place (PPO saves no adapter)
     actor.eval()
     plot_curves(log, ["score", "kl_per_token", "eval_score", "eval_kl_per_token"], out_dir / "ppo_curves.png",
                 "RLHF-PPO: reward-model score and per-token KL to the reference",

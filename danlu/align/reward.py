@@ -153,13 +153,13 @@ def comparisons(records: list[dict]) -> list[tuple[str, list[str]]]:
 
 
 def encode_response(tokenizer: Any, prompt: str, response: str, max_len: int) -> tuple[list[int], int]:
-    """(ids, n_answer): the chat-formatted prompt + response + <|im_end|>, the way SFT trained the policy to
+    """(ids, n_answer): the chat-formatted prompt + response + end of turn, the way SFT trained the policy to
     answer, and how many of the last ids are the answer. Long sequences keep their end (the answer is what is
     judged) and are cut from the left."""
-    from danlu.tune.sft import prompt_text
+    from danlu.data.formats import sft_prompt
 
-    prompt_ids = tokenizer.encode(prompt_text({"instruction": prompt, "output": response}, tokenizer))
-    answer_ids = tokenizer.encode(response + "<|im_end|>")
+    prompt_ids = tokenizer.encode(sft_prompt({"instruction": prompt, "output": response}, tokenizer))
+    answer_ids = tokenizer.encode(response) + tokenizer.end_of_turn_ids[:1]
     ids = (prompt_ids + answer_ids)[-max_len:]
     return ids, min(len(answer_ids), len(ids) - 1)
 
@@ -235,7 +235,7 @@ def score_texts(reward_model: RewardModel, tokenizer: Any, prompts: list[str], r
                 batch_size: int = 64, max_len: int | None = None) -> list[float]:  # fmt: skip
     """r(x, y) of each (prompt, response)."""
     max_len = max_len or reward_model.config.block_size
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = tokenizer.pad_id
     was_training = reward_model.training
     reward_model.eval()
     device = next(reward_model.parameters()).device
@@ -286,7 +286,7 @@ def train_reward_model(
         train_records, val_records = split_validation(train_records, seed=cfg.seed)
     train_items = encode_comparisons(train_records, tokenizer, cfg.block_size)
     val_items = encode_comparisons(val_records, tokenizer, cfg.block_size)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = tokenizer.pad_id
     B = cfg.batch_size
 
     def batch_fn(split: str, step: int, micro: int) -> dict[str, torch.Tensor]:

@@ -105,14 +105,12 @@ def sample(
     from danlu.generate.engine import GenerationOptions, run
 
     if stop_ids is None:
-        from danlu.tune.evaluate import chat_stop_ids
-
-        stop_ids = chat_stop_ids(tokenizer) + (
+        stop_ids = tokenizer.end_of_turn_ids + (
             [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         )
     was_training = model.training
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = tokenizer.pad_id
     prompt_ids = [ids for p in prompts for ids in [tokenizer.encode(p)] * num_samples]
     longest = max(len(x) for x in prompt_ids)
     max_new_tokens = min(max_new_tokens, model.config.block_size - longest)

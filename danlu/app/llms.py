@@ -188,9 +188,8 @@ class LocalLLM(BaseLLM):
         if isinstance(prompt, str):
             return prompt, options
         text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True)
-        end = self.tokenizer.token_to_id("<|im_end|>")
-        if end is not None:
-            options = {**options, "stop_token_ids": [*options.get("stop_token_ids", []), end]}
+        ends = self.tokenizer.end_of_turn_ids
+        options = {**options, "stop_token_ids": [*options.get("stop_token_ids", []), *ends]}
         return text, options
 
     def _complete(self, prompts: list[Prompt], options: dict[str, Any]) -> list[Completion]:

@@ -96,7 +96,7 @@ def _comparisons(paths: list[str], world_file: str) -> list[dict]:
 
 def _prompts(paths: list[str], world_file: str) -> list[str]:
     """Prompts from preference records ("prompt") or SFT records (instruction + input)."""
-    from danlu.data.formats import read_jsonl
+    from danlu.data.formats import read_jsonl, sft_messages
     from danlu.errors import DanluError
 
     out = []
@@ -106,7 +106,7 @@ def _prompts(paths: list[str], world_file: str) -> list[str]:
             if isinstance(r.get("prompt"), str) and r["prompt"].strip():
                 out.append(r["prompt"])
             elif isinstance(r.get("instruction"), str):
-                out.append(r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else ""))
+                out.append(sft_messages(r)[0]["content"])  # the user turn, as SFT formats it
             else:
                 raise DanluError(
                     f"{p} line {i + 1}: needs a 'prompt' (or an 'instruction') to ask the policy"

@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import regex
+
 from danlu.data.sources import expand_inputs, iter_batches, parse_batch
 from danlu.errors import DanluError
 from danlu.fileio import atomic_write_text
@@ -39,7 +41,9 @@ RULES = (
     "empty", "too_short", "too_long", "repetition", "symbols", "language", "exact_duplicate", "near_duplicate",
 )  # fmt: skip
 EXAMPLES = 3
-_WORD = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\s\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+# A Han character alone, or a run of anything else but white space (the `regex` module knows the Han script).
+_WORD = regex.compile(r"\p{Han}|[^\s\p{Han}]+")
+_HAN = regex.compile(r"\p{Han}")
 _SPACES = re.compile(r"\s+")
 
 
@@ -97,7 +101,7 @@ def dominant_script(text: str) -> str | None:
     """ "zh" (Han), "en" (Latin letters), "other" (letters of another script) or None (no letters)."""
     han = latin = other = 0
     for c in text:
-        if "\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf" or "\uf900" <= c <= "\ufaff":
+        if _HAN.match(c):
             han += 1
         elif c.isalpha():
             if c.isascii() or "LATIN" in unicodedata.name(c, ""):

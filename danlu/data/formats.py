@@ -23,12 +23,14 @@ A UTF-8 byte-order mark at the start of a file is dropped.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from danlu.errors import DanluError
+from danlu.fileio import decode_utf8, iter_jsonl_lines
+from danlu.fileio import short_json as _short
+from danlu.fileio import write_jsonl as write_jsonl  # re-exported: the one JSONL writer
 
 REQUIRED: dict[str, tuple[str, ...]] = {
     "pretrain": ("text",),
@@ -53,11 +55,6 @@ def _text_field(obj: dict, name: str, kind: str, where: str, allow_empty: bool =
         raise _fail(where, f"field {name!r} must be a string, got {type(value).__name__} {_short(value)}")
     if not allow_empty and not value.strip():
         raise _fail(where, f"field {name!r} is empty; {kind} records need text there")
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _validate_messages(obj: dict, where: str) -> None:
@@ -110,6 +107,30 @@ def sharegpt_messages(obj: dict, where: str = "") -> list[dict[str, str]]:
             raise _fail(where, f"{at}: 'value' must be a string, got {_short(t.get('value'))}")
         out.append({"role": SHAREGPT_ROLES[t["from"]], "content": t["value"]})
     return out
+
+
+def sft_messages(record: dict) -> list[dict[str, str]]:
+    """An SFT record as chat messages: OpenAI `messages` as they are, ShareGPT `conversations` mapped to roles,
+    Alpaca's instruction (+ a blank line + input) as the user turn and its output as the reply. The one place
+    an SFT record becomes a conversation: training, evaluation, reward and rollouts all prompt through it."""
+    if "messages" in record:
+        return list(record["messages"])
+    if "conversations" in record:
+        return sharegpt_messages(record)
+    user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": record.get("output", "")}]
+
+
+def sft_prompt(record: dict, tokenizer: Any) -> str:
+    """The prompt a model is given for an SFT record: every turn before the first assistant reply through the
+    tokenizer's chat template, ending with the assistant header. A tokenizer without a template gets the
+    turns' text as it is (a base model prompted in plain text)."""
+    messages = sft_messages(record)
+    first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
+    if not hasattr(tokenizer, "apply_chat_template"):
+        return "\n\n".join(m["content"] for m in messages[:first])
+    prompt = tokenizer.apply_chat_template(messages[:first], add_generation_prompt=True)
+    return prompt if isinstance(prompt, str) else tokenizer.decode(prompt)  # an HF-style template gives ids
 
 
 def validate_record(kind: str, obj: Any, where: str = "") -> dict:
@@ -184,52 +205,10 @@ def _validate_label(obj: dict, where: str) -> None:
 # Reading.
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise DanluError(f"file not found: {path}; check the path")
-    if path.is_dir():
-        raise DanluError(f"{path} is a folder, expected a file")
-
-
-def _not_utf8(path: Path, offset: int, byte: int, line: int | None) -> DanluError:
-    at = f"byte offset {offset}" + (f" (line {line})" if line is not None else "")
-    return DanluError(
-        f"{path} is not valid UTF-8: byte 0x{byte:02x} at {at} cannot be decoded. "
-        f"Convert the file first, e.g. `iconv -f GBK -t UTF-8 {path} > {path}.utf8` "
-        "(use its real encoding in place of GBK: latin1, cp1252, utf-16...)"
-    )
-
-
-def _decode(data: bytes, path: Path, base_offset: int = 0, line: int | None = None) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise _not_utf8(path, base_offset + e.start, data[e.start], line) from None
-
-
 def iter_jsonl(path: str | Path, kind: str | None = None) -> Iterator[dict]:
-    """Yield the records of a JSONL file, validated as `kind` when given. Blank lines are skipped."""
-    path = Path(path)
-    _check_file(path)
-    offset = 0
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            line_start, offset = offset, offset + len(raw)
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw, line_start = raw[3:], line_start + 3
-            text = _decode(raw, path, line_start, number).strip()
-            if not text:
-                continue
-            where = f"{path} line {number}"
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise _fail(
-                    where, f"invalid JSON ({e.msg} at column {e.colno}); each line must be one JSON object"
-                ) from None
-            if not isinstance(obj, dict):
-                raise _fail(where, f"expected a JSON object, got {type(obj).__name__} {_short(obj)}")
-            yield validate_record(kind, obj, where) if kind is not None else obj
+    """Yield the records of a JSONL file (`danlu.fileio.iter_jsonl_lines`), validated as `kind` when given."""
+    for number, obj in iter_jsonl_lines(path):
+        yield validate_record(kind, obj, f"{path} line {number}") if kind is not None else obj
 
 
 def read_jsonl(path: str | Path, kind: str | None = None) -> list[dict]:
@@ -238,14 +217,6 @@ def read_jsonl(path: str | Path, kind: str | None = None) -> list[dict]:
     if not records:
         raise DanluError(f"{path} has no records; expected one JSON object per line")
     return records
-
-
-def write_jsonl(path: str | Path, records: list[dict]) -> Path:
-    """Write records atomically, one JSON object per line, UTF-8 without escaping (中文 stays readable)."""
-    from danlu.fileio import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    return Path(path)
 
 
 def read_texts(path: str | Path) -> list[str]:
@@ -268,7 +239,7 @@ def read_texts(path: str | Path) -> list[str]:
         else:
             data = file.read_bytes()
             bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
-            text = _decode(data[bom:], file, bom)
+            text = decode_utf8(data[bom:], file, bom)
             if text.strip():
                 texts.append(text)
     if not texts:

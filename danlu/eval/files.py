@@ -25,7 +25,6 @@ Results go to OUT/eval.json: {"task", "predictions", "n", "metrics": {...}, "plo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -33,27 +32,15 @@ import numpy as np
 
 from danlu.errors import DanluError
 from danlu.eval import report
+from danlu.fileio import iter_jsonl_lines
 
 TASKS = ("classification", "detection", "text")
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """[(line number, object)] for each non-blank line; errors name the file and the 1-based line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DanluError(f"{path}: no such file; pass the predictions JSONL with --predictions")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DanluError(f"{path} line {number}: invalid JSON ({e.msg} at column {e.colno})") from e
-            if not isinstance(obj, dict):
-                raise DanluError(f"{path} line {number}: expected a JSON object, got {type(obj).__name__}")
-            rows.append((number, obj))
+    """[(line number, object)] for each non-blank line (`danlu.fileio.iter_jsonl_lines`); an empty file is an
+    error."""
+    rows = list(iter_jsonl_lines(path))
     if not rows:
         raise DanluError(f"{path}: has no records; write one JSON object per line")
     return rows

@@ -218,10 +218,10 @@ def leaderboard(
 
 def plot_leaderboard(board: Leaderboard, path: str | Path, title: str = "Bradley-Terry rating") -> Path:
     """Horizontal bars: each model's rating with its bootstrap interval, best at the top."""
-    from danlu.eval.report import _new_figure, _save
+    from danlu.plots import new_figure, save_figure
 
     models = list(reversed(board.models))
-    fig = _new_figure(6.4, 0.5 * len(models) + 1.5)
+    fig = new_figure(6.4, 0.5 * len(models) + 1.5)
     ax = fig.add_subplot(1, 1, 1)
     y = np.arange(len(models))
     rating = np.array([board.rating[m] for m in models])
@@ -237,4 +237,4 @@ def plot_leaderboard(board: Leaderboard, path: str | Path, title: str = "Bradley
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -24,15 +24,18 @@ saw the token almost none.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import regex
+
+from danlu.data.formats import sft_messages, sft_prompt
 from danlu.errors import DanluError
 from danlu.eval import report
+from danlu.fileio import write_jsonl
 
-_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")  # Chinese characters: tells EN->ZH from ZH->EN references
+_HAN = regex.compile(r"\p{Han}")  # Chinese characters: tells EN->ZH from ZH->EN references
 
 PERPLEXITY_FILE = "pretrain_val.jsonl"
 SFT_TEST_FILE = "sft_test.jsonl"
@@ -43,15 +46,6 @@ def _read(path: Path, limit: int | None) -> list[dict[str, Any]]:
 
     rows = [obj for _, obj in read_jsonl(path)]
     return rows[:limit] if limit is not None else rows
-
-
-def sft_prompt(record: dict[str, Any], tokenizer: Any) -> str:
-    """The user turn (instruction, plus the input after a blank line) through the chat template if any."""
-    content = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
-    if not hasattr(tokenizer, "apply_chat_template"):
-        return content
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-    return prompt if isinstance(prompt, str) else tokenizer.decode(prompt)
 
 
 def _into_chinese(record: dict[str, Any]) -> bool:
@@ -84,8 +78,7 @@ def end_of_turn_probability(
     window = _context_size(model)
     probs, V = [], 0
     for r in records[:PROBE_RECORDS]:
-        content = r["instruction"] + (f"\n\n{r['input']}" if r.get("input") else "")
-        turns = [{"role": "user", "content": content}, {"role": "assistant", "content": r["output"]}]
+        turns = sft_messages(r)
         try:
             prefix = sft_prompt(r, tokenizer) + r["output"]
             full = tokenizer.apply_chat_template(turns, add_generation_prompt=False)
@@ -131,6 +124,50 @@ def answer_format_notes(
     return []
 
 
+def sft_answers(
+    model: Any, tokenizer: Any, records: list[dict[str, Any]], max_new_tokens: int = 32, batch_size: int = 16,
+    temperature: float = 0.0, seed: int | None = None,
+    prompt_fn: Callable[[dict[str, Any], Any], str] | None = None,
+) -> list[str]:  # fmt: skip
+    """The model's reply to each SFT record: its prompt (`sft_prompt` unless prompt_fn) decoded greedily (or at
+    `temperature`) up to the end of the turn, cut at the first newline and stripped. The one way every stage
+    (`danlu eval`, the fine-tuning and alignment checks, GRPO's evaluation) asks a model for answers."""
+    # Imported here: the eval package must not need generate to load.
+    from danlu.generate.engine import generate
+
+    make_prompt = prompt_fn or sft_prompt
+    prompts = [make_prompt(r, tokenizer) for r in records]
+    # A foreign tokenizer may not name its end of turn; end-of-text still stops and the newline cut applies.
+    stops = list(getattr(tokenizer, "end_of_turn_ids", []))
+    options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "temperature": temperature}
+    options |= {"stop_token_ids": stops} if stops else {}
+    options |= {"seed": seed} if seed is not None else {}
+    out: list[str] = []
+    was_training = getattr(model, "training", False)
+    for start in range(0, len(prompts), batch_size):
+        batch = generate(model, tokenizer, prompts[start : start + batch_size], **options)
+        batch = [batch] if isinstance(batch, str) else batch
+        out.extend(text.strip().split("\n")[0].strip() for text in batch)
+    if was_training:
+        model.train()
+    return out
+
+
+def exact_match_by_kind(records: list[dict[str, Any]], answers: list[str]) -> dict[str, float]:
+    """{"overall": EM, kind: EM, ...} (kinds sorted); a record's accepted answers are its full gold output
+    ("25岁。") and its bare answer ("25") when it has one."""
+    from danlu.eval.text import exact_match
+
+    accepted = [[r["output"]] + ([str(r["answer"])] if "answer" in r else []) for r in records]
+    by_kind: dict[str, tuple[list[str], list[list[str]]]] = {}
+    for r, answer, refs in zip(records, answers, accepted, strict=True):
+        kind_preds, kind_refs = by_kind.setdefault(str(r.get("kind", "all")), ([], []))
+        kind_preds.append(answer)
+        kind_refs.append(refs)
+    em = {kind: exact_match(p, refs) for kind, (p, refs) in sorted(by_kind.items())}
+    return {"overall": exact_match(answers, accepted), **em}
+
+
 def _context_size(model: Any, default: int = 256) -> int:
     config = getattr(model, "config", None)
     for name in ("block_size", "n_positions", "max_position_embeddings", "max_seq_len"):
@@ -158,7 +195,7 @@ def evaluate_model(
     overrides `sft_prompt`. Returns the dict written to eval.json; its "notes" say when a metric cannot be
     meaningful for this model (see `answer_format_notes`).
     """
-    from danlu.eval.text import corpus_bleu, exact_match, perplexity
+    from danlu.eval.text import corpus_bleu, perplexity
 
     world_dir, out_dir = Path(world_dir), Path(out_dir)
     if not world_dir.is_dir():
@@ -188,37 +225,15 @@ def evaluate_model(
         }
 
     if SFT_TEST_FILE in found:
-        # Imported here: the eval package must not need generate to load.
-        from danlu.generate.engine import generate
-
         records = _read(world_dir / SFT_TEST_FILE, limit)
         for i, r in enumerate(records):
             if not isinstance(r.get("instruction"), str) or not isinstance(r.get("output"), str):
                 raise DanluError(
                     f"{world_dir / SFT_TEST_FILE} record {i + 1}: needs string fields 'instruction' and 'output'"
                 )
-        make_prompt = prompt_fn or sft_prompt
-        prompts = [make_prompt(r, tokenizer) for r in records]
-        answers: list[str] = []
-        for start in range(0, len(prompts), batch_size):
-            batch = generate(
-                model,
-                tokenizer,
-                prompts[start : start + batch_size],
-                max_new_tokens=max_new_tokens,
-                temperature=0.0,
-            )
-            batch = [batch] if isinstance(batch, str) else batch
-            answers.extend(text.strip().split("\n")[0].strip() for text in batch)
-        # Accepted answers: the full gold output ("25岁。") and the bare answer ("25") when the record has one.
-        accepted = [[r["output"]] + ([str(r["answer"])] if "answer" in r else []) for r in records]
-        by_kind: dict[str, tuple[list[str], list[list[str]]]] = {}
-        for r, answer, refs in zip(records, answers, accepted, strict=True):
-            kind_preds, kind_refs = by_kind.setdefault(str(r.get("kind", "all")), ([], []))
-            kind_preds.append(answer)
-            kind_refs.append(refs)
-        em = {kind: exact_match(p, refs) for kind, (p, refs) in sorted(by_kind.items())}
-        metrics["exact_match"] = {"overall": exact_match(answers, accepted), **em}
+        answers = sft_answers(model, tokenizer, records, max_new_tokens, batch_size, prompt_fn=prompt_fn)
+        metrics["exact_match"] = exact_match_by_kind(records, answers)
+        em = {k: v for k, v in metrics["exact_match"].items() if k != "overall"}
         translations = [
             (a, r["output"], _into_chinese(r))
             for r, a in zip(records, answers, strict=True)
@@ -241,7 +256,7 @@ def evaluate_model(
             }
             for r, a in zip(records[:20], answers[:20], strict=True)
         ]
-        report.write_jsonl(samples, out_dir / "samples.jsonl")
+        write_jsonl(out_dir / "samples.jsonl", report.jsonable(samples))
 
     result = {"world": str(world_dir), "metrics": metrics, "notes": notes, "plots": [p.name for p in plots]}
     report.write_json(result, out_dir / "eval.json")

@@ -70,9 +70,8 @@ class ChatSession:
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.options = dict(options)
-        end = tokenizer.token_to_id("<|im_end|>")
-        if end is not None:
-            self.options["stop_token_ids"] = [end]
+        if tokenizer.end_of_turn_ids:
+            self.options["stop_token_ids"] = tokenizer.end_of_turn_ids
         self.system = system or None
         self.turns: list[dict[str, str]] = []  # user and assistant messages, the system prompt apart
         self.out = out or sys.stdout

@@ -63,7 +63,7 @@ def pad_prompts(
     """Prompt token ids, checked and left-padded: input_ids and attention_mask (B, T) on the model's device."""
     check_prompt_ids(model, ids, opts)
     longest = max(len(x) for x in ids)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = tokenizer.pad_id
     input_ids = torch.full((len(ids), longest), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
     for i, x in enumerate(ids):

@@ -285,7 +285,7 @@ def embed(
 ) -> torch.Tensor:
     """Sentence embeddings (N, C) of texts with a BERT and its WordPiece tokenizer (all-MiniLM-L6-v2 style)."""
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = tokenizer.pad_id
     out = []
     model.eval()
     for i in range(0, len(texts), batch_size):

@@ -67,28 +67,12 @@ def _em_table(rows: dict[str, dict[str, float]], kinds: list[str]) -> str:
 
 def _plot_stages(ctx: DemoContext) -> None:
     """Exact match per kind for every evaluated model so far: stages.png beside report.md."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from danlu.plots import plot_grouped_bars
 
     rows: dict[str, dict[str, float]] = ctx.state.get("em_by_model", {})
-    if not rows:
-        return
-    kinds = ["fact", "fact_heldout", "arith", "translate", "overall"]
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
-    width = 0.8 / len(rows)
-    for i, (name, em) in enumerate(rows.items()):
-        xs = [k + i * width for k in range(len(kinds))]
-        ax.bar(xs, [em.get(k, 0.0) for k in kinds], width, label=name)
-    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(kinds))], kinds)
-    ax.set_ylabel("exact match (held-out)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(ctx.out / "stages.png", dpi=110)
-    plt.close(fig)
+    if rows:
+        kinds = ["fact", "fact_heldout", "arith", "translate", "overall"]
+        plot_grouped_bars(rows, kinds, ctx.out / "stages.png", "exact match (held-out)")
 
 
 def _evaluate(ctx: DemoContext, name: str, model: Any) -> dict[str, Any]:

@@ -228,10 +228,8 @@ def generation_options(
         opts["min_new_tokens"] = req.min_tokens
     if req.logit_bias:
         opts["logit_bias"] = req.logit_bias
-    if chat:
-        end = tokenizer.token_to_id("<|im_end|>")
-        if end is not None:
-            opts["stop_token_ids"] = [end]
+    if chat and tokenizer.end_of_turn_ids:
+        opts["stop_token_ids"] = tokenizer.end_of_turn_ids
     try:
         return GenerationOptions.from_kwargs(**opts)
     except DanluError as e:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from danlu.errors import DanluError
+from danlu.tokenizers.pretokenize import split_matches
 
 DEFAULT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -27,6 +28,10 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 CHAT_ROLES = ("system", "user", "assistant", "tool")
+
+# Tokens that close an assistant turn in the chat formats danlu meets: ChatML (Qwen, SmolLM2, danlu's own),
+# Llama 3, Gemma, Phi-3. `Tokenizer.end_of_turn_ids` is the ids of those this vocabulary holds.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 
 
 class Tokenizer:
@@ -121,6 +126,22 @@ class Tokenizer:
         return self.token_to_id(self.pad_token) if self.pad_token else None
 
     @property
+    def pad_id(self) -> int:
+        """The id to pad batches with: the pad token, else the end-of-text token, else 0 (as Hugging Face's
+        `generate` falls back to eos). Padded positions are always masked, so the choice changes no result;
+        it only has to be a valid id."""
+        if self.pad_token_id is not None:
+            return self.pad_token_id
+        return self.eos_token_id if self.eos_token_id is not None else 0
+
+    @property
+    def end_of_turn_ids(self) -> list[int]:
+        """Ids that end an assistant turn besides end-of-text (ChatML's `<|im_end|>`, Llama 3's `<|eot_id|>`,
+        ...: the END_OF_TURN_TOKENS this vocabulary holds); decoding a chat reply stops at them."""
+        ids = (self.token_to_id(t) for t in END_OF_TURN_TOKENS)
+        return [i for i in ids if i is not None]
+
+    @property
     def unk_token_id(self) -> int | None:
         return self.token_to_id(self.unk_token) if self.unk_token else None
 
@@ -128,16 +149,7 @@ class Tokenizer:
         """Text cut into (piece, is_added) around the added/special-token strings it contains."""
         if self._special_regex is None or not text:
             return [(text, False)] if text else []
-        out: list[tuple[str, bool]] = []
-        pos = 0
-        for m in self._special_regex.finditer(text):
-            if m.start() > pos:
-                out.append((text[pos : m.start()], False))
-            out.append((m.group(0), True))
-            pos = m.end()
-        if pos < len(text):
-            out.append((text[pos:], False))
-        return out
+        return split_matches(self._special_regex, text)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of text. Special-token strings in text ("<|im_end|>") become their ids.

@@ -6,8 +6,8 @@ and merges can be stored as JSON strings. That mapping is the one Hugging Face `
 `tokenizer.json` files are readable by it.
 
 Patterns are written in Hugging Face (Oniguruma) syntax, with `\\p{L}` / `\\p{N}`, and stored that way in
-`tokenizer.json`; `unicode_regex.compile_pattern` turns them into exactly equivalent Python `re` patterns
-(how `\\p{L}` and friends are handled is explained there).
+`tokenizer.json`; `unicode_regex.compile_pattern` compiles them with the `regex` module, which reads
+`\\p{L}` and friends as Oniguruma does (the two small differences it rewrites are explained there).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from danlu.tokenizers.safe_regex import compile_file_pattern
 from danlu.tokenizers.unicode_regex import (  # noqa: F401  (compile_pattern is re-exported)
     bert_words_regex,
     compile_pattern,
-    punctuation_class,
+    punctuation_regex,
 )
 
 
@@ -58,10 +58,8 @@ def bytes_to_token(data: bytes) -> str:
     return "".join(BYTE_TO_CHAR[b] for b in data)
 
 
-# CJK ideograph blocks (Extension A, Unified, Compatibility, Extensions B..H). Python's unicodedata has
-# no Script property, so "Han" is these blocks. Written as literal characters, which both Python's `re`
-# and Oniguruma read the same way inside a class.
-HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U000323af"
+# The Han script (Unicode's Script property, which Oniguruma and the `regex` module both know).
+HAN = r"\p{Han}"
 
 # The default danlu pattern, in Hugging Face (Oniguruma) syntax. GPT-2's pattern with two changes:
 #  - a run of Han characters is its own word, apart from other letters, so "GPT模型" -> "GPT", "模型"
@@ -93,18 +91,7 @@ def split_isolated(regex: re.Pattern[str], text: str) -> list[str]:
         pieces = regex.findall(text)
         if sum(map(len, pieces)) == len(text) and "" not in pieces:
             return pieces
-    out: list[str] = []
-    pos = 0
-    for m in regex.finditer(text):
-        if m.start() == m.end():
-            continue  # Oniguruma-based splitters ignore empty matches
-        if m.start() > pos:
-            out.append(text[pos : m.start()])
-        out.append(m.group(0))
-        pos = m.end()
-    if pos < len(text):
-        out.append(text[pos:])
-    return out
+    return [p for p, _ in split_matches(regex, text)]
 
 
 def pretokenize(text: str, pattern: str = DEFAULT_PATTERN) -> list[str]:
@@ -115,8 +102,9 @@ def pretokenize(text: str, pattern: str = DEFAULT_PATTERN) -> list[str]:
 # --- the pre-tokenizer pipeline, read from / written to a Hugging Face `pre_tokenizer` entry -------------
 
 
-def _pieces(regex: re.Pattern[str], text: str) -> list[tuple[str, bool]]:
-    """Text as (piece, matched) covering it in order; empty matches ignored."""
+def split_matches(regex: re.Pattern[str], text: str) -> list[tuple[str, bool]]:
+    """Text as (piece, matched) covering it in order: the regex's matches and the gaps between them; empty
+    matches are ignored (as Oniguruma-based splitters do). Special tokens are cut out with it too."""
     out: list[tuple[str, bool]] = []
     pos = 0
     for m in regex.finditer(text):
@@ -133,7 +121,7 @@ def _pieces(regex: re.Pattern[str], text: str) -> list[tuple[str, bool]]:
 
 def split_with_behavior(regex: re.Pattern[str], text: str, behavior: str, invert: bool = False) -> list[str]:
     """Hugging Face `Split` semantics: the matches are delimiters, kept according to behavior."""
-    pieces = [(p, m != invert) for p, m in _pieces(regex, text)]
+    pieces = [(p, m != invert) for p, m in split_matches(regex, text)]
     behavior = behavior.lower()
     if behavior == "isolated":
         return [p for p, _ in pieces]
@@ -224,7 +212,7 @@ class PreTokenizer:
         elif kind == "WhitespaceSplit":
             self._steps.append(("keep", compile_pattern(r"\S+")))
         elif kind == "Punctuation":
-            regex = re.compile("[" + punctuation_class() + "]")
+            regex = punctuation_regex()
             self._steps.append(("split", (regex, str(config.get("behavior", "Isolated")).lower(), False)))
         elif kind == "Metaspace":
             self.metaspace = (config.get("replacement", "\u2581"), config.get("prepend_scheme", "always"))

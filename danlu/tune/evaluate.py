@@ -1,58 +1,26 @@
 """Quick held-out checks used by the fine-tuning and alignment stages: greedy answers to SFT test records,
 exact match per record kind, and the world's verifiable reward.
 
-The metric is `danlu eval`'s (danlu.eval.world_eval): the prompt is the chat-formatted instruction, the answer
-the greedy reply up to its first newline; the full gold output ("25岁。") and the bare answer ("25") both count.
-Decoding stops at <|im_end|>, so a batch costs only as many steps as its longest reply.
+A thin layer over the one evaluation harness, `danlu.eval.world_eval` (what `danlu eval` runs): the same
+prompts, the same answers (the greedy reply up to the end of the turn, cut at its first newline) and the same
+exact match; this module adds only the world's verifiable reward and a few samples for the demo's report.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
-
-def chat_stop_ids(tokenizer: Any) -> list[int]:
-    """Token ids that end an assistant turn (ChatML's <|im_end|>) besides end-of-text."""
-    im_end = tokenizer.token_to_id("<|im_end|>")
-    return [im_end] if im_end is not None else []
+from danlu.eval.world_eval import exact_match_by_kind, sft_answers
 
 
-@torch.no_grad()
 def answers(
     model: nn.Module, tokenizer: Any, records: list[dict], max_new_tokens: int = 24, batch_size: int = 64,
     temperature: float = 0.0, seed: int | None = None,
 ) -> list[str]:  # fmt: skip
-    """The model's reply to each SFT record's prompt, cut at the first newline and stripped."""
-    from danlu.generate.engine import generate
-    from danlu.tune.sft import prompt_text
-
-    prompts = [prompt_text(r, tokenizer) for r in records]
-    out: list[str] = []
-    was_training = model.training
-    for start in range(0, len(prompts), batch_size):
-        texts = generate(
-            model, tokenizer, prompts[start : start + batch_size], max_new_tokens=max_new_tokens,
-            temperature=temperature, seed=seed, stop_token_ids=chat_stop_ids(tokenizer),
-        )  # fmt: skip
-        out.extend(t.strip().split("\n")[0].strip() for t in texts)
-    model.train(was_training)
-    return out
-
-
-def exact_match_by_kind(records: list[dict], replies: list[str]) -> dict[str, float]:
-    """{"overall": EM, kind: EM, ...}; accepted references are the record's output and its bare answer."""
-    from danlu.eval.text import exact_match
-
-    refs = [[r["output"]] + ([str(r["answer"])] if "answer" in r else []) for r in records]
-    result = {"overall": exact_match(replies, refs)}
-    kinds = sorted({str(r.get("kind", "all")) for r in records})
-    for kind in kinds:
-        idx = [i for i, r in enumerate(records) if str(r.get("kind", "all")) == kind]
-        result[kind] = exact_match([replies[i] for i in idx], [refs[i] for i in idx])
-    return result
+    """The model's reply to each SFT record's prompt, cut at the first newline and stripped (`sft_answers`)."""
+    return sft_answers(model, tokenizer, records, max_new_tokens, batch_size, temperature, seed)
 
 
 def evaluate_sft(

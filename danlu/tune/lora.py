@@ -253,6 +253,42 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     return model
 
 
+# --------------------------------------------------------------------- the lifecycle every trainer uses
+# wrap (`wrap_lora`) -> train the adapters -> save mid-run as a merged copy (`merged_copy`) -> at the end save
+# the adapters alone and merge them in place (`finish_lora`); `load_adapter` attaches saved ones again.
+# SFT, DPO and PPO call these three, so a LoRA run of any stage saves and merges the same way. Each is a
+# no-op without a LoRAConfig, so a trainer needs no `if lora` branches.
+
+
+def wrap_lora(model: nn.Module, cfg: LoRAConfig | None) -> nn.Module:
+    """`apply_lora(model, cfg)` when a config is given (in place); the model either way."""
+    if cfg is not None:
+        apply_lora(model, cfg)
+    return model
+
+
+def merged_copy(model: nn.Module) -> nn.Module:
+    """The model as a plain one to save while training goes on: a merged deep copy if it holds adapters (the
+    trained one keeps its adapters), else the model itself."""
+    if not lora_layers(model):
+        return model
+    import copy
+
+    return merge_and_unload(copy.deepcopy(model))
+
+
+def finish_lora(
+    model: nn.Module, cfg: LoRAConfig | None, adapter_dir: str | Path | None = None
+) -> Path | None:
+    """End of a LoRA run: save the adapters alone to adapter_dir (PEFT layout) if one is given, then merge them
+    into the weights in place. Returns the adapter folder (None without a config or a folder)."""
+    if cfg is None:
+        return None
+    saved = save_adapter(model, adapter_dir, cfg) if adapter_dir is not None else None
+    merge_and_unload(model)
+    return saved
+
+
 # ------------------------------------------------------------------------------------------- PEFT layout
 _LLAMA = {"attn.proj": "self_attn.o_proj", "mlp.gate": "mlp.gate_proj", "mlp.up": "mlp.up_proj",
           "mlp.down": "mlp.down_proj", "q": "self_attn.q_proj", "k": "self_attn.k_proj",

@@ -21,7 +21,6 @@ packing): cheap, and harmless when each reply depends only on its own prompt.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,29 +29,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from danlu.data.formats import sft_messages, sft_prompt
 from danlu.errors import DanluError
+from danlu.tune.lora import finish_lora, merged_copy, wrap_lora
 
 IGNORE = -100
 
 
-def record_messages(record: dict) -> list[dict[str, str]]:
-    """An SFT record as chat messages: OpenAI `messages` as they are, ShareGPT `conversations` mapped to roles,
-    Alpaca's instruction (+ a blank line + input) as the user turn and its output as the reply."""
-    if "messages" in record:
-        return list(record["messages"])
-    if "conversations" in record:
-        from danlu.data.formats import sharegpt_messages
-
-        return sharegpt_messages(record)
-    user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
-
-
-def prompt_text(record: dict, tokenizer: Any) -> str:
-    """The prompt a model is given for a record (everything before the first assistant reply)."""
-    messages = record_messages(record)
-    first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return tokenizer.apply_chat_template(messages[:first], add_generation_prompt=True)
+# The one SFT prompt formatter lives with the record schemas; these names stay for existing callers.
+record_messages = sft_messages
+prompt_text = sft_prompt
 
 
 @dataclass
@@ -90,7 +76,7 @@ def encode_records(records: list[dict], tokenizer: Any, max_len: int) -> list[SF
     """Encode validated SFT records; an example whose reply is cut off entirely by max_len is an error."""
     out = []
     for i, r in enumerate(records):
-        ex = encode_messages(record_messages(r), tokenizer, max_len)
+        ex = encode_messages(sft_messages(r), tokenizer, max_len)
         if all(label == IGNORE for label in ex.labels[1:]):
             raise DanluError(
                 f"SFT record {i + 1}: the prompt alone is {len(ex.input_ids)}+ tokens, so nothing of the reply "
@@ -219,21 +205,14 @@ def sft(
     val_ex = encode_records(val_records, tokenizer, max_len)
     if packing:
         train_ex = pack_examples(train_ex, max_len, cfg.seed)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad_id = tokenizer.pad_id
     batch_fn = make_batch_fn(train_ex, val_ex, cfg.batch_size, cfg.seed, cfg.grad_accum, pad_id)
 
     extras: dict[str, Path] = {}
     trained: nn.Module = model
     save_fn: Callable[[nn.Module, Path], None] | None
-    if lora is not None:
-        from danlu.tune.lora import apply_lora, merge_and_unload
-
-        apply_lora(model, lora)
-
-        def save_fn(m: nn.Module, d: Path) -> None:
-            save_model(merge_and_unload(copy.deepcopy(m)), d, tokenizer=tokenizer)
-
-    elif ptuning is not None:
+    wrap_lora(model, lora)  # a no-op without a LoRA config
+    if ptuning is not None:
         from danlu.tune.ptuning import PTuningModel
 
         trained = PTuningModel(model, ptuning)
@@ -241,19 +220,17 @@ def sft(
     else:
 
         def save_fn(m: nn.Module, d: Path) -> None:
-            save_model(m, d, tokenizer=tokenizer)
+            save_model(merged_copy(m), d, tokenizer=tokenizer)  # LoRA: a merged copy; training goes on
 
     summary = train(trained, batch_fn, cfg, out_dir, save_fn=save_fn, eval_fn=eval_fn, resume=resume)
     summary["train_examples"] = len(train_records)
     summary["train_rows"] = len(train_ex)
     summary["trainable_params"] = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     checkpoint: Path | None = out_dir / "checkpoint"
-    if lora is not None:
-        from danlu.tune.lora import merge_and_unload, save_adapter
-
-        extras["adapter"] = save_adapter(model, out_dir / "adapter", lora)
-        trained = merge_and_unload(model)
-    elif ptuning is not None:
+    adapter = finish_lora(model, lora, out_dir / "adapter")  # adapters to OUT/adapter, merged in place
+    if adapter is not None:
+        extras["adapter"] = adapter
+    if ptuning is not None:
         extras["prompt_encoder"] = trained.save(out_dir / "prompt_encoder")
         checkpoint = None
     trained.eval()

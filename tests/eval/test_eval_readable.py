@@ -10,6 +10,7 @@ import torch
 from matplotlib.colors import to_rgb
 
 import danlu
+from danlu import plots
 from danlu.data.world import write_world
 from danlu.eval import report
 from danlu.eval.world_eval import evaluate_model
@@ -35,13 +36,13 @@ def world_dir(tmp_path_factory):
 def figures(monkeypatch):
     """Every figure the report module saves, by file name."""
     saved = {}
-    real = report._save
+    real = plots.save_figure
 
     def keep(fig, path):
         saved[path.name] = fig
         return real(fig, path)
 
-    monkeypatch.setattr(report, "_save", keep)
+    monkeypatch.setattr(plots, "save_figure", keep)
     return saved
 
 

@@ -14,6 +14,7 @@ class ByteTokenizer:
     """One token per UTF-8 byte, plus <eos> = 256 and <pad> = 257: multi-byte characters span tokens."""
 
     eos_token_id, pad_token_id, bos_token_id, vocab_size = 256, 257, None, 258
+    pad_id = 257  # Tokenizer.pad_id: the pad token
 
     def encode(self, text):
         return list(text.encode("utf-8"))

@@ -150,6 +150,7 @@ def test_tokenizer_without_bytes_is_refused(tokenizer, make_gpt):
             0,
         )
         stop = []
+        pad_id = 0
 
         def encode(self, text):
             return [5] * len(text.split())

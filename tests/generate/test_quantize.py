@@ -21,6 +21,7 @@ from danlu.models.gpt import GPT, GPTConfig
 
 class ByteTokenizer:
     eos_token_id, pad_token_id, bos_token_id = 256, 257, None
+    pad_id = 257  # Tokenizer.pad_id: the pad token
 
     def encode(self, text):
         return list(text.encode("utf-8"))

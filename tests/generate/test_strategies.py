@@ -126,6 +126,7 @@ class _IdTokenizer:
     """Space-separated token ids as text."""
 
     eos_token_id, pad_token_id, bos_token_id = None, 0, None
+    pad_id = 0  # Tokenizer.pad_id: the pad token
 
     def encode(self, text):
         return [int(t) for t in text.split()]

@@ -89,3 +89,15 @@ def test_bad_patterns_raise_danlu_error():
         compile_pattern(r"(unclosed")
     with pytest.raises(DanluError, match="pre_tokenizer type"):
         PreTokenizer({"type": "NoSuchThing"})
+
+
+def test_default_pattern_keeps_a_han_script_run_whole():
+    """\\p{Han} is the Han script, not a list of ideograph blocks: the iteration mark 々 and the ideographic
+    zero 〇 stay in their word, here and in Hugging Face's reading of the same pattern."""
+    hf = pre_tokenizers.Split(Regex(DEFAULT_PATTERN), behavior="isolated")
+    text = "GPT人々〇 and 2人"
+    assert (
+        pretokenize(text)
+        == [p for p, _ in hf.pre_tokenize_str(text)]
+        == ["GPT", "人々〇", " and", " ", "2", "人"]
+    )

@@ -163,3 +163,28 @@ def test_danlu_loads_an_adapter_peft_wrote(tmp_path, make_gpt):
     x = torch.randint(0, model.config.vocab_size, (2, 9))
     with torch.no_grad():
         assert (model(x).logits - peft_model(input_ids=x).logits).abs().max().item() < 1e-4
+
+
+def test_lifecycle_wrap_copy_finish_load(tmp_path, make_gpt):
+    """The one lifecycle SFT, DPO and PPO share: wrap -> merged copy mid-run -> save adapter + merge -> load."""
+    from danlu.tune.lora import finish_lora, lora_layers, merged_copy, wrap_lora
+
+    base = make_gpt("llama-tiny").eval()
+    assert wrap_lora(base, None) is base and not lora_layers(base)  # no config: nothing changes
+    assert merged_copy(base) is base and finish_lora(base, None, tmp_path / "none") is None
+    model = make_gpt("llama-tiny").eval()
+    cfg = LoRAConfig(r=4, alpha=8, targets=["q", "v"])
+    wrap_lora(model, cfg)
+    _randomise_lora(model)
+    x = torch.randint(0, model.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        want = model(x).logits
+        copy = merged_copy(model)
+        assert lora_layers(model) and not lora_layers(copy)  # the trained model keeps its adapters
+        torch.testing.assert_close(copy(x).logits, want, atol=1e-5, rtol=1e-5)
+        adapter = finish_lora(model, cfg, tmp_path / "adapter")
+        assert adapter == tmp_path / "adapter" and (adapter / "adapter_model.safetensors").is_file()
+        assert not lora_layers(model)
+        torch.testing.assert_close(model(x).logits, want, atol=1e-5, rtol=1e-5)
+        load_adapter(base, adapter)  # base: same init as `model` before LoRA (make_gpt is seeded)
+        torch.testing.assert_close(base(x).logits, want, atol=1e-5, rtol=1e-5)
