@@ -35,3 +35,31 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path, title: str =
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
     return Path(png_path)
+
+
+def plot_curves(
+    records: list[dict], keys: list[str], png: str | Path, title: str, hlines: dict[str, float] | None = None
+) -> Path:
+    """One panel per key of the metrics records (its value against the step), with optional horizontal bound
+    lines per key (the online trainers' reward and KL curves)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["step"], r[key]) for r in records if key in r]
+        if pts:
+            ax.plot(*zip(*pts), "o-", markersize=2.5, linewidth=1)
+        if hlines and key in hlines:
+            ax.axhline(hlines[key], color="red", linestyle="--", linewidth=1, label=f"bound {hlines[key]:g}")
+            ax.legend()
+        ax.set_xlabel("step")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return Path(png)
