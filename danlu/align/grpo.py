@@ -127,9 +127,14 @@ class GRPOObjective(OnlineObjective):
 def grpo(
     policy: nn.Module, tokenizer: Any, train_records: list[dict], out_dir: str | Path, cfg: GRPOConfig | None = None,
     eval_records: list[dict] | None = None, ref: nn.Module | None = None, show_progress: bool = True,
+    save_fn: Any = None, resume: bool = False, on_step: Any = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Train `policy` in place on SFT-style records with an "answer" (scored by danlu.data.world.reward), in the
-    one training loop; write metrics.jsonl and grpo_curves.png to `out_dir`."""
+    one training loop; write metrics.jsonl and grpo_curves.png to `out_dir`.
+
+    With `save_fn(model, dir)` the loop keeps a resumable checkpoint (at the end and every cfg.ckpt_interval
+    rounds); `resume=True` continues it exactly: a round's rollouts are a pure function of (seed, step) and the
+    weights. Pass the starting (SFT) model as `policy` when resuming: its copy is the reference."""
     cfg = cfg or GRPOConfig()
     cfg = replace(cfg, show_progress=cfg.show_progress and show_progress)
     records = [r for r in train_records if r.get("answer")]
@@ -139,7 +144,8 @@ def grpo(
         )
     torch.manual_seed(cfg.seed)
     ref = ref if ref is not None else copy.deepcopy(policy)
-    result = run(GRPOObjective(policy, ref, tokenizer, records, cfg, eval_records), cfg, out_dir)
+    objective = GRPOObjective(policy, ref, tokenizer, records, cfg, eval_records)
+    result = run(objective, cfg, out_dir, save_fn=save_fn, resume=resume, on_step=on_step)
     policy.eval()
     summary: dict[str, Any] = {"config": asdict(cfg), "steps": cfg.max_steps, "seconds": result["seconds"]}
     first, last = result["first_eval"], result["last_eval"]
