@@ -212,8 +212,7 @@ def run(
     train_model = wrap_model(model, cfg, dist, device)
     log = MetricsLog(out_dir, start_step, enabled=dist.is_main)
     clip_groups = objective.clip_groups()
-    peak = peak_flops(device) if objective.tokens_per_step else None
-    flops = flops_per_token(model, objective.context) if peak else 0.0
+    speed = _Speed(objective, model, device, dist, start_step)
 
     def checkpoint(step: int) -> Path | None:
         if save_fn is None:
@@ -268,13 +267,7 @@ def run(
                 _check_finite(record, done, cfg)
                 if history["first_train_loss"] is None and "loss" in record:
                     history["first_train_loss"] = record["loss"]
-                elapsed = time.perf_counter() - t0
-                record["elapsed_s"] = round(elapsed, 3)
-                if objective.tokens_per_step:
-                    tok_per_s = (done - start_step) * objective.tokens_per_step / max(elapsed, 1e-9)
-                    record |= {"tokens": done * objective.tokens_per_step, "tok_per_s": round(tok_per_s, 1)}
-                    if peak:
-                        record["mfu"] = round(mfu(tok_per_s / dist.world_size, flops, peak), 4)
+                record |= speed(done, time.perf_counter() - t0)
                 history["last_loss"] = record.get("loss")
                 if evals and (result := evaluate(done)):
                     record |= result
@@ -292,6 +285,9 @@ def run(
             if on_step is not None:
                 on_step(done, record)
             if stop.requested and not is_last:
+                if meter:  # Ctrl-C came after this step's log check: its window still goes into the log
+                    record |= meter.means(reduce=lambda t: mean_over_ranks(t, dist))
+                    log.write(record | speed(done, time.perf_counter() - t0))
                 if bar is not None:
                     bar.close()
                 saved = saved or checkpoint(done)
@@ -341,6 +337,29 @@ def _do_updates(objective, work, train_model, optimizer, clip_groups, cfg, dist)
     out |= {k: v / n_updates if n_updates > 1 else v for k, v in norms.items()}
     out |= {k: v / n_micro for k, v in sums.items()}
     return out
+
+
+class _Speed:
+    """Elapsed time, tokens and tokens/s of a log record; MFU on a CUDA device with a known peak."""
+
+    def __init__(self, objective: Objective, model: nn.Module, device: torch.device, dist: DistInfo,
+                 start_step: int) -> None:  # fmt: skip
+        self.tokens_per_step, self.start_step, self.world_size = (
+            objective.tokens_per_step,
+            start_step,
+            dist.world_size,
+        )
+        self.peak = peak_flops(device) if self.tokens_per_step else None
+        self.flops = flops_per_token(model, objective.context) if self.peak else 0.0
+
+    def __call__(self, done: int, elapsed: float) -> dict[str, float]:
+        out: dict[str, float] = {"elapsed_s": round(elapsed, 3)}
+        if self.tokens_per_step:
+            tok_per_s = (done - self.start_step) * self.tokens_per_step / max(elapsed, 1e-9)
+            out |= {"tokens": done * self.tokens_per_step, "tok_per_s": round(tok_per_s, 1)}
+            if self.peak:  # per device: under DDP each process does 1/world_size of the tokens
+                out["mfu"] = round(mfu(tok_per_s / self.world_size, self.flops, self.peak), 4)
+        return out
 
 
 def _check_finite(record: dict[str, Any], step: int, cfg: LoopConfig) -> None:

@@ -51,7 +51,8 @@ def test_pretrain_refuses_a_finished_run_unless_resume_or_overwrite(inputs, tmp_
     assert main(_pretrain_args(inputs, out, "--max-steps", "1", "--overwrite")) == 0  # a fresh 1-step run
     assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == 1
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1] and {"loss", "val_loss"} <= set(records[0])  # one record a step
+    # one record a step: its loss and its evaluation in one line
+    assert [r["step"] for r in records] == [1] and {"loss", "val_loss"} <= set(records[0])
 
 
 # Every command that writes a run into --out, with an OUT holding what it would overwrite. The check runs
