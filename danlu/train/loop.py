@@ -204,12 +204,13 @@ def run(
     torch.manual_seed(cfg.seed)
     model = objective.model.to(device)
     objective.setup(device)
+    # Wrapped before the optimizer is built: a sharding strategy (FSDP2) replaces the parameters it optimizes.
+    train_model = wrap_model(model, cfg, dist, device)
     optimizer = build_optimizer(objective.param_groups(cfg), cfg, device)
     start_step, history = 0, {"first_train_loss": None, "first_val_loss": None}
     if resume:
         state = restore_training_state(out_dir, model, optimizer, device)
         start_step, history = int(state["step"]), state.get("history", history)
-    train_model = wrap_model(model, cfg, dist, device)
     log = MetricsLog(out_dir, start_step, enabled=dist.is_main)
     clip_groups = objective.clip_groups()
     speed = _Speed(objective, model, device, dist, start_step)
