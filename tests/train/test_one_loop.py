@@ -226,3 +226,15 @@ def test_flops_per_token_is_6n_plus_attention():
     )
     n = sum(p.numel() for p in model.parameters()) - 32 * 32  # without the learned position table
     assert flops_per_token(model, 32) == 6 * n + 12 * 2 * 2 * 16 * 32
+
+
+def test_mfu_is_logged_where_the_device_has_a_peak(tmp_path, monkeypatch):
+    """On CUDA the peak comes from the device's name; here a stated peak stands in for it on the CPU."""
+    monkeypatch.setattr(loop_module, "peak_flops", lambda device: 1e6)
+    cfg = TrainConfig(max_steps=2, batch_size=4, block_size=16, eval_interval=0, log_interval=1,
+                      show_progress=False)  # fmt: skip
+    model = _tiny()
+    summary = train(model, _batches(), cfg, tmp_path)
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    expected = last["tok_per_s"] * flops_per_token(model, 16) / 1e6
+    assert last["mfu"] == pytest.approx(expected, rel=1e-3) and summary["mfu"] == last["mfu"]
