@@ -237,4 +237,4 @@ def test_mfu_is_logged_where_the_device_has_a_peak(tmp_path, monkeypatch):
     summary = train(model, _batches(), cfg, tmp_path)
     last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     expected = last["tok_per_s"] * flops_per_token(model, 16) / 1e6
-    assert last["mfu"] == pytest.approx(expected, rel=1e-3) and summary["mfu"] == last["mfu"]
+    assert last["mfu"] == pytest.approx(expected, rel=1e-2) and summary["mfu"] == last["mfu"]
