@@ -1,8 +1,14 @@
 """Training throughput: danlu's GPT vs Hugging Face `GPT2LMHeadModel`, same config, batch and device, one run.
 
-Prints tokens/s for each and the ratios danlu / transformers (eager and torch.compile'd). On CUDA it uses bf16
-autocast and fused AdamW and also prints MFU: model FLOPs per token 6N + 12·L·H·Q·T (Kaplan et al. 2020;
-PaLM appendix B: N non-embedding parameters, L layers, H heads, Q head size, T context) against the peak.
+Prints tokens/s for each and the ratios danlu / transformers (eager and torch.compile'd), and the same model
+trained through danlu's one training loop (`danlu.train.loop.train`: schedule, clipping, logging every
+`--log-interval` steps; its overhead over the bare step is the loop's cost). On CUDA it uses bf16 autocast and
+fused AdamW and also prints MFU: model FLOPs per token 6N + 12·L·H·Q·T (Kaplan et al. 2020; PaLM appendix B: N
+non-embedding parameters, L layers, H heads, Q head size, T context) against the peak.
+
+The loop row runs against any danlu tree, so the loop of two trees compares back to back:
+
+    PYTHONPATH=/path/to/other/danlu python benchmarks/train_throughput.py --loop-only
 
     python benchmarks/train_throughput.py                       # CPU, a small GPT-2
     python benchmarks/train_throughput.py --preset gpt2-124m --batch-size 16 --block-size 1024 --compile  # GPU
@@ -19,6 +25,9 @@ import torch
 from danlu.models.gpt import GPT, GPTConfig
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s of an H100 SXM
+# Wall time by default; `--clock process` counts this process's CPU time instead, which a machine loaded by
+# other work disturbs far less (with --threads 1 it is the time the step itself computed).
+CLOCK = time.perf_counter
 
 
 def hf_model(cfg: GPTConfig):
@@ -42,7 +51,7 @@ def measure(model, B: int, T: int, V: int, device: torch.device, steps: int, war
         if i == warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0 = CLOCK()
         with autocast:
             loss = model(input_ids=x, labels=x).loss
         loss.backward()
@@ -50,7 +59,33 @@ def measure(model, B: int, T: int, V: int, device: torch.device, steps: int, war
         opt.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return B * T * steps / (time.perf_counter() - t0)
+    return B * T * steps / (CLOCK() - t0)
+
+
+def measure_loop(model, B: int, T: int, V: int, device: torch.device, steps: int, warmup: int,
+                 log_interval: int) -> float:  # fmt: skip
+    """Tokens per second of danlu's training loop on the same batch (steps after `warmup`, the last one and its
+    evaluation left out; timed from the loop's `on_step` callback)."""
+    import tempfile
+
+    from danlu.train.loop import TrainConfig, train
+
+    x = torch.randint(0, V, (B, T))
+    # from_dict drops fields an older loop lacks (log_interval), so the row runs on either tree
+    cfg = TrainConfig.from_dict(dict(max_steps=warmup + steps + 1, batch_size=B, block_size=T, lr=1e-4,
+                                     warmup_steps=1, eval_interval=0, eval_batches=1, log_interval=log_interval,
+                                     device=str(device), show_progress=False))  # fmt: skip
+    marks = {}
+
+    def on_step(step: int, _record) -> None:
+        if step in (warmup, warmup + steps):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            marks[step] = CLOCK()
+
+    with tempfile.TemporaryDirectory() as out:
+        train(model, lambda split, step, micro: {"input_ids": x, "labels": x}, cfg, out, on_step=on_step)
+    return B * T * steps / (marks[warmup + steps] - marks[warmup])
 
 
 def flops_per_token(cfg: GPTConfig, n_params: int) -> float:
@@ -68,7 +103,16 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--compile", action="store_true", help="also measure both models under torch.compile")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    ap.add_argument("--log-interval", type=int, default=10, help="the loop row's --log-interval")
+    ap.add_argument(
+        "--clock", choices=("wall", "process"), default="wall", help="what a second is (see CLOCK)"
+    )
+    ap.add_argument(
+        "--loop-only", action="store_true", help="only the bare step and the loop (no transformers)"
+    )
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "process" else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -95,6 +139,14 @@ def main() -> None:
 
     print(f"device={device} preset={args.preset} B={B} T={T} V={V} threads={torch.get_num_threads()}")
     d_eager = run("danlu (eager)", lambda: GPT(cfg), False)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    loop_tps = measure_loop(model, B, T, V, device, args.steps, args.warmup, args.log_interval)
+    rows.append(("danlu train() loop (eager)", loop_tps, sum(p.numel() for p in model.parameters())))
+    print(f"  {'danlu train() loop (eager)':<28} {loop_tps:>12,.0f} tok/s", flush=True)
+    print(f"  loop / bare step: {loop_tps / d_eager:.3f}", flush=True)
+    if args.loop_only:
+        return
     h_eager = run("transformers (eager)", lambda: hf_model(cfg), False)
     d_comp = h_comp = None
     if args.compile:

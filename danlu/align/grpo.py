@@ -14,7 +14,7 @@ answer (the arithmetic result, the fact's value) exactly, so nothing can be "hac
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,10 @@ from torch import nn
 from danlu.align.advantages import group_advantages
 from danlu.align.configs import GRPOConfig
 from danlu.align.losses import informative_groups, policy_loss
-from danlu.align.online import MetricsLog, adamw, plot_curves, resolve_device, set_lr, step_indices
+from danlu.align.online import OnlineObjective, step_indices
 from danlu.align.rollout import sample, sequence_log_probs
 from danlu.errors import DanluError
+from danlu.train.loop import StepWork, run
 
 
 def grpo_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, ref_log_probs: torch.Tensor,
@@ -48,50 +49,47 @@ def verifiable_accuracy(
     return sum(reward(r, a) for r, a in zip(records, replies)) / len(records)
 
 
-def grpo(
-    policy: nn.Module, tokenizer: Any, train_records: list[dict], out_dir: str | Path, cfg: GRPOConfig | None = None,
-    eval_records: list[dict] | None = None, ref: nn.Module | None = None, show_progress: bool = True,
-) -> dict[str, Any]:  # fmt: skip
-    """Train `policy` in place on SFT-style records with an "answer" (scored by danlu.data.world.reward)."""
-    from danlu.data.world import reward
-    from danlu.tune.sft import prompt_text
+class GRPOObjective(OnlineObjective):
+    """GRPO in the one loop: a step samples G answers to each of its prompts, scores them with the verifiable
+    reward and turns the group's rewards into advantages; its `inner_epochs` updates reuse those samples."""
 
-    cfg = cfg or GRPOConfig()
-    records = [r for r in train_records if r.get("answer")]
-    if not records:
-        raise DanluError(
-            "GRPO needs records with an 'answer' field for the verifiable reward (e.g. world sft_train)"
-        )
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    ref = ref if ref is not None else copy.deepcopy(policy)
-    ref.to(device).eval()  # frozen: only ever run under torch.no_grad()
-    policy.to(device).train()
-    opt = adamw(policy.parameters(), cfg.lr)
-    log = MetricsLog(out_dir)
-    G = cfg.group_size
-    first = last = None
-    if eval_records:
-        first = last = log.log(
-            {
-                "step": 0,
-                "eval_accuracy": verifiable_accuracy(policy, tokenizer, eval_records, cfg.max_new_tokens),
-            }
-        )
-    bar = None
-    if show_progress:
-        from tqdm import tqdm
+    name = "grpo"
+    progress_keys = ("reward", "kl")
+    curves = ("reward", "kl", "eval_accuracy")
+    curves_png = "grpo_curves.png"
+    curves_title = "GRPO: verifiable reward (train samples), KL to the reference, held-out greedy accuracy"
 
-        bar = tqdm(total=cfg.steps, desc="grpo", unit="step", dynamic_ncols=True)
-    for step in range(cfg.steps):
-        lr = set_lr(opt, cfg.lr, step, cfg.steps, cfg.decay)
-        batch = [records[i] for i in step_indices(len(records), cfg.prompts_per_step, cfg.seed, step)]
+    def __init__(self, policy: nn.Module, ref: nn.Module, tokenizer: Any, records: list[dict], cfg: GRPOConfig,
+                 eval_records: list[dict] | None) -> None:  # fmt: skip
+        super().__init__(policy)
+        self.ref, self.tokenizer, self.records, self.cfg, self.eval_records = (
+            ref,
+            tokenizer,
+            records,
+            cfg,
+            eval_records,
+        )
+
+    def setup(self, device: torch.device) -> None:
+        super().setup(device)
+        self.ref.to(device).eval()  # frozen: only ever run under torch.no_grad()
+
+    def work(self, step: int) -> StepWork:
+        from danlu.data.world import reward
+        from danlu.tune.sft import prompt_text
+
+        cfg, G, policy = self.cfg, self.cfg.group_size, self.model
+        batch = [
+            self.records[i] for i in step_indices(len(self.records), cfg.prompts_per_step, cfg.seed, step)
+        ]
         group_records = [r for r in batch for _ in range(G)]  # each prompt G times, consecutively
-        prompts = [prompt_text(r, tokenizer) for r in group_records]
+        prompts = [prompt_text(r, self.tokenizer) for r in group_records]
         rollout = sample(
-            policy, tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed * 7919 + step
+            policy, self.tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed * 7919 + step
         )
-        rewards = torch.tensor([reward(r, y) for r, y in zip(group_records, rollout.texts)], device=device)
+        rewards = torch.tensor(
+            [reward(r, y) for r, y in zip(group_records, rollout.texts)], device=self.device
+        )
         # Dr. GRPO does not divide by the group's std; DAPO drops groups with no signal (all rewards equal)
         advantages = group_advantages(rewards, G, scale_by_std=cfg.loss != "dr_grpo")  # (N·G,)
         mask = rollout.action_mask
@@ -100,35 +98,58 @@ def grpo(
             mask = mask * keep[:, None].to(mask.dtype)
         with torch.no_grad():
             old_log_probs = sequence_log_probs(policy, rollout)
-            ref_log_probs = sequence_log_probs(ref, rollout)
-        for _ in range(cfg.inner_epochs):
-            log_probs = sequence_log_probs(policy, rollout)
-            loss, kl = policy_loss(cfg.loss, log_probs, old_log_probs, ref_log_probs, advantages, mask,
-                                   cfg.beta, cfg.clip_range, cfg.clip_high, max_len=cfg.max_new_tokens)  # fmt: skip
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad], cfg.grad_clip)
-            opt.step()
-        record = {"step": step + 1, "reward": rewards.mean().item(), "loss": loss.item(), "kl": kl.item(), "lr": lr,
-                  "solved_groups": (rewards.view(-1, G).max(1).values > 0).float().mean().item()}  # fmt: skip
-        if eval_records and ((step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.steps):
-            record["eval_accuracy"] = verifiable_accuracy(policy, tokenizer, eval_records, cfg.max_new_tokens)
-        last = record if "eval_accuracy" in record else last
-        log.log(record)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record['kl']:.4f}")
-    if bar is not None:
-        bar.close()
+            ref_log_probs = sequence_log_probs(self.ref, rollout)
+        group = (rollout, old_log_probs, ref_log_probs, advantages, mask)
+        figures = {
+            "reward": rewards.mean(),
+            "solved_groups": (rewards.view(-1, G).max(1).values > 0).float().mean(),
+        }
+        return StepWork([[group] for _ in range(cfg.inner_epochs)], figures)
+
+    def loss(self, model: nn.Module, group: tuple) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rollout, old_log_probs, ref_log_probs, advantages, mask = group
+        log_probs = sequence_log_probs(self.model, rollout)
+        cfg = self.cfg
+        loss, kl = policy_loss(cfg.loss, log_probs, old_log_probs, ref_log_probs, advantages, mask,
+                               cfg.beta, cfg.clip_range, cfg.clip_high, max_len=cfg.max_new_tokens)  # fmt: skip
+        return loss, {"kl": kl}
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        if not self.eval_records:
+            return {}
+        return {
+            "eval_accuracy": verifiable_accuracy(
+                self.model, self.tokenizer, self.eval_records, self.cfg.max_new_tokens
+            )
+        }
+
+
+def grpo(
+    policy: nn.Module, tokenizer: Any, train_records: list[dict], out_dir: str | Path, cfg: GRPOConfig | None = None,
+    eval_records: list[dict] | None = None, ref: nn.Module | None = None, show_progress: bool = True,
+    save_fn: Any = None, resume: bool = False, on_step: Any = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Train `policy` in place on SFT-style records with an "answer" (scored by danlu.data.world.reward), in the
+    one training loop; write metrics.jsonl and grpo_curves.png to `out_dir`.
+
+    With `save_fn(model, dir)` the loop keeps a resumable checkpoint (at the end and every cfg.ckpt_interval
+    rounds); `resume=True` continues it exactly: a round's rollouts are a pure function of (seed, step) and the
+    weights. Pass the starting (SFT) model as `policy` when resuming: its copy is the reference."""
+    cfg = cfg or GRPOConfig()
+    cfg = replace(cfg, show_progress=cfg.show_progress and show_progress)
+    records = [r for r in train_records if r.get("answer")]
+    if not records:
+        raise DanluError(
+            "GRPO needs records with an 'answer' field for the verifiable reward (e.g. world sft_train)"
+        )
+    torch.manual_seed(cfg.seed)
+    ref = ref if ref is not None else copy.deepcopy(policy)
+    objective = GRPOObjective(policy, ref, tokenizer, records, cfg, eval_records)
+    result = run(objective, cfg, out_dir, save_fn=save_fn, resume=resume, on_step=on_step)
     policy.eval()
-    plot_curves(log, ["reward", "kl", "eval_accuracy"], Path(out_dir) / "grpo_curves.png",
-                "GRPO: verifiable reward (train samples), KL to the reference, held-out greedy accuracy")  # fmt: skip
-    summary: dict[str, Any] = {
-        "config": asdict(cfg),
-        "steps": cfg.steps,
-        "seconds": log.records[-1]["elapsed_s"],
-    }
-    if first is not None:
+    summary: dict[str, Any] = {"config": asdict(cfg), "steps": cfg.max_steps, "seconds": result["seconds"]}
+    first, last = result["first_eval"], result["last_eval"]
+    if first and last:
         summary |= {
             "eval_accuracy_before": first["eval_accuracy"],
             "eval_accuracy_after": last["eval_accuracy"],

@@ -23,7 +23,7 @@ moving the policy far from the one that collected the data. β adapts to hold th
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,12 @@ from torch import nn
 
 from danlu.align.advantages import gae, kl_penalized_rewards, whiten
 from danlu.align.configs import PPOConfig
-from danlu.align.online import MetricsLog, adamw, plot_curves, resolve_device, set_lr, step_indices
+from danlu.align.online import OnlineObjective, step_indices
 from danlu.align.reward import RewardModel
 from danlu.align.rollout import Rollout, masked_mean, sample, sequence_log_probs
 from danlu.errors import DanluError
+from danlu.train.loop import StepWork, param_groups, run
+from danlu.train.metrics import read_metrics
 from danlu.tune.lora import finish_lora, wrap_lora
 
 
@@ -140,122 +142,119 @@ def evaluate_policy(actor, ref, reward_model, tokenizer, prompts: list[str], max
     return {"score": mean(sampled_scores), "greedy_score": mean(greedy_scores), "kl_per_token": mean(kls)}
 
 
+class PPOObjective(OnlineObjective):
+    """PPO in the one loop: a step is one rollout's experience (`make_experience`) and `ppo_epochs` passes of
+    minibatch updates over it, each update one AdamW step of actor and critic (their losses summed: their
+    parameters are disjoint, so each gets its own gradient; each clipped on its own)."""
+
+    name = "ppo"
+    progress_keys = ("score", "kl_per_token", "beta")
+    curves = ("score", "kl_per_token", "eval_score", "eval_kl_per_token")
+    curves_png = "ppo_curves.png"
+    curves_title = "RLHF-PPO: reward-model score and per-token KL to the reference"
+
+    def __init__(self, actor, critic, reward_model, ref, tokenizer, train_prompts: list[str], cfg: PPOConfig,
+                 eval_prompts: list[str]) -> None:  # fmt: skip
+        super().__init__(nn.ModuleDict({"actor": actor, "critic": critic}))
+        self.actor, self.critic, self.reward_model, self.ref = actor, critic, reward_model, ref
+        self.tokenizer, self.train_prompts, self.cfg, self.eval_prompts = (
+            tokenizer,
+            train_prompts,
+            cfg,
+            eval_prompts,
+        )
+        self.kl_ctl = AdaptiveKLController(
+            cfg.init_kl_coef, cfg.target_kl if cfg.adaptive_kl else None, cfg.kl_horizon
+        )
+        self.hlines = {"kl_per_token": cfg.kl_bound, "eval_kl_per_token": cfg.kl_bound}
+
+    def setup(self, device: torch.device) -> None:
+        super().setup(device)
+        for m in (self.ref, self.reward_model):  # frozen: only ever run under torch.no_grad()
+            m.to(device).eval()
+
+    def param_groups(self, cfg: PPOConfig) -> list[dict[str, Any]]:
+        # The critic's floor is the same share of its peak as the actor's (lr / 10 unless --min-lr says).
+        critic_min = cfg.critic_lr / 10 if cfg.min_lr == cfg.lr / 10 else cfg.critic_lr * cfg.min_lr / cfg.lr
+        return [*param_groups(self.actor, cfg.weight_decay, cfg.lr, cfg.min_lr),
+                *param_groups(self.critic, cfg.weight_decay, cfg.critic_lr, critic_min)]  # fmt: skip
+
+    def clip_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {name: [p for p in m.parameters() if p.requires_grad]
+                for name, m in (("actor", self.actor), ("critic", self.critic))}  # fmt: skip
+
+    def work(self, step: int) -> StepWork:
+        cfg = self.cfg
+        prompts = [
+            self.train_prompts[i]
+            for i in step_indices(len(self.train_prompts), cfg.batch_size, cfg.seed, step)
+        ]
+        beta = self.kl_ctl.value
+        exp = make_experience(self.actor, self.critic, self.reward_model, self.ref, self.tokenizer, prompts, cfg,
+                              beta, cfg.seed * 7919 + step)  # fmt: skip
+        mask_all = exp.rollout.action_mask
+        g = torch.Generator().manual_seed(cfg.seed * 31 + step)
+        updates = []
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(cfg.batch_size, generator=g)
+            for start in range(0, cfg.batch_size, cfg.minibatch_size):
+                updates.append([exp.select(order[start : start + cfg.minibatch_size].to(self.device))])
+        kl_token = masked_mean(exp.kl, mask_all)
+        figures = {"score": exp.scores.mean(), "kl_per_token": kl_token, "kl_per_answer": exp.kl.sum(1).mean(),
+                   "beta": beta, "answer_tokens": mask_all.sum(1).mean()}  # fmt: skip
+        self.kl_ctl.update(kl_token.item(), cfg.batch_size)  # the next rollout's β (a rollout syncs anyway)
+        return StepWork(updates, figures)
+
+    def loss(self, model: nn.Module, mb: Experience) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        mask = mb.rollout.action_mask
+        log_probs = sequence_log_probs(self.actor, mb.rollout)
+        a_loss, clipfrac = actor_loss(log_probs, mb.old_log_probs, mb.advantages, mask, self.cfg.clip_range)
+        values = critic_values(self.critic, mb.rollout)
+        c_loss = value_loss(values, mb.old_values, mb.returns, mask, self.cfg.clip_range_value)
+        return a_loss + c_loss, {"actor_loss": a_loss, "critic_loss": c_loss, "clipfrac": clipfrac}
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        if not self.eval_prompts:
+            return {}
+        ev = evaluate_policy(self.actor, self.ref, self.reward_model, self.tokenizer, self.eval_prompts,
+                             self.cfg.max_new_tokens, self.cfg.seed)  # fmt: skip
+        return {f"eval_{k}": v for k, v in ev.items()}
+
+
 def ppo(
     actor: nn.Module, critic: RewardModel, reward_model: RewardModel, tokenizer: Any, train_prompts: list[str],
     out_dir: str | Path, cfg: PPOConfig | None = None, eval_prompts: list[str] | None = None,
     ref: nn.Module | None = None, lora: Any = None, show_progress: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
-    """Train `actor` (in place) against `reward_model` with PPO; write metrics.jsonl and the curves
-    ppo_curves.png (score and KL) to `out_dir`. `ref` defaults to a frozen copy of the actor as given.
-    lora: a LoRAConfig to train only low-rank adapters of the actor (merged back at the end)."""
+    """Train `actor` (in place) against `reward_model` with PPO in the one training loop; write metrics.jsonl
+    and the curves ppo_curves.png (score and KL) to `out_dir`. `ref` defaults to a frozen copy of the actor as
+    given. lora: a LoRAConfig to train only low-rank adapters of the actor (merged back at the end)."""
     cfg = cfg or PPOConfig()
+    cfg = replace(cfg, show_progress=cfg.show_progress and show_progress)
     if not train_prompts:
         raise DanluError("PPO needs at least one training prompt")
-    device = resolve_device(cfg.device)
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     ref = ref if ref is not None else copy.deepcopy(actor)
-    for m in (ref, reward_model):  # frozen: only ever run under torch.no_grad()
-        m.to(device).eval()
-    actor.to(device).train()
-    critic.to(device).train()
     wrap_lora(actor, lora)  # a no-op without a LoRA config
-    actor_opt = adamw(actor.parameters(), cfg.lr)
-    critic_opt = adamw(critic.parameters(), cfg.critic_lr)
-    kl_ctl = AdaptiveKLController(
-        cfg.init_kl_coef, cfg.target_kl if cfg.adaptive_kl else None, cfg.kl_horizon
+    objective = PPOObjective(
+        actor, critic, reward_model, ref, tokenizer, train_prompts, cfg, eval_prompts or []
     )
-    log = MetricsLog(out_dir)
-    eval_prompts = eval_prompts or []
-    first_eval = None
-    if eval_prompts:
-        first_eval = log.log({"step": 0, **{f"eval_{k}": v for k, v in
-                                            evaluate_policy(actor, ref, reward_model, tokenizer, eval_prompts, cfg.max_new_tokens, cfg.seed).items()}})  # fmt: skip
-    bar = None
-    if show_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, desc="ppo", unit="step", dynamic_ncols=True)
-    last_eval = first_eval
-    for step in range(cfg.steps):
-        lr = set_lr(actor_opt, cfg.lr, step, cfg.steps, cfg.decay)
-        set_lr(critic_opt, cfg.critic_lr, step, cfg.steps, cfg.decay)
-        prompts = [train_prompts[i] for i in step_indices(len(train_prompts), cfg.batch_size, cfg.seed, step)]
-        exp = make_experience(
-            actor, critic, reward_model, ref, tokenizer, prompts, cfg, kl_ctl.value, cfg.seed * 7919 + step
-        )
-        mask_all = exp.rollout.action_mask
-        stats: dict[str, list[float]] = {"actor_loss": [], "critic_loss": [], "clipfrac": []}
-        g = torch.Generator().manual_seed(cfg.seed * 31 + step)
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(cfg.batch_size, generator=g)
-            for start in range(0, cfg.batch_size, cfg.minibatch_size):
-                mb = exp.select(order[start : start + cfg.minibatch_size].to(device))
-                mask = mb.rollout.action_mask
-                log_probs = sequence_log_probs(actor, mb.rollout)
-                a_loss, clipfrac = actor_loss(
-                    log_probs, mb.old_log_probs, mb.advantages, mask, cfg.clip_range
-                )
-                actor_opt.zero_grad(set_to_none=True)
-                a_loss.backward()
-                torch.nn.utils.clip_grad_norm_(
-                    [p for p in actor.parameters() if p.requires_grad], cfg.grad_clip
-                )
-                actor_opt.step()
-                values = critic_values(critic, mb.rollout)
-                c_loss = value_loss(values, mb.old_values, mb.returns, mask, cfg.clip_range_value)
-                critic_opt.zero_grad(set_to_none=True)
-                c_loss.backward()
-                torch.nn.utils.clip_grad_norm_(
-                    [p for p in critic.parameters() if p.requires_grad], cfg.grad_clip
-                )
-                critic_opt.step()
-                stats["actor_loss"].append(a_loss.item())
-                stats["critic_loss"].append(c_loss.item())
-                stats["clipfrac"].append(clipfrac.item())
-        kl_seq = exp.kl.sum(1).mean().item()
-        kl_token = masked_mean(exp.kl, mask_all).item()
-        record = {
-            "step": step + 1,
-            "score": exp.scores.mean().item(),
-            "kl_per_token": kl_token,
-            "kl_per_answer": kl_seq,
-            "beta": kl_ctl.value,
-            "lr": lr,
-            "answer_tokens": mask_all.sum(1).mean().item(),
-            **{k: sum(v) / len(v) for k, v in stats.items()},
-        }
-        kl_ctl.update(kl_token, cfg.batch_size)
-        if eval_prompts and ((step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.steps):
-            ev = evaluate_policy(
-                actor, ref, reward_model, tokenizer, eval_prompts, cfg.max_new_tokens, cfg.seed
-            )
-            record |= {f"eval_{k}": v for k, v in ev.items()}
-        last_eval = record if "eval_score" in record else last_eval
-        log.log(record)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(score=f"{record['score']:.3f}", kl=f"{kl_token:.3f}", beta=f"{kl_ctl.value:.3f}")
-    if bar is not None:
-        bar.close()
+    result = run(objective, cfg, out_dir)
     finish_lora(actor, lora)  # merged in place (PPO saves no adapter)
     actor.eval()
-    plot_curves(log, ["score", "kl_per_token", "eval_score", "eval_kl_per_token"], out_dir / "ppo_curves.png",
-                "RLHF-PPO: reward-model score and per-token KL to the reference",
-                hlines={"kl_per_token": cfg.kl_bound, "eval_kl_per_token": cfg.kl_bound})  # fmt: skip
-    summary: dict[str, Any] = {
-        "config": asdict(cfg),
-        "steps": cfg.steps,
-        "seconds": log.records[-1]["elapsed_s"],
-    }
-    if first_eval is not None and last_eval is not None:
+    summary: dict[str, Any] = {"config": asdict(cfg), "steps": cfg.max_steps, "seconds": result["seconds"]}
+    first, last = result["first_eval"], result["last_eval"]
+    if first and last:
         summary |= {
-            "eval_score_before": first_eval["eval_score"],
-            "eval_score_after": last_eval["eval_score"],
-            "eval_greedy_score_before": first_eval["eval_greedy_score"],
-            "eval_greedy_score_after": last_eval["eval_greedy_score"],
-            "eval_kl_before": first_eval["eval_kl_per_token"],
-            "eval_kl_after": last_eval["eval_kl_per_token"],
-            "max_train_kl_per_token": max(r["kl_per_token"] for r in log.records if "kl_per_token" in r),
+            "eval_score_before": first["eval_score"],
+            "eval_score_after": last["eval_score"],
+            "eval_greedy_score_before": first["eval_greedy_score"],
+            "eval_greedy_score_after": last["eval_greedy_score"],
+            "eval_kl_before": first["eval_kl_per_token"],
+            "eval_kl_after": last["eval_kl_per_token"],
+            "max_train_kl_per_token": max(
+                r["kl_per_token"] for r in read_metrics(out_dir) if "kl_per_token" in r
+            ),
         }
     return summary

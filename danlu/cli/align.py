@@ -13,52 +13,13 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-# Help of the PPO / GRPO config fields (danlu.align.configs keeps plain dataclasses; formulas in ppo.py, grpo.py).
-_ONLINE_FLAGS: dict[str, dict] = {
-    "steps": {"flag": "max_steps", "help": "rollout + update rounds"},
-    "batch_size": {"help": "prompts per rollout"},
-    "minibatch_size": {"help": "prompts per PPO update"},
-    "ppo_epochs": {"help": "passes over each rollout"},
-    "lr": {"help": "learning rate of the policy (actor)"},
-    "decay": {
-        "help": "learning-rate schedule after a 5%% warmup",
-        "choices": ("cosine", "linear", "constant"),
-    },
-    "critic_lr": {"help": "learning rate of the critic (a fresh head that must catch up fast)"},
-    "init_kl_coef": {"help": "beta: weight of the per-token KL penalty to the reference"},
-    "adaptive_kl": {"help": "adapt beta toward --target-kl (Ziegler et al. 2019)"},
-    "target_kl": {"help": "nats per token the adaptive beta aims at"},
-    "kl_horizon": {"help": "horizon of the adaptive-KL controller, in samples"},
-    "kl_bound": {"help": "the bound the report checks the mean per-token KL against"},
-    "gamma": {"help": "discount of the returns, in [0, 1]"},
-    "lam": {"help": "GAE lambda, in [0, 1]"},
-    "clip_range": {"help": "PPO ratio clip epsilon"},
-    "clip_range_value": {"help": "clip of the value-function update"},
-    "whiten_advantages": {"help": "normalise advantages to mean 0, std 1 per rollout"},
-    "max_new_tokens": {"help": "longest sampled answer, in tokens"},
-    "temperature": {"help": "sampling temperature of the rollouts (> 0)"},
-    "grad_clip": {"help": "clip the global gradient norm to this; 0 = off"},
-    "eval_interval": {"help": "evaluate every N rounds"},
-    "seed": {"help": "random seed"},
-    "prompts_per_step": {"help": "prompts sampled per round"},
-    "group_size": {"help": "G answers per prompt (the group is the baseline; >= 2)"},
-    "inner_epochs": {"help": "updates per sampled batch (1: the ratio is 1, the clip never bites)"},
-    "beta": {"help": "weight of the KL term to the reference (DeepSeekMath: 0.04)"},
-    "loss": {
-        "help": "group loss variant (danlu.align.losses): normalisation, std scaling, clipping",
-        "choices": ("grpo", "dr_grpo", "dapo", "gspo", "cispo"),
-    },
-    "clip_high": {
-        "help": "upper ratio clip epsilon (DAPO's clip-higher: 0.28; equal to --clip-range: symmetric)"
-    },
-}
-
 
 def add_online_args(p: argparse.ArgumentParser, cls) -> None:
-    """The fields of a PPO / GRPO config as --flags (`danlu.flags`); the device comes from `heavy`."""
+    """The fields of a PPO / GRPO config as --flags (`danlu.flags`, help from the fields); the device comes from
+    `heavy`. The online trainers keep no checkpoint and run fp32 and eager: no --ckpt-interval, --dtype, --compile."""
     from danlu.flags import add_dataclass_flags
 
-    add_dataclass_flags(p, cls, skip=("device",), meta=_ONLINE_FLAGS)
+    add_dataclass_flags(p, cls, skip=("device", "ckpt_interval", "dtype", "compile"))
 
 
 def config_from_args(cls, args: argparse.Namespace):

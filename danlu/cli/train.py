@@ -73,39 +73,13 @@ def interrupted_message(error: KeyboardInterrupt, args: argparse.Namespace, argv
     return text
 
 
-# Help and choices of the TrainConfig fields (its module stays a plain dataclass; the flags come from here).
-TRAIN_FLAGS: dict[str, dict] = {
-    "max_steps": {"help": "optimizer steps to train"},
-    "batch_size": {"help": "sequences per micro-batch, summed over all processes"},
-    "grad_accum": {"help": "micro-batches per optimizer step"},
-    "block_size": {"help": "tokens per training sequence"},
-    "lr": {"help": "peak learning rate (AdamW)"},
-    "min_lr": {"help": "learning rate at the end of the decay; none = lr / 10"},
-    "warmup_steps": {"help": "steps of linear warmup from 0 to lr"},
-    "decay": {"help": "learning-rate schedule after the warmup", "choices": ("cosine", "linear", "constant")},
-    "weight_decay": {"help": "AdamW weight decay (not on norms, biases, embeddings)"},
-    "beta1": {"help": "AdamW beta1"},
-    "beta2": {"help": "AdamW beta2"},
-    "grad_clip": {"help": "clip the global gradient norm to this; 0 = off"},
-    "eval_interval": {"help": "evaluate (and plot) every N steps"},
-    "eval_batches": {"help": "validation batches per evaluation"},
-    "ckpt_interval": {"help": "save a checkpoint every N steps; 0 = at the end and at every evaluation"},
-    "seed": {"help": "random seed (batches are a pure function of seed and step)"},
-    "dtype": {
-        "help": "auto = bf16 autocast on CUDA, fp32 elsewhere",
-        "choices": ("auto", "float32", "bfloat16"),
-    },
-    "compile": {"help": "torch.compile the model (the first steps wait for the compiler)"},
-}
-
-
 def add_train_args(p: argparse.ArgumentParser, **defaults) -> None:
     """The TrainConfig fields as --flags (shared by pretrain and the later stages); `defaults` are this
     command's own (e.g. SFT's shorter run). `--device` and `--threads` come from `danlu.flags.heavy`."""
     from danlu.flags import add_dataclass_flags
     from danlu.train.config import TrainConfig
 
-    add_dataclass_flags(p, TrainConfig, skip=("show_progress", "device"), defaults=defaults, meta=TRAIN_FLAGS)
+    add_dataclass_flags(p, TrainConfig, skip=("device",), defaults=defaults)  # help: the fields' metadata
 
 
 def train_config_from_args(args: argparse.Namespace):

@@ -220,7 +220,7 @@ def stage_ppo(ctx: DemoContext) -> dict[str, Any]:
         return [prompt_text({"instruction": r["prompt"], "output": ""}, tok) for r in records]
 
     steps = _arg(ctx, "ppo_steps")
-    cfg = PPOConfig(steps=steps, batch_size=32, minibatch_size=16, ppo_epochs=2, lr=3e-5, critic_lr=3e-4,
+    cfg = PPOConfig(max_steps=steps, batch_size=32, minibatch_size=16, ppo_epochs=2, lr=3e-5, critic_lr=3e-4,
                     decay="constant", init_kl_coef=0.1, target_kl=0.05, kl_bound=0.2, eval_interval=max(1, steps // 5),
                     seed=ctx.args.seed, device=ctx.args.device)  # fmt: skip
     actor, critic = copy.deepcopy(sft_model).train(), copy.deepcopy(reward_model).train()
@@ -302,7 +302,7 @@ def stage_grpo(ctx: DemoContext) -> dict[str, Any]:
     steps = _arg(ctx, "grpo_steps")
     test = [r for r in _records(ctx, "sft_test") if r["kind"] == "arith"]
     train = arithmetic_pool(test)
-    cfg = GRPOConfig(steps=steps, prompts_per_step=16, group_size=8, inner_epochs=2, lr=4e-5,
+    cfg = GRPOConfig(max_steps=steps, prompts_per_step=16, group_size=8, inner_epochs=2, lr=4e-5,
                      decay="constant", beta=0.04, max_new_tokens=12, eval_interval=max(1, steps // 5),
                      seed=ctx.args.seed, device=ctx.args.device)  # fmt: skip
     policy = copy.deepcopy(sft_model).train()

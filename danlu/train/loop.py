@@ -1,24 +1,28 @@
-"""The one training loop: AdamW, warmup + decay, gradient accumulation and clipping, mixed precision on CUDA,
-periodic evaluation, metrics, atomic checkpoints with exact resume, and DDP under `torchrun`.
+"""The one training loop, shared by the offline stages (pretraining, SFT, reward model, DPO, BERT, seq2seq,
+vision) and the online RL trainers (PPO, GRPO): AdamW over decay / no-decay groups, warmup + decay, micro-batch
+accumulation and clipping, mixed precision on CUDA, logging every N steps without a host sync per step,
+periodic evaluation, plots, atomic checkpoints with exact resume, Ctrl-C saves, DDP under `torchrun`.
 
-Vocabulary (notes 004 §epochs/batches/iterations): a *micro-batch* is what one forward pass sees; `grad_accum`
-micro-batches make one *step* (one optimizer update, one *iteration*); an *epoch* is one pass over the training
-tokens, reported as tokens seen / corpus size because blocks are sampled at random offsets.
+Vocabulary (notes 004 §epochs/batches/iterations): a *micro-batch* is what one forward pass sees; the
+micro-batches of one *update* make one optimizer step; a *step* of the loop (one *iteration*) is one update
+for the offline stages and one round of experience and its updates for PPO / GRPO; an *epoch* is one pass over
+the training tokens, reported as tokens seen / corpus size because blocks are sampled at random offsets.
 
-Batches come from `batch_fn(split, step, micro)`, a pure function of its arguments (see danlu.data.datasets), so
-resuming restores only the model, the optimizer and the step: the rest of the run is bit-identical.
+What differs between trainers is an `Objective`: its `work(step)` gives the step's updates (offline: the
+`grad_accum` micro-batches `batch_fn("train", step, micro)`; online: experience sampled from the policy) and
+its `loss(model, batch)` the loss of one micro-batch. Everything else is the loop's (`run`). Offline batches
+are a pure function of (seed, step, micro-step) (see danlu.data.datasets), so resuming restores only the
+model, the optimizer and the step: the rest of the run is bit-identical.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,45 +30,132 @@ import torch
 from torch import nn
 
 from danlu.errors import DanluError
-from danlu.fileio import atomic_write_text
-from danlu.train.checkpoint import TrainingInterrupted, find_checkpoint, save_checkpoint
-from danlu.train.config import TrainConfig
-from danlu.train.schedule import lr_at
+from danlu.train.checkpoint import TrainingInterrupted
+from danlu.train.config import LoopConfig, TrainConfig
+from danlu.train.flops import flops_per_token, mfu, peak_flops
+from danlu.train.metrics import Meter, MetricsLog, wide
+from danlu.train.optim import build_optimizer, clip_gradients, param_groups, set_lr
+from danlu.train.strategy import (
+    DistInfo,
+    mean_over_ranks,
+    no_sync,
+    resolve_device,
+    restore_training_state,
+    save_training_state,
+    setup_device,
+    wrap_model,
+)
+
+__all__ = [
+    "DistInfo",
+    "Objective",
+    "StepWork",
+    "TrainConfig",
+    "param_groups",
+    "resolve_device",
+    "run",
+    "train",
+]
 
 BatchFn = Callable[[str, int, int], dict[str, torch.Tensor]]
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DanluError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
-    return torch.device(name)
+@dataclass
+class StepWork:
+    """One step's work: `updates` (each the list of micro-batches of one optimizer step, their gradients
+    summed) and `figures` to log for the step (tensors stay on the device until a log step)."""
+
+    updates: list[list[Any]]
+    figures: dict[str, Any] = field(default_factory=dict)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices only: norms' gains, biases and (1-D) other vectors are not regularised toward zero."""
-    decay, no_decay, seen = [], [], set()
-    for p in model.parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+class Objective:
+    """What a trainer plugs into the loop. `model` is what the loop trains, clips, saves and restores."""
+
+    name = "train"  # the progress bar's label
+    progress_keys: tuple[str, ...] = ("loss", "lr")  # figures shown on the progress bar
+    eval_before_training = False  # online trainers measure the starting policy (step 0)
+    tokens_per_step: int | None = None  # set: tokens/s (and MFU on CUDA) are logged
+    context: int = 0  # tokens per sequence, for the attention FLOPs of MFU
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def setup(self, device: torch.device) -> None:
+        """Move what else the objective runs (frozen models) to `device`; called once before training."""
+        self.device = device
+
+    def param_groups(self, cfg: LoopConfig) -> list[dict[str, Any]]:
+        """The optimizer's groups; a group may carry its own "peak_lr" / "min_lr" (else cfg.lr / cfg.min_lr)."""
+        return param_groups(self.model, cfg.weight_decay)
+
+    def clip_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters clipped together to cfg.grad_clip, by name ("" logs as grad_norm, "x" as grad_norm_x)."""
+        return {"": [p for p in self.model.parameters() if p.requires_grad]}
+
+    def work(self, step: int) -> StepWork:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss of one micro-batch, figures to log); `model` is the wrapped (compiled / DDP) model."""
+        raise NotImplementedError
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Figures of an evaluation at `step` ({}: nothing to evaluate)."""
+        return {}
+
+    def plot(self, records: list[dict[str, Any]], out_dir: Path) -> None:
+        from danlu.train.plots import plot_loss_curve
+
+        plot_loss_curve(out_dir / "metrics.jsonl", out_dir / "loss.png")
 
 
-class DistInfo:
-    """rank / world size from torchrun's environment; a single process when it is absent."""
+class BatchObjective(Objective):
+    """The offline stages: a model whose forward returns `.loss` on batches from `batch_fn(split, step, micro)`;
+    evaluation is the mean loss of `eval_batches` validation batches, plus `eval_fn(model)`'s figures."""
 
-    def __init__(self) -> None:
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.enabled = self.world_size > 1
+    def __init__(
+        self, model: nn.Module, batch_fn: BatchFn, cfg: TrainConfig, eval_fn=None, dist=None
+    ) -> None:
+        super().__init__(model)
+        self.batch_fn, self.cfg, self.eval_fn = batch_fn, cfg, eval_fn
+        self.dist = dist or DistInfo()
+        self.tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size
+        self.context = cfg.block_size
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+    def setup(self, device: torch.device) -> None:
+        super().setup(device)
+        use_bf16 = self.cfg.dtype == "bfloat16" or (self.cfg.dtype == "auto" and device.type == "cuda")
+        self.autocast = (
+            (lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16))
+            if use_bf16
+            else nullcontext
+        )
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def work(self, step: int) -> StepWork:
+        return StepWork(
+            [[self._to_device(self.batch_fn("train", step, m)) for m in range(self.cfg.grad_accum)]]
+        )
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        with self.autocast():
+            return model(**batch).loss, {}
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict[str, float]:
+        self.model.eval()
+        losses = []
+        for i in range(self.cfg.eval_batches):
+            with self.autocast():
+                losses.append(self.model(**self._to_device(self.batch_fn("val", i, 0))).loss.float())
+        result = {"val_loss": mean_over_ranks(torch.stack(losses).mean(), self.dist).item()}
+        if self.eval_fn is not None:
+            result.update(self.eval_fn(self.model))
+        self.model.train()
+        return result
 
 
 def train(
@@ -81,154 +172,123 @@ def train(
 
     `save_fn(model, dir)` writes a model checkpoint (model weights, config, tokenizer) into `dir`; the loop adds
     `trainer_state.json` and `optimizer.pt` beside it for `resume=True`. `eval_fn(model)` may add metrics to each
-    evaluation. `on_step(step, metrics)` is called after each step (tests use it to interrupt a run).
-    Ctrl-C stops at the end of the current step, saves a checkpoint and raises TrainingInterrupted.
-    Returns a summary: steps, first/final train and validation loss, tokens seen, seconds.
+    evaluation. `on_step(step, record)` is called after each step (tests use it to interrupt a run); `record`
+    holds the loss only at log steps. Ctrl-C stops at the end of the current step, saves a checkpoint and raises
+    TrainingInterrupted. Returns a summary: steps, first/final train and validation loss, tokens, seconds.
     """
-    out_dir = Path(out_dir)
     dist = DistInfo()
     if cfg.batch_size % dist.world_size:
         raise DanluError(f"batch_size {cfg.batch_size} is not divisible by the {dist.world_size} processes")
-    device = resolve_device(cfg.device)
-    if dist.enabled:
-        import torch.distributed as tdist
-
-        if device.type == "cuda":
-            device = torch.device("cuda", dist.local_rank)
-            torch.cuda.set_device(device)
-        if not tdist.is_initialized():
-            tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     block_limit = getattr(getattr(model, "config", None), "block_size", None)
     if block_limit is not None and cfg.block_size > block_limit:
         raise DanluError(
             f"block_size {cfg.block_size} is larger than the model's context ({block_limit} positions); "
             f"use --block-size {block_limit} or less, or a model with a longer context"
         )
+    objective = BatchObjective(model, batch_fn, cfg, eval_fn, dist)
+    return run(objective, cfg, out_dir, save_fn=save_fn, resume=resume, on_step=on_step)
+
+
+def run(
+    objective: Objective,
+    cfg: LoopConfig,
+    out_dir: str | Path,
+    save_fn: Callable[[nn.Module, Path], None] | None = None,
+    resume: bool = False,
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """The loop: `cfg.max_steps` steps of `objective`'s work, logged, evaluated, plotted and checkpointed."""
+    out_dir = Path(out_dir)
+    dist = DistInfo()
+    device = setup_device(cfg.device, dist)
     torch.manual_seed(cfg.seed)
-    model.to(device)
-    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
-    optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay),
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        fused=device.type == "cuda",  # one kernel for all parameters on GPU
-    )
+    model = objective.model.to(device)
+    objective.setup(device)
+    # Wrapped before the optimizer is built: a sharding strategy (FSDP2) replaces the parameters it optimizes.
+    train_model = wrap_model(model, cfg, dist, device)
+    optimizer = build_optimizer(objective.param_groups(cfg), cfg, device)
     start_step, history = 0, {"first_train_loss": None, "first_val_loss": None}
     if resume:
-        start_step, history = _restore(out_dir, model, optimizer, device)
-    train_model: nn.Module = model
-    if cfg.compile:
-        train_model = torch.compile(model)
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    metrics_path = out_dir / "metrics.jsonl"
-    if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _truncate_metrics(metrics_path, start_step)
-
-    def log(record: dict[str, Any]) -> None:
-        if dist.is_main:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-    @torch.no_grad()
-    def evaluate(step: int) -> dict[str, float]:
-        model.eval()
-        losses = []
-        for i in range(cfg.eval_batches):
-            with autocast:
-                losses.append(model(**to_device(batch_fn("val", i, 0))).loss.float())
-        val_loss = _mean_over_ranks(torch.stack(losses).mean(), dist).item()
-        result = {"val_loss": val_loss}
-        if eval_fn is not None:
-            result.update(eval_fn(model))
-        model.train()
-        if history["first_val_loss"] is None:
-            history["first_val_loss"] = val_loss
-        log({"step": step, **result})
-        return result
+        state = restore_training_state(out_dir, model, optimizer, device)
+        start_step, history = int(state["step"]), state.get("history", history)
+    log = MetricsLog(out_dir, start_step, enabled=dist.is_main)
+    clip_groups = objective.clip_groups()
+    speed = _Speed(objective, model, device, dist, start_step)
 
     def checkpoint(step: int) -> Path | None:
-        if not dist.is_main or save_fn is None:
+        if save_fn is None:
             return None
-        state = {"step": step, "train_config": asdict(cfg), "history": history, "world_size": dist.world_size}
-        extra = {"optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
-        if device.type == "cuda":
-            extra["rng_cuda"] = torch.cuda.get_rng_state(device)
         # Weights, optimizer, state and tokenizer written whole, then published by rename (train/checkpoint.py).
-        return save_checkpoint(out_dir, lambda d: save_fn(model, d), extra, state)
+        return save_training_state(
+            out_dir, model, save_fn, optimizer, {"step": step, "history": history}, cfg, dist, device
+        )
 
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size
+    def evaluate(step: int) -> dict[str, float]:
+        result = objective.evaluate(step)
+        if result:
+            history.setdefault("first_eval", result)
+            if history["first_val_loss"] is None and "val_loss" in result:
+                history["first_val_loss"] = result["val_loss"]
+        return result
+
     bar = None
     if cfg.show_progress and dist.is_main:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.max_steps, initial=start_step, desc=objective.name, unit="step", dynamic_ncols=True
+        )
     model.train()
     t0 = time.perf_counter()
-    last_val: dict[str, float] = {}
-    train_loss = float("nan")
+    if objective.eval_before_training and start_step == 0:
+        first = evaluate(0)
+        if first:
+            log.write({"step": 0, **first})
+    last_eval: dict[str, float] = {}
+    last: dict[str, Any] = {}
+    meter = Meter()
     stop = _CtrlC(enabled=not dist.enabled)  # under DDP every process gets the signal: keep its default
     try:
         for step in range(start_step, cfg.max_steps):
-            lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr, cfg.decay)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(cfg.grad_accum):
-                batch = to_device(batch_fn("train", step, micro))
-                # Only the last micro-batch all-reduces gradients across processes.
-                sync = micro == cfg.grad_accum - 1
-                ctx = train_model.no_sync() if dist.enabled and not sync else nullcontext()
-                with ctx:
-                    with autocast:
-                        loss = train_model(**batch).loss / cfg.grad_accum
-                    loss.backward()
-                loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            train_loss = _mean_over_ranks(loss_sum, dist).item()
-            if not math.isfinite(train_loss):
-                raise DanluError(
-                    f"training diverged at step {step + 1}: loss is {train_loss}; lower --lr (now {cfg.lr}) or "
-                    "raise --warmup-steps"
-                )
-            if history["first_train_loss"] is None:
-                history["first_train_loss"] = train_loss
-            elapsed = time.perf_counter() - t0
+            lr = set_lr(optimizer, step, cfg)
+            work = objective.work(step)
+            figures = _do_updates(objective, work, train_model, optimizer, clip_groups, cfg, dist)
+            meter.add({**figures, **work.figures})
             done = step + 1
-            record = {
-                "step": done,
-                "loss": train_loss,
-                "lr": lr,
-                "grad_norm": float(grad_norm),
-                "tokens": done * tokens_per_step,
-                "elapsed_s": round(elapsed, 3),
-                "tok_per_s": round((done - start_step) * tokens_per_step / max(elapsed, 1e-9), 1),
-            }
-            log(record)
+            is_last = done == cfg.max_steps
+            evals = (cfg.eval_interval and done % cfg.eval_interval == 0) or is_last
+            evals = evals or (done == 1 and not objective.eval_before_training)
+            saves = save_fn is not None and (
+                is_last or bool(cfg.ckpt_interval and done % cfg.ckpt_interval == 0)
+            )
+            record: dict[str, Any] = {"step": done, "lr": lr}
+            # A log step reads the device's sums (the one host sync); so does any step that evaluates or saves.
+            if done % cfg.log_interval == 0 or done == 1 or evals or saves or stop.requested or is_last:
+                record |= meter.means(reduce=lambda t: mean_over_ranks(t, dist))
+                _check_finite(record, done, cfg)
+                if history["first_train_loss"] is None and "loss" in record:
+                    history["first_train_loss"] = record["loss"]
+                record |= speed(done, time.perf_counter() - t0)
+                history["last_loss"] = record.get("loss")
+                if evals and (result := evaluate(done)):
+                    record |= result
+                    last_eval = history["last_eval"] = result
+                last = record
+                log.write(record)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(
-                    loss=f"{train_loss:.3f}", lr=f"{lr:.1e}", **{k: f"{v:.3f}" for k, v in last_val.items()}
-                )
-            is_last = done == cfg.max_steps
-            if (cfg.eval_interval and done % cfg.eval_interval == 0) or is_last or done == 1:
-                last_val = evaluate(done)
-            saved = None
-            if is_last or (cfg.ckpt_interval and done % cfg.ckpt_interval == 0):
-                saved = checkpoint(done)
+                if record is last:
+                    shown = {
+                        k: record[k] for k in (*objective.progress_keys, "val_loss", "mfu") if k in record
+                    }
+                    bar.set_postfix({k: f"{v:.3g}" if isinstance(v, float) else v for k, v in shown.items()})
+            saved = checkpoint(done) if saves else None
             if on_step is not None:
                 on_step(done, record)
             if stop.requested and not is_last:
+                if meter:  # Ctrl-C came after this step's log check: its window still goes into the log
+                    record |= meter.means(reduce=lambda t: mean_over_ranks(t, dist))
+                    log.write(record | speed(done, time.perf_counter() - t0))
                 if bar is not None:
                     bar.close()
                 saved = saved or checkpoint(done)
@@ -242,52 +302,99 @@ def train(
         stop.restore()
     if bar is not None:
         bar.close()
-    if start_step >= cfg.max_steps and dist.is_main:  # resumed a finished run: its last figures from the log
-        for rec in map(json.loads, metrics_path.read_text().splitlines() if metrics_path.exists() else []):
-            train_loss = rec.get("loss", train_loss)
-            last_val = {k: v for k, v in rec.items() if k != "step"} if "val_loss" in rec else last_val
+    if start_step >= cfg.max_steps:  # resumed a finished run: its last figures, as its checkpoint kept them
+        last, last_eval = {"loss": history.get("last_loss", float("nan"))}, history.get("last_eval", {})
+    seconds = time.perf_counter() - t0
     if dist.is_main:
-        from danlu.train.plots import plot_loss_curve
+        objective.plot(log.records(), out_dir)
+    return _summary(objective, cfg, history, last, last_eval, seconds)
 
-        plot_loss_curve(metrics_path, out_dir / "loss.png")
-    return {
+
+def _do_updates(objective, work, train_model, optimizer, clip_groups, cfg, dist) -> dict[str, torch.Tensor]:
+    """The step's optimizer updates; returns its mean loss, gradient norms and loss figures (on the device)."""
+    loss_sum: torch.Tensor | None = None
+    sums: dict[str, torch.Tensor] = {}
+    norms: dict[str, torch.Tensor] = {}
+    n_micro = 0
+    for micro_batches in work.updates:
+        update_loss = None
+        for i, batch in enumerate(micro_batches):
+            with no_sync(train_model, dist, last_micro=i == len(micro_batches) - 1):
+                loss, figures = objective.loss(train_model, batch)
+                loss = loss / len(micro_batches)
+                loss.backward()
+            update_loss = loss.detach() if update_loss is None else update_loss + loss.detach()
+            for k, v in figures.items():
+                sums[k] = wide(v) if k not in sums else sums[k] + wide(v)
+            n_micro += 1
+        for name, norm in clip_gradients(clip_groups, cfg.grad_clip).items():
+            key = f"grad_norm_{name}" if name else "grad_norm"
+            norms[key] = norm if key not in norms else norms[key] + norm
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = update_loss if loss_sum is None else loss_sum + update_loss
+    n_updates = len(work.updates)
+    out = {"loss": loss_sum / n_updates if n_updates > 1 else loss_sum}
+    out |= {k: v / n_updates if n_updates > 1 else v for k, v in norms.items()}
+    out |= {k: v / n_micro for k, v in sums.items()}
+    return out
+
+
+class _Speed:
+    """Elapsed time, tokens and tokens/s of a log record; MFU on a CUDA device with a known peak."""
+
+    def __init__(self, objective: Objective, model: nn.Module, device: torch.device, dist: DistInfo,
+                 start_step: int) -> None:  # fmt: skip
+        self.tokens_per_step, self.start_step, self.world_size = (
+            objective.tokens_per_step,
+            start_step,
+            dist.world_size,
+        )
+        self.peak = peak_flops(device) if self.tokens_per_step else None
+        self.flops = flops_per_token(model, objective.context) if self.peak else 0.0
+
+    def __call__(self, done: int, elapsed: float) -> dict[str, float]:
+        out: dict[str, float] = {"elapsed_s": round(elapsed, 3)}
+        if self.tokens_per_step:
+            tok_per_s = (done - self.start_step) * self.tokens_per_step / max(elapsed, 1e-9)
+            out |= {"tokens": done * self.tokens_per_step, "tok_per_s": round(tok_per_s, 1)}
+            if self.peak:  # per device: under DDP each process does 1/world_size of the tokens
+                out["mfu"] = round(mfu(tok_per_s / self.world_size, self.flops, self.peak), 4)
+        return out
+
+
+def _check_finite(record: dict[str, Any], step: int, cfg: LoopConfig) -> None:
+    loss = record.get("loss")
+    if loss is not None and not math.isfinite(loss):
+        when = (
+            f"at step {step}"
+            if cfg.log_interval == 1
+            else f"by step {step} (logged every {cfg.log_interval})"
+        )
+        raise DanluError(
+            f"training diverged {when}: loss is {loss}; lower --lr (now {cfg.lr}) or raise --warmup-steps"
+        )
+
+
+def _summary(objective, cfg, history, last, last_eval, seconds) -> dict[str, Any]:
+    summary = {
         "steps": cfg.max_steps,
         "first_train_loss": history["first_train_loss"],
-        "final_train_loss": train_loss,
+        "final_train_loss": last.get("loss", float("nan")),
         "first_val_loss": history["first_val_loss"],
-        "final_val_loss": last_val.get("val_loss"),
-        **{k: v for k, v in last_val.items() if k != "val_loss"},
-        "tokens": cfg.max_steps * tokens_per_step,
-        "seconds": round(time.perf_counter() - t0, 2),
+        "final_val_loss": last_eval.get("val_loss"),
+        **{k: v for k, v in last_eval.items() if k != "val_loss"},
     }
-
-
-def _mean_over_ranks(x: torch.Tensor, dist: DistInfo) -> torch.Tensor:
-    if not dist.enabled:
-        return x
-    import torch.distributed as tdist
-
-    x = x.detach().clone()
-    tdist.all_reduce(x, op=tdist.ReduceOp.SUM)
-    return x / dist.world_size
-
-
-def _restore(out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device):
-    """Load the newest complete checkpoint in `out_dir` (the previous one if the last save was cut short)."""
-    from danlu.models.checkpoints import load_model
-
-    ckpt_dir, _ = find_checkpoint(out_dir)
-    state = json.loads((ckpt_dir / "trainer_state.json").read_text())
-    model.load_state_dict(load_model(ckpt_dir).state_dict())
-    try:
-        extra = torch.load(ckpt_dir / "optimizer.pt", map_location=device, weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say so instead of a pickle traceback
-        raise DanluError(f"cannot resume: {ckpt_dir / 'optimizer.pt'} is unreadable ({e})") from e
-    optimizer.load_state_dict(extra["optimizer"])
-    torch.set_rng_state(extra["rng_cpu"].cpu())
-    if "rng_cuda" in extra and device.type == "cuda":
-        torch.cuda.set_rng_state(extra["rng_cuda"].cpu(), device)
-    return int(state["step"]), state.get("history", {"first_train_loss": None, "first_val_loss": None})
+    if objective.tokens_per_step:
+        summary["tokens"] = cfg.max_steps * objective.tokens_per_step
+        for k in ("tok_per_s", "mfu"):
+            if k in last:
+                summary[k] = last[k]
+    if objective.eval_before_training:
+        summary["first_eval"] = history.get("first_eval")
+        summary["last_eval"] = last_eval or None
+    summary["seconds"] = round(seconds, 2)
+    return summary
 
 
 class _CtrlC:
@@ -319,14 +426,3 @@ class _CtrlC:
 
             signal.signal(signal.SIGINT, self.previous)
             self.previous = None
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop records past the checkpoint so the log reads as one uninterrupted run."""
-    if not path.exists():
-        return
-    if step == 0:
-        path.unlink()
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))

@@ -178,7 +178,7 @@ def test_grpo_trainer_runs_every_variant(variant, world, tokenizer, make_gpt, tm
     records = [r for r in world.sft_records("train") if r["kind"] == "arith"][:4]
     policy = make_gpt()
     before = [p.detach().clone() for p in policy.parameters()]
-    cfg = GRPOConfig(steps=1, prompts_per_step=2, group_size=4, max_new_tokens=3, inner_epochs=2,
+    cfg = GRPOConfig(max_steps=1, prompts_per_step=2, group_size=4, max_new_tokens=3, inner_epochs=2,
                      loss=variant, clip_high=0.28, device="cpu", lr=1e-3)  # fmt: skip
     grpo(policy, tokenizer, records, tmp_path / variant, cfg, show_progress=False)
     logged = [json.loads(x) for x in (tmp_path / variant / "metrics.jsonl").read_text().splitlines()]

@@ -98,7 +98,7 @@ def test_ppo_runs_and_starts_at_zero_kl(world, tokenizer, make_gpt, tmp_path):
     prompts = _chat(tokenizer, [r["prompt"] for r in world.preference_records("train")[:8]])
     before = {k: v.clone() for k, v in actor.state_dict().items()}
     cfg = PPOConfig(
-        steps=2, batch_size=4, minibatch_size=2, max_new_tokens=6, eval_interval=2, lr=1e-3, device="cpu"
+        max_steps=2, batch_size=4, minibatch_size=2, max_new_tokens=6, eval_interval=2, lr=1e-3, device="cpu"
     )
     summary = ppo(actor, critic, reward_model, tokenizer, prompts, tmp_path, cfg, eval_prompts=prompts[:3],
                   show_progress=False)  # fmt: skip
@@ -122,7 +122,7 @@ def test_grpo_runs_with_the_verifiable_reward(world, tokenizer, make_gpt, tmp_pa
     records = [r for r in world.sft_records("train") if r["kind"] == "arith"][:8]
     policy = make_gpt()
     cfg = GRPOConfig(
-        steps=2, prompts_per_step=2, group_size=4, max_new_tokens=4, eval_interval=2, device="cpu"
+        max_steps=2, prompts_per_step=2, group_size=4, max_new_tokens=4, eval_interval=2, device="cpu"
     )
     summary = grpo(
         policy, tokenizer, records, tmp_path / "g", cfg, eval_records=records[:4], show_progress=False

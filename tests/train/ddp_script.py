@@ -14,7 +14,7 @@ corpus = torch.randint(0, 64, (5000,), generator=torch.Generator().manual_seed(1
 model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=64, n_layer=2, n_embd=32, n_head=2, block_size=32))
 dist = DistInfo()
 cfg = TrainConfig(max_steps=6, batch_size=8, block_size=16, lr=3e-3, warmup_steps=2, eval_interval=3,
-                  eval_batches=2, grad_accum=2, show_progress=False)  # fmt: skip
+                  eval_batches=2, grad_accum=2, log_interval=2, show_progress=False)  # fmt: skip
 
 
 def batch_fn(split: str, step: int, micro: int) -> dict:

@@ -42,8 +42,12 @@ def _setup(tmp_path):
     return model, batch_fn
 
 
+def _records(out_dir):
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def _losses(out_dir):
-    recs = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    recs = _records(out_dir)
     return [r["loss"] for r in recs if "loss" in r], [r["val_loss"] for r in recs if "val_loss" in r]
 
 
@@ -88,7 +92,10 @@ def test_two_processes_match_one(tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     train_1, val_1 = _losses(tmp_path / "one")
     train_2, val_2 = _losses(tmp_path / "two")
-    assert len(train_1) == len(train_2) == 6 and len(val_1) == len(val_2) == 3
+    # logged every 2 steps, and at step 1 and at the evaluation of step 3: window means reduced over ranks
+    steps = [r["step"] for r in _records(tmp_path / "two") if "loss" in r]
+    assert steps == [r["step"] for r in _records(tmp_path / "one") if "loss" in r] == [1, 2, 3, 4, 6]
+    assert len(train_1) == len(train_2) == 5 and len(val_1) == len(val_2) == 3
     assert max(abs(a - b) for a, b in zip(train_1 + val_1, train_2 + val_2)) < 1e-4
 
 
