@@ -34,6 +34,9 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
     dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 elsewhere) | "float32" | "bfloat16"
     compile: bool = False
+    # "auto": DDP under torchrun, one process otherwise | "single" | "ddp" | "fsdp" (danlu.train.distributed)
+    strategy: str = "auto"
+    gradient_checkpointing: bool = False  # recompute each block's activations in backward (danlu.train.plan)
     show_progress: bool = True
 
     def __post_init__(self) -> None:
@@ -57,6 +60,10 @@ class TrainConfig:
             (
                 self.dtype in ("auto", "float32", "bfloat16"),
                 f"dtype must be auto|float32|bfloat16: {self.dtype!r}",
+            ),
+            (
+                self.strategy in ("auto", "single", "ddp", "fsdp"),
+                f"strategy must be auto|single|ddp|fsdp: {self.strategy!r}",
             ),
         ]
         bad = [msg for ok, msg in checks if not ok]

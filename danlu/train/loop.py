@@ -29,6 +29,7 @@ from danlu.errors import DanluError
 from danlu.fileio import atomic_write_text
 from danlu.train.checkpoint import TrainingInterrupted, find_checkpoint, save_checkpoint
 from danlu.train.config import TrainConfig
+from danlu.train.distributed import enable_gradient_checkpointing, grad_sync, plain_number, resolve_strategy
 from danlu.train.schedule import lr_at
 
 BatchFn = Callable[[str, int, int], dict[str, torch.Tensor]]
@@ -106,6 +107,13 @@ def train(
         )
     torch.manual_seed(cfg.seed)
     model.to(device)
+    strategy = resolve_strategy(cfg.strategy, dist.world_size)  # danlu.train.distributed
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if strategy == "fsdp":  # in place, before the optimizer sees the parameters (danlu.train.fsdp)
+        from danlu.train.fsdp import restore_sharded, save_sharded_checkpoint, shard_model
+
+        shard_model(model, device)
     use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
     optimizer = torch.optim.AdamW(
@@ -116,14 +124,15 @@ def train(
     )
     start_step, history = 0, {"first_train_loss": None, "first_val_loss": None}
     if resume:
-        start_step, history = _restore(out_dir, model, optimizer, device)
+        restore = restore_sharded if strategy == "fsdp" else _restore
+        start_step, history = restore(out_dir, model, optimizer, device)
     train_model: nn.Module = model
     if cfg.compile:
         train_model = torch.compile(model)
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    if strategy == "ddp":
+        from danlu.train.distributed import wrap_ddp
 
-        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = wrap_ddp(train_model, device)
 
     metrics_path = out_dir / "metrics.jsonl"
     if dist.is_main:
@@ -156,12 +165,15 @@ def train(
         return result
 
     def checkpoint(step: int) -> Path | None:
-        if not dist.is_main or save_fn is None:
+        if save_fn is None or (not dist.is_main and strategy != "fsdp"):  # FSDP: every rank saves its shard
             return None
         state = {"step": step, "train_config": asdict(cfg), "history": history, "world_size": dist.world_size}
-        extra = {"optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
+        extra = {"rng_cpu": torch.get_rng_state()}
         if device.type == "cuda":
             extra["rng_cuda"] = torch.cuda.get_rng_state(device)
+        if strategy == "fsdp":
+            return save_sharded_checkpoint(out_dir, model, optimizer, save_fn, extra, state)
+        extra["optimizer"] = optimizer.state_dict()
         # Weights, optimizer, state and tokenizer written whole, then published by rename (train/checkpoint.py).
         return save_checkpoint(out_dir, lambda d: save_fn(model, d), extra, state)
 
@@ -186,8 +198,7 @@ def train(
                 batch = to_device(batch_fn("train", step, micro))
                 # Only the last micro-batch all-reduces gradients across processes.
                 sync = micro == cfg.grad_accum - 1
-                ctx = train_model.no_sync() if dist.enabled and not sync else nullcontext()
-                with ctx:
+                with grad_sync(train_model, strategy, sync):
                     with autocast:
                         loss = train_model(**batch).loss / cfg.grad_accum
                     loss.backward()
@@ -209,7 +220,7 @@ def train(
                 "step": done,
                 "loss": train_loss,
                 "lr": lr,
-                "grad_norm": float(grad_norm),
+                "grad_norm": plain_number(grad_norm),
                 "tokens": done * tokens_per_step,
                 "elapsed_s": round(elapsed, 3),
                 "tok_per_s": round((done - start_step) * tokens_per_step / max(elapsed, 1e-9), 1),
