@@ -20,10 +20,12 @@ Memory per process, fp32 master weights (mixed precision only changes transient 
       output) + (C + 2·kv) q,k,v + (C + kv) RoPE's rotated q,k + C attention output + n_head softmax
       log-sum-exp + (2·I for GELU: fc output and activation | 4·I for SwiGLU: gate, silu, up, product);
       once: final norm + V log-probabilities of the loss;
-    with gradient checkpointing: C per layer (each block's input) + one layer's full set + the once-part.
-  Peak during a step: weights + AdamW + max(activations + 2·B·T·V·4 (the loss's gradient of the log-probs
-  and of the logits, alive together at the start of the backward), gradients): with zero_grad(set_to_none),
-  the gradients grow while the activations are freed.
+    with gradient checkpointing: C per layer (each block's input) + the once-part, and during the backward
+    one layer's full set at a time (recomputed).
+  Peak during a step = weights + AdamW + the larger of two moments of the backward pass (zero_grad sets the
+  gradients to None, so they grow while the activations are freed):
+    its start: activations + 2·B·T·V·4 (the gradients of the log-probs and of the logits, alive together);
+    its end: all gradients (+ with checkpointing, the block inputs and one recomputed layer).
 KV cache at inference: 2·L·B·T·kv elements (keys and values of every layer).
 
 Speed: tokens/s = MFU · peak FLOP/s / training FLOPs per token. On a GPU the peak is the datasheet's dense
@@ -92,8 +94,9 @@ def count_params(cfg: Any) -> tuple[int, int]:
     return total, matmul
 
 
-def activation_elements_per_token(cfg: Any, T: int, recompute: bool) -> float:
-    """Elements autograd keeps per token for the backward pass (the module docstring's count)."""
+def activation_elements_per_token(cfg: Any, recompute: bool) -> tuple[float, float]:
+    """(elements autograd keeps per token through the forward pass, elements one recomputed layer adds
+    during the backward pass: 0 without checkpointing), the module docstring's count."""
     C, L, V, I = cfg.n_embd, cfg.n_layer, cfg.vocab_size, cfg.intermediate_size
     kv = cfg.n_kv_head * cfg.head_size
     norm = 2 * C if cfg.norm == "layernorm" else 3 * C
@@ -102,8 +105,8 @@ def activation_elements_per_token(cfg: Any, T: int, recompute: bool) -> float:
     layer = 2 * norm + (C + 2 * kv) + rope + C + cfg.n_head + mlp
     once = norm + V
     if recompute:  # each block's input kept; one block's set rebuilt at a time in the backward pass
-        return L * C + layer + once
-    return L * layer + once
+        return L * C + once, layer
+    return L * layer + once, 0.0
 
 
 def plan_training(
@@ -132,11 +135,16 @@ def plan_training(
     if strategy == "fsdp" and shard > 1:  # one block's full weights and gradients exist while it runs
         block = (N_matmul - cfg.vocab_size * C) / L
         weights, grads = weights + 4 * block, grads + 4 * block
-    act_plain = 4 * B * T * activation_elements_per_token(cfg, T, False)
-    act_recompute = 4 * B * T * activation_elements_per_token(cfg, T, True)
+    act_plain = 4 * B * T * activation_elements_per_token(cfg, False)[0]
+    kept, recomputed = (4 * B * T * n for n in activation_elements_per_token(cfg, True))
+    act_recompute = kept + recomputed
     act = act_recompute if gradient_checkpointing else act_plain
     loss_transient = 2 * 4 * B * T * cfg.vocab_size
-    peak = weights + adam + max(act + loss_transient, grads)
+    if gradient_checkpointing:  # the loss part is freed before the first block is recomputed
+        inputs = 4 * B * T * L * C
+        peak = weights + adam + max(kept + loss_transient, grads + inputs + recomputed)
+    else:
+        peak = weights + adam + max(act + loss_transient, grads)
     kv_cache = 4 * 2 * L * B * T * cfg.n_kv_head * cfg.head_size
     return Plan(
         params=N,
