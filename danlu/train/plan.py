@@ -35,6 +35,8 @@ CPU `calibrate_cpu` times a few training steps of the same shapes (one layer) an
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -81,10 +83,16 @@ class Plan:
 def count_params(cfg: Any) -> tuple[int, int]:
     """(all parameters, parameters of matrix multiplies), exactly, by building the model on the meta device
     (no memory, no compute). For GPT-2 shapes N ≈ 12·L·C² + V·C (Kaplan et al. 2020, Table 1)."""
+    return _count_params(json.dumps(cfg.to_dict(), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=64)
+def _count_params(cfg_json: str) -> tuple[int, int]:
     import torch
 
-    from danlu.models.gpt import GPT
+    from danlu.models.gpt import GPT, GPTConfig
 
+    cfg = GPTConfig.from_dict(json.loads(cfg_json))
     with torch.device("meta"):
         model = GPT(cfg)
     total = sum(p.numel() for p in model.parameters())  # a tied head is one tensor, counted once
@@ -164,16 +172,24 @@ def plan_training(
 
 
 def largest_micro_batch(cfg: Any, block_size: int, memory_bytes: float, **kwargs: Any) -> int:
-    """The largest per-process micro-batch whose planned peak fits `memory_bytes` (0 when none does).
-    The peak is affine in B, so two plans give the slope; the answer is then checked and stepped down."""
+    """The largest per-process micro-batch whose planned peak fits `memory_bytes` (0 when none does; at most
+    2**24). The peak never falls as B grows: double B until it does not fit, then bisect."""
     world = kwargs.get("world_size", 1)
-    one = plan_training(cfg, world, block_size, **kwargs).peak_train_bytes
-    two = plan_training(cfg, 2 * world, block_size, **kwargs).peak_train_bytes
-    per_seq = max(two - one, 1.0)
-    B = max(0, int((memory_bytes - one) // per_seq) + 1)
-    while B > 0 and plan_training(cfg, B * world, block_size, **kwargs).peak_train_bytes > memory_bytes:
-        B -= 1
-    return B
+
+    def fits(B: int) -> bool:
+        return plan_training(cfg, B * world, block_size, **kwargs).peak_train_bytes <= memory_bytes
+
+    if not fits(1):
+        return 0
+    low, high = 1, 2
+    while fits(high) and high < 2**24:
+        low, high = high, 2 * high
+    if fits(high):
+        return high
+    while high - low > 1:  # fits(low), not fits(high)
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
 
 
 def calibrate_cpu(cfg: Any, batch_size: int, block_size: int, steps: int = 3) -> float:
