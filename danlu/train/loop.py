@@ -294,6 +294,11 @@ def _restore(out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, 
         extra = torch.load(ckpt_dir / "optimizer.pt", map_location=device, weights_only=True)
     except Exception as e:  # a truncated or foreign file: say so instead of a pickle traceback
         raise DanluError(f"cannot resume: {ckpt_dir / 'optimizer.pt'} is unreadable ({e})") from e
+    if "optimizer" not in extra:  # danlu.train.fsdp keeps the optimizer in the checkpoint's sharded/ folder
+        raise DanluError(
+            f"cannot resume: {ckpt_dir} was saved by a --strategy fsdp run (its optimizer state is sharded); "
+            "resume it under torchrun with --strategy fsdp, or start afresh from its model.safetensors"
+        )
     optimizer.load_state_dict(extra["optimizer"])
     torch.set_rng_state(extra["rng_cpu"].cpu())
     if "rng_cuda" in extra and device.type == "cuda":

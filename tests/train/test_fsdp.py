@@ -52,7 +52,13 @@ def test_fsdp_two_processes_match_one_and_resume_exactly(tmp_path):
     assert sharded.lm_head.weight is sharded.wte.weight  # still tied
     for name, w in single.state_dict().items():
         torch.testing.assert_close(sharded.state_dict()[name], w, atol=1e-5, rtol=0)
-    # a truncated shard: one clear error on every rank, not a traceback
+    # one process cannot pick up the sharded optimizer: one clear error
+    model = GPT(GPTConfig.from_name("llama-tiny", vocab_size=64, n_layer=2, n_embd=36, n_head=3, n_kv_head=1,
+                                    block_size=32))  # fmt: skip
+    cfg = TrainConfig(max_steps=7, batch_size=8, block_size=16, show_progress=False)
+    with pytest.raises(DanluError, match="saved by a --strategy fsdp run .* resume it under torchrun"):
+        train(model, lambda *a: {}, cfg, tmp_path / "two" / "full", resume=True)
+    # a broken shard: one clear error on every rank, not a traceback
     for rank in (0, 1):
         message = (tmp_path / "two" / f"corrupt{rank}.txt").read_text()
         assert message.startswith("cannot resume: the shards in ") and "sharded" in message
