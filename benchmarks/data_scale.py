@@ -131,6 +131,10 @@ def main() -> None:
             print(name, json.dumps(r), flush=True)
         s = results["small"]
         ratio = s["prepare_2"]["MB/s"] / s["prepare_1"]["MB/s"]
+        load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(
+            f"load average (1 / 5 / 15 min) {load} on {os.cpu_count()} CPUs: the wall-clock ratio needs 2 idle cores"
+        )
         print(f"\nprepare MB/s on {s['corpus_MB']} MB: 1 worker {s['prepare_1']['MB/s']}, 2 workers "
               f"{s['prepare_2']['MB/s']}: {ratio:.2f}x (goal >= 1.6x on 2 cores)")  # fmt: skip
         # On a shared machine the wall-clock ratio measures the scheduler (Linux autogroups give a session one

@@ -148,6 +148,7 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_train_args(p)
     heavy(p, run_pretrain, validate=check_pretrain_args)
+    register_plan(sub)
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
@@ -163,4 +164,99 @@ def run_pretrain(args: argparse.Namespace) -> int:
     if DistInfo().is_main:
         print(json.dumps(result.summary, indent=2))
         print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- danlu plan
+def register_plan(sub) -> None:
+    from danlu.flags import heavy
+    from danlu.train.plan import DEVICES
+
+    p = sub.add_parser("plan", help="what a training run will cost: parameters, FLOPs, memory, time")
+    p.add_argument(
+        "--preset", default="llama-tiny", help="model preset (gpt2-tiny, llama-tiny, gpt2-small, ...)"
+    )
+    p.add_argument(
+        "--model", help="a checkpoint folder whose config.json gives the shape (instead of --preset)"
+    )
+    p.add_argument("--vocab-size", type=int, help="tokenizer vocabulary size; none = the preset's")
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="sequences per micro-batch, summed over all processes"
+    )
+    p.add_argument("--block-size", type=int, default=128, help="tokens per training sequence")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--max-steps", type=int, default=1000, help="optimizer steps to train")
+    p.add_argument("--nproc", type=int, default=1, help="processes (devices) the run uses under torchrun")
+    p.add_argument("--strategy", default="auto", choices=("auto", "single", "ddp", "fsdp"),
+                   help="auto = DDP under torchrun, else one process; fsdp shards weights, gradients and "
+                   "optimizer state across the torchrun processes (FSDP2)")  # fmt: skip
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False,
+                   help="recompute each block's activations in the backward pass: less memory, about 1/3 "
+                   "more compute")  # fmt: skip
+    p.add_argument("--hardware", default="cpu", choices=("cpu", *DEVICES),
+                   help="device the speed and memory figures are for; cpu is measured by a short calibration")  # fmt: skip
+    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed on a GPU (0-1]")
+    p.add_argument(
+        "--memory", type=float, help="GiB per device for the largest micro-batch; none = the device's"
+    )
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    heavy(p, run_plan, device=False, validate=check_plan_args)
+
+
+def check_plan_args(args: argparse.Namespace) -> None:
+    from danlu.errors import DanluError
+
+    if args.model:
+        check_paths(args.model, what="checkpoint")
+    else:
+        check_preset(args.preset)
+    for name in ("batch_size", "block_size", "grad_accum", "max_steps", "nproc"):
+        if getattr(args, name) <= 0:
+            raise DanluError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not 0 < args.mfu <= 1:
+        raise DanluError(f"--mfu is a fraction of the peak in (0, 1], got {args.mfu}")
+    if args.memory is not None and args.memory <= 0:
+        raise DanluError(f"--memory is GiB per device and must be positive, got {args.memory}")
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from danlu.models.gpt import GPTConfig
+    from danlu.train import plan as planner
+    from danlu.train.distributed import resolve_strategy
+
+    if args.model:
+        from danlu.models.checkpoints import read_config
+        from danlu.models.hf_gpt import config_from_hf
+
+        hf = read_config(Path(args.model))
+        block = hf.get("danlu", {})
+        cfg = GPTConfig.from_dict(block["config"]) if block.get("family") == "gpt" else config_from_hf(hf)
+        if args.vocab_size:
+            cfg.vocab_size = args.vocab_size
+    else:
+        cfg = GPTConfig.from_name(args.preset, **({"vocab_size": args.vocab_size} if args.vocab_size else {}))
+    strategy = resolve_strategy(args.strategy, args.nproc)
+    kw = dict(world_size=args.nproc, strategy=strategy, gradient_checkpointing=args.gradient_checkpointing)
+    plan = planner.plan_training(cfg, args.batch_size, args.block_size, grad_accum=args.grad_accum, **kw)
+    if args.hardware == "cpu":
+        flops_s = (
+            planner.calibrate_cpu(cfg, max(1, args.batch_size // args.nproc), args.block_size) * args.nproc
+        )
+        where = "this CPU"
+        device_memory = planner.available_memory()
+    else:
+        device = planner.DEVICES[args.hardware]
+        flops_s = args.mfu * device["peak_flops"] * args.nproc
+        where = f"{args.nproc}× {args.hardware}"
+        device_memory = device["memory_gib"] * planner.GiB
+    memory = args.memory * planner.GiB if args.memory else device_memory
+    largest = planner.largest_micro_batch(cfg, args.block_size, memory, **kw)
+    tok_s = planner.tokens_per_second(plan, flops_s)
+    if args.json:
+        result = {**plan.to_dict(), "strategy": strategy, "hardware": args.hardware, "flops_per_second": flops_s,
+                  "tokens_per_second": tok_s, "seconds": plan.tokens_per_step * args.max_steps / tok_s,
+                  "memory_bytes": memory, "largest_micro_batch": largest}  # fmt: skip
+        print(json.dumps(result, indent=2))
+    else:
+        print(planner.describe(plan, tok_s, where, args.max_steps, largest, memory))
     return 0

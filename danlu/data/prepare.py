@@ -4,8 +4,10 @@
 
 Streaming: the main process reads raw records in batches of ~1 MiB (`sources.iter_batches`), at most
 `3 × workers` batches are in flight, and each worker parses and tokenizes its batch and sends back compact
-arrays; the main process only appends ids to the open shard of each split. Memory stays bounded by the batch
-size, whatever the corpus size. `workers=1` tokenizes in-process.
+arrays (numpy ids, lengths and split codes: a few pickled buffers, not lists of ints); the main process
+only appends ids to the open shard of each split, in one write per split and batch unless a shard closes
+inside the batch (`_append_whole`), so its share of the CPU stays small beside the workers'. Memory stays
+bounded by the batch size, whatever the corpus size. `workers=1` tokenizes in-process.
 
 Validation split: a document goes to `val` when the blake2b hash of its text falls in the first
 `val_fraction` of the hash range: deterministic, independent of order and of the number of workers, and exact
@@ -148,10 +150,10 @@ class _SplitWriter:
         name = f"{self.split}_{len(self.shards):06d}.bin"
         return self.folder / (name + ".partial" if partial else name)
 
-    def append(self, ids: np.ndarray) -> None:
+    def append(self, ids: np.ndarray, documents: int = 1) -> None:
         self.file.write(ids.tobytes())
         self.tokens += len(ids)
-        self.documents += 1
+        self.documents += documents
 
     def sync(self) -> dict:
         self.file.flush()
@@ -266,25 +268,27 @@ def prepare(
     batches = iter_batches(files, opts.field, opts.txt_docs, splits, position)
     try:
         for batch, (codes, lengths, ids) in encoder.map(batches):
-            cursor = 0
-            for j, code in enumerate(codes):
-                n = int(lengths[j])
-                if code == SKIP:
-                    stats["empty_documents"] += 1
-                    continue
-                stats["documents"] += 1
-                writer = writers[SPLITS[code]]
-                writer.append(ids[cursor : cursor + n])
-                cursor += n
-                if writer.tokens >= opts.shard_tokens:
-                    commits += 1
-                    writer.close_shard()
-                    _test_hook(commits, "renamed")
-                    stats["bytes_done"] = done_bytes + _batch_bytes(batch, j + 1)
-                    _write_progress(
-                        out, key, tok_hash, writers, batch.file_index, batch.ends[j], stats, commits
-                    )
-                    _test_hook(commits, "progress")
+            split_codes = np.frombuffer(codes, dtype=np.uint8)
+            if not _append_whole(split_codes, lengths, ids, writers, stats, opts.shard_tokens):
+                cursor = 0
+                for j, code in enumerate(codes):
+                    n = int(lengths[j])
+                    if code == SKIP:
+                        stats["empty_documents"] += 1
+                        continue
+                    stats["documents"] += 1
+                    writer = writers[SPLITS[code]]
+                    writer.append(ids[cursor : cursor + n])
+                    cursor += n
+                    if writer.tokens >= opts.shard_tokens:
+                        commits += 1
+                        writer.close_shard()
+                        _test_hook(commits, "renamed")
+                        stats["bytes_done"] = done_bytes + _batch_bytes(batch, j + 1)
+                        _write_progress(
+                            out, key, tok_hash, writers, batch.file_index, batch.ends[j], stats, commits
+                        )
+                        _test_hook(commits, "progress")
             nbytes = _batch_bytes(batch, len(codes))
             done_bytes += nbytes
             read_bytes += nbytes
@@ -327,6 +331,26 @@ def prepare(
     atomic_write_text(out / INDEX, json.dumps(index, indent=1, ensure_ascii=False))
     (out / PROGRESS).unlink(missing_ok=True)
     return index
+
+
+def _append_whole(
+    codes: np.ndarray, lengths: np.ndarray, ids: np.ndarray, writers: dict, stats: dict, shard_tokens: int
+) -> bool:
+    """The fast path of the main process: when no shard of either split closes inside this batch, each split's
+    documents are appended in one write (the same bytes, in the same order, as one write per document).
+    False (nothing written) when a shard closes inside it: the caller then goes document by document, so
+    the shard ends, and progress.json's position, fall exactly after the closing document."""
+    per_token = np.repeat(codes, lengths)  # (n_ids,) the split code of every id
+    kept = codes != SKIP
+    totals = {s: int(lengths[codes == i].sum()) for i, s in enumerate(SPLITS)}
+    if any(writers[s].tokens + totals[s] >= shard_tokens for s in SPLITS if totals[s]):
+        return False
+    for i, s in enumerate(SPLITS):
+        if totals[s]:
+            writers[s].append(ids[per_token == i], documents=int((codes == i).sum()))
+    stats["documents"] += int(kept.sum())
+    stats["empty_documents"] += int((~kept).sum())
+    return True
 
 
 def _batch_bytes(batch: RawBatch, n_records: int) -> int:

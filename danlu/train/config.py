@@ -100,9 +100,23 @@ class TrainConfig(LoopConfig):
     grad_accum: int = option(1, "micro-batches per optimizer step")
     block_size: int = option(128, "tokens per training sequence")
     eval_batches: int = option(10, "validation batches per evaluation")
+    # "auto": DDP under torchrun, one process otherwise (danlu.train.distributed; FSDP2 in danlu.train.fsdp)
+    strategy: str = option(
+        "auto",
+        "auto = DDP under torchrun, else one process; fsdp shards weights, gradients and optimizer state "
+        "across the torchrun processes (FSDP2)",
+        choices=("auto", "single", "ddp", "fsdp"),
+    )
+    gradient_checkpointing: bool = option(
+        False, "recompute each block's activations in the backward pass: less memory, about 1/3 more compute"
+    )
 
     def problems(self) -> list[str]:
         checks = [
+            (
+                self.strategy in ("auto", "single", "ddp", "fsdp"),
+                f"strategy must be auto|single|ddp|fsdp: {self.strategy!r}",
+            ),
             (self.batch_size > 0, f"batch_size must be positive, got {self.batch_size}"),
             (self.grad_accum > 0, f"grad_accum must be positive, got {self.grad_accum}"),
             (self.block_size > 1, f"block_size must be at least 2, got {self.block_size}"),

@@ -62,4 +62,6 @@ def clip_gradients(clip_groups: dict[str, list[nn.Parameter]], max_norm: float) 
     """Clip each group's global gradient norm to `max_norm` (0: measure only); the norms stay on the device
     (reading them would wait for it: the loop reads them at log steps)."""
     limit = max_norm or float("inf")
-    return {name: torch.nn.utils.clip_grad_norm_(params, limit) for name, params in clip_groups.items()}
+    norms = {name: torch.nn.utils.clip_grad_norm_(params, limit) for name, params in clip_groups.items()}
+    # FSDP2's norm is a DTensor: its full value (a collective every rank joins, not a host sync)
+    return {name: n.full_tensor() if hasattr(n, "full_tensor") else n for name, n in norms.items()}

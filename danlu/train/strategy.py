@@ -59,22 +59,40 @@ def setup_device(name: str, dist: DistInfo) -> torch.device:
 
 
 def wrap_model(model: nn.Module, cfg: Any, dist: DistInfo, device: torch.device) -> nn.Module:
-    """The module the loop runs forward and backward through: `model` itself, compiled, and/or DDP-wrapped.
-    `model` keeps the weights the loop clips, evaluates and saves."""
+    """The module the loop runs forward and backward through: `model` itself (sharded in place under
+    `--strategy fsdp`, its blocks recomputed under `--gradient-checkpointing`), compiled, and/or DDP-wrapped.
+    `model` keeps the weights the loop clips, evaluates and saves. Called before the optimizer is built:
+    FSDP2 replaces the parameters with sharded ones (danlu.train.distributed explains the strategies)."""
+    from danlu.train.distributed import enable_gradient_checkpointing, resolve_strategy, wrap_ddp
+
+    strategy = resolve_strategy(getattr(cfg, "strategy", "auto"), dist.world_size)
+    if getattr(cfg, "gradient_checkpointing", False):
+        enable_gradient_checkpointing(model)
+    if strategy == "fsdp":
+        from danlu.train.fsdp import shard_model
+
+        shard_model(model, device)
     train_model: nn.Module = model
     if getattr(cfg, "compile", False):
         train_model = torch.compile(model)
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+    if strategy == "ddp":
+        train_model = wrap_ddp(train_model, device)
     return train_model
 
 
+def _sharded(model: nn.Module) -> bool:
+    """Whether `model` was fully_shard-ed (FSDP2 modules carry the gradient-sync switch)."""
+    return hasattr(model, "set_requires_gradient_sync")
+
+
 def no_sync(train_model: nn.Module, dist: DistInfo, last_micro: bool) -> Any:
-    """Under DDP only the last micro-batch of an update all-reduces the gradients."""
+    """Only the last micro-batch of an update averages the gradients across processes: DDP skips its
+    all-reduce, FSDP2 keeps unsharded gradients and reduce-scatters them at the last one."""
     from contextlib import nullcontext
 
+    if _sharded(train_model):
+        train_model.set_requires_gradient_sync(last_micro)
+        return nullcontext()
     return train_model.no_sync() if dist.enabled and not last_micro else nullcontext()
 
 
@@ -98,14 +116,20 @@ def save_training_state(
     dist: DistInfo,
     device: torch.device,
 ) -> Path | None:
-    """Write the checkpoint of step `state["step"]` (main process only): the model files `save_fn` writes,
-    optimizer.pt (optimizer and RNG state) and trainer_state.json, published atomically (train/checkpoint.py)."""
-    if not dist.is_main:
+    """Write the checkpoint of step `state["step"]`: the model files `save_fn` writes, optimizer.pt (optimizer
+    and RNG state) and trainer_state.json, published atomically (train/checkpoint.py) by the main process.
+    A sharded model: every rank writes its shards beside the consolidated model (danlu.train.fsdp)."""
+    if not dist.is_main and not _sharded(model):
         return None
     state = {**state, "train_config": asdict(cfg), "world_size": dist.world_size}
-    extra = {"optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
+    extra = {"rng_cpu": torch.get_rng_state()}
     if device.type == "cuda":
         extra["rng_cuda"] = torch.cuda.get_rng_state(device)
+    if _sharded(model):
+        from danlu.train.fsdp import save_sharded_checkpoint
+
+        return save_sharded_checkpoint(out_dir, model, optimizer, save_fn, extra, state)
+    extra["optimizer"] = optimizer.state_dict()
     return save_checkpoint(out_dir, lambda d: save_fn(model, d), extra, state)
 
 
@@ -116,6 +140,11 @@ def restore_training_state(
     `model` and `optimizer`, and the RNG; returns its trainer_state.json (step, history, ...)."""
     from danlu.models.checkpoints import load_model
 
+    if _sharded(model):
+        from danlu.train.fsdp import restore_sharded
+
+        step, history = restore_sharded(out_dir, model, optimizer, device)
+        return {"step": step, "history": history}
     ckpt_dir, _ = find_checkpoint(out_dir)
     state = json.loads((ckpt_dir / "trainer_state.json").read_text())
     model.load_state_dict(load_model(ckpt_dir).state_dict())
@@ -123,6 +152,11 @@ def restore_training_state(
         extra = torch.load(ckpt_dir / "optimizer.pt", map_location=device, weights_only=True)
     except Exception as e:  # a truncated or foreign file: say so instead of a pickle traceback
         raise DanluError(f"cannot resume: {ckpt_dir / 'optimizer.pt'} is unreadable ({e})") from e
+    if "optimizer" not in extra:  # danlu.train.fsdp keeps the optimizer in the checkpoint's sharded/ folder
+        raise DanluError(
+            f"cannot resume: {ckpt_dir} was saved by a --strategy fsdp run (its optimizer state is sharded); "
+            "resume it under torchrun with --strategy fsdp, or start afresh from its model.safetensors"
+        )
     optimizer.load_state_dict(extra["optimizer"])
     torch.set_rng_state(extra["rng_cpu"].cpu())
     if "rng_cuda" in extra and device.type == "cuda":
