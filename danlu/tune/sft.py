@@ -175,9 +175,9 @@ def split_validation(
 
 @dataclass
 class SFTResult:
-    model: nn.Module  # the fine-tuned model: a plain GPT (LoRA merged) or a PTuningModel
+    model: nn.Module  # the fine-tuned model: a plain GPT (LoRA merged in memory) or a PTuningModel
     summary: dict[str, Any]
-    checkpoint: Path | None
+    checkpoint: Path | None  # a model folder: full SFT's OUT/checkpoint, or LoRA's OUT/merged if asked
     extras: dict[str, Path] = field(default_factory=dict)  # "adapter" / "prompt_encoder" folders
 
 
@@ -193,13 +193,19 @@ def sft(
     packing: bool = False,
     eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
     resume: bool = False,
+    base_name: str | None = None,
+    merge: bool = False,
+    save_dtype: torch.dtype | None = None,
 ) -> SFTResult:
     """Fine-tune `model` (a GPT, modified in place unless adapters are used) on SFT records.
 
-    lora: a `danlu.tune.lora.LoRAConfig` to train only low-rank adapters (saved to OUT/adapter in PEFT's
-    layout, then merged into the returned model). ptuning: a `danlu.tune.ptuning.PTuningConfig` to train only
-    a prompt encoder (saved to OUT/prompt_encoder; the returned model is the PTuningModel wrapper).
-    The full model is saved to OUT/checkpoint (merged for LoRA; not saved for P-tuning, whose base is unchanged).
+    lora: a `danlu.tune.lora.LoRAConfig` to train only low-rank adapters. As PEFT and TRL do, the result is the
+    adapter alone (OUT/adapter, PEFT's layout, `base_model_name_or_path` = `base_name`); OUT/checkpoint holds
+    the training state (adapter, optimizer.pt, trainer_state.json), not a model. `merge=True` also writes the
+    merged model to OUT/merged in `save_dtype` (default float32), as `danlu merge-lora` does. The returned model
+    has the adapters merged in memory (for evaluating it at once).
+    ptuning: a `danlu.tune.ptuning.PTuningConfig` to train only a prompt encoder (saved to OUT/prompt_encoder;
+    the returned model is the PTuningModel wrapper). Full fine-tuning saves the model to OUT/checkpoint.
     """
     from danlu.models.checkpoints import save_model
     from danlu.train.loop import TrainConfig, train
@@ -226,12 +232,12 @@ def sft(
     trained: nn.Module = model
     save_fn: Callable[[nn.Module, Path], None] | None
     if lora is not None:
-        from danlu.tune.lora import apply_lora, merge_and_unload
+        from danlu.tune.lora import apply_lora, save_adapter
 
         apply_lora(model, lora)
 
-        def save_fn(m: nn.Module, d: Path) -> None:
-            save_model(merge_and_unload(copy.deepcopy(m)), d, tokenizer=tokenizer)
+        def save_fn(m: nn.Module, d: Path) -> None:  # the training state's model part: the adapter only
+            save_adapter(m, d, lora, base_model_name_or_path=base_name)
 
     elif ptuning is not None:
         from danlu.tune.ptuning import PTuningModel
@@ -251,8 +257,13 @@ def sft(
     if lora is not None:
         from danlu.tune.lora import merge_and_unload, save_adapter
 
-        extras["adapter"] = save_adapter(model, out_dir / "adapter", lora)
+        extras["adapter"] = save_adapter(model, out_dir / "adapter", lora, base_model_name_or_path=base_name)
+        extras["train_state"] = out_dir / "checkpoint"
         trained = merge_and_unload(model)
+        checkpoint = None
+        if merge:
+            dtype = save_dtype or torch.float32
+            checkpoint = save_model(copy.deepcopy(trained).to(dtype), out_dir / "merged", tokenizer=tokenizer)
     elif ptuning is not None:
         extras["prompt_encoder"] = trained.save(out_dir / "prompt_encoder")
         checkpoint = None
