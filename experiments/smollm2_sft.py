@@ -181,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-qlora", action="store_true", help="skip the QLoRA (4-bit base) run")
     p.add_argument("--no-serve", action="store_true", help="skip the `danlu serve` check")
     p.add_argument("--serve-n", type=int, default=10, help="questions asked through the server")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads of every process")
+    p.add_argument(
+        "--threads", type=int, default=0, help="CPU threads of every process (0: danlu picks by load)"
+    )
     p.add_argument("--max-new-tokens", type=int, default=20, help="reply budget when scoring")
     p.add_argument("--world-size", default="small", help="size of the world the facts come from")
     args = p.parse_args(argv)
@@ -189,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     model = Path(args.model) if args.model else smollm2_path()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    import torch
+    from danlu.flags import apply_threads
 
-    torch.set_num_threads(args.threads)
+    apply_threads(args.threads)  # under load, 2 threads fighting for 2 busy cores run 10x slower than 1
     results: dict[str, Any] = {"model": str(model), "args": vars(args), "load_average_start": os.getloadavg()}
     trained, paraphrased = fact_sets(args.n_train, world_size=args.world_size)
     train_file = write_jsonl(out / "facts_train.jsonl", trained)
