@@ -41,7 +41,7 @@ def add_lora_args(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=["q", "v"],
         metavar="LAYER",
-        help="layers to adapt, space-separated (q k v o gate up down, or all; see danlu.tune.lora)",
+        help="layers to adapt, space-separated (q k v o gate up down, or full names such as blocks.29.mlp.up)",
     )
     p.add_argument(
         "--quantize-base",
