@@ -91,7 +91,8 @@ def test_qlora_base_is_smaller_and_merges_to_a_plain_model(make_gpt):
 def test_sft_cli_trains_qlora_and_merge_saves_the_model_in_the_base_dtype(
     world, tokenizer, make_gpt, tmp_path, cli
 ):
-    ck = save_model(make_gpt("llama-tiny", n_embd=64).to(torch.bfloat16), tmp_path / "base", tokenizer=tokenizer)
+    base = make_gpt("llama-tiny", n_embd=64).to(torch.bfloat16)
+    ck = save_model(base, tmp_path / "base", tokenizer=tokenizer)
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in world.sft_records("train")[:20]))
     code = cli(["sft", "--model", str(ck), "--data", str(data), "--out", str(tmp_path / "out"), "--lora",
