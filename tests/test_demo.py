@@ -23,12 +23,16 @@ def test_demo_writes_report_metrics_and_plots(demo_dir):
     assert pre["steps"] == 60 and pre["final_val_loss"] < 0.75 * pre["first_val_loss"]
     assert metrics["stages"]["tokenizer"]["vocab_size"] == 512
     assert 0.0 <= metrics["stages"]["samples"]["valid_word_fraction"] <= 1.0
+    probe = metrics["stages"]["samples"]["knowledge"]  # the world probe, held-in and held-out facts
+    assert probe["chance"] == 0.25
+    assert all(0 <= probe[k] <= 1 for k in ("mc_heldin", "mc_heldout", "arithmetic"))
     report = (demo_dir / "report.md").read_text()
     for heading in [
         "## 1. The world",
         "## 2. Tokenizer",
         "## 3. Pretraining",
         "## 4. Samples",
+        "## 5. What the pretrained model knows",
     ]:  # numbered in order
         assert heading in report
     assert (demo_dir / "pretrain" / "loss.png").read_bytes()[:4] == b"\x89PNG"

@@ -2,8 +2,12 @@
 
     danlu eval --predictions preds.jsonl --task classification|detection|text --out DIR
     danlu eval --model CKPT --world WORLD_DIR --out DIR
+    danlu eval --task qa|pass@k|preference --predictions FILE --out DIR
+    danlu eval --task mc --model CKPT --data ITEMS.jsonl [--num-fewshot 5] --out DIR
+    danlu eval --task knowledge --model CKPT --world WORLD_DIR --out DIR
 
-Both write DIR/eval.json and PNG plots. The JSONL layouts are documented in `danlu.eval.files`.
+All write DIR/eval.json (and PNG plots). The JSONL layouts are documented in `danlu.eval.files` and
+`danlu.eval.tasks` (note 002's kinds: multiple choice, question answering, execution, preference).
 """
 
 from __future__ import annotations
@@ -22,7 +26,20 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--predictions", help="predictions JSONL (layouts: see danlu/eval/files.py)")
-    p.add_argument("--task", choices=["classification", "detection", "text"], help="what the predictions are")
+    p.add_argument(
+        "--task",
+        choices=["classification", "detection", "text", "mc", "qa", "pass@k", "preference", "knowledge"],
+        help="what to score (layouts: danlu/eval/files.py, danlu/eval/tasks.py)",
+    )
+    p.add_argument("--data", default=None, help="--task mc: the multiple-choice items JSONL")
+    p.add_argument("--num-fewshot", type=int, default=0, help="--task mc: few-shot examples per item")
+    p.add_argument("--seed", type=int, default=1234, help="--task mc: seed of the few-shot draw")
+    p.add_argument(
+        "--pass-at", type=int, nargs="+", default=[1], metavar="K", help="--task pass@k: the k values"
+    )
+    p.add_argument(
+        "--models", nargs="+", default=None, help="--task preference: the only model names allowed"
+    )
     p.add_argument("--out", required=True, help="output directory for eval.json and the plots")
     p.add_argument("--box-format", choices=["xyxy", "xywh"], default="xyxy", help="detection boxes")
     p.add_argument(
@@ -47,6 +64,21 @@ def check_eval_args(args: argparse.Namespace) -> None:
     """The flag combinations and paths, checked before a model is loaded."""
     from pathlib import Path
 
+    from danlu.eval import tasks
+
+    if args.task in tasks.TASKS:
+        need = {"mc": ("model", "data"), "knowledge": ("model", "world")}.get(args.task, ("predictions",))
+        missing = [f"--{n}" for n in need if not getattr(args, n)]
+        if missing:
+            raise DanluError(f"--task {args.task} needs {' and '.join(missing)}")
+        if args.num_fewshot < 0 or min(args.pass_at) < 1:
+            raise DanluError(
+                f"--num-fewshot must be >= 0 and --pass-at >= 1, got {args.num_fewshot}, {args.pass_at}"
+            )
+        for n in need:
+            if n != "model" and not Path(getattr(args, n)).exists():
+                raise DanluError(f"no such file or folder: {getattr(args, n)}")
+        return
     if args.model or args.world:
         if not (args.model and args.world):
             raise DanluError("--model and --world go together: pass both (or use --predictions and --task)")
@@ -83,7 +115,23 @@ def handle_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     out = Path(args.out)
-    if args.model or args.world:
+    from danlu.eval import tasks
+
+    if args.task in tasks.TASKS:
+        model = tokenizer = None
+        if args.task in tasks.MODEL_TASKS:
+            import danlu
+
+            model, tokenizer = danlu.load(args.model, device=args.device)
+            if tokenizer is None:
+                raise DanluError(
+                    f"{args.model} has no tokenizer.json; --task {args.task} needs the tokenizer"
+                )
+        result = tasks.run_task(args.task, out, args.data if args.task == "mc" else args.predictions, model,
+                                tokenizer, num_fewshot=args.num_fewshot, seed=args.seed, ks=args.pass_at,
+                                models=args.models, world=args.world, limit=args.limit)  # fmt: skip
+        print(f"{args.task}: {result['n']} records")
+    elif args.model or args.world:
         if not (args.model and args.world):
             raise DanluError("--model and --world go together: pass both (or use --predictions and --task)")
         if args.predictions:

@@ -78,6 +78,20 @@ def register(sub) -> None:
     p = sub.add_parser("generate", help="continue a prompt with a model (streams to stdout)")
     p.add_argument("--model", required=True, help="checkpoint folder (danlu or Hugging Face)")
     p.add_argument("prompt", help="the text to continue (before a list flag such as --stop, or after --)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--chat",
+        dest="chat",
+        action="store_true",
+        default=None,
+        help="send the prompt as a user turn through the chat template (default for chat models)",
+    )
+    mode.add_argument(
+        "--raw",
+        dest="chat",
+        action="store_false",
+        help="continue the prompt text as it is (default for models without a chat template)",
+    )
     add_generation_args(p)
     heavy(p, run_generate, validate=check_generation_args)
 
@@ -116,11 +130,30 @@ def _load(args):
     return model, tokenizer, extra
 
 
+def is_chat_model(tokenizer) -> bool:
+    """Whether `tokenizer` came with a chat template of its own (tokenizer_config.json or GGUF metadata).
+    danlu's tokenizers without one fall back to ChatML for `danlu chat`, but may belong to a base model that was
+    never taught it, so those continue raw text unless --chat is given."""
+    from danlu.tokenizers.base import CHATML_TEMPLATE
+
+    return tokenizer.chat_template != CHATML_TEMPLATE
+
+
 def run_generate(args: argparse.Namespace) -> int:
     import danlu
 
     model, tokenizer, extra = _load(args)
-    for piece in danlu.stream(model, tokenizer, args.prompt, **generation_options(args), **extra):
+    chat = is_chat_model(tokenizer) if args.chat is None else args.chat
+    how = "--chat" if args.chat else "--raw" if args.chat is False else "default for this model; --raw/--chat"
+    if chat:  # a chat model answers a user turn; given bare text it often ends at once (an empty line)
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": args.prompt}], add_generation_prompt=True
+        )
+        print(f"generate: chat mode, the prompt is a user turn of the chat template ({how})", file=sys.stderr)
+    else:
+        prompt = args.prompt
+        print(f"generate: raw mode, continuing the prompt text ({how})", file=sys.stderr)
+    for piece in danlu.stream(model, tokenizer, prompt, **generation_options(args), **extra):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

@@ -1,7 +1,8 @@
-"""`danlu sft`: supervised fine-tuning from the command line (full, `--lora`, or `--ptuning N`).
+"""`danlu sft`: supervised fine-tuning from the command line (full, `--lora`, or `--ptuning N`); `danlu merge-lora`.
 
 danlu sft --model runs/demo/pretrain/checkpoint --data runs/demo/world --out runs/sft
 danlu sft --model CKPT --data my_sft.jsonl --out runs/sft-lora --lora --lora-r 8 --lora-targets q v
+danlu merge-lora --model CKPT --adapter runs/sft-lora/adapter --out runs/sft-lora/merged
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def add_lora_args(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=["q", "v"],
         metavar="LAYER",
-        help="layers to adapt, space-separated (q k v o gate up down, or all; see danlu.tune.lora)",
+        help="layers to adapt, space-separated (q k v o gate up down, or full names such as blocks.29.mlp.up)",
     )
     p.add_argument(
         "--quantize-base",
@@ -74,7 +75,10 @@ def check_sft_args(args: argparse.Namespace) -> None:
     from danlu.errors import DanluError
 
     train_config_from_args(args)
-    lora_from_args(args)
+    if lora_from_args(args) is None and args.merge:
+        raise DanluError(
+            "--merge folds LoRA adapters into the model; add --lora (full fine-tuning saves it whole)"
+        )
     if args.ptuning < 0:
         raise DanluError(f"--ptuning takes a number of virtual tokens >= 0, got {args.ptuning}")
     check_paths(args.model, what="model")
@@ -110,9 +114,31 @@ def register(sub) -> None:
     add_overwrite_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_lora_args(p)
+    p.add_argument("--merge", action="store_true",
+                   help="with --lora: also write the merged model to OUT/merged, in the base's dtype")  # fmt: skip
     add_train_args(p, max_steps=300, batch_size=32, block_size=128, lr=5e-4, warmup_steps=15, eval_interval=75,
                    eval_batches=4, weight_decay=0.0)  # fmt: skip
     heavy(p, run_sft, validate=check_sft_args)
+
+    m = sub.add_parser(
+        "merge-lora", help="fold a LoRA adapter into its base model and save the merged checkpoint"
+    )
+    m.add_argument(
+        "--model", required=True, help="the base the adapter was trained on (folder or .gguf file)"
+    )
+    m.add_argument("--adapter", required=True, help="the adapter folder (adapter_config.json, PEFT layout)")
+    m.add_argument("--out", required=True, help="folder for the merged checkpoint")
+    m.add_argument("--dtype", choices=("f32", "bf16", "f16"), default=None,
+                   help="dtype of the saved weights (default: the base's own)")  # fmt: skip
+    heavy(m, run_merge_lora, device=False)
+
+
+def run_merge_lora(args: argparse.Namespace) -> int:
+    from danlu.tune.merge import merge_lora
+
+    out, dtype = merge_lora(args.model, args.adapter, args.out, args.dtype)
+    print(f"merged checkpoint ({str(dtype).removeprefix('torch.')}): {out}")
+    return 0
 
 
 def run_sft(args: argparse.Namespace) -> int:
@@ -123,7 +149,7 @@ def run_sft(args: argparse.Namespace) -> int:
 
     lora = lora_from_args(args)  # flags first: a bad combination fails before anything is loaded
     config = train_config_from_args(args)
-    check_out(args, (*RUN_OUTPUTS, "adapter", "prompt_encoder"))
+    check_out(args, (*RUN_OUTPUTS, "adapter", "prompt_encoder", "merged"))
     model, tokenizer = danlu.load(args.model)
     if tokenizer is None:
         raise DanluError(f"{args.model} has no tokenizer.json; SFT needs the model's tokenizer beside it")
@@ -135,8 +161,14 @@ def run_sft(args: argparse.Namespace) -> int:
 
         ptuning = PTuningConfig(n_virtual=args.ptuning)
     model.train()
-    result = sft(model, tokenizer, records, args.out, config, val_records=val,
-                 lora=lora, ptuning=ptuning, packing=args.packing, resume=args.resume)  # fmt: skip
+    save_dtype = None
+    if lora is not None and args.merge:
+        from danlu.tune.merge import base_dtype
+
+        save_dtype = base_dtype(args.model)
+    result = sft(model, tokenizer, records, args.out, config, val_records=val, lora=lora, ptuning=ptuning,
+                 packing=args.packing, resume=args.resume, base_name=args.model, merge=args.merge,
+                 save_dtype=save_dtype)  # fmt: skip
     test = [Path(d) / "sft_test.jsonl" for d in args.data if (Path(d) / "sft_test.jsonl").is_file()]
     if test:
         from danlu.data.formats import read_jsonl
@@ -149,4 +181,9 @@ def run_sft(args: argparse.Namespace) -> int:
     for name, path in [("checkpoint", result.checkpoint), *result.extras.items()]:
         if path is not None:
             print(f"{name}: {path}")
+    if lora is not None and not args.merge:  # the adapter is the result, as with PEFT; merging is one command
+        out = Path(args.out)
+        print(
+            f"merge it with: danlu merge-lora --model {args.model} --adapter {out / 'adapter'} --out {out / 'merged'}"
+        )
     return 0

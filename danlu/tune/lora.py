@@ -278,13 +278,19 @@ def merged_copy(model: nn.Module) -> nn.Module:
 
 
 def finish_lora(
-    model: nn.Module, cfg: LoRAConfig | None, adapter_dir: str | Path | None = None
-) -> Path | None:
-    """End of a LoRA run: save the adapters alone to adapter_dir (PEFT layout) if one is given, then merge them
-    into the weights in place. Returns the adapter folder (None without a config or a folder)."""
+    model: nn.Module, cfg: LoRAConfig | None, adapter_dir: str | Path | None = None,
+    base_model_name_or_path: str | None = None,
+) -> Path | None:  # fmt: skip
+    """End of a LoRA run: save the adapters alone to adapter_dir (PEFT layout, naming the base) if one is
+    given, then merge them into the weights in place. Returns the adapter folder (None without a config or a
+    folder)."""
     if cfg is None:
         return None
-    saved = save_adapter(model, adapter_dir, cfg) if adapter_dir is not None else None
+    saved = (
+        save_adapter(model, adapter_dir, cfg, base_model_name_or_path=base_model_name_or_path)
+        if adapter_dir is not None
+        else None
+    )
     merge_and_unload(model)
     return saved
 

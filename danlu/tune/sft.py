@@ -21,6 +21,7 @@ packing): cheap, and harmless when each reply depends only on its own prompt.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from torch import nn
 
 from danlu.data.formats import sft_messages, sft_prompt
 from danlu.errors import DanluError
-from danlu.tune.lora import finish_lora, merged_copy, wrap_lora
+from danlu.tune.lora import finish_lora, merged_copy, save_adapter, wrap_lora
 
 IGNORE = -100
 
@@ -161,9 +162,9 @@ def split_validation(
 
 @dataclass
 class SFTResult:
-    model: nn.Module  # the fine-tuned model: a plain GPT (LoRA merged) or a PTuningModel
+    model: nn.Module  # the fine-tuned model: a plain GPT (LoRA merged in memory) or a PTuningModel
     summary: dict[str, Any]
-    checkpoint: Path | None
+    checkpoint: Path | None  # a model folder: full SFT's OUT/checkpoint, or LoRA's OUT/merged if asked
     extras: dict[str, Path] = field(default_factory=dict)  # "adapter" / "prompt_encoder" folders
 
 
@@ -179,13 +180,19 @@ def sft(
     packing: bool = False,
     eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
     resume: bool = False,
+    base_name: str | None = None,
+    merge: bool = False,
+    save_dtype: torch.dtype | None = None,
 ) -> SFTResult:
     """Fine-tune `model` (a GPT, modified in place unless adapters are used) on SFT records.
 
-    lora: a `danlu.tune.lora.LoRAConfig` to train only low-rank adapters (saved to OUT/adapter in PEFT's
-    layout, then merged into the returned model). ptuning: a `danlu.tune.ptuning.PTuningConfig` to train only
-    a prompt encoder (saved to OUT/prompt_encoder; the returned model is the PTuningModel wrapper).
-    The full model is saved to OUT/checkpoint (merged for LoRA; not saved for P-tuning, whose base is unchanged).
+    lora: a `danlu.tune.lora.LoRAConfig` to train only low-rank adapters. As PEFT and TRL do, the result is the
+    adapter alone (OUT/adapter, PEFT's layout, `base_model_name_or_path` = `base_name`); OUT/checkpoint holds
+    the training state (adapter, optimizer.pt, trainer_state.json), not a model. `merge=True` also writes the
+    merged model to OUT/merged in `save_dtype` (default float32), as `danlu merge-lora` does. The returned model
+    has the adapters merged in memory (for evaluating it at once).
+    ptuning: a `danlu.tune.ptuning.PTuningConfig` to train only a prompt encoder (saved to OUT/prompt_encoder;
+    the returned model is the PTuningModel wrapper). Full fine-tuning saves the model to OUT/checkpoint.
     """
     from danlu.models.checkpoints import save_model
     from danlu.train.loop import TrainConfig, train
@@ -212,7 +219,12 @@ def sft(
     trained: nn.Module = model
     save_fn: Callable[[nn.Module, Path], None] | None
     wrap_lora(model, lora)  # a no-op without a LoRA config
-    if ptuning is not None:
+    if lora is not None:
+
+        def save_fn(m: nn.Module, d: Path) -> None:  # the training state's model part: the adapter only
+            save_adapter(m, d, lora, base_model_name_or_path=base_name)
+
+    elif ptuning is not None:
         from danlu.tune.ptuning import PTuningModel
 
         trained = PTuningModel(model, ptuning)
@@ -227,10 +239,15 @@ def sft(
     summary["train_rows"] = len(train_ex)
     summary["trainable_params"] = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     checkpoint: Path | None = out_dir / "checkpoint"
-    adapter = finish_lora(model, lora, out_dir / "adapter")  # adapters to OUT/adapter, merged in place
+    adapter = finish_lora(model, lora, out_dir / "adapter", base_name)  # OUT/adapter, then merged in place
     if adapter is not None:
         extras["adapter"] = adapter
-    if ptuning is not None:
+        extras["train_state"] = out_dir / "checkpoint"
+        checkpoint = None
+        if merge:
+            dtype = save_dtype or torch.float32
+            checkpoint = save_model(copy.deepcopy(model).to(dtype), out_dir / "merged", tokenizer=tokenizer)
+    elif ptuning is not None:
         extras["prompt_encoder"] = trained.save(out_dir / "prompt_encoder")
         checkpoint = None
     trained.eval()

@@ -19,7 +19,7 @@ out_dir, strategy = sys.argv[1], sys.argv[2]
 corpus = torch.randint(0, 64, (5000,), generator=torch.Generator().manual_seed(1))
 dist = DistInfo()
 cfg = TrainConfig(max_steps=6, batch_size=8, block_size=16, lr=3e-3, warmup_steps=2, eval_interval=3,
-                  eval_batches=2, grad_accum=2, ckpt_interval=3, show_progress=False, strategy=strategy,
+                  eval_batches=2, grad_accum=2, ckpt_interval=3, log_interval=1, show_progress=False, strategy=strategy,
                   gradient_checkpointing="--recompute" in sys.argv)  # fmt: skip
 
 

@@ -88,14 +88,20 @@ def test_qlora_base_is_smaller_and_merges_to_a_plain_model(make_gpt):
         assert torch.allclose(merged(ids).logits, before, atol=1e-5)
 
 
-def test_sft_cli_trains_qlora_and_saves_a_merged_fp32_model(world, tokenizer, make_gpt, tmp_path, cli):
-    ck = save_model(make_gpt("llama-tiny", n_embd=64), tmp_path / "base", tokenizer=tokenizer)
+def test_sft_cli_trains_qlora_and_merge_saves_the_model_in_the_base_dtype(
+    world, tokenizer, make_gpt, tmp_path, cli
+):
+    base = make_gpt("llama-tiny", n_embd=64).to(torch.bfloat16)
+    ck = save_model(base, tmp_path / "base", tokenizer=tokenizer)
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in world.sft_records("train")[:20]))
     code = cli(["sft", "--model", str(ck), "--data", str(data), "--out", str(tmp_path / "out"), "--lora",
-                "--quantize-base", "4", "--max-steps", "3", "--batch-size", "4", "--block-size", "64", "--quiet"])  # fmt: skip
+                "--quantize-base", "4", "--merge", "--max-steps", "3", "--batch-size", "4", "--block-size", "64",
+                "--quiet"])  # fmt: skip
     assert code == 0
-    merged, _ = load(tmp_path / "out" / "checkpoint")
+    merged, _ = load(tmp_path / "out" / "merged")
+    assert not (tmp_path / "out" / "merged" / "optimizer.pt").exists()
+    assert json.loads((tmp_path / "out" / "merged" / "config.json").read_text())["torch_dtype"] == "bfloat16"
     assert next(merged.parameters()).dtype == torch.float32
     assert json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())["r"] == 8
 

@@ -105,8 +105,8 @@ def test_tiny_sft_learns_the_replies(world, tokenizer, make_gpt, tmp_path):
     assert sum(a == r["output"] for a, r in zip(replies, records)) >= 6
 
 
-def test_sft_cli_with_lora_writes_a_peft_adapter_and_a_merged_checkpoint(
-    world, tokenizer, make_gpt, tmp_path, cli
+def test_sft_cli_with_lora_writes_a_peft_adapter_naming_its_base_and_no_model(
+    world, tokenizer, make_gpt, tmp_path, cli, capsys
 ):
     ck = save_model(make_gpt(), tmp_path / "base", tokenizer=tokenizer)
     data = tmp_path / "sft.jsonl"
@@ -116,7 +116,12 @@ def test_sft_cli_with_lora_writes_a_peft_adapter_and_a_merged_checkpoint(
     assert code == 0
     conf = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
     assert conf["r"] == 4 and conf["target_modules"] == ["q_proj", "v_proj"]
-    assert (tmp_path / "out" / "checkpoint" / "model.safetensors").is_file()
+    assert conf["base_model_name_or_path"] == str(ck)
+    # As with PEFT, the adapter is the result: no implicit merge; OUT/checkpoint is training state only.
+    assert not (tmp_path / "out" / "merged").exists()
+    assert not (tmp_path / "out" / "checkpoint" / "model.safetensors").exists()
+    assert (tmp_path / "out" / "checkpoint" / "adapter_model.safetensors").is_file()
+    assert f"danlu merge-lora --model {ck} --adapter" in capsys.readouterr().out
 
 
 def test_sft_cli_reports_a_bad_record(tmp_path, tokenizer, make_gpt, capsys, cli):
