@@ -145,11 +145,16 @@ class Block(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None,
         kv_cache: KVCache | None,
         layer: int,
-        cache_position: torch.Tensor | None = None,
+        cache_position: torch.Tensor,
     ) -> torch.Tensor:
-        x = x + self.drop(
-            self.attn(self.norm1(x), mask, rope, kv_cache, layer, cache_position=cache_position)
-        )
+        """x (B·T, C), the residual stream kept 2-D, -> (B·T, C); cache_position (T,) the new tokens' cache slots.
+
+        Why 2-D: a (1, 1, C) stream reached the matmuls of a compiled CPU decode step as zero-stride views that
+        ATen copies first (4% of a step, docs/BENCHMARKS.md)."""
+        (BT, C), T = x.shape, cache_position.shape[0]
+        h = self.norm1(x).view(BT // T, T, C)  # (B, T, C)
+        h = self.attn(h, mask, rope, kv_cache, layer, cache_position=cache_position)  # (B, T, C)
+        x = x + self.drop(h.view(BT, C))  # (B·T, C)
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -310,13 +315,14 @@ class GPT(nn.Module):
                 self.rope_cos[position_ids][:, None],
                 self.rope_sin[position_ids][:, None],
             )  # (B|1, 1, T, hs)
-        x = self.drop(x)
+        B, C = x.shape[0], x.shape[2]
+        x = self.drop(x).reshape(B * T, C)  # (B·T, C): the residual stream is kept 2-D (see Block.forward)
         mask = build_attention_mask(attention_mask, cache_position, S, past)  # (B|1, 1, T, S) or None
         for i, block in enumerate(self.blocks):
             x = block(x, mask, rope, kv_cache, i, cache_position)
         if kv_cache is not None and past is not None:
             kv_cache.advance(T)
-        return self.norm_f(x)  # (B, T, C)
+        return self.norm_f(x).view(B, T, C)  # (B, T, C)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

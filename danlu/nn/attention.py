@@ -203,7 +203,8 @@ class SelfAttention(nn.Module):
         kv_cache.seq_len) and the queries attend slots [0, S), S being the mask's width (or seq_len + T)."""
         B, T, C = x.shape
         hs, nh, nkv = self.head_size, self.n_head, self.n_kv_head
-        qkv = self.qkv(x).view(B, T, nh + 2 * nkv, hs).transpose(1, 2)  # (B, n_head + 2·n_kv_head, T, hs)
+        qkv = self.qkv(x.reshape(B * T, C))  # (B·T, (n_head + 2·n_kv_head)·hs): a plain 2-D matmul input
+        qkv = qkv.view(B, T, nh + 2 * nkv, hs).transpose(1, 2)  # (B, n_head + 2·n_kv_head, T, hs)
         qk = qkv[:, : nh + nkv]  # (B, n_head + n_kv_head, T, hs)
         v = qkv[:, nh + nkv :]  # (B, n_kv_head, T, hs)
         if rope is not None:
@@ -224,8 +225,8 @@ class SelfAttention(nn.Module):
             is_causal=causal and mask is None and S == T and T > 1,
             dropout_p=self.dropout if self.training else 0.0,
         )  # (B, n_head, T, head_size)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return self.proj(y)
+        y = y.transpose(1, 2).reshape(B * T, C)  # (B·T, C): the matmul gets a plain 2-D input
+        return self.proj(y).view(B, T, C)  # (B, T, C)
 
 
 def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
