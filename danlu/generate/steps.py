@@ -9,10 +9,11 @@ slot. `key_mask` (B, L) says which slots hold real tokens (padding and not-yet-w
 `next_pos` (B,) is each row's next position id, which counts only its real tokens, so a padded row computes what
 it would alone.
 
-Two backends, one interface: danlu's GPT runs the lean static-cache forward of `static.py` (compiled when
-asked: into a CUDA graph on CUDA, into fused C++ loops on CPU); any other model with
-`forward(input_ids, attention_mask, kv_cache, position_ids)` and `new_kv_cache(B, max_len)` runs its own
-forward (the test suite's scripted fakes do).
+One forward: every call goes to the model's own forward. A danlu GPT also gets `logits_to_keep` (prefill
+un-embeds only the last position) and, with compile=True, a compiled decode step (`static.py`) that writes the
+cache by position (a tensor), so one compiled step serves every step. Any other model with
+`forward(input_ids, attention_mask, kv_cache, position_ids)` and `new_kv_cache(B, max_len)` whose cache counts
+its filled slots in `seq_len` runs the same way (P-tuning's wrapper; the test suite's scripted fakes).
 """
 
 from __future__ import annotations
@@ -26,18 +27,18 @@ import torch
 from torch import nn
 
 from danlu.errors import DanluError
-from danlu.generate.static import compiled_decode_one, gpt_forward, new_static_cache
+from danlu.generate.static import compiled_decode_one, new_static_cache
 
 
 @dataclass
 class DecodeState:
     """Where decoding of one batch stands."""
 
-    cache: Any  # a StaticKVCache (danlu GPT) or the model's own cache
+    cache: Any  # the model's KV cache: a danlu KVCache, or any cache counting its slots in `seq_len`
     key_mask: torch.Tensor  # (B, L) bool: slot holds a real token
     next_pos: torch.Tensor  # (B,) long: position id of each row's next token
-    length: int = 0  # slots filled, the same for every row
-    lean: bool = True  # the static-cache GPT forward, else model.forward
+    length: int = 0  # slots filled, the same for every row (and the cache's seq_len)
+    lean: bool = True  # a danlu GPT: logits_to_keep, compilable decode step; else a GPT-like model
     padded: bool = False  # some row has left padding (else attention needs no mask)
     decode_fn: Any = None  # compiled decode_one_static, or None to run eagerly
     guards_checked: bool = False  # decode_fn ran once for this state with all of dynamo's guards
@@ -88,6 +89,7 @@ def _graph_state(model: nn.Module, B: int, max_len: int, device: torch.device) -
         buffers[(B, max_len)] = (cache, key_mask)
     cache, key_mask = buffers[(B, max_len)]
     key_mask.fill_(False)  # a fresh start: old keys are masked out, then overwritten
+    cache.seq_len = 0
     state = DecodeState(cache, key_mask, torch.zeros(B, dtype=torch.long, device=device))
     state.decode_fn = compiled_decode_one(model)
     return state
@@ -101,6 +103,28 @@ def _check_room(state: DecodeState, T: int) -> None:
         )
 
 
+def _run(
+    model: nn.Module, state: DecodeState, input_ids: torch.Tensor, position_ids: torch.Tensor, last_only: bool
+) -> torch.Tensor:
+    """The model's forward on input_ids (B, T), appended after the state's `length` slots -> (B, T or 1, V)."""
+    S = state.length + input_ids.shape[1]
+    attention_mask = None
+    if state.padded:  # else causality alone is the mask (the forward then needs none, or SDPA's is_causal)
+        attention_mask = state.key_mask[:, :S] if state.lean else state.key_mask[:, :S].long()  # (B, S)
+    if state.lean:
+        return model(
+            input_ids,
+            attention_mask=attention_mask,
+            kv_cache=state.cache,
+            position_ids=position_ids,
+            logits_to_keep=1 if last_only else 0,
+        ).logits
+    logits = model(
+        input_ids, attention_mask=attention_mask, kv_cache=state.cache, position_ids=position_ids
+    ).logits
+    return logits[:, -1:] if last_only else logits
+
+
 def forward_tokens(
     model: nn.Module, state: DecodeState, input_ids: torch.Tensor, last_only: bool = False
 ) -> torch.Tensor:
@@ -110,36 +134,10 @@ def forward_tokens(
     start, S = state.length, state.length + T
     position_ids = state.next_pos[:, None] + torch.arange(T, device=input_ids.device)  # (B, T)
     state.key_mask[:, start:S] = True
-    if state.lean:
-        mask = _mask(state, start, T)
-        slots = torch.arange(start, S, device=input_ids.device)
-        logits = gpt_forward(model, input_ids, position_ids, state.cache, slots, mask, S, last_only)
-    else:
-        attention_mask = state.key_mask[:, :S].long() if state.padded else None
-        logits = model(
-            input_ids, attention_mask=attention_mask, kv_cache=state.cache, position_ids=position_ids
-        ).logits
-        if last_only:
-            logits = logits[:, -1:]
+    logits = _run(model, state, input_ids, position_ids, last_only)
     state.length = S
     state.next_pos += T
     return logits
-
-
-def _mask(state: DecodeState, start: int, T: int) -> torch.Tensor | None:
-    """The (B | 1, 1, T, S) boolean mask for T queries at slots [start, start + T), or None if all may attend."""
-    S = start + T
-    if not state.padded and T == 1:
-        return None  # one new token attends every real slot before it
-    device = state.key_mask.device
-    q = torch.arange(start, S, device=device)[:, None]  # (T, 1)
-    k = torch.arange(S, device=device)[None, :]  # (1, S)
-    causal = (k <= q)[None, None]  # (1, 1, T, S)
-    if not state.padded:
-        return causal
-    keys = state.key_mask[:, None, None, :S]  # (B, 1, 1, S)
-    # A padding query would attend nothing (softmax of all -inf is NaN): let it see itself.
-    return (causal & keys) | (k == q)[None, None]
 
 
 def prefill(
@@ -154,17 +152,7 @@ def prefill(
     state.padded = not bool(real.all())
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T): padding does not count
     state.key_mask[:, :T] = real
-    if state.lean:
-        slots = torch.arange(T, device=input_ids.device)
-        mask = _mask(state, 0, T)
-        logits = gpt_forward(model, input_ids, position_ids, state.cache, slots, mask, T, last_only=True)
-    else:
-        logits = model(
-            input_ids,
-            attention_mask=attention_mask if state.padded else None,
-            kv_cache=state.cache,
-            position_ids=position_ids,
-        ).logits
+    logits = _run(model, state, input_ids, position_ids, last_only=True)
     state.length = T
     state.next_pos = position_ids[:, -1] + 1
     return logits[:, -1].float()
@@ -177,14 +165,14 @@ def decode_one(model: nn.Module, state: DecodeState, tok: torch.Tensor) -> torch
     _check_room(state, 1)
     slot = torch.tensor([state.length], device=tok.device)
     key_mask = state.key_mask  # (B, L)
-    cpu = tok.device.type == "cpu"
-    if cpu:
+    if tok.device.type == "cpu":
         # No CUDA graph to keep shapes fixed for: attend only the filled slots, their number a dynamic
         # dimension so one compiled step serves every length (SmolLM2, 144 of 256 slots: 3% faster steps),
-        # with attention written out for inductor (on CUDA SDPA's kernels serve one query well).
+        # with attention written out for inductor (the "auto" backend; on CUDA SDPA's kernels serve one
+        # query well).
         key_mask = key_mask[:, : state.length + 1]  # (B, S)
         torch._dynamo.mark_dynamic(key_mask, 1)
-    args = (model, state.cache, key_mask, tok[:, None], state.next_pos[:, None], slot, cpu)
+    args = (model, state.cache, key_mask, tok[:, None], state.next_pos[:, None], slot)
     if state.guards_checked:
         # The same model, buffers and dtypes as the call before (only S grows, and it is symbolic), so
         # dynamo's guards (one per weight: ~0.4 ms of a 23 ms CPU step for SmolLM2) can only pass again:
@@ -195,6 +183,7 @@ def decode_one(model: nn.Module, state: DecodeState, tok: torch.Tensor) -> torch
         logits = state.decode_fn(*args)
         state.guards_checked = True
     state.length += 1
+    state.cache.seq_len = state.length  # the step wrote by position; the count is kept here, outside it
     state.next_pos += 1
     return logits.to(torch.float32, copy=True)  # the graph's output buffer is overwritten by the next replay
 
@@ -224,10 +213,9 @@ def rollback(state: DecodeState, length: int) -> None:
     drop = state.length - length
     if drop < 0:
         raise ValueError(f"cannot roll a state of length {state.length} forward to {length}")
+    if not hasattr(state.cache, "seq_len"):
+        raise DanluError("this model's KV cache cannot be rolled back (no seq_len); use a danlu GPT")
     state.key_mask[:, length:] = False
     state.next_pos -= drop
     state.length = length
-    if not state.lean:
-        if not hasattr(state.cache, "seq_len"):
-            raise DanluError("this model's KV cache cannot be rolled back (no seq_len); use a danlu GPT")
-        state.cache.seq_len = length
+    state.cache.seq_len = length  # the next forward appends here, over the forgotten slots

@@ -138,8 +138,23 @@ class Block(nn.Module):
         self.mlp = make_mlp(cfg.mlp, cfg.n_embd, cfg.intermediate_size, cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask, rope, kv_cache: KVCache | None, layer: int) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), mask, rope, kv_cache, layer))
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        kv_cache: KVCache | None,
+        layer: int,
+        cache_position: torch.Tensor,
+    ) -> torch.Tensor:
+        """x (B·T, C), the residual stream kept 2-D, -> (B·T, C); cache_position (T,) the new tokens' cache slots.
+
+        Why 2-D: a (1, 1, C) stream reached the matmuls of a compiled CPU decode step as zero-stride views that
+        ATen copies first (4% of a step, docs/BENCHMARKS.md)."""
+        (BT, C), T = x.shape, cache_position.shape[0]
+        h = self.norm1(x).view(BT // T, T, C)  # (B, T, C)
+        h = self.attn(h, mask, rope, kv_cache, layer, cache_position=cache_position)  # (B, T, C)
+        x = x + self.drop(h.view(BT, C))  # (B·T, C)
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -210,10 +225,17 @@ class GPT(nn.Module):
         return n
 
     def new_kv_cache(self, B: int, max_len: int | None = None) -> KVCache:
+        """An empty cache for B rows and max_len slots; the RoPE tables are grown to cover it here, so a forward
+        that writes by cache_position (a compiled decode step) never has to grow them."""
         cfg, p = self.config, self.wte.weight
-        return KVCache(
-            cfg.n_layer, B, cfg.n_kv_head, max_len or cfg.block_size, cfg.head_size, p.device, p.dtype
-        )
+        max_len = max_len or cfg.block_size
+        self.ensure_positions(max_len)
+        return KVCache(cfg.n_layer, B, cfg.n_kv_head, max_len, cfg.head_size, p.device, p.dtype)
+
+    def set_attn_impl(self, attn_impl: str) -> None:
+        """Choose every layer's attention backend: "auto", "sdpa" or "one_query" (nn/attention.py)."""
+        for block in self.blocks:
+            block.attn.attn_impl = attn_impl
 
     def forward(
         self,
@@ -223,12 +245,25 @@ class GPT(nn.Module):
         kv_cache: KVCache | None = None,
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        cache_position: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> GPTOutput:
-        """input_ids (B, T); attention_mask (B, past + T) of 1/0; labels (B, T) aligned with input_ids
-        (shifted here, -100 ignored); kv_cache filled in place. Returns logits (B, T, V) and the mean loss.
-        `inputs_embeds` (B, T, C) replaces the token embeddings (P-tuning prepends learned virtual tokens)."""
-        x = self.hidden_states(input_ids, attention_mask, kv_cache, position_ids, inputs_embeds)
-        logits = self.lm_head(x)  # (B, T, V)
+        """The one forward, for training, prefill and decoding (compiled or not).
+
+        input_ids (B, T); attention_mask (B, S) of 1/0 over the keys attended (S = past + T when appending to
+        a cache); labels (B, T) aligned with input_ids (shifted here, -100 ignored); kv_cache filled in place,
+        at slots cache_position (T,) when given (see `hidden_states`). `inputs_embeds` (B, T, C) replaces the
+        token embeddings (P-tuning prepends learned virtual tokens). logits_to_keep = k > 0 un-embeds only the
+        last k positions (prefill needs one: the (T, V) product of a long prompt is wasted work).
+        Returns logits (B, T or k, V) and the mean loss."""
+        if labels is not None and logits_to_keep:
+            raise DanluError("labels need the logits of every position; leave logits_to_keep at 0 to train")
+        x = self.hidden_states(
+            input_ids, attention_mask, kv_cache, position_ids, inputs_embeds, cache_position
+        )
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]  # (B, k, C)
+        logits = self.lm_head(x)  # (B, T or k, V)
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels)
@@ -241,14 +276,37 @@ class GPT(nn.Module):
         kv_cache: KVCache | None = None,
         position_ids: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        cache_position: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The final-norm hidden states (B, T, C), before the LM head: what a reward or value head reads."""
+        """The final-norm hidden states (B, T, C), before the LM head: what a reward or value head reads.
+
+        Two ways to use a kv_cache, one code path:
+        - append (cache_position None): the T tokens go to the slots after kv_cache.seq_len, which then
+          advances; attention_mask, if given, covers those S = seq_len + T slots.
+        - by position (cache_position (T,) long): the tokens go to those slots and kv_cache.seq_len is left to
+          the caller. Shapes are then the same every step (torch.compile, CUDA graphs): the keys attended are
+          slots [0, S) with S = attention_mask.shape[1] (or the whole cache without a mask, causal by slot).
+        position_ids (B or 1, T) default to the slots; left-padded rows pass their own (padding not counted).
+        """
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
         T = x.shape[1]
-        past = kv_cache.seq_len if kv_cache is not None else 0
-        self.ensure_positions(past + T)
+        past: int | None = None
+        if kv_cache is not None and cache_position is not None:
+            S = attention_mask.shape[1] if attention_mask is not None else kv_cache.max_len
+        else:  # no cache (training) or appending: positions are known here as Python ints
+            past = kv_cache.seq_len if kv_cache is not None else 0
+            S = past + T
+            self.ensure_positions(S)
+            if kv_cache is not None:
+                kv_cache.check_room(T)
+            if attention_mask is not None and attention_mask.shape[1] != S:
+                raise DanluError(
+                    f"attention_mask covers {attention_mask.shape[1]} positions but the forward attends {S} "
+                    f"({past} cached + {T} new); pass a mask over the cached and the new tokens"
+                )
+            cache_position = torch.arange(past, S, device=x.device)  # (T,)
         if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=x.device).unsqueeze(0)  # (1, T)
+            position_ids = cache_position[None]  # (1, T)
         rope = None
         if self.wpe is not None:
             x = x + self.wpe(position_ids)
@@ -257,13 +315,14 @@ class GPT(nn.Module):
                 self.rope_cos[position_ids][:, None],
                 self.rope_sin[position_ids][:, None],
             )  # (B|1, 1, T, hs)
-        x = self.drop(x)
-        mask = build_attention_mask(attention_mask, T, past, x.device)
+        B, C = x.shape[0], x.shape[2]
+        x = self.drop(x).reshape(B * T, C)  # (B·T, C): the residual stream is kept 2-D (see Block.forward)
+        mask = build_attention_mask(attention_mask, cache_position, S, past)  # (B|1, 1, T, S) or None
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, rope, kv_cache, i)
-        if kv_cache is not None:
+            x = block(x, mask, rope, kv_cache, i, cache_position)
+        if kv_cache is not None and past is not None:
             kv_cache.advance(T)
-        return self.norm_f(x)  # (B, T, C)
+        return self.norm_f(x).view(B, T, C)  # (B, T, C)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,14 @@
-"""The lean static-cache forward equals `model.forward` (GPT-2 and LLaMA shapes, left-padded batches), rollback
-and reorder behave, and the CUDA-graph step function traces as one graph (checked on CPU with dynamo)."""
+"""Decoding steps through the model's one forward equal the full no-cache forward (GPT-2 and LLaMA shapes,
+left-padded batches), rollback and reorder behave, and the CUDA-graph step function traces as one graph (checked
+on CPU with dynamo)."""
 
 import pytest
 import torch
 
 from danlu.generate import steps
-from danlu.generate.static import _attend_one_query, decode_one_static
+from danlu.generate.static import decode_one_static
 from danlu.models.gpt import GPT, GPTConfig
+from danlu.nn.attention import one_query_attention
 
 TOL = 1e-4
 
@@ -39,7 +41,7 @@ def test_one_query_attention_equals_sdpa(n_head, n_kv_head):
         expected = torch.nn.functional.scaled_dot_product_attention(
             q, keys, values, attn_mask=m, enable_gqa=True
         )
-        got = _attend_one_query(q, keys, values, m).reshape(B, n_head, 1, hs)
+        got = one_query_attention(q, keys, values, m)  # (B, n_head, 1, hs)
         assert (got - expected).abs().max() < 1e-5
 
 
@@ -180,3 +182,48 @@ def test_compiled_steps_of_different_models_interleave():
         eager, compiled = turn_about(False), turn_about(True)
     assert all((c - e).abs().max() < TOL for c, e in zip(compiled, eager))
     assert (eager[0] - eager[1]).abs().max() > 0.1  # the two models' logits really differ
+
+
+def test_one_forward_only():
+    """No second decoding forward, cache class or mask builder: the compiled step calls the model's forward."""
+    import danlu.generate.static as static
+    from danlu.nn.attention import KVCache
+
+    for gone in ("gpt_forward", "_attend_one_query", "StaticKVCache", "_norm"):
+        assert not hasattr(static, gone), gone
+    assert not hasattr(steps, "_mask")
+    assert KVCache.__subclasses__() == []
+
+
+@torch.inference_mode()
+def test_compiled_cpu_step_runs_the_model_forward_with_one_query_attention(model):
+    """The step as `steps.decode_one` compiles it on CPU (attended length dynamic), captured by dynamo: the
+    "auto" backend writes attention out instead of calling SDPA, and every step's logits equal the eager
+    forward's on the whole left-padded sequence."""
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm.code)
+        return gm.forward
+
+    torch._dynamo.reset()
+    fn = torch.compile(decode_one_static, backend=capture, fullgraph=True, dynamic=None)
+    input_ids, attention_mask = padded_batch()
+    state = steps.new_state(model, 3, 12)
+    tok = steps.prefill(model, state, input_ids, attention_mask).argmax(-1)
+    fed, got = [], []
+    for _ in range(3):
+        key_mask = state.key_mask[:, : state.length + 1]
+        torch._dynamo.mark_dynamic(key_mask, 1)
+        slot = torch.tensor([state.length])
+        got.append(fn(model, state.cache, key_mask, tok[:, None], state.next_pos[:, None], slot))
+        state.length += 1
+        state.next_pos += 1
+        fed.append(tok)
+        tok = got[-1].argmax(-1)
+    assert len(graphs) == 1 and "scaled_dot_product_attention" not in graphs[0]
+    full_ids = torch.cat([input_ids, torch.stack(fed, 1)], 1)
+    full_mask = torch.cat([attention_mask, torch.ones(3, 3, dtype=torch.long)], 1)
+    position_ids = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    expected = model(full_ids, attention_mask=full_mask, position_ids=position_ids).logits[:, 7:]
+    assert (torch.stack(got, 1) - expected).abs().max() < TOL
