@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/cot"))
     ap.add_argument("--train", type=int, default=240)
     ap.add_argument("--test", type=int, default=120)
-    ap.add_argument("--max-steps", type=int, default=150)
+    ap.add_argument("--max-steps", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
