@@ -33,6 +33,7 @@ from danlu.generate.options import GenerationOptions
 from danlu.generate.rows import FINISH_REASONS, Completion, RowDecoder, RowUpdate, TextTracker  # noqa: F401
 from danlu.generate.search import CausalStepper, beam_hypotheses, decode_steps, speculative_decode
 from danlu.generate.steps import model_device
+from danlu.tokenizers.base import pad_id_of
 
 __all__ = [
     "GenerationOptions", "Completion", "RowDecoder", "RowUpdate", "run", "decode_rows", "generate", "stream", "stream_completion",
@@ -63,7 +64,7 @@ def pad_prompts(
     """Prompt token ids, checked and left-padded: input_ids and attention_mask (B, T) on the model's device."""
     check_prompt_ids(model, ids, opts)
     longest = max(len(x) for x in ids)
-    pad = tokenizer.pad_id
+    pad = pad_id_of(tokenizer)  # any tokenizer object, not only danlu's
     input_ids = torch.full((len(ids), longest), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
     for i, x in enumerate(ids):

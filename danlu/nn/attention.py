@@ -69,7 +69,12 @@ class KVCache:
 
     def reorder(self, index: torch.Tensor) -> None:
         """Row i becomes old row index[i] (beam search keeps the surviving beams), in place: the buffers keep
-        their addresses, so a captured CUDA graph stays valid."""
+        their addresses, so a captured CUDA graph stays valid. An index of another length (one prompt's row
+        copied to its beams or samples) changes the batch size: new buffers then."""
+        if index.numel() != self.k[0].shape[0]:
+            self.k = [buf.index_select(0, index) for buf in self.k]
+            self.v = [buf.index_select(0, index) for buf in self.v]
+            return
         for buf in (*self.k, *self.v):
             buf.copy_(buf.index_select(0, index))
 

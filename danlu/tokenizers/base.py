@@ -130,9 +130,7 @@ class Tokenizer:
         """The id to pad batches with: the pad token, else the end-of-text token, else 0 (as Hugging Face's
         `generate` falls back to eos). Padded positions are always masked, so the choice changes no result;
         it only has to be a valid id."""
-        if self.pad_token_id is not None:
-            return self.pad_token_id
-        return self.eos_token_id if self.eos_token_id is not None else 0
+        return pad_id_of(self)
 
     @property
     def end_of_turn_ids(self) -> list[int]:
@@ -291,3 +289,12 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, specials={list(self.special_tokens)})"
+
+
+def pad_id_of(tokenizer: Any) -> int:
+    """`Tokenizer.pad_id`'s rule for any tokenizer object (a Hugging Face one passed to `danlu.generate`): the pad
+    token, else the end-of-text token, else 0."""
+    if getattr(tokenizer, "pad_token_id", None) is not None:
+        return tokenizer.pad_token_id
+    eos = getattr(tokenizer, "eos_token_id", None)
+    return eos if eos is not None else 0
