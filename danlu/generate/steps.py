@@ -64,6 +64,16 @@ def new_state(model: nn.Module, B: int, max_len: int, compile: bool = False) -> 
     """
     device = model_device(model)
     lean = _is_danlu_gpt(model)
+    if lean:  # a GPT using fields static.py does not implement decodes through its own forward (issue 19)
+        from danlu.models.gpt import lean_decode_blockers
+
+        blockers = lean_decode_blockers(model.config)
+        if blockers and compile:
+            raise DanluError(
+                f"compile=True: the compiled decode step does not implement {', '.join(blockers)} of this "
+                "model; decode it with compile=False (drop --compile)"
+            )
+        lean = not blockers
     if compile and lean:
         return _graph_state(model, B, max_len, device)
     cache = new_static_cache(model, B, max_len) if lean else model.new_kv_cache(B, max_len=max_len)

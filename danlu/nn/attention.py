@@ -10,6 +10,8 @@ We call `torch.nn.functional.scaled_dot_product_attention`, which picks a fused 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,21 +62,28 @@ class KVCache:
 
 
 def build_attention_mask(
-    attention_mask: torch.Tensor | None, T: int, past: int, device: torch.device
+    attention_mask: torch.Tensor | None, T: int, past: int, device: torch.device, window: int | None = None
 ) -> torch.Tensor | None:
     """The boolean (B or 1, 1, T, S) mask SDPA takes (True = may attend), or None when plain causal suffices.
 
     attention_mask: (B, S) with 1 for real tokens and 0 for padding, S = past + T (keys of the cache included).
     Query i (absolute position past + i) may attend key j iff j <= past + i (causal) and key j is not padding.
+    `window` (sliding-window attention, Mistral / Gemma local layers) also hides keys j <= past + i - window:
+    each query sees itself and the window - 1 keys before it. Slots, not position ids, are compared: left
+    padding sits before a row's real tokens, so slot distances equal position distances.
     """
     S = past + T
-    if attention_mask is None and past == 0:
+    windowed = window is not None and S > window  # a window wider than every distance changes nothing
+    if attention_mask is None and past == 0 and not windowed:
         return None  # the caller uses is_causal=True, the fastest path
-    if attention_mask is None and T == 1:
+    if attention_mask is None and T == 1 and not windowed:
         return None  # one new token attends everything in the cache
     q_pos = torch.arange(past, S, device=device).unsqueeze(1)  # (T, 1)
     k_pos = torch.arange(S, device=device).unsqueeze(0)  # (1, S)
-    mask = (k_pos <= q_pos)[None, None]  # (1, 1, T, S)
+    mask = k_pos <= q_pos  # (T, S)
+    if windowed:
+        mask = mask & (k_pos > q_pos - window)
+    mask = mask[None, None]  # (1, 1, T, S)
     if attention_mask is not None:
         keys = attention_mask[:, None, None, :].bool()  # (B, 1, 1, S)
         # A padding query would otherwise attend nothing (softmax of all -inf is NaN): let it see itself.
@@ -82,19 +91,73 @@ def build_attention_mask(
     return mask
 
 
+def softcapped_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    softcap: float,
+    causal: bool,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """softmax(cap · tanh(q kᵀ · scale / cap)) v, Gemma-2's attention-logit soft-capping, written out (SDPA
+    has no hook between the scores and the softmax). q (B, n_head, T, hs), k/v (B, n_kv_head, S, hs),
+    mask (B | 1, 1, T, S) of booleans or None (then `causal` says whether the last T keys are causal)."""
+    B, nh, T, hs = q.shape
+    nkv, S = k.shape[1], k.shape[2]
+    if nkv != nh:  # each group of n_head / n_kv_head query heads shares one k/v head
+        k, v = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, n_head, T, S)
+    scores = torch.tanh(scores / softcap) * softcap
+    if mask is None and causal and T > 1:
+        q_pos = torch.arange(S - T, S, device=q.device).unsqueeze(1)  # (T, 1)
+        mask = torch.arange(S, device=q.device).unsqueeze(0) <= q_pos  # (T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    p = F.dropout(scores.float().softmax(-1), dropout_p).to(q.dtype)
+    return p @ v  # (B, n_head, T, hs)
+
+
 class SelfAttention(nn.Module):
-    """Multi-head (or grouped-query) self-attention with an optional rotary position and KV cache."""
+    """Multi-head (or grouped-query) self-attention with an optional rotary position and KV cache.
+
+    Optional steps, each off by default (issue 19's architectures):
+    - `qk_norm`: "head" normalises q and k per head before RoPE (Qwen3, Gemma-3), "full" normalises the whole
+      q and k projections (OLMo-2); `make_norm(width)` builds each norm;
+    - `scale`: the q·k multiplier (Gemma: query_pre_attn_scalar^-1/2); None is 1/sqrt(head_size);
+    - `softcap`: cap · tanh(scores / cap) before the softmax (Gemma-2).
+    `head_size` may differ from C / n_head (Gemma, Qwen3): q is n_head · head_size wide, the output projection
+    maps it back to C.
+    """
 
     def __init__(
-        self, C: int, n_head: int, n_kv_head: int, qkv_bias: bool, proj_bias: bool, dropout: float = 0.0
+        self,
+        C: int,
+        n_head: int,
+        n_kv_head: int,
+        qkv_bias: bool,
+        proj_bias: bool,
+        dropout: float = 0.0,
+        head_size: int | None = None,
+        qk_norm: str = "none",
+        make_norm: Callable[[int], nn.Module] | None = None,
+        scale: float | None = None,
+        softcap: float | None = None,
     ) -> None:
         super().__init__()
-        assert C % n_head == 0 and n_head % n_kv_head == 0
-        self.n_head, self.n_kv_head, self.head_size = n_head, n_kv_head, C // n_head
+        assert n_head % n_kv_head == 0 and (head_size is not None or C % n_head == 0)
+        self.n_head, self.n_kv_head, self.head_size = n_head, n_kv_head, head_size or C // n_head
+        hs = self.head_size
         # One matmul for q, k and v: [q (n_head·hs) | k (n_kv_head·hs) | v (n_kv_head·hs)].
-        self.qkv = nn.Linear(C, (n_head + 2 * n_kv_head) * self.head_size, bias=qkv_bias)
-        self.proj = nn.Linear(C, C, bias=proj_bias)
+        self.qkv = nn.Linear(C, (n_head + 2 * n_kv_head) * hs, bias=qkv_bias)
+        self.proj = nn.Linear(n_head * hs, C, bias=proj_bias)
         self.dropout = dropout
+        self.qk_norm, self.scale, self.softcap = qk_norm, scale, softcap
+        if qk_norm != "none":
+            assert make_norm is not None and qk_norm in ("head", "full")
+            self.q_norm = make_norm(hs if qk_norm == "head" else n_head * hs)
+            self.k_norm = make_norm(hs if qk_norm == "head" else n_kv_head * hs)
 
     def forward(
         self,
@@ -110,25 +173,35 @@ class SelfAttention(nn.Module):
         B, T, C = x.shape
         hs, nh, nkv = self.head_size, self.n_head, self.n_kv_head
         q, k, v = self.qkv(x).split([nh * hs, nkv * hs, nkv * hs], dim=-1)
+        if self.qk_norm == "full":  # OLMo-2: one norm over all heads' q (and k), before the split into heads
+            q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, n_head, T, head_size)
         k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, n_kv_head, T, head_size)
         v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, n_kv_head, T, head_size)
+        if self.qk_norm == "head":  # Qwen3 / Gemma-3: each head's q and k normalised, before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         past = 0
         if kv_cache is not None:
             past = kv_cache.seq_len
             k, v = kv_cache.update(layer, k, v)  # (B, n_kv_head, S, head_size)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=causal and mask is None and past == 0 and T > 1,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=nkv != nh,  # each group of n_head / n_kv_head query heads shares one k/v head
-        )  # (B, n_head, T, head_size)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.softcap is not None:
+            scale = self.scale if self.scale is not None else hs**-0.5
+            y = softcapped_attention(q, k, v, mask, scale, self.softcap, causal and past == 0, dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=causal and mask is None and past == 0 and T > 1,
+                dropout_p=dropout_p,
+                scale=self.scale,
+                enable_gqa=nkv != nh,  # each group of n_head / n_kv_head query heads shares one k/v head
+            )  # (B, n_head, T, head_size)
+        y = y.transpose(1, 2).reshape(B, T, nh * hs)  # (B, T, n_head · head_size)
         return self.proj(y)
 
 
