@@ -82,7 +82,8 @@ def config_to_hf(cfg: GPTConfig) -> dict[str, Any]:
             tie_word_embeddings=cfg.tie_embeddings,
         )
         back = config_from_hf(out).to_dict()  # issue 19's fields (qk_norm, softcaps, ...) have no gpt2 form
-        diff = [f"{k}={v!r}" for k, v in cfg.to_dict().items() if k != "hf_model_type" and back[k] != v]
+        same = {"hf_model_type"} | ({"head_dim"} if cfg.head_size * cfg.n_head == cfg.n_embd else set())
+        diff = [f"{k}={v!r}" for k, v in cfg.to_dict().items() if k not in same and back[k] != v]
         if diff:
             raise DanluError(
                 f"no Hugging Face family expresses this GPT (gpt2 would change {', '.join(diff)})"

@@ -209,11 +209,11 @@ def llama_config_to_hf(cfg: GPTConfig) -> dict[str, Any]:
         rope_parameters=rope,
         tie_word_embeddings=cfg.tie_embeddings,
         attention_bias=False,
-        # not the family's defaults (Phi-3: 32000, past a small vocabulary); save_model writes the tokenizer's
-        pad_token_id=None,
-        bos_token_id=None,
-        eos_token_id=None,
     )
+    if (
+        model_type == "phi3"
+    ):  # not Phi-3's default ids (32000, past a small vocabulary): the tokenizer's, if any
+        out.update(pad_token_id=None, eos_token_id=None)
     if model_type in ("gemma2", "gemma3_text"):
         out["hidden_activation"] = "gelu_pytorch_tanh"
         scalar = (cfg.query_scale or cfg.head_size**-0.5) ** -2
@@ -246,7 +246,9 @@ def llama_config_to_hf(cfg: GPTConfig) -> dict[str, Any]:
         if cfg.sliding_window is None
         else {"hf_model_type"}
     )
+    ignore.add("head_dim")  # None and n_embd // n_head are the same width: compare head_size instead
     diff = [k for k, v in cfg.to_dict().items() if k not in ignore and back.to_dict()[k] != v]
+    diff += ["head_dim"] if back.head_size != cfg.head_size else []
     if diff or (cfg.sliding_window is None and back.sliding_window not in (None, cfg.block_size)):
         shown = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in diff)
         raise DanluError(f"no Hugging Face family expresses this GPT ({model_type} would change {shown})")
