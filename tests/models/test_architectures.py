@@ -235,3 +235,20 @@ def test_family_presets_train_and_save(tmp_path, preset):
     assert model_type == {"qwen3-tiny": "qwen3", "olmo2-tiny": "olmo2", "gemma2-tiny": "gemma2"}[preset]
     with torch.no_grad():
         assert (back(x).logits - model(x).logits).abs().max().item() < TOL
+
+
+def test_older_config_spellings_read_the_same():
+    """Checkpoints saved by transformers 4.x spell RoPE as rope_theta + rope_scaling (Llama 3.1) and Gemma-3's
+    local base and pattern as rope_local_base_freq / sliding_window_pattern: they give the same configs."""
+    from danlu.models.hf_gpt import config_from_hf
+
+    base = dict(SMALL, model_type="llama", num_hidden_layers=2)
+    legacy = {k: v for k, v in LLAMA3_ROPE.items() if k != "rope_theta"}
+    old = config_from_hf(dict(base, rope_theta=5e5, rope_scaling=legacy))
+    new = config_from_hf(dict(base, rope_parameters={**LLAMA3_ROPE, "rope_theta": 5e5}))
+    assert old == new and old.rope_theta == 5e5 and old.rope_scaling["rope_type"] == "llama3"
+    gemma = dict(SMALL, **GEMMA, model_type="gemma3_text", num_hidden_layers=4, rope_theta=1e6)
+    cfg = config_from_hf(dict(gemma, rope_local_base_freq=1e4, sliding_window_pattern=2))
+    assert cfg.layer_types == ["sliding", "full", "sliding", "full"] and cfg.rope_local_theta == 1e4
+    with pytest.raises(DanluError, match="rope_type must be one of .* got 'longrope'"):
+        config_from_hf(dict(base, rope_scaling={"rope_type": "longrope", "factor": 2.0}))
