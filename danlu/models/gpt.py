@@ -1,11 +1,13 @@
 """Decoder-only Transformer: GPT-2 style and LLaMA style, chosen by the config.
 
 Notation: B batch, T time, C = n_embd channels, V vocab, n_head query heads, n_kv_head key/value heads,
-head_size = C // n_head.
+head_size = C // n_head unless the config sets head_dim (Gemma, Qwen3).
 
 GPT-2 (Radford et al. 2019): learned positions, LayerNorm, GELU MLP, biases, tied input/output embeddings.
 LLaMA (Touvron et al. 2023): rotary positions, RMSNorm, SwiGLU MLP, no biases, grouped-query attention
 (LLaMA 2, notes 004 §GQA). Both are pre-LN: x + Attn(Norm(x)), then x + MLP(Norm(x)).
+Issue 19's families (Qwen3, Mistral, Phi-3, LLaMA-3, OLMo-2, Gemma-2/3) are config fields of this one model,
+each an optional step of the one forward (docs/ARCHITECTURE.md, the architectures table).
 The model predicts token t+1 from tokens ≤ t: the causal LM objective −Σ log p(x_{t+1} | x_≤t) (notes 003).
 """
 

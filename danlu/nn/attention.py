@@ -72,7 +72,12 @@ class KVCache:
 
     def reorder(self, index: torch.Tensor) -> None:
         """Row i becomes old row index[i] (beam search keeps the surviving beams), in place: the buffers keep
-        their addresses, so a captured CUDA graph stays valid."""
+        their addresses, so a captured CUDA graph stays valid. An index of another length (the encoder-decoder
+        stepper's `expand`, one source row to its beams) selects new buffers: the row count changes."""
+        if index.shape[0] != self.k[0].shape[0]:
+            self.k = [buf.index_select(0, index) for buf in self.k]
+            self.v = [buf.index_select(0, index) for buf in self.v]
+            return
         for buf in (*self.k, *self.v):
             buf.copy_(buf.index_select(0, index))
 
