@@ -157,8 +157,9 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def load_model(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> nn.Module:
-    """A model from a danlu checkpoint, a Hugging Face GPT-2 / LLaMA / Qwen2 / SmolLM / BERT directory,
-    or a `.gguf` file (LLaMA-family, dequantised to float32)."""
+    """A model from a danlu checkpoint, a Hugging Face GPT-2 / LLaMA / Qwen2 / Qwen3 / Mistral / Phi-3 / OLMo-2 /
+    Gemma-2 / Gemma-3 / SmolLM / BERT directory, or a `.gguf` file (LLaMA-family, dequantised to float32).
+    Any other `model_type` is a DanluError listing the supported ones."""
     path = Path(path)
     if not path.exists():
         raise DanluError(f"checkpoint {path} does not exist")

@@ -40,6 +40,37 @@ _Q8_BLOCK = 32
 
 def gguf_architecture(cfg: GPTConfig) -> str:
     """The GGUF `general.architecture` that expresses `cfg`, or a DanluError naming what does not fit."""
+    from danlu.models.gpt import GPTConfig
+
+    # Issue 19's architecture fields (Qwen3, Gemma, OLMo-2, sliding windows, RoPE scaling) have GGUF forms in
+    # llama.cpp, but danlu writes only the three architectures below: name the field, not a wrong file.
+    defaults = GPTConfig()
+    extra = [
+        f"{name}={getattr(cfg, name)!r}"
+        for name in (
+            "head_dim",
+            "qk_norm",
+            "norm_placement",
+            "embedding_scale",
+            "query_scale",
+            "attn_logit_softcap",
+            "final_logit_softcap",
+            "sliding_window",
+            "rope_scaling",
+            "rope_local_theta",
+        )  # fmt: skip
+        if getattr(cfg, name) != getattr(defaults, name)
+        and not (name == "head_dim" and cfg.head_size * cfg.n_head == cfg.n_embd)
+    ]
+    if cfg.norm not in ("layernorm", "rmsnorm"):
+        extra.insert(0, f"norm={cfg.norm!r}")
+    if cfg.mlp not in ("gelu_tanh", "gelu", "relu", "swiglu"):
+        extra.insert(0, f"mlp={cfg.mlp!r}")
+    if extra:
+        raise DanluError(
+            f"GGUF export: {', '.join(extra)} cannot be expressed by danlu's GGUF writer (llama, qwen2, gpt2 "
+            "architectures only); export --format hf writes a folder transformers and vLLM load"
+        )
     if cfg.norm == "rmsnorm" and cfg.mlp == "swiglu" and cfg.position == "rope":
         if cfg.bias:
             raise DanluError(

@@ -1,11 +1,13 @@
 """Decoder-only Transformer: GPT-2 style and LLaMA style, chosen by the config.
 
 Notation: B batch, T time, C = n_embd channels, V vocab, n_head query heads, n_kv_head key/value heads,
-head_size = C // n_head.
+head_size = C // n_head unless the config sets head_dim (Gemma, Qwen3).
 
 GPT-2 (Radford et al. 2019): learned positions, LayerNorm, GELU MLP, biases, tied input/output embeddings.
 LLaMA (Touvron et al. 2023): rotary positions, RMSNorm, SwiGLU MLP, no biases, grouped-query attention
 (LLaMA 2, notes 004 §GQA). Both are pre-LN: x + Attn(Norm(x)), then x + MLP(Norm(x)).
+Issue 19's families (Qwen3, Mistral, Phi-3, LLaMA-3, OLMo-2, Gemma-2/3) are config fields of this one model,
+each an optional step of the one forward (docs/ARCHITECTURE.md, the architectures table).
 The model predicts token t+1 from tokens ≤ t: the causal LM objective −Σ log p(x_{t+1} | x_≤t) (notes 003).
 """
 
@@ -22,8 +24,10 @@ from torch import nn
 from danlu.errors import DanluError
 from danlu.models.config_checks import check_fields, config_from_dict
 from danlu.nn.attention import KVCache, SelfAttention, build_attention_mask
-from danlu.nn.layers import make_mlp, make_norm
-from danlu.nn.position import INITIAL_POSITIONS, grown_length, rope_cache
+from danlu.nn.layers import GATED_MLPS, NORMS, make_mlp, make_norm
+from danlu.nn.position import INITIAL_POSITIONS, grown_length, rope_cache, rope_scaling_problems
+
+MLPS = ("gelu_tanh", "gelu", "relu", "swiglu", *[k for k in GATED_MLPS if k != "swiglu"])
 
 
 @dataclass
@@ -44,6 +48,19 @@ class GPTConfig:
     qkv_bias: bool | None = None  # Qwen2 keeps q/k/v biases with bias=False; None means `bias`
     tie_embeddings: bool = True
     dropout: float = 0.0
+    # Issue 19's architectures (docs/ARCHITECTURE.md, the architectures table): each off by default.
+    head_dim: int | None = None  # per-head width when not n_embd // n_head (Gemma, Qwen3)
+    qk_norm: str = "none"  # "head": norm each head's q, k before RoPE (Qwen3); "full": whole q, k (OLMo-2)
+    norm_placement: str = "pre"  # "pre": x + f(N(x)); "post": x + N(f(x)) (OLMo-2); "sandwich": both (Gemma)
+    embedding_scale: float | None = None  # token embeddings times this (Gemma: sqrt(n_embd))
+    query_scale: float | None = None  # q·k multiplier; None: 1/sqrt(head_size) (Gemma: q_pre_attn_scalar^-½)
+    attn_logit_softcap: float | None = None  # cap·tanh(scores/cap) before the softmax (Gemma-2)
+    final_logit_softcap: float | None = None  # cap·tanh(logits/cap) on the LM head's output (Gemma-2)
+    sliding_window: int | None = None  # a query sees itself and window - 1 keys before it (Mistral, Gemma)
+    layer_types: list[str] | None = None  # "full" | "sliding" per layer; None: all sliding if sliding_window
+    rope_scaling: dict[str, Any] | None = None  # {"rope_type": "linear" | "llama3" | "yarn", ...}
+    rope_local_theta: float | None = None  # RoPE base of the sliding layers, when it differs (Gemma-3)
+    hf_model_type: str | None = None  # the HF family it was loaded as (export tells Phi-3 from Mistral by it)
 
     def __post_init__(self) -> None:
         check_fields(self, "GPT config")  # types and ranges first: the checks below do arithmetic on them
@@ -60,18 +77,21 @@ class GPTConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
-        if self.n_embd % self.n_head:
-            problems.append(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if self.n_embd % self.n_head and self.head_dim is None:
+            problems.append(
+                f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}; set head_dim to decouple them"
+            )
         if self.n_head % self.n_kv_head:
             problems.append(f"n_head {self.n_head} is not divisible by n_kv_head {self.n_kv_head}")
-        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
-            problems.append(f"RoPE needs an even head_size, got {self.n_embd // self.n_head}")
+        if self.position == "rope" and (self.head_dim or self.n_embd // self.n_head) % 2:
+            problems.append(f"RoPE needs an even head_size, got {self.head_size}")
         if self.position not in ("learned", "rope"):
             problems.append(f"position must be 'learned' or 'rope', got {self.position!r}")
-        if self.norm not in ("layernorm", "rmsnorm"):
-            problems.append(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
-        if self.mlp not in ("gelu_tanh", "gelu", "relu", "swiglu"):
-            problems.append(f"mlp must be 'gelu_tanh', 'gelu', 'relu' or 'swiglu', got {self.mlp!r}")
+        if self.norm not in NORMS:
+            problems.append(f"norm must be one of {list(NORMS)}, got {self.norm!r}")
+        if self.mlp not in MLPS:
+            problems.append(f"mlp must be one of {list(MLPS)}, got {self.mlp!r}")
+        problems += architecture_problems(self)
         if self.n_kv_head > self.n_head:
             problems.append(f"n_kv_head {self.n_kv_head} is more than n_head {self.n_head}")
         if problems:
@@ -79,7 +99,13 @@ class GPTConfig:
 
     @property
     def head_size(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_dim or self.n_embd // self.n_head
+
+    def is_sliding(self, layer: int) -> bool:
+        """Whether `layer` attends through the sliding window (else it sees the whole context)."""
+        if self.sliding_window is None:
+            return False
+        return self.layer_types is None or self.layer_types[layer] == "sliding"
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> GPTConfig:
@@ -104,6 +130,48 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama-tiny": dict(
         _LLAMA, n_layer=4, n_head=4, n_kv_head=2, n_embd=128, block_size=256, tie_embeddings=True
     ),
+    # Issue 19's families at the tiny size (docs/ARCHITECTURE.md table): the same shapes, their config fields.
+    "qwen3-tiny": dict(
+        _LLAMA,
+        n_layer=4,
+        n_head=4,
+        n_kv_head=2,
+        n_embd=128,
+        block_size=256,
+        tie_embeddings=True,
+        qk_norm="head",
+    ),
+    "olmo2-tiny": dict(
+        _LLAMA,
+        n_layer=4,
+        n_head=4,
+        n_kv_head=2,
+        n_embd=128,
+        block_size=256,
+        tie_embeddings=True,
+        qk_norm="full",
+        norm_placement="post",
+    ),  # fmt: skip
+    "gemma2-tiny": dict(
+        _LLAMA,
+        norm="rmsnorm_1p",
+        mlp="geglu_tanh",
+        norm_placement="sandwich",
+        norm_eps=1e-6,
+        n_layer=4,
+        n_head=4,
+        n_kv_head=2,
+        n_embd=128,
+        head_dim=32,
+        block_size=256,
+        tie_embeddings=True,
+        embedding_scale=128**0.5,
+        query_scale=32**-0.5,
+        attn_logit_softcap=50.0,
+        final_logit_softcap=30.0,
+        sliding_window=64,
+        layer_types=["sliding", "full"] * 2,
+    ),  # fmt: skip
     "gpt2-small": dict(_GPT2, n_layer=6, n_head=6, n_embd=384, block_size=512),
     "gpt2-124m": dict(_GPT2, vocab_size=50257, n_layer=12, n_head=12, n_embd=768, block_size=1024),
     "smollm2-135m": dict(
@@ -128,14 +196,28 @@ class GPTOutput:
 
 
 class Block(nn.Module):
-    """One pre-LN Transformer block: x + Attn(Norm(x)), then x + MLP(Norm(x))."""
+    """One Transformer block. Pre-LN (the default): x + Attn(Norm(x)), then x + MLP(Norm(x)).
+
+    norm_placement "post" (OLMo-2) normalises each sublayer's output instead, x + Norm(Attn(x)); "sandwich"
+    (Gemma-2/3) does both, x + Norm(Attn(Norm(x))). The output norms are `post_attn_norm` / `post_mlp_norm`.
+    """
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.norm1 = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, bias=cfg.bias)
-        self.attn = SelfAttention(cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.qkv_bias, cfg.bias, cfg.dropout)
-        self.norm2 = make_norm(cfg.norm, cfg.n_embd, cfg.norm_eps, bias=cfg.bias)
+
+        def norm(width: int = cfg.n_embd) -> nn.Module:
+            return make_norm(cfg.norm, width, cfg.norm_eps, bias=cfg.bias)
+
+        pre, post = cfg.norm_placement != "post", cfg.norm_placement != "pre"
+        self.norm1 = norm() if pre else nn.Identity()
+        self.attn = SelfAttention(
+            cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.qkv_bias, cfg.bias, cfg.dropout, head_size=cfg.head_size,
+            qk_norm=cfg.qk_norm, make_norm=norm, scale=cfg.query_scale, softcap=cfg.attn_logit_softcap,
+        )  # fmt: skip
+        self.norm2 = norm() if pre else nn.Identity()
         self.mlp = make_mlp(cfg.mlp, cfg.n_embd, cfg.intermediate_size, cfg.bias)
+        self.post_attn_norm = norm() if post else None
+        self.post_mlp_norm = norm() if post else None
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(
@@ -153,9 +235,14 @@ class Block(nn.Module):
         ATen copies first (4% of a step, docs/BENCHMARKS.md)."""
         (BT, C), T = x.shape, cache_position.shape[0]
         h = self.norm1(x).view(BT // T, T, C)  # (B, T, C)
-        h = self.attn(h, mask, rope, kv_cache, layer, cache_position=cache_position)  # (B, T, C)
-        x = x + self.drop(h.view(BT, C))  # (B·T, C)
-        return x + self.drop(self.mlp(self.norm2(x)))
+        h = self.attn(h, mask, rope, kv_cache, layer, cache_position=cache_position).view(BT, C)  # (B·T, C)
+        if self.post_attn_norm is not None:
+            h = self.post_attn_norm(h)
+        x = x + self.drop(h)  # (B·T, C)
+        h = self.mlp(self.norm2(x))
+        if self.post_mlp_norm is not None:
+            h = self.post_mlp_norm(h)
+        return x + self.drop(h)
 
 
 class GPT(nn.Module):
@@ -173,9 +260,8 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight  # one matrix both embeds and un-embeds (Press & Wolf 2017)
         if cfg.position == "rope":  # (L, head_size) each, L <= block_size grown on demand (ensure_positions)
-            cos, sin = rope_cache(min(cfg.block_size, INITIAL_POSITIONS), cfg.head_size, cfg.rope_theta)
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
+            for name, table in rope_tables(cfg, min(cfg.block_size, INITIAL_POSITIONS)).items():
+                self.register_buffer(name, table, persistent=False)
         self.apply(self._init_weights)
         # GPT-2 scales the residual projections by 1/sqrt(2·n_layer): each block adds two to the residual stream.
         for name, p in self.named_parameters():
@@ -195,9 +281,8 @@ class GPT(nn.Module):
         """Rebuild the non-persistent RoPE tables at their initial length (after building on the meta device)."""
         if self.config.position == "rope":
             cfg = self.config
-            self.rope_cos, self.rope_sin = rope_cache(
-                min(cfg.block_size, INITIAL_POSITIONS), cfg.head_size, cfg.rope_theta
-            )
+            for name, table in rope_tables(cfg, min(cfg.block_size, INITIAL_POSITIONS)).items():
+                setattr(self, name, table)
 
     def ensure_positions(self, n: int) -> None:
         """Make the RoPE tables cover positions [0, n); n beyond the model's context is a DanluError.
@@ -214,9 +299,9 @@ class GPT(nn.Module):
         if self.wpe is not None or n <= self.rope_cos.shape[0]:
             return
         length = grown_length(n, self.rope_cos.shape[0], cfg.block_size)
-        cos, sin = rope_cache(length, cfg.head_size, cfg.rope_theta)
         like = self.rope_cos  # same device and dtype as the table it replaces (e.g. after .to(bfloat16))
-        self.rope_cos, self.rope_sin = cos.to(like.device, like.dtype), sin.to(like.device, like.dtype)
+        for name, table in rope_tables(cfg, length).items():
+            setattr(self, name, table.to(like.device, like.dtype))
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -264,6 +349,9 @@ class GPT(nn.Module):
         if logits_to_keep:
             x = x[:, -logits_to_keep:]  # (B, k, C)
         logits = self.lm_head(x)  # (B, T or k, V)
+        if self.config.final_logit_softcap is not None:  # Gemma-2: logits bounded to (-cap, cap)
+            cap = self.config.final_logit_softcap
+            logits = torch.tanh(logits / cap) * cap
         loss = None
         if labels is not None:
             loss = causal_lm_loss(logits, labels)
@@ -289,6 +377,9 @@ class GPT(nn.Module):
         position_ids (B or 1, T) default to the slots; left-padded rows pass their own (padding not counted).
         """
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        cfg = self.config
+        if cfg.embedding_scale is not None:  # Gemma rounds sqrt(C) to the activations' dtype first
+            x = x * torch.tensor(cfg.embedding_scale, dtype=x.dtype)
         T = x.shape[1]
         past: int | None = None
         if kv_cache is not None and cache_position is not None:
@@ -307,7 +398,7 @@ class GPT(nn.Module):
             cache_position = torch.arange(past, S, device=x.device)  # (T,)
         if position_ids is None:
             position_ids = cache_position[None]  # (1, T)
-        rope = None
+        rope = local_rope = None
         if self.wpe is not None:
             x = x + self.wpe(position_ids)
         else:
@@ -315,14 +406,66 @@ class GPT(nn.Module):
                 self.rope_cos[position_ids][:, None],
                 self.rope_sin[position_ids][:, None],
             )  # (B|1, 1, T, hs)
+            local_rope = rope
+            if cfg.rope_local_theta is not None:  # Gemma-3: the sliding layers rotate with their own base
+                local_rope = (
+                    self.rope_cos_local[position_ids][:, None],
+                    self.rope_sin_local[position_ids][:, None],
+                )
         B, C = x.shape[0], x.shape[2]
         x = self.drop(x).reshape(B * T, C)  # (B·T, C): the residual stream is kept 2-D (see Block.forward)
         mask = build_attention_mask(attention_mask, cache_position, S, past)  # (B|1, 1, T, S) or None
+        local_mask = None  # the sliding layers' mask (Mistral, Gemma), see build_attention_mask's `window`
+        if cfg.sliding_window is not None:
+            local_mask = build_attention_mask(attention_mask, cache_position, S, past, cfg.sliding_window)
         for i, block in enumerate(self.blocks):
-            x = block(x, mask, rope, kv_cache, i, cache_position)
+            if cfg.is_sliding(i):
+                x = block(x, local_mask, local_rope, kv_cache, i, cache_position)
+            else:
+                x = block(x, mask, rope, kv_cache, i, cache_position)
         if kv_cache is not None and past is not None:
             kv_cache.advance(T)
         return self.norm_f(x).view(B, T, C)  # (B, T, C)
+
+
+def rope_tables(cfg: GPTConfig, length: int) -> dict[str, torch.Tensor]:
+    """The RoPE cos/sin buffers (length, head_size) a GPT holds: `rope_cos`, `rope_sin` (with the config's
+    rope_scaling), plus `rope_cos_local`, `rope_sin_local` for the sliding layers when rope_local_theta is set
+    (Gemma-3: unscaled, their own base)."""
+    cos, sin = rope_cache(length, cfg.head_size, cfg.rope_theta, cfg.rope_scaling)
+    tables = {"rope_cos": cos, "rope_sin": sin}
+    if cfg.rope_local_theta is not None:
+        tables["rope_cos_local"], tables["rope_sin_local"] = rope_cache(
+            length, cfg.head_size, cfg.rope_local_theta
+        )
+    return tables
+
+
+def architecture_problems(cfg: GPTConfig) -> list[str]:
+    """Why the issue-19 fields of `cfg` do not fit together, as actionable messages ([] when they do)."""
+    problems = []
+    if cfg.qk_norm not in ("none", "head", "full"):
+        problems.append(f"qk_norm must be 'none', 'head' or 'full', got {cfg.qk_norm!r}")
+    if cfg.norm_placement not in ("pre", "post", "sandwich"):
+        problems.append(f"norm_placement must be 'pre', 'post' or 'sandwich', got {cfg.norm_placement!r}")
+    if cfg.layer_types is not None:
+        if not isinstance(cfg.layer_types, list) or len(cfg.layer_types) != cfg.n_layer:
+            problems.append(
+                f"layer_types must be a list of n_layer={cfg.n_layer} entries, got {cfg.layer_types!r}"
+            )
+        elif any(t not in ("full", "sliding") for t in cfg.layer_types):
+            problems.append(f"layer_types entries must be 'full' or 'sliding', got {cfg.layer_types!r}")
+        elif "sliding" in cfg.layer_types and cfg.sliding_window is None:
+            problems.append("layer_types names sliding layers but sliding_window is not set; set its width")
+    if cfg.rope_scaling is not None:
+        if cfg.position != "rope":
+            problems.append("rope_scaling needs position='rope'")
+        problems += rope_scaling_problems(cfg.rope_scaling)
+    if cfg.rope_local_theta is not None and (cfg.position != "rope" or cfg.sliding_window is None):
+        problems.append(
+            "rope_local_theta is the RoPE base of sliding layers: it needs position='rope' and a sliding_window"
+        )
+    return problems
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,15 @@ import torch
 from danlu.errors import DanluError
 from danlu.models.config_checks import hf_value
 from danlu.models.gpt import GPTConfig
+from danlu.models.hf_llama import (
+    LLAMA_FAMILY,
+    llama_config_from_hf,
+    llama_config_to_hf,
+    llama_state_dict_from_hf,
+    llama_state_dict_to_hf,
+)
 
-LLAMA_FAMILY = ("llama", "qwen2", "mistral")  # same tensor names; Qwen2 adds q/k/v biases
+SUPPORTED_GPT_TYPES = ("gpt2", *LLAMA_FAMILY)
 
 
 def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
@@ -48,39 +55,10 @@ def config_from_hf(hf: dict[str, Any]) -> GPTConfig:
             tie_embeddings=get("tie_word_embeddings", annotation="bool", default=True),
         )
     if model_type in LLAMA_FAMILY:
-        act = get("hidden_act", annotation="str", default="silu")
-        if act != "silu":
-            raise DanluError(f"{model_type} hidden_act {act!r} is not supported; only 'silu'")
-        rope = get("rope_parameters", annotation="dict", default=None) or get(
-            "rope_scaling", annotation="dict", default=None
-        )
-        rope = rope or {}
-        if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
-            raise DanluError(f"RoPE scaling {rope.get('rope_type')!r} is not supported; only plain RoPE")
-        n_head, n_embd = get("num_attention_heads", "n_head"), get("hidden_size", "n_embd")
-        head_dim = get("head_dim", "n_embd", default=None)
-        if head_dim and head_dim * n_head != n_embd:
-            raise DanluError(f"head_dim {head_dim} · n_head != hidden_size {n_embd}: not supported")
-        theta = hf_value(rope, "rope_theta", "float", field="rope_theta", default=None)
-        return GPTConfig(
-            vocab_size=get("vocab_size"),
-            block_size=get("max_position_embeddings", "block_size", default=2048),
-            n_layer=get("num_hidden_layers", "n_layer"),
-            n_head=n_head,
-            n_kv_head=get("num_key_value_heads", "n_kv_head", default=n_head),
-            n_embd=n_embd,
-            intermediate_size=get("intermediate_size"),
-            norm="rmsnorm",
-            norm_eps=get("rms_norm_eps", "norm_eps", "float", default=1e-6),
-            mlp="swiglu",
-            position="rope",
-            rope_theta=float(theta or get("rope_theta", annotation="float", default=10000.0)),
-            bias=False,
-            qkv_bias=model_type == "qwen2" or get("attention_bias", annotation="bool", default=False),
-            tie_embeddings=get("tie_word_embeddings", annotation="bool", default=False),
-        )
-    supported = ["gpt2", *LLAMA_FAMILY]
-    raise DanluError(f"unsupported architecture model_type={model_type!r}; danlu's GPT loads {supported}")
+        return llama_config_from_hf(hf, model_type)
+    raise DanluError(
+        f"unsupported architecture model_type={model_type!r}; danlu's GPT loads {list(SUPPORTED_GPT_TYPES)}"
+    )
 
 
 def config_to_hf(cfg: GPTConfig) -> dict[str, Any]:
@@ -89,7 +67,7 @@ def config_to_hf(cfg: GPTConfig) -> dict[str, Any]:
         if cfg.norm != "layernorm" or cfg.mlp not in ("gelu_tanh", "gelu", "relu") or not cfg.bias:
             raise DanluError("only GPT-2-shaped models (LayerNorm, GELU, biases) export as gpt2")
         act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[cfg.mlp]
-        return dict(
+        out = dict(
             model_type="gpt2",
             architectures=["GPT2LMHeadModel"],
             vocab_size=cfg.vocab_size,
@@ -103,25 +81,17 @@ def config_to_hf(cfg: GPTConfig) -> dict[str, Any]:
             layer_norm_epsilon=cfg.norm_eps,
             tie_word_embeddings=cfg.tie_embeddings,
         )
-    if cfg.norm != "rmsnorm" or cfg.mlp != "swiglu" or cfg.bias:
-        raise DanluError("only LLaMA-shaped models (RMSNorm, SwiGLU, no biases) export as llama")
-    return dict(
-        model_type="qwen2" if cfg.qkv_bias else "llama",
-        architectures=["Qwen2ForCausalLM" if cfg.qkv_bias else "LlamaForCausalLM"],
-        vocab_size=cfg.vocab_size,
-        max_position_embeddings=cfg.block_size,
-        hidden_size=cfg.n_embd,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head,
-        num_key_value_heads=cfg.n_kv_head,
-        head_dim=cfg.head_size,
-        hidden_act="silu",
-        rms_norm_eps=cfg.norm_eps,
-        rope_theta=cfg.rope_theta,
-        tie_word_embeddings=cfg.tie_embeddings,
-        attention_bias=False,
-    )
+        back = config_from_hf(out).to_dict()  # issue 19's fields (qk_norm, softcaps, ...) have no gpt2 form
+        same = {"hf_model_type"} | ({"head_dim"} if cfg.head_size * cfg.n_head == cfg.n_embd else set())
+        diff = [f"{k}={v!r}" for k, v in cfg.to_dict().items() if k not in same and back[k] != v]
+        if diff:
+            raise DanluError(
+                f"no Hugging Face family expresses this GPT (gpt2 would change {', '.join(diff)})"
+            )
+        return out
+    if cfg.bias:
+        raise DanluError("a RoPE model with biases outside q/k/v (bias=True) has no Hugging Face family")
+    return llama_config_to_hf(cfg)
 
 
 def state_dict_from_hf(
@@ -147,26 +117,7 @@ def state_dict_from_hf(
         out["lm_head.weight"] = sd.get("lm_head.weight", sd["wte.weight"])
         return out
     if model_type in LLAMA_FAMILY:
-        sd = {k.removeprefix("model."): v for k, v in sd.items()}
-        out["wte.weight"] = sd["embed_tokens.weight"]
-        for i in range(cfg.n_layer):
-            h, b = f"layers.{i}.", f"blocks.{i}."
-            a = h + "self_attn."
-            out[b + "attn.qkv.weight"] = torch.cat(
-                [sd[a + "q_proj.weight"], sd[a + "k_proj.weight"], sd[a + "v_proj.weight"]]
-            )
-            if cfg.qkv_bias:
-                out[b + "attn.qkv.bias"] = torch.cat(
-                    [sd[a + "q_proj.bias"], sd[a + "k_proj.bias"], sd[a + "v_proj.bias"]]
-                )
-            out[b + "attn.proj.weight"] = sd[a + "o_proj.weight"]
-            for name in ("gate", "up", "down"):
-                out[b + f"mlp.{name}.weight"] = sd[h + f"mlp.{name}_proj.weight"]
-            out[b + "norm1.weight"] = sd[h + "input_layernorm.weight"]
-            out[b + "norm2.weight"] = sd[h + "post_attention_layernorm.weight"]
-        out["norm_f.weight"] = sd["norm.weight"]
-        out["lm_head.weight"] = sd.get("lm_head.weight", sd["embed_tokens.weight"])
-        return out
+        return llama_state_dict_from_hf(sd, cfg, model_type)
     raise DanluError(f"unsupported architecture model_type={model_type!r}")
 
 
@@ -190,27 +141,4 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, t
         if not cfg.tie_embeddings:
             out["lm_head.weight"] = sd["lm_head.weight"]
         return out
-    hs = cfg.head_size
-    sizes = [cfg.n_head * hs, cfg.n_kv_head * hs, cfg.n_kv_head * hs]
-    out["model.embed_tokens.weight"] = sd["wte.weight"]
-    for i in range(cfg.n_layer):
-        h, b = f"model.layers.{i}.", f"blocks.{i}."
-        q, k, v = sd[b + "attn.qkv.weight"].split(sizes)
-        out[h + "self_attn.q_proj.weight"], out[h + "self_attn.k_proj.weight"] = (
-            q.contiguous(),
-            k.contiguous(),
-        )
-        out[h + "self_attn.v_proj.weight"] = v.contiguous()
-        if cfg.qkv_bias:
-            qb, kb, vb = sd[b + "attn.qkv.bias"].split(sizes)
-            out[h + "self_attn.q_proj.bias"], out[h + "self_attn.k_proj.bias"] = qb, kb
-            out[h + "self_attn.v_proj.bias"] = vb
-        out[h + "self_attn.o_proj.weight"] = sd[b + "attn.proj.weight"]
-        for name in ("gate", "up", "down"):
-            out[h + f"mlp.{name}_proj.weight"] = sd[b + f"mlp.{name}.weight"]
-        out[h + "input_layernorm.weight"] = sd[b + "norm1.weight"]
-        out[h + "post_attention_layernorm.weight"] = sd[b + "norm2.weight"]
-    out["model.norm.weight"] = sd["norm_f.weight"]
-    if not cfg.tie_embeddings:
-        out["lm_head.weight"] = sd["lm_head.weight"]
-    return out
+    return llama_state_dict_to_hf(sd, cfg)

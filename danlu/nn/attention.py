@@ -6,11 +6,14 @@ n_kv_head key/value heads (GQA: n_kv_head divides n_head; MHA: equal; MQA: 1), h
 Attention(Q, K, V) = softmax(Q Kᵀ / sqrt(head_size)) V  (Vaswani et al. 2017, eq. 1; notes 003 §Self-Attention).
 Attention backends (`SelfAttention.attn_impl`): "sdpa" calls `torch.nn.functional.scaled_dot_product_attention`,
 which picks a fused kernel (flash / memory-efficient / math) for the device; "one_query" writes attention out as
-products and sums for one-query decode steps, which inductor fuses on CPU; "auto" picks per call.
-The causal + padding mask is built in one place, `build_attention_mask`.
+products and sums for one-query decode steps, which inductor fuses on CPU; "auto" picks per call. A layer with
+an attention-logit soft-cap (Gemma-2) runs "softcap", the scores written out (SDPA has no hook before the
+softmax). The causal + padding (+ sliding-window) mask is built in one place, `build_attention_mask`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -69,9 +72,9 @@ class KVCache:
 
     def reorder(self, index: torch.Tensor) -> None:
         """Row i becomes old row index[i] (beam search keeps the surviving beams), in place: the buffers keep
-        their addresses, so a captured CUDA graph stays valid. An index of another length (one prompt's row
-        copied to its beams or samples) changes the batch size: new buffers then."""
-        if index.numel() != self.k[0].shape[0]:
+        their addresses, so a captured CUDA graph stays valid. An index of another length (the encoder-decoder
+        stepper's `expand`, one source row to its beams) selects new buffers: the row count changes."""
+        if index.shape[0] != self.k[0].shape[0]:
             self.k = [buf.index_select(0, index) for buf in self.k]
             self.v = [buf.index_select(0, index) for buf in self.v]
             return
@@ -80,7 +83,11 @@ class KVCache:
 
 
 def build_attention_mask(
-    attention_mask: torch.Tensor | None, cache_position: torch.Tensor, S: int, past: int | None = None
+    attention_mask: torch.Tensor | None,
+    cache_position: torch.Tensor,
+    S: int,
+    past: int | None = None,
+    window: int | None = None,
 ) -> torch.Tensor | None:
     """The one causal + padding mask: boolean (B or 1, 1, T, S) for SDPA (True = may attend), or None when
     none is needed.
@@ -90,13 +97,24 @@ def build_attention_mask(
     written). attention_mask (B, S) of 1/0, or None when every key is real. `past` is the number of keys before
     the first query when the queries are known to fill the last T slots (an appending forward): then no mask is
     needed without padding (SDPA's is_causal at past 0, nothing at all for one query).
+
+    `window` (sliding-window attention: Mistral, Gemma's local layers) also hides keys j <= cache_position[i]
+    - window: each query sees itself and the window - 1 keys before it. Then a mask is always returned (unless
+    an appending forward's S <= window: no distance reaches the window). Slots, not position ids, are compared:
+    left padding sits before a row's real tokens, so slot distances equal position distances.
     """
     T = cache_position.shape[0]
-    if attention_mask is None and past is not None and (past == 0 or T == 1):
+    # By position (past None, S maybe symbolic under torch.compile) the window term is always applied: a
+    # comparison of S with the window would be a guard, one more compilation.
+    windowed = window is not None and (past is None or S > window)
+    if attention_mask is None and past is not None and (past == 0 or T == 1) and not windowed:
         return None
     q_pos = cache_position[:, None]  # (T, 1)
     k_pos = torch.arange(S, device=cache_position.device)[None, :]  # (1, S)
-    mask = (k_pos <= q_pos)[None, None]  # (1, 1, T, S)
+    mask = k_pos <= q_pos  # (T, S)
+    if windowed:
+        mask = mask & (k_pos > q_pos - window)
+    mask = mask[None, None]  # (1, 1, T, S)
     if attention_mask is not None:
         keys = attention_mask[:, None, None, :].bool()  # (B, 1, 1, S)
         # A padding query would otherwise attend nothing (softmax of all -inf is NaN): let it see itself.
@@ -111,13 +129,21 @@ def sdpa_attention(
     mask: torch.Tensor | None,
     is_causal: bool,
     dropout_p: float,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """PyTorch's fused attention: q (B, n_head, T, hs), k and v (B, n_kv_head, S, hs) -> (B, n_head, T, hs).
 
-    `enable_gqa`: each group of n_head / n_kv_head query heads shares one k/v head, read in place (no
-    repeat_interleave copy of the cache)."""
+    `scale` multiplies q·k (None: 1/sqrt(hs)). `enable_gqa`: each group of n_head / n_kv_head query heads
+    shares one k/v head, read in place (no repeat_interleave copy of the cache)."""
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p, enable_gqa=k.shape[1] != q.shape[1]
+        q,
+        k,
+        v,
+        attn_mask=mask,
+        is_causal=is_causal,
+        dropout_p=dropout_p,
+        scale=scale,
+        enable_gqa=k.shape[1] != q.shape[1],
     )
 
 
@@ -128,8 +154,9 @@ def one_query_attention(
     mask: torch.Tensor | None,
     is_causal: bool = False,
     dropout_p: float = 0.0,
+    scale: float | None = None,
 ) -> torch.Tensor:
-    """softmax(q kᵀ / sqrt(head_size)) v for one query per row, written as products and sums: q (B, n_head, 1,
+    """softmax(q kᵀ · scale) v (scale None: 1/sqrt(head_size)) for one query per row, written as products and sums: q (B, n_head, 1,
     hs), k and v (B, n_kv_head, S, hs), mask (B or 1, 1, 1, S) or None -> (B, n_head, 1, hs).
 
     Query head h reads key head h // group (GQA, group = n_head / n_kv_head) through a broadcast, not a copy.
@@ -140,12 +167,43 @@ def one_query_attention(
     B, nh, _, hs = q.shape
     nkv = k.shape[1]
     q = q.reshape(B, nkv, nh // nkv, 1, hs)  # (B, n_kv_head, group, 1, hs)
-    scores = (q * k[:, :, None]).sum(-1) * hs**-0.5  # (B, n_kv_head, group, S)
+    scale = hs**-0.5 if scale is None else scale
+    scores = (q * k[:, :, None]).sum(-1) * scale  # (B, n_kv_head, group, S)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))  # (B, 1, 1, S) broadcasts over the heads
     p = scores.softmax(-1)
     y = (p[..., None] * v[:, :, None]).sum(-2)  # (B, n_kv_head, group, hs)
     return y.reshape(B, nh, 1, hs)  # (B, n_head, 1, hs): head h = (h // group, h % group)
+
+
+def softcapped_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+    dropout_p: float,
+    scale: float | None = None,
+    softcap: float = 50.0,
+) -> torch.Tensor:
+    """softmax(cap · tanh(q kᵀ · scale / cap)) v, Gemma-2's attention-logit soft-capping, written out (SDPA
+    has no hook between the scores and the softmax). q (B, n_head, T, hs), k/v (B, n_kv_head, S, hs), mask
+    (B | 1, 1, T, S) of booleans or None (then `is_causal` says whether the T queries are causal over S = T
+    keys) -> (B, n_head, T, hs)."""
+    B, nh, T, hs = q.shape
+    nkv, S = k.shape[1], k.shape[2]
+    if nkv != nh:  # each group of n_head / n_kv_head query heads shares one k/v head
+        k, v = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)
+    scale = hs**-0.5 if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, n_head, T, S)
+    scores = torch.tanh(scores / softcap) * softcap
+    if mask is None and is_causal:
+        pos = torch.arange(S, device=q.device)
+        mask = pos[None, :] <= pos[S - T :, None]  # (T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    p = F.dropout(scores.float().softmax(-1), dropout_p).to(q.dtype)
+    return p @ v  # (B, n_head, T, hs)
 
 
 # The attention backends SelfAttention can run, by name (`attn_impl`); "auto" picks one per call.
@@ -166,7 +224,15 @@ def pick_attention(attn_impl: str, T: int, device: torch.device, training: bool)
 class SelfAttention(nn.Module):
     """Multi-head (or grouped-query) self-attention with an optional rotary position and KV cache.
 
-    `attn_impl` chooses the attention backend: "auto" (default), or one of ATTENTION_BACKENDS."""
+    `attn_impl` chooses the attention backend: "auto" (default), or one of ATTENTION_BACKENDS.
+    Optional steps, each off by default (issue 19's architectures):
+    - `qk_norm`: "head" normalises q and k per head before RoPE (Qwen3, Gemma-3), "full" normalises the whole
+      q and k projections (OLMo-2); `make_norm(width)` builds each norm;
+    - `scale`: the q·k multiplier (Gemma: query_pre_attn_scalar^-1/2); None is 1/sqrt(head_size);
+    - `softcap`: cap · tanh(scores / cap) before the softmax (Gemma-2): the "softcap" backend, always.
+    `head_size` may differ from C / n_head (Gemma, Qwen3): q is n_head · head_size wide, the output projection
+    maps it back to C.
+    """
 
     def __init__(
         self,
@@ -177,19 +243,30 @@ class SelfAttention(nn.Module):
         proj_bias: bool,
         dropout: float = 0.0,
         attn_impl: str = "auto",
+        head_size: int | None = None,
+        qk_norm: str = "none",
+        make_norm: Callable[[int], nn.Module] | None = None,
+        scale: float | None = None,
+        softcap: float | None = None,
     ) -> None:
         super().__init__()
-        assert C % n_head == 0 and n_head % n_kv_head == 0
+        assert n_head % n_kv_head == 0 and (head_size is not None or C % n_head == 0)
         if attn_impl != "auto" and attn_impl not in ATTENTION_BACKENDS:
             raise ValueError(
                 f"unknown attn_impl {attn_impl!r}; use 'auto' or one of {sorted(ATTENTION_BACKENDS)}"
             )
-        self.n_head, self.n_kv_head, self.head_size = n_head, n_kv_head, C // n_head
+        self.n_head, self.n_kv_head, self.head_size = n_head, n_kv_head, head_size or C // n_head
+        hs = self.head_size
         # One matmul for q, k and v: [q (n_head·hs) | k (n_kv_head·hs) | v (n_kv_head·hs)].
-        self.qkv = nn.Linear(C, (n_head + 2 * n_kv_head) * self.head_size, bias=qkv_bias)
-        self.proj = nn.Linear(C, C, bias=proj_bias)
+        self.qkv = nn.Linear(C, (n_head + 2 * n_kv_head) * hs, bias=qkv_bias)
+        self.proj = nn.Linear(n_head * hs, C, bias=proj_bias)
         self.dropout = dropout
         self.attn_impl = attn_impl
+        self.qk_norm, self.scale, self.softcap = qk_norm, scale, softcap
+        if qk_norm != "none":
+            assert make_norm is not None and qk_norm in ("head", "full")
+            self.q_norm = make_norm(hs if qk_norm == "head" else n_head * hs)
+            self.k_norm = make_norm(hs if qk_norm == "head" else n_kv_head * hs)
 
     def forward(
         self,
@@ -209,28 +286,36 @@ class SelfAttention(nn.Module):
         B, T, C = x.shape
         hs, nh, nkv = self.head_size, self.n_head, self.n_kv_head
         qkv = self.qkv(x.reshape(B * T, C))  # (B·T, (n_head + 2·n_kv_head)·hs): a plain 2-D matmul input
+        if self.qk_norm == "full":  # OLMo-2: one norm over all heads' q (and k), before the split into heads
+            q, k, v = qkv.split([nh * hs, nkv * hs, nkv * hs], dim=-1)
+            qkv = torch.cat([self.q_norm(q), self.k_norm(k), v], dim=-1)  # (B·T, (n_head + 2·n_kv_head)·hs)
         qkv = qkv.view(B, T, nh + 2 * nkv, hs).transpose(1, 2)  # (B, n_head + 2·n_kv_head, T, hs)
         qk = qkv[:, : nh + nkv]  # (B, n_head + n_kv_head, T, hs)
         v = qkv[:, nh + nkv :]  # (B, n_kv_head, T, hs)
-        if rope is not None:
-            qk = apply_rope(qk, *rope)  # queries and keys rotate alike: one call for both
-        q, k = qk[:, :nh], qk[:, nh:]  # (B, n_head, T, head_size), (B, n_kv_head, T, head_size)
+        if self.qk_norm == "head":  # Qwen3 / Gemma-3: each head's q and k normalised (own norms), before RoPE
+            q, k = self.q_norm(qk[:, :nh]), self.k_norm(qk[:, nh:])
+            if rope is not None:
+                q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        else:
+            if rope is not None:
+                qk = apply_rope(qk, *rope)  # queries and keys rotate alike: one call for both
+            q, k = qk[:, :nh], qk[:, nh:]  # (B, n_head, T, head_size), (B, n_kv_head, T, head_size)
         S = T
         if kv_cache is not None:
             S = mask.shape[-1] if mask is not None else kv_cache.seq_len + T
             if cache_position is None:  # append after the filled slots
                 cache_position = torch.arange(S - T, S, device=x.device)  # (T,)
             k, v = kv_cache.update(layer, k, v, cache_position, S)  # (B, n_kv_head, S, head_size)
-        impl = pick_attention(self.attn_impl, T, x.device, self.training and self.dropout > 0)
-        y = ATTENTION_BACKENDS[impl](
-            q,
-            k,
-            v,
-            mask,
-            is_causal=causal and mask is None and S == T and T > 1,
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, n_head, T, head_size)
-        y = y.transpose(1, 2).reshape(B * T, C)  # (B·T, C): the matmul gets a plain 2-D input
+        is_causal = causal and mask is None and S == T and T > 1
+        dropout_p = self.dropout if self.training else 0.0
+        if self.softcap is not None:
+            y = softcapped_attention(q, k, v, mask, is_causal, dropout_p, self.scale, self.softcap)
+        else:
+            impl = pick_attention(self.attn_impl, T, x.device, self.training and self.dropout > 0)
+            y = ATTENTION_BACKENDS[impl](
+                q, k, v, mask, is_causal=is_causal, dropout_p=dropout_p, scale=self.scale
+            )  # (B, n_head, T, head_size)
+        y = y.transpose(1, 2).reshape(B * T, nh * hs)  # (B·T, n_head·hs): the matmul gets a plain 2-D input
         return self.proj(y).view(B, T, C)  # (B, T, C)
 
 

@@ -30,13 +30,36 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
+class OffsetRMSNorm(nn.Module):
+    """Gemma's RMSNorm: x / rms(x) * (1 + weight), the weight stored as an offset from 1 (zeros at init).
+
+    The product is taken in fp32 before the cast back, as Gemma does (not the cast-then-multiply of LLaMA).
+    A class of its own, not an RMSNorm flag, so code that reads `RMSNorm.weight` as the scale stays right.
+    """
+
+    def __init__(self, C: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(C))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (h * (1.0 + self.weight.float())).to(x.dtype)
+
+
+NORMS = ("layernorm", "rmsnorm", "rmsnorm_1p")
+
+
 def make_norm(kind: str, C: int, eps: float, bias: bool = True) -> nn.Module:
-    """`layernorm` (GPT-2, BERT, the paper) or `rmsnorm` (LLaMA)."""
+    """`layernorm` (GPT-2, BERT, the paper), `rmsnorm` (LLaMA) or `rmsnorm_1p` (Gemma: scale 1 + weight)."""
     if kind == "layernorm":
         return nn.LayerNorm(C, eps=eps, bias=bias)
     if kind == "rmsnorm":
         return RMSNorm(C, eps=eps)
-    raise DanluError(f"unknown norm {kind!r}; use 'layernorm' or 'rmsnorm'")
+    if kind == "rmsnorm_1p":
+        return OffsetRMSNorm(C, eps=eps)
+    raise DanluError(f"unknown norm {kind!r}; use one of {list(NORMS)}")
 
 
 ACTIVATIONS = {
@@ -62,21 +85,37 @@ class MLP(nn.Module):
         return self.proj(self.act(self.fc(x)))
 
 
-class SwiGLU(nn.Module):
-    """LLaMA's gated FFN (Shazeer 2020): W_down( silu(x W_gate) * (x W_up) )."""
+class GatedMLP(nn.Module):
+    """A gated FFN (Shazeer 2020, "GLU Variants"): W_down( act(x W_gate) * (x W_up) ).
 
-    def __init__(self, C: int, hidden: int, bias: bool = False) -> None:
+    act = silu is SwiGLU (LLaMA, Qwen, Mistral, Phi-3, OLMo-2); act = tanh-GELU is GeGLU (Gemma).
+    """
+
+    def __init__(self, C: int, hidden: int, bias: bool = False, activation: str = "silu") -> None:
         super().__init__()
+        self.act = ACTIVATIONS[activation]
         self.gate = nn.Linear(C, hidden, bias=bias)
         self.up = nn.Linear(C, hidden, bias=bias)
         self.down = nn.Linear(hidden, C, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(self.act(self.gate(x)) * self.up(x))
+
+
+class SwiGLU(GatedMLP):
+    """LLaMA's gated FFN: W_down( silu(x W_gate) * (x W_up) )."""
+
+    def __init__(self, C: int, hidden: int, bias: bool = False) -> None:
+        super().__init__(C, hidden, bias=bias, activation="silu")
+
+
+GATED_MLPS = {"swiglu": "silu", "geglu_tanh": "gelu_tanh"}  # mlp kind -> the gate's activation
 
 
 def make_mlp(kind: str, C: int, hidden: int, bias: bool) -> nn.Module:
-    """`swiglu` for LLaMA, otherwise a two-layer MLP with the named activation."""
+    """`swiglu` (LLaMA) or `geglu_tanh` (Gemma), otherwise a two-layer MLP with the named activation."""
     if kind == "swiglu":
         return SwiGLU(C, hidden, bias=bias)
+    if kind in GATED_MLPS:
+        return GatedMLP(C, hidden, bias=bias, activation=GATED_MLPS[kind])
     return MLP(C, hidden, activation=kind, bias=bias)

@@ -17,6 +17,7 @@ class ByteTokenizer:
     """One token per UTF-8 byte, plus <eos> = 256 and <pad> = 257."""
 
     eos_token_id, pad_token_id, bos_token_id, vocab_size = 256, 257, None, 258
+    pad_id = 257  # what the engine pads batches with (danlu.tokenizers.base.Tokenizer.pad_id)
 
     def encode(self, text):
         return list(text.encode("utf-8"))

@@ -186,7 +186,7 @@ def test_compiled_steps_of_different_models_interleave():
 
 def test_one_forward_only():
     """No second decoding forward, cache class or mask builder: the compiled step calls the model's forward."""
-    from danlu.generate import static
+    from danlu.generate import static  # `import danlu.generate.static` would read the function danlu.generate
     from danlu.nn.attention import KVCache
 
     for gone in ("gpt_forward", "_attend_one_query", "StaticKVCache", "_norm"):
