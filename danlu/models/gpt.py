@@ -124,54 +124,31 @@ class GPTConfig:
 _GPT2 = dict(norm="layernorm", norm_eps=1e-5, mlp="gelu_tanh", position="learned", bias=True)
 _LLAMA = dict(norm="rmsnorm", norm_eps=1e-5, mlp="swiglu", position="rope", bias=False, tie_embeddings=False)
 
+# The tiny LLaMA-style shape every *-tiny family preset shares (4 layers of 128 channels, GQA 4:2).
+_TINY_LLAMA = dict(n_layer=4, n_head=4, n_kv_head=2, n_embd=128, block_size=256, tie_embeddings=True)
+
 # Named presets: the tiny ones train on 2 CPU cores in minutes; the others have real models' shapes.
 PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-tiny": dict(_GPT2, n_layer=4, n_head=4, n_embd=128, block_size=256),
-    "llama-tiny": dict(
-        _LLAMA, n_layer=4, n_head=4, n_kv_head=2, n_embd=128, block_size=256, tie_embeddings=True
-    ),
+    "llama-tiny": dict(_LLAMA, **_TINY_LLAMA),
     # Issue 19's families at the tiny size (docs/ARCHITECTURE.md table): the same shapes, their config fields.
-    "qwen3-tiny": dict(
-        _LLAMA,
-        n_layer=4,
-        n_head=4,
-        n_kv_head=2,
-        n_embd=128,
-        block_size=256,
-        tie_embeddings=True,
-        qk_norm="head",
-    ),
-    "olmo2-tiny": dict(
-        _LLAMA,
-        n_layer=4,
-        n_head=4,
-        n_kv_head=2,
-        n_embd=128,
-        block_size=256,
-        tie_embeddings=True,
-        qk_norm="full",
-        norm_placement="post",
-    ),  # fmt: skip
+    "qwen3-tiny": dict(_LLAMA, **_TINY_LLAMA, qk_norm="head"),
+    "olmo2-tiny": dict(_LLAMA, **_TINY_LLAMA, qk_norm="full", norm_placement="post"),
     "gemma2-tiny": dict(
         _LLAMA,
+        **_TINY_LLAMA,
         norm="rmsnorm_1p",
         mlp="geglu_tanh",
         norm_placement="sandwich",
         norm_eps=1e-6,
-        n_layer=4,
-        n_head=4,
-        n_kv_head=2,
-        n_embd=128,
         head_dim=32,
-        block_size=256,
-        tie_embeddings=True,
         embedding_scale=128**0.5,
         query_scale=32**-0.5,
         attn_logit_softcap=50.0,
         final_logit_softcap=30.0,
         sliding_window=64,
         layer_types=["sliding", "full"] * 2,
-    ),  # fmt: skip
+    ),
     "gpt2-small": dict(_GPT2, n_layer=6, n_head=6, n_embd=384, block_size=512),
     "gpt2-124m": dict(_GPT2, vocab_size=50257, n_layer=12, n_head=12, n_embd=768, block_size=1024),
     "smollm2-135m": dict(
