@@ -14,7 +14,7 @@ The engine keeps them only for rows that ask (GenerationOptions.top_logprobs), s
 A completions `top_logprobs` entry is a dict of the `logprobs` most likely tokens plus the chosen one (so up to
 logprobs + 1 entries, as OpenAI documents); the first prompt token has no log-prob (null). A token that is not
 whole UTF-8 (a byte-level piece of a character) is written "bytes:\\xe4\\xb8" as OpenAI does; `bytes` is exact.
-Prompt tokens are scored by one forward of the model over the (right-padded) prompts, next to the batcher.
+Prompt tokens are scored by the model's forward over the (right-padded) prompts, next to the batcher.
 
 Notation: B prompts, T positions, V vocabulary.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import codecs
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -32,13 +33,15 @@ import torch
 from danlu.errors import DanluError
 from danlu.generate.options import GenerationOptions
 from danlu.generate.rows import Completion, ScoredToken
+from danlu.generate.steps import forward_tokens, model_device, new_state
 from danlu.nn.logprobs import token_logprobs
 from danlu.serve.schemas import APIError
 
 MAX_CHAT_TOP_LOGPROBS = 20  # OpenAI's limits
 MAX_COMPLETION_LOGPROBS = 5
-SCORE_TOKENS_PER_FORWARD = 2048  # B x T per scoring forward: bounds its (B, T, V) logits
+SCORE_TOKENS_PER_FORWARD = 1024  # rows x positions per scoring forward: bounds its (B, T, V) logits
 FLOOR = -9999.0  # OpenAI's stand-in for a log-prob of -inf (JSON has no infinities)
+_SCORING = threading.Lock()
 
 
 # ---- requests ---------------------------------------------------------------------------------------------
@@ -90,30 +93,52 @@ def with_top_logprobs(opts: GenerationOptions, k: int | None) -> GenerationOptio
 @torch.inference_mode()
 def score_prompts(model: Any, prompts: Sequence[Sequence[int]], k: int) -> list[list[ScoredToken | None]]:
     """Each prompt token's raw log-prob given the tokens before it, with the k most likely tokens there; the
-    first token has none (None). Prompts are right-padded into batches of at most SCORE_TOKENS_PER_FORWARD
-    tokens (causal attention never looks at the padding after a position) and run through the model's forward."""
-    device = next(model.parameters()).device
+    first token has none (None). Prompts are right-padded into batches (causal attention never looks at the
+    padding after a position) and fed through the model's forward with a KV cache, at most
+    SCORE_TOKENS_PER_FORWARD positions x rows at a time, so the (B, T, V) logits of a long prompt never exist
+    at once; one scoring runs at a time (a lock), so concurrent echo requests cannot multiply that memory."""
+    with _SCORING:
+        out: list[list[ScoredToken | None]] = []
+        start = 0
+        while start < len(prompts):
+            end, T = start + 1, len(prompts[start])
+            while (
+                end < len(prompts)
+                and max(T, len(prompts[end])) * (end + 1 - start) <= SCORE_TOKENS_PER_FORWARD
+            ):
+                T, end = max(T, len(prompts[end])), end + 1
+            out += _score_batch(model, prompts[start:end], T, k)
+            start = end
+        return out
+
+
+def _score_batch(
+    model: Any, batch: Sequence[Sequence[int]], T: int, k: int
+) -> list[list[ScoredToken | None]]:
+    device = model_device(model)
+    input_ids = torch.zeros(len(batch), T, dtype=torch.long, device=device)  # (B, T), right-padded
+    for b, ids in enumerate(batch):
+        input_ids[b, : len(ids)] = torch.tensor(list(ids), device=device)
+    state = new_state(model, len(batch), T)
+    step = max(1, SCORE_TOKENS_PER_FORWARD // len(batch))
+    chosen: list[list[float]] = [[] for _ in batch]
+    top_ids: list[list[Any]] = [[] for _ in batch]
+    top_lps: list[list[Any]] = [[] for _ in batch]
+    for at in range(0, T - 1, step):
+        logits = forward_tokens(model, state, input_ids[:, at : at + step])  # (B, c, V): predicts at + 1 ...
+        c = min(logits.shape[1], T - 1 - at)  # the last position predicts nothing
+        logits = logits[:, :c]
+        lp = token_logprobs(logits, input_ids[:, at + 1 : at + 1 + c]).tolist()  # (B, c)
+        ids, lps = _topk(logits, k)
+        for b in range(len(batch)):
+            chosen[b] += lp[b]
+            top_ids[b] += ids[b]
+            top_lps[b] += lps[b]
     out: list[list[ScoredToken | None]] = []
-    start = 0
-    while start < len(prompts):
-        end, T = start + 1, len(prompts[start])
-        while (
-            end < len(prompts) and max(T, len(prompts[end])) * (end + 1 - start) <= SCORE_TOKENS_PER_FORWARD
-        ):
-            T, end = max(T, len(prompts[end])), end + 1
-        batch = prompts[start:end]
-        input_ids = torch.zeros(len(batch), T, dtype=torch.long, device=device)  # (B, T)
-        for b, ids in enumerate(batch):
-            input_ids[b, : len(ids)] = torch.tensor(list(ids), device=device)
-        result = model(input_ids)
-        logits = getattr(result, "logits", result)[:, :-1]  # (B, T-1, V): position t predicts token t+1
-        chosen = token_logprobs(logits, input_ids[:, 1:]).tolist()  # (B, T-1)
-        top_ids, top_lps = _topk(logits, k)
-        for b, ids in enumerate(batch):
-            n = len(ids) - 1
-            pairs = [tuple(zip(i, v)) for i, v in zip(top_ids[b][:n], top_lps[b][:n])]
-            out.append([None, *((int(t), lp, p) for t, lp, p in zip(ids[1:], chosen[b][:n], pairs))])
-        start = end
+    for b, ids in enumerate(batch):
+        n = len(ids) - 1
+        pairs = [tuple(zip(i, v)) for i, v in zip(top_ids[b][:n], top_lps[b][:n])]
+        out.append([None, *((int(t), lp, p) for t, lp, p in zip(ids[1:], chosen[b][:n], pairs))])
     return out
 
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import danlu
+import danlu.serve.logprobs
 from danlu.errors import DanluError
 from danlu.generate.engine import run
 from danlu.serve.api import ServeConfig, create_app
@@ -66,7 +67,7 @@ def test_engine_keeps_raw_logprobs_only_when_asked(tiny):
         run(model, tokenizer, [PROMPT], max_new_tokens=4, num_beams=2, top_logprobs=1)
 
 
-def test_echo_scores_the_prompt_without_decoding(served, tiny):
+def test_echo_scores_the_prompt_without_decoding(served, tiny, monkeypatch):
     model, tokenizer = tiny
     _, http = served
     r = http.post("/v1/completions", json={"model": NAME, "prompt": PROMPT, "echo": True, "logprobs": 2,
@@ -95,6 +96,12 @@ def test_echo_scores_the_prompt_without_decoding(served, tiny):
     two = http.post("/v1/completions", json={"model": NAME, "prompt": ["Fido", PROMPT], "echo": True,
                                              "logprobs": 2, "max_tokens": 0}).json()  # fmt: skip
     assert two["choices"][1]["logprobs"]["token_logprobs"][1:] == pytest.approx(want, abs=1e-4)
+    # a long prompt is scored a few positions at a time through the KV cache: the same values
+    monkeypatch.setattr(danlu.serve.logprobs, "SCORE_TOKENS_PER_FORWARD", 3)
+    chunked = http.post("/v1/completions", json={"model": NAME, "prompt": ["Fido", PROMPT], "echo": True,
+                                                 "logprobs": 2, "max_tokens": 0}).json()  # fmt: skip
+    assert chunked["choices"][1]["logprobs"]["token_logprobs"][1:] == pytest.approx(want, abs=1e-4)
+    assert chunked["choices"][1]["logprobs"]["tokens"] == lp["tokens"]
 
 
 def test_generated_tokens_logprobs_as_lm_eval_reads_them(served, tiny):
