@@ -431,7 +431,8 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any] | None]:
     print(f"mixed load: {args.requests} requests at {args.rate:g}/s (Poisson, seed {args.seed}); probe "
           f"{args.long_tokens} vs {args.short_tokens} tokens; closed loop {args.clients} seeded clients x "
           f"{args.closed_requests}; preset {args.preset}; max batch {args.max_batch_size}; "
-          f"load average {open('/proc/loadavg').read().split()[0] if os.path.exists('/proc/loadavg') else '?'}",
+          f"load average {open('/proc/loadavg').read().split()[0] if os.path.exists('/proc/loadavg') else '?'}; "
+          f"danlu from {Path(danlu.__file__).resolve().parents[1]}",
           flush=True)  # fmt: skip
     results: dict[str, dict[str, Any] | None] = {}
     for mode in MODES:
