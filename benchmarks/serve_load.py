@@ -2,6 +2,7 @@
 
     python benchmarks/serve_load.py                 # the default run, bounded to a few minutes on 2 cores
     python benchmarks/serve_load.py --requests 200 --rate 48 --closed-requests 10   # larger
+    python benchmarks/serve_load.py --rounds 3      # the modes in turn 3 times, medians (a machine shared with others)
 
 For each scheduler (continuous batching, the static batcher, one by one = static with max_batch_size 1) a fresh
 server is started in its own process on 127.0.0.1 and gets, in turn:
@@ -35,6 +36,7 @@ import math
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -409,6 +411,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--long-tokens", type=int, default=400, help="the probe's long request")
     p.add_argument("--short-tokens", type=int, default=8, help="the probe's short request")
     p.add_argument("--max-batch-size", type=int, default=32, help="of the continuous and static servers")
+    p.add_argument(
+        "--rounds", type=int, default=1, help="the modes in turn this many times; medians reported"
+    )
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     p.add_argument("--preset", default="llama-tiny")
     p.add_argument("--block-size", type=int, default=512, help="the model's context (the preset's is 256)")
@@ -433,27 +438,40 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, Any] | None]:
     print(f"mixed load: {args.requests} requests at {args.rate:g}/s (Poisson, seed {args.seed}; "
           f"{offered:.1f}/s realised); probe "
           f"{args.long_tokens} vs {args.short_tokens} tokens; closed loop {args.clients} seeded clients x "
-          f"{args.closed_requests}; preset {args.preset}; max batch {args.max_batch_size}; "
+          f"{args.closed_requests}; preset {args.preset}; max batch {args.max_batch_size}; rounds {args.rounds}; "
           f"load average {open('/proc/loadavg').read().split()[0] if os.path.exists('/proc/loadavg') else '?'}; "
           f"danlu from {Path(danlu.__file__).resolve().parents[1]}",
           flush=True)  # fmt: skip
-    results: dict[str, dict[str, Any] | None] = {}
-    for mode in MODES:
-        if mode not in modes:
-            results[mode] = None
-            continue
-        started = time.perf_counter()
-        results[mode] = run_mode(mode, model, tokenizer, args)
-        if results[mode] is None:
-            print(UNAVAILABLE, flush=True)
-        else:
-            errors = results[mode]["errors"]
-            print(f"{mode}: done in {time.perf_counter() - started:.1f} s, {len(errors)} errors"
+    rounds: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+    for r in range(args.rounds):  # the modes in turn, so a drift of the machine's load touches each alike
+        for mode in (m for m in MODES if m in modes):
+            started = time.perf_counter()
+            result = run_mode(mode, model, tokenizer, args)
+            if result is None:
+                if r == 0:
+                    print(UNAVAILABLE, flush=True)
+                continue
+            rounds[mode].append(result)
+            errors = result["errors"]
+            print(f"{mode}, round {r + 1}: done in {time.perf_counter() - started:.1f} s, {len(errors)} errors"
                   + "".join(f"\n  error: {e}" for e in errors[:5]), flush=True)  # fmt: skip
-            if results[mode]["req_s"] >= 0.9 * offered:
+            if result["req_s"] >= 0.9 * offered:
                 print(f"  {mode} kept up with the arrivals ({offered:.1f}/s offered): its throughput is the "
                       "offered rate, not its capacity; raise --rate to compare capacities")  # fmt: skip
-    return results
+    return {m: pooled(rounds[m]) if rounds[m] else None for m in MODES}
+
+
+def pooled(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several rounds of one mode as one: the median of each figure, the answered requests and errors summed."""
+    out: dict[str, Any] = {
+        "ok": sum(r["ok"] for r in results),
+        "errors": [e for r in results for e in r["errors"]],
+    }
+    for key in results[0]:
+        if key not in out:
+            values = [r[key] for r in results if isinstance(r[key], (int, float))]
+            out[key] = statistics.median(values) if values else None
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
