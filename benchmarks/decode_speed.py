@@ -320,6 +320,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="runs of each row, interleaved; the median counts")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--gamma", type=int, default=4, help="draft tokens per speculative round")
+    ap.add_argument("--prefill-only", action="store_true", help="only the prefill rows (issue 22 item 2)")
+    ap.add_argument("--prefill-lengths", type=int, nargs="+", default=[16, 512, 2048], help="prompt tokens")
+    ap.add_argument("--no-prefill", action="store_true", help="leave out the prefill rows")
+    ap.add_argument("--no-prefill-compile", action="store_true", help="leave out the compiled prefill row")
     ap.add_argument(
         "--bandwidth-gbs", type=float, default=3350.0, help="CUDA memory bandwidth (H100 SXM: 3350)"
     )
@@ -329,10 +333,6 @@ def main() -> None:
     ap.add_argument(
         "--int4", action="store_true", help="also time int4 (slower than fp32 on CPU; default on CUDA)"
     )
-    ap.add_argument("--prefill-only", action="store_true", help="only the prefill rows (issue 22 item 2)")
-    ap.add_argument("--prefill-lengths", type=int, nargs="+", default=[16, 512, 2048], help="prompt tokens")
-    ap.add_argument("--no-prefill", action="store_true", help="leave out the prefill rows")
-    ap.add_argument("--no-prefill-compile", action="store_true", help="leave out the compiled prefill row")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -346,10 +346,11 @@ def main() -> None:
     )
     hf = hf_twin(model).to(device, dtype) if "hf" not in args.skip else None
     model = model.to(device, dtype).eval()
-    if args.prefill_only:
+    if args.prefill_only or not args.no_prefill:  # the prefill rows first (issue 22 item 2)
         print(f"model: {name}; device {device}, {str(dtype).removeprefix('torch.')}")
         prefill_rows(model, hf, gguf, args.prefill_lengths, args.repeats, not args.no_prefill_compile)
-        return
+        if args.prefill_only:
+            return
     variants: dict[str, tuple] = {"danlu": (model, False)}
     if "compiled" not in args.skip:
         variants["danlu compiled"] = (model, True)
@@ -432,8 +433,6 @@ def main() -> None:
     print(f"\nweights: fp32/bf16 {model_bytes(model) / 1e6:.0f} MB; "
           + "; ".join(f"{k.removeprefix('danlu ')} {model_bytes(v[0]) / 1e6:.0f} MB"
                       for k, v in variants.items() if "int" in k))  # fmt: skip
-    if not args.no_prefill:
-        prefill_rows(model, hf, gguf, args.prefill_lengths, args.repeats, not args.no_prefill_compile)
 
 
 if __name__ == "__main__":
