@@ -75,7 +75,9 @@ class Row:
 
     def group_key(self) -> GenerationOptions:
         """The options a batch shares: all but max_new_tokens and stop strings (kept per row)."""
-        return replace(self.options, max_new_tokens=1, stop=())
+        # max_new_tokens stands in as min_new_tokens (at least 1): a valid GenerationOptions, the same key for
+        # rows that differ in their length only.
+        return replace(self.options, max_new_tokens=max(1, self.options.min_new_tokens), stop=())
 
 
 def plan_batches(rows: list[Row], max_batch_size: int, block_size: int) -> list[list[Row]]:
