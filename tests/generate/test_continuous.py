@@ -57,7 +57,13 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
-PROMPTS = ["The red fox", "x", "佐维兰住在一个小村子里, 每天早上", "12 + 3 =", "Deva walks to the market and buys"]
+PROMPTS = [
+    "The red fox",
+    "x",
+    "佐维兰住在一个小村子里, 每天早上",
+    "12 + 3 =",
+    "Deva walks to the market and buys",
+]
 
 
 def drive(batch: SlotBatch, requests: list[tuple[int, str, GenerationOptions]], limit: int = 500):
@@ -97,7 +103,9 @@ def test_staggered_greedy_rows_equal_each_row_alone(model):
     arrivals = [0, 0, 2, 3, 7, 8]
     prompts = [*PROMPTS, PROMPTS[0] * 3]  # the last one (33 tokens) is prefilled in chunks of 8
     requests = [(a, p, GenerationOptions(max_new_tokens=n)) for a, p, n in zip(arrivals, prompts, lengths)]
-    batch = SlotBatch(model, TOK, max_rows=3, prefill_chunk=8)  # fewer slots than rows: some wait, slots reused
+    batch = SlotBatch(
+        model, TOK, max_rows=3, prefill_chunk=8
+    )  # fewer slots than rows: some wait, slots reused
     done, _ = drive(batch, requests)
     for i, (_, p, opts) in enumerate(requests):
         assert_same(done[i], alone(model, p, opts))
@@ -133,7 +141,10 @@ def test_stop_strings_and_stop_ids_per_row(model):
 
 
 def test_a_short_row_joining_a_long_one_finishes_first(model):
-    requests = [(0, PROMPTS[0], GenerationOptions(max_new_tokens=60)), (5, "x", GenerationOptions(max_new_tokens=4))]
+    requests = [
+        (0, PROMPTS[0], GenerationOptions(max_new_tokens=60)),
+        (5, "x", GenerationOptions(max_new_tokens=4)),
+    ]
     done, finished_at = drive(SlotBatch(model, TOK, max_rows=2), requests)
     assert finished_at[1] < 12 < finished_at[0]  # the short row ran beside the long one, not after it
     assert_same(done[0], alone(model, *requests[0][1:]))
