@@ -325,6 +325,9 @@ class SlotBatch:
             piece = r.decoder.push(tok, lp)
             if r.decoder.finished:
                 del self.rows[s]
+                if self.prefix_cache is not None:  # the prompt and the answer so far: a chat's next turn
+                    fed = r.prompt + r.decoder.ids[: r.length - len(r.prompt)]
+                    self.prefix_cache.store(fed, lambda a, b, s=s: self._read_kv(s, a, b))
                 updates.append(RowUpdate(s, piece, r.decoder.result()))
                 continue
             if r.group is None:

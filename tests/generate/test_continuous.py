@@ -176,7 +176,9 @@ def test_prefix_cache_reuses_a_shared_prefix_and_gives_the_cold_tokens(model):
     first = (0, system + "Who is Deva?", GenerationOptions(max_new_tokens=10))
     second = (0, system + "What is 2 + 2?", GenerationOptions(max_new_tokens=10))
     done, _ = drive(batch, [first])
-    assert cache.hit_tokens == 0 and cache.tokens == 48  # the first prompt's three full blocks were stored
+    # The first prompt's three full blocks were stored after its prefill; at its end, with the 9 tokens fed
+    # after it (a chat's next turn starts with them), a fourth.
+    assert cache.hit_tokens == 0 and cache.tokens == 64
     done2, _ = drive(batch, [second])
     assert cache.hit_tokens == 32  # the two blocks of the shared system prompt
     assert batch.prefill_tokens == len(TOK.encode(first[1])) + len(TOK.encode(second[1])) - 32
@@ -207,3 +209,21 @@ def test_kv_memory_is_bounded_and_rows_wait_for_room(model):
     assert batch.shape[0] * batch.shape[1] <= 256
     with pytest.raises(DanluError, match="context"):
         batch.add_row(TOK.encode("c" * 100), GenerationOptions(max_new_tokens=100))
+
+
+def test_prefix_cache_keeps_a_finished_answer_for_the_next_turn(model):
+    cache = PrefixCache(max_tokens=512, block=16)
+    batch = SlotBatch(model, TOK, max_rows=2, prefix_cache=cache)
+    turn1 = TOK.encode("User: tell me about the red fox and the river. Assistant:")  # 56 tokens
+    batch.add_row(turn1, GenerationOptions(max_new_tokens=30))
+    while batch.rows:
+        (answer,) = [u.done for u in batch.step() if u.done is not None] or [None]
+    turn2 = turn1 + list(answer.token_ids) + TOK.encode(" User: and then?")
+    before = cache.hit_tokens
+    batch.add_row(turn2, GenerationOptions(max_new_tokens=5))
+    while batch.rows:
+        (done,) = [u.done for u in batch.step() if u.done is not None] or [None]
+    fed = len(answer.token_ids) - (answer.finish_reason == "length")  # the last token picked was never fed
+    kept = (len(turn1) + fed) // 16 * 16
+    assert kept > 48 and cache.hit_tokens - before == kept  # past the prompt's own three blocks
+    assert done.token_ids == run(model, TOK, [turn2], GenerationOptions(max_new_tokens=5))[0].token_ids
