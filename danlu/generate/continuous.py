@@ -170,8 +170,8 @@ class SlotBatch:
             raise DanluError("a prompt is empty; give at least one character of prompt")
         if n + opts.max_new_tokens > self.block_size:
             raise DanluError(
-                f"max_new_tokens={opts.max_new_tokens} plus the {n}-token prompt exceeds the model's context of "
-                f"{self.block_size} tokens; use max_new_tokens <= {max(self.block_size - n, 0)}"
+                f"max_new_tokens={opts.max_new_tokens} plus the {n}-token prompt exceeds the model's context "
+                f"of {self.block_size} tokens; use max_new_tokens <= {max(self.block_size - n, 0)}"
             )
         if len(self.rows) >= self.max_rows:
             raise DanluError(f"all {self.max_rows} slots are taken; wait for a row to finish")
@@ -214,8 +214,8 @@ class SlotBatch:
     # ---- one step ----------------------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self) -> list[RowUpdate]:
-        """One iteration: every decoding row gets a token, joining rows prefill a chunk (their first token when
-        the prompt is done). Returns the rows that released text or finished; a finished row's slot is free."""
+        """One iteration: every decoding row gets a token, joining rows prefill a chunk (their first token
+        when the prompt is done). Returns the rows that released text or finished (their slots are free)."""
         self.steps += 1
         return self._decode() + self._prefill()
 
@@ -241,10 +241,10 @@ class SlotBatch:
         if dummy:  # a dummy row sees slot 0, so that no row of the batch attends nothing (NaN)
             mask = mask.clone()
             mask[dummy, 0] = True
-        logits = self.model(
-            torch.tensor(tok, device=self.device)[:, None], attention_mask=mask, kv_cache=self.cache.rows(0, hi),
-            position_ids=pos_t, cache_position=pos_t, logits_to_keep=1,
-        ).logits[:, -1]  # (hi, V)  # fmt: skip
+        input_ids = torch.tensor(tok, device=self.device)[:, None]  # (hi, 1)
+        out = self.model(input_ids, attention_mask=mask, kv_cache=self.cache.rows(0, hi), position_ids=pos_t,
+                         cache_position=pos_t, logits_to_keep=1)  # fmt: skip
+        logits = out.logits[:, -1]  # (hi, V)
         for s in slots:
             self.rows[s].length += 1
         return self._pick(slots, logits.index_select(0, decoding).float())
@@ -262,10 +262,11 @@ class SlotBatch:
             start, stop = r.length, r.length + t
             self.key_mask[s, start:stop] = True
             pos = torch.arange(start, stop, device=self.device)  # (t,)
-            logits = self.model(
-                torch.tensor([r.prompt[start:stop]], device=self.device), attention_mask=self.key_mask[s : s + 1, :stop],
-                kv_cache=self.cache.rows(s, s + 1), position_ids=pos[None], cache_position=pos, logits_to_keep=1,
-            ).logits[:, -1]  # (1, V)  # fmt: skip
+            input_ids = torch.tensor([r.prompt[start:stop]], device=self.device)  # (1, t)
+            mask = self.key_mask[s : s + 1, :stop]  # (1, stop)
+            out = self.model(input_ids, attention_mask=mask, kv_cache=self.cache.rows(s, s + 1),
+                             position_ids=pos[None], cache_position=pos, logits_to_keep=1)  # fmt: skip
+            logits = out.logits[:, -1]  # (1, V)
             r.length, budget = stop, budget - t
             self.prefill_tokens += t
             if stop == len(r.prompt):
@@ -291,7 +292,7 @@ class SlotBatch:
         r.length = hit
 
     def _read_kv(self, s: int, start: int, stop: int) -> torch.Tensor:
-        """Slot s's keys and values of tokens [start, stop): (n_layer, 2, n_kv_head, stop - start, head_size)."""
+        """Slot s's keys and values of tokens [start, stop): (n_layer, 2, n_kv_head, stop - start, hs)."""
         return torch.stack(
             [
                 torch.stack([k[s, :, start:stop], v[s, :, start:stop]])

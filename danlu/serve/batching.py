@@ -421,7 +421,7 @@ class Batcher:
             if c is not None:
                 del owners[u.row]
                 self._finished(1)
-                r.emit(RowEvent(done=True, finish_reason=c.finish_reason, completion_tokens=c.completion_tokens,
-                                completion=c))  # fmt: skip
+                n = c.completion_tokens
+                r.emit(RowEvent(done=True, finish_reason=c.finish_reason, completion_tokens=n, completion=c))
         st.busy_seconds += time.perf_counter() - started
         return slots

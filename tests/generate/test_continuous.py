@@ -1,6 +1,7 @@
-"""Continuous batching (generate/continuous.py): rows joining and leaving a SlotBatch between steps, at different
-lengths and with different options, each get exactly the tokens engine.run gives them alone (greedy, seeded
-sampling, penalties, stop strings); one forward decodes them all; the prefix cache reuses a prompt's keys."""
+"""Continuous batching (generate/continuous.py): rows joining and leaving a SlotBatch between steps, at
+different lengths and with different options, each get exactly the tokens engine.run gives them alone
+(greedy, seeded sampling, penalties, stop strings); one forward decodes them all; the prefix cache reuses a
+prompt's keys and values."""
 
 import pytest
 import torch
@@ -117,7 +118,8 @@ def test_seeded_sampling_and_per_row_options_equal_each_row_alone(model):
         dict(temperature=0.9, seed=2, max_new_tokens=14),  # same options, other seed: picked with row 0
         dict(temperature=1.3, top_k=20, top_p=0.9, seed=7, max_new_tokens=16),
         dict(max_new_tokens=18, repetition_penalty=1.3, no_repeat_ngram_size=2),
-        dict(temperature=0.7, seed=5, presence_penalty=1.0, frequency_penalty=0.5, min_new_tokens=4, max_new_tokens=12),
+        dict(temperature=0.7, seed=5, presence_penalty=1.0, frequency_penalty=0.5, min_new_tokens=4,
+             max_new_tokens=12),
         dict(max_new_tokens=24, logit_bias={101: 5.0}),
     ]  # fmt: skip
     requests = [(i, PROMPTS[i % len(PROMPTS)], GenerationOptions(**o)) for i, o in enumerate(options)]
@@ -155,9 +157,9 @@ def test_rows_with_different_options_share_one_forward(model):
     hook = model.register_forward_pre_hook(lambda m, args: counted.append(1))
     try:
         batch = SlotBatch(model, TOK, max_rows=4)
-        opts = [GenerationOptions(max_new_tokens=10), GenerationOptions(temperature=0.8, seed=3, max_new_tokens=10),
-                GenerationOptions(temperature=1.2, top_p=0.8, max_new_tokens=10, stop=["zz"]),
-                GenerationOptions(max_new_tokens=10, repetition_penalty=1.2)]  # fmt: skip
+        kinds = [dict(), dict(temperature=0.8, seed=3), dict(temperature=1.2, top_p=0.8, stop=["zz"]),
+                 dict(repetition_penalty=1.2)]  # fmt: skip
+        opts = [GenerationOptions(max_new_tokens=10, **k) for k in kinds]
         for p, o in zip(PROMPTS, opts):
             batch.add_row(TOK.encode(p), o)
         batch.step()  # four prefills, each picking its row's first token

@@ -1,7 +1,7 @@
-"""The continuous scheduler (serve/batching.py): requests arriving at different times, with different lengths
-and options, each get the tokens they get decoding alone (greedy and seeded sampling); a short request does not
-wait for a long one; any mix of options shares a step; rows beyond the slots wait; the prefix cache reuses a
-shared system prompt and reports its hits in /health."""
+"""The continuous scheduler (serve/batching.py): requests arriving at different times, with different
+lengths and options, each get the tokens they get decoding alone (greedy and seeded sampling); a short
+request does not wait for a long one; any mix of options shares a step; rows beyond the slots wait; the
+prefix cache reuses a shared system prompt and reports its hits in /health."""
 
 from __future__ import annotations
 
@@ -122,7 +122,8 @@ def test_a_mix_of_options_shares_one_step(tiny, batcher):
     model, tokenizer = tiny
     b = batcher(max_batch_size=8)
     mixed = [dict(), dict(temperature=0.9, seed=3), dict(temperature=1.2, seed=4, top_k=30),
-             dict(stop=["the"]), dict(repetition_penalty=1.3), dict(temperature=0.5, presence_penalty=1.0, seed=9)]  # fmt: skip
+             dict(stop=["the"]), dict(repetition_penalty=1.3),
+             dict(temperature=0.5, presence_penalty=1.0, seed=9)]  # fmt: skip
     rows = [row(tokenizer, PROMPTS[i % 5], max_new_tokens=30, **o) for i, o in enumerate(mixed)]
     b.submit([r for r, _ in rows])
     check_alone(model, tokenizer, rows)
@@ -173,8 +174,8 @@ SYSTEM = "You are the assistant of the embedded world. Answer in one short sente
 
 
 def chat(client, question: str, **extra) -> dict:
-    body = {"model": "tiny-world", "max_tokens": 12, "temperature": 0,
-            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}], **extra}  # fmt: skip
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+    body = {"model": "tiny-world", "max_tokens": 12, "temperature": 0, "messages": messages, **extra}
     r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text
     return r.json()
