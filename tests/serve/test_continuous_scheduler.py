@@ -5,6 +5,7 @@ prefix cache reuses a shared system prompt and reports its hits in /health."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -218,3 +219,20 @@ def test_over_max_rows_in_flight_is_a_503(tiny):
         assert r.status_code == 503 and "max_rows_in_flight" in r.json()["error"]["message"]
         assert chat(c, "Hi", n=3)["choices"][2]["message"]["content"] is not None
         assert app.state.batcher.in_flight == 0
+
+
+def test_json_schema_rows_share_the_slot_batch_and_validate(tiny, batcher):
+    model, tokenizer = tiny
+    schema = {"type": "object", "required": ["tag", "size"], "additionalProperties": False,
+              "properties": {"tag": {"type": "string", "maxLength": 6},
+                             "size": {"type": "integer", "minimum": 0, "maximum": 99}}}  # fmt: skip
+    b = batcher(max_batch_size=8)
+    rows = [row(tokenizer, PROMPTS[0], max_new_tokens=40, json_schema=schema),
+            row(tokenizer, PROMPTS[1], max_new_tokens=40, json_schema=schema, temperature=1.2, seed=4),
+            row(tokenizer, PROMPTS[2], max_new_tokens=30)]  # fmt: skip
+    b.submit([r for r, _ in rows])
+    check_alone(model, tokenizer, rows)
+    for _, c in rows[:2]:
+        doc = json.loads(c.text)
+        assert set(doc) == {"tag", "size"} and 0 <= doc["size"] <= 99
+    assert b.stats.largest_batch == 3
