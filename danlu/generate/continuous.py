@@ -19,9 +19,11 @@ Rows with equal options and nothing of their own to process are picked together 
 strings, max_new_tokens and finish reasons are each row's `RowDecoder`'s. A row attends only its own slots,
 so it picks what `engine.run` picks for it alone (tests/generate/test_continuous.py).
 
-Memory: the cache grows on demand (slots in use x the longest row's prompt + max_new_tokens, rounded up) and
-never beyond `max_kv_tokens` slots x length; `can_admit` says whether a row fits now (else it waits: the
-caller's admission control). With a `PrefixCache`, a joining row's longest cached prompt prefix is copied into
+Memory: the cache is (re-)allocated when a joining row does not fit it, to the smallest shape the live rows
+and the newcomer need (slots up to the highest one used x the longest prompt + max_new_tokens, rounded up), the
+live rows' keys copied over, never beyond `max_kv_tokens` slots x length; so a long row that left no longer
+holds the length of every slot. `can_admit` says whether a row fits now (else it waits: the caller's
+admission control). With a `PrefixCache`, a joining row's longest cached prompt prefix is copied into
 its slot and only the rest prefilled; a finished prefill stores its prompt's blocks.
 
 Beam search (num_beams > 1) and draft/amateur models are not slot rows: the server runs them through the
@@ -60,6 +62,7 @@ class SlotRow:
     history: TokenHistory
     generator: torch.Generator | None  # sampling rows only
     group: GenerationOptions | None  # rows with equal `group` pick together; None: this row picks alone
+    need: int = 0  # cache slots it may fill: prompt + max_new_tokens
     length: int = 0  # cache slots filled: prompt tokens prefilled, then tokens fed
     pending: int | None = None  # the token picked last, to be fed next step (None while prefilling)
     picked: int = 0  # new tokens picked so far
@@ -120,14 +123,17 @@ class SlotBatch:
     def _free_slot(self) -> int:
         return next(s for s in range(self.max_rows) if s not in self.rows)
 
-    def _grown(self, slot: int, need: int) -> tuple[int, int]:
-        """The cache shape once a row needing `need` slots sits in `slot`."""
+    def _holds(self, slot: int, need: int) -> bool:
+        """The cache allocated now takes a row needing `need` slots in `slot`, within max_kv_tokens."""
         B, L = self.shape
-        if slot >= B:  # doubling: few re-allocations as the batch fills
-            B = min(self.max_rows, max(slot + 1, 2 * B, 1))
-        if need > L:
-            L = min(self.block_size, -(-need // LENGTH_ROUND) * LENGTH_ROUND)
-        return B, L
+        return slot < B and need <= L and B * L <= self.max_kv_tokens
+
+    def _smallest(self, slot: int, need: int) -> tuple[int, int]:
+        """The smallest cache (B, L) for the live rows and one needing `need` in `slot`: not the one allocated
+        now, which a past long row may have stretched (after it left, shorter rows fit more slots)."""
+        B = max(slot, *self.rows) + 1 if self.rows else slot + 1
+        longest = max(need, *(r.need for r in self.rows.values())) if self.rows else need
+        return B, min(self.block_size, -(-longest // LENGTH_ROUND) * LENGTH_ROUND)
 
     def can_admit(self, prompt_tokens: int, max_new_tokens: int) -> bool:
         """A row of this size fits now: a free slot, and the cache it needs within max_kv_tokens (a lone row
@@ -136,24 +142,26 @@ class SlotBatch:
             return False
         if not self.rows:
             return True
-        B, L = self._grown(self._free_slot(), prompt_tokens + max_new_tokens)
-        return B * L <= self.max_kv_tokens
+        slot, need = self._free_slot(), prompt_tokens + max_new_tokens
+        B, L = self._smallest(slot, need)
+        return self._holds(slot, need) or B * L <= self.max_kv_tokens
 
     def _make_room(self, slot: int, need: int) -> None:
-        if not self.rows and self.cache is not None:
-            B, L = self._grown(slot, need)
-            if B * L > self.max_kv_tokens:  # an idle batch grown for past rows: start afresh for this one
-                self.cache, self.key_mask = None, self.key_mask[:0, :0]
-        B, L = self._grown(slot, need)
-        if (B, L) == self.shape:
+        """Re-allocate the cache when it cannot take the row: to the smallest shape the rows need, B doubled
+        when that still fits (fewer re-allocations as the batch fills); the live rows' keys are copied over."""
+        if self._holds(slot, need):
             return
+        B, L = self._smallest(slot, need)
+        wider = min(self.max_rows, max(B, 2 * self.shape[0]))
+        if wider * L <= self.max_kv_tokens:
+            B = wider
         cache = self.model.new_kv_cache(B, L)  # also grows the RoPE tables to L (a by-position forward won't)
         key_mask = torch.zeros(B, L, dtype=torch.bool, device=self.device)
-        if self.cache is not None:
-            b, n = self.shape
+        if self.cache is not None and self.rows:
+            b, n = min(B, self.shape[0]), min(L, self.shape[1])  # every live row sits within both
             for new, old in zip((*cache.k, *cache.v), (*self.cache.k, *self.cache.v)):
-                new[:b, :, :n] = old
-            key_mask[:b, :n] = self.key_mask
+                new[:b, :, :n] = old[:b, :, :n]
+            key_mask[:b, :n] = self.key_mask[:b, :n]
         self.cache, self.key_mask = cache, key_mask
 
     # ---- rows --------------------------------------------------------------------------------------------
@@ -187,7 +195,7 @@ class SlotBatch:
         )
         generator = make_generators(1, opts.seed, self.device)[0] if opts.do_sample else None
         self.rows[slot] = SlotRow(opts, decoder, list(prompt_ids), stop_ids, history, generator,
-                                  _group_key(opts, history))  # fmt: skip
+                                  _group_key(opts, history), need=n + opts.max_new_tokens)  # fmt: skip
         return slot
 
     def _grammar(self, opts: GenerationOptions, stop_ids: list[int]) -> Any:

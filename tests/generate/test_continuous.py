@@ -236,3 +236,31 @@ def test_prefix_cache_keeps_a_finished_answer_for_the_next_turn(model):
     kept = (len(turn1) + fed) // 16 * 16
     assert kept > 48 and cache.hit_tokens - before == kept  # past the prompt's own three blocks
     assert done.token_ids == run(model, TOK, [turn2], GenerationOptions(max_new_tokens=5))[0].token_ids
+
+
+def test_the_cache_shrinks_back_when_a_long_row_leaves():
+    model = wide(GPTConfig.from_name("llama-tiny", vocab_size=258, n_layer=2, n_embd=64, block_size=512))
+    batch = SlotBatch(model, TOK, max_rows=8, max_kv_tokens=512)
+    rows = {}
+
+    def add(prompt: str, n: int) -> None:
+        rows[batch.add_row(TOK.encode(prompt), GenerationOptions(max_new_tokens=n))] = (prompt, n)
+
+    add(PROMPTS[4] * 4, 20)  # 132 + 20 slots: a cache of (1, 256)
+    add("x", 60)  # (2, 256)
+    assert batch.shape == (2, 256) and not batch.can_admit(8, 20)  # a third slot of 256 would exceed 512
+    done = {}
+    while 0 in batch.rows:  # the long row runs to its end; the other (60 tokens) decodes on
+        done.update({u.row: u.done for u in batch.step() if u.done is not None})
+    (first,) = done.values()
+    assert batch.can_admit(8, 20)
+    add("12 + 3 =", 20)  # into the long row's slot
+    assert batch.can_admit(4, 20)  # slots of 128 are enough for every live row now: (4, 128)
+    add("Deva", 20)
+    assert batch.shape == (4, 128) and len(batch.rows) == 3
+    while batch.rows:
+        done.update({(u.row, u.done.text): u.done for u in batch.step() if u.done is not None})
+    assert_same(first, alone(model, PROMPTS[4] * 4, GenerationOptions(max_new_tokens=20)))
+    for prompt, n in [("x", 60), ("12 + 3 =", 20), ("Deva", 20)]:  # "x" was copied into the new cache
+        want = alone(model, prompt, GenerationOptions(max_new_tokens=n))
+        assert any(c.token_ids == want.token_ids for c in done.values()), prompt
