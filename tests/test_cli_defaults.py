@@ -21,6 +21,8 @@ NOT_IN_REQUESTS = {
     "num_draft_tokens",
     # OpenAI's form is `response_format` (issue 17); until the server honours it a request carrying it is refused
     "json_schema",
+    # requests say it per route: chat `logprobs` + `top_logprobs`, completions `logprobs` (serve/logprobs.py)
+    "top_logprobs",
 }
 
 

@@ -31,7 +31,13 @@ from torch import nn
 from danlu.errors import DanluError
 from danlu.generate.options import GenerationOptions
 from danlu.generate.rows import FINISH_REASONS, Completion, RowDecoder, RowUpdate, TextTracker  # noqa: F401
-from danlu.generate.search import CausalStepper, beam_hypotheses, decode_steps, speculative_decode
+from danlu.generate.search import (
+    CausalStepper,
+    beam_hypotheses,
+    decode_steps,
+    raw_top_logprobs,
+    speculative_decode,
+)
 from danlu.generate.steps import model_device
 from danlu.tokenizers.base import pad_id_of
 
@@ -115,20 +121,23 @@ def scored_steps(
     should_stop: Callable[[], bool] | None = None,
     expand_rows: torch.Tensor | None = None,
     row_seeds: list[int] | None = None,
+    observe: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (the next token of every row (R,), its log-prob (R,)), whatever the strategy (beam search and
     speculative decoding yield their finished output token by token). A finished row keeps receiving its stop
     id. With opts.json_schema, grammar is its `grammar.json_constraint(tokenizer, opts, V, stop_ids)`.
     expand_rows (R,): row r continues prompt row expand_rows[r] (prefilled once); row_seeds: one sampling
-    seed per row. Neither goes with beam search or speculative decoding.
+    seed per row. Neither goes with beam search or speculative decoding, nor does observe (decode_steps').
 
     Token by token, the caller stops decoding by closing the generator; beam search yields nothing until it
     ends, so it calls `should_stop()` before each of its steps instead and ends early once that is True."""
     if opts.json_schema is not None and grammar is None:
         raise DanluError("json_schema is set but no grammar was given; pass grammar=json_constraint(...)")
     if opts.num_beams > 1 or draft_model is not None:
-        if expand_rows is not None or row_seeds is not None:
-            raise DanluError("shared prompts and per-row seeds go with greedy or sampled decoding only")
+        if expand_rows is not None or row_seeds is not None or observe is not None:
+            raise DanluError(
+                "shared prompts, per-row seeds and top_logprobs go with greedy or sampled decoding only"
+            )
         if opts.num_beams > 1:
             stepper = CausalStepper(model, opts.max_new_tokens)
             hyps = beam_hypotheses(stepper, (input_ids, attention_mask), opts, stop_ids, should_stop)
@@ -145,7 +154,7 @@ def scored_steps(
         return
     yield from decode_steps(
         model, input_ids, attention_mask, opts, stop_ids, amateur_model, compile=compile, grammar=grammar,
-        expand_rows=expand_rows, row_seeds=row_seeds,
+        expand_rows=expand_rows, row_seeds=row_seeds, observe=observe,
     )  # fmt: skip
 
 
@@ -202,8 +211,10 @@ def decode_rows(
     """Decode the batch, feeding row r's tokens to rows[r]; yield a RowUpdate whenever a row releases text or
     finishes (its Completion in `done`, exactly once per row). A row for which is_cancelled(r) turns True
     finishes "cancelled" at the next step; once every row is finished, decoding stops. on_step() is called
-    once per engine step (a beam-search step counts once)."""
+    once per engine step (a beam-search step counts once). With opts.top_logprobs = k, every row also keeps
+    its tokens' raw log-probs and k most likely tokens (`_capture`), reported in each update's `scored`."""
     cancelled = is_cancelled or (lambda r: False)
+    observe, captured = _capture(opts.top_logprobs)
 
     def all_cancelled() -> bool:  # beam search asks before each of its steps
         if on_step is not None:
@@ -212,13 +223,14 @@ def decode_rows(
 
     steps = scored_steps(
         model, input_ids, attention_mask, opts, stop_ids, draft_model, amateur_model, compile, grammar,
-        all_cancelled, expand_rows, row_seeds,
+        all_cancelled, expand_rows, row_seeds, observe,
     )  # fmt: skip
     beams = opts.num_beams > 1
     try:
         for tok, logprob in steps:
             if on_step is not None and not beams:
                 on_step()
+            tops = captured()
             for r, (t, lp) in enumerate(zip(tok.tolist(), logprob.tolist())):
                 row = rows[r]
                 if row.finished:
@@ -227,9 +239,9 @@ def decode_rows(
                     row.cancel()
                     yield RowUpdate(r, "", row.result())
                     continue
-                piece = row.push(t, lp)
+                piece = row.push(t, lp, None if tops is None else tops[r])
                 if piece or row.finished:
-                    yield RowUpdate(r, piece, row.result() if row.finished else None)
+                    yield RowUpdate(r, piece, row.result() if row.finished else None, row.take_scored())
             if all(row.finished for row in rows):
                 break  # closing the generator stops decoding
     finally:
@@ -241,7 +253,21 @@ def decode_rows(
                 yield RowUpdate(r, "", row.result())
             else:
                 piece = row.close()
-                yield RowUpdate(r, piece, row.result())
+                yield RowUpdate(r, piece, row.result(), row.take_scored())
+
+
+def _capture(k: int | None) -> tuple[Callable[[torch.Tensor, torch.Tensor], None] | None, Callable[[], Any]]:
+    """(observe for decode_steps, a function giving the last step's per-row (raw log-prob, top pairs)), or
+    (None, a function giving None) when k is None: the default path computes nothing extra."""
+    last: list[Any] = [None]
+    if k is None:
+        return None, lambda: None
+
+    def observe(logits: torch.Tensor, tok: torch.Tensor) -> None:
+        chosen, ids, lps = raw_top_logprobs(logits, tok, k)
+        last[0] = [(c, tuple(zip(i, v))) for c, i, v in zip(chosen.tolist(), ids.tolist(), lps.tolist())]
+
+    return observe, lambda: last[0]
 
 
 def _shared_prompts(ids: list[list[int]]) -> tuple[list[list[int]], list[int] | None]:

@@ -124,6 +124,13 @@ class GenerationOptions:
     json_schema: str | None = option(
         None, "JSON Schema the output must satisfy (grammar-constrained decoding)", cli=False
     )
+    # None: nothing extra is computed. k >= 0: each row also keeps, per token, its log-probability under the
+    # model's own next-token distribution (the raw log-softmax, before penalties, bias, grammar and warping, as
+    # OpenAI and vLLM report it) and the k most likely tokens there (Completion.raw_logprobs / top_logprobs).
+    top_logprobs: int | None = option(
+        None, "keep each token's raw log-prob and the k most likely tokens (0..20); None = off",
+        ge=0, le=20, cli=False,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: the normal forms are set once, here
@@ -184,6 +191,15 @@ def validate_options(o: GenerationOptions) -> None:
         raise DanluError(
             f"num_beams={o.num_beams} with temperature={o.temperature}: beam search is deterministic here; "
             "use temperature=0 with beams, or num_beams=1 to sample"
+        )
+    if o.top_logprobs is not None and (
+        isinstance(o.top_logprobs, bool) or not isinstance(o.top_logprobs, int)
+    ):
+        raise DanluError(f"top_logprobs must be an integer in [0, 20] or None, got {o.top_logprobs!r}")
+    if o.top_logprobs is not None and o.num_beams > 1:
+        raise DanluError(
+            f"top_logprobs (log-probs of each token) does not work with beam search (num_beams={o.num_beams}); "
+            "use num_beams=1"
         )
     if o.num_beams > 1 and o.json_schema is not None:
         raise DanluError(

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 FINISH_REASONS = ("stop", "length", "cancelled")
+# One token as a row with opts.top_logprobs captures it: (token id, its raw log-prob, the k most likely
+# (id, raw log-prob) pairs, most likely first). "Raw": the model's own log-softmax, before any processor.
+ScoredToken = tuple[int, float, tuple[tuple[int, float], ...]]
 
 
 @dataclass(frozen=True)
@@ -20,7 +23,10 @@ class Completion:
     (the processed one: penalties, bias and grammar applied, and temperature/top-k/top-p/min-p when
     sampling; beam search: the processed log-softmax it summed; speculative decoding: NaN, not computed).
     finish_reason: "stop" (a stop id or stop string), "length" (max_new_tokens) or "cancelled".
-    completion_tokens counts token_ids, so a stop string's token counts and the stop id does not."""
+    completion_tokens counts token_ids, so a stop string's token counts and the stop id does not.
+    With opts.top_logprobs = k (else empty): raw_logprobs[i] is token_ids[i]'s log-prob under the model's raw
+    log-softmax (before penalties, bias, grammar and warping: what OpenAI and vLLM report), top_logprobs[i]
+    the k most likely (id, raw log-prob) pairs at that step, most likely first."""
 
     text: str
     token_ids: tuple[int, ...]
@@ -29,6 +35,8 @@ class Completion:
     prompt_tokens: int
     stop_token_id: int | None = None
     stop_logprob: float | None = None  # the stop id's log-probability, when one ended the row
+    raw_logprobs: tuple[float, ...] = ()
+    top_logprobs: tuple[tuple[tuple[int, float], ...], ...] = ()
 
     @property
     def completion_tokens(self) -> int:
@@ -55,6 +63,9 @@ class RowDecoder:
         self.stop_token_id: int | None = None
         self.stop_logprob: float | None = None
         self.released = ""  # every piece handed out
+        self.raw_logprobs: list[float] = []  # filled only when the caller passes `top` to push
+        self.top_logprobs: list[tuple[tuple[int, float], ...]] = []
+        self.reported = 0  # tokens already handed out by take_scored
 
     @property
     def finished(self) -> bool:
@@ -66,8 +77,14 @@ class RowDecoder:
         self.released += piece
         return piece
 
-    def push(self, tok: int, logprob: float = float("nan")) -> str:
-        """Add the row's next token; return the text that became safe to show (often "")."""
+    def push(
+        self,
+        tok: int,
+        logprob: float = float("nan"),
+        top: tuple[float, tuple[tuple[int, float], ...]] | None = None,
+    ) -> str:
+        """Add the row's next token; return the text that became safe to show (often ""). top: (its raw
+        log-prob, the most likely (id, raw log-prob) pairs), when the row captures them (opts.top_logprobs)."""
         if self.finished:
             return ""
         if tok in self.stop_ids:
@@ -75,6 +92,9 @@ class RowDecoder:
             return self._end("stop")
         self.ids.append(tok)
         self.logprobs.append(logprob)
+        if top is not None:
+            self.raw_logprobs.append(top[0])
+            self.top_logprobs.append(top[1])
         piece = self.tracker.push(tok)
         self.released += piece
         if self.tracker.finished:  # a stop string: the text is cut before it
@@ -82,6 +102,14 @@ class RowDecoder:
         if self.max_new_tokens is not None and len(self.ids) >= self.max_new_tokens:
             return piece + self._end("length")
         return piece
+
+    def take_scored(self) -> tuple[ScoredToken, ...]:
+        """The captured tokens pushed since the last call (empty unless `top` was passed to push): what a
+        streamed piece reports as its tokens' log-probs."""
+        start, self.reported = self.reported, len(self.top_logprobs)
+        return tuple(
+            zip(self.ids[start : self.reported], self.raw_logprobs[start:], self.top_logprobs[start:])
+        )
 
     def cancel(self) -> None:
         if not self.finished:
@@ -95,16 +123,19 @@ class RowDecoder:
         if not self.finished:
             raise RuntimeError("the row is still decoding; close() it first")
         return Completion(self.released, tuple(self.ids), tuple(self.logprobs), self.finish_reason,
-                          self.prompt_tokens, self.stop_token_id, self.stop_logprob)  # fmt: skip
+                          self.prompt_tokens, self.stop_token_id, self.stop_logprob,
+                          tuple(self.raw_logprobs), tuple(self.top_logprobs))  # fmt: skip
 
 
 @dataclass(frozen=True)
 class RowUpdate:
-    """Row `row` released `piece`; `done` is its Completion once it finished (else None)."""
+    """Row `row` released `piece`; `done` is its Completion once it finished (else None); `scored` the tokens
+    pushed since its last update, with their log-probs, when the row captures them (opts.top_logprobs)."""
 
     row: int
     piece: str
     done: Completion | None = None
+    scored: tuple[ScoredToken, ...] = ()
 
 
 class TextTracker:

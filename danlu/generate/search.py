@@ -106,6 +106,17 @@ def select_scored(
     return tok, token_logprobs(dist[:, None], tok[:, None])[:, 0]
 
 
+def raw_top_logprobs(
+    logits: torch.Tensor, tok: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Under the model's own distribution log_softmax(logits) (before any processor or warping, what OpenAI
+    and vLLM report): the chosen tokens' log-probs (R,), the k most likely ids (R, k) and their log-probs
+    (R, k), most likely first. logits (R, V), tok (R,). Run only for rows that asked (opts.top_logprobs)."""
+    chosen = token_logprobs(logits[:, None], tok[:, None])[:, 0]  # (R,)
+    values, ids = logits.float().topk(k, dim=-1)  # (R, k), sorted descending
+    return chosen, ids, values - torch.logsumexp(logits.float(), dim=-1, keepdim=True)
+
+
 def select(scores: torch.Tensor, opts: GenerationOptions, generators: list[torch.Generator]) -> torch.Tensor:
     """Greedy at temperature 0, else sample from the warped (temperature, top-k, top-p, min-p) distribution."""
     return select_scored(scores, opts, generators)[0]
@@ -137,6 +148,7 @@ def decode_steps(
     row_seeds: list[int] | None = None,
     stepper: Stepper | None = None,
     history_ids: tuple[torch.Tensor, torch.Tensor] | None = None,
+    observe: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (token (R,), its log-probability (R,)) of every row, until every row produced a stop id or N
     tokens exist. The one decoding loop: greedy, sampling and contrastive decoding, of any stepping backend.
@@ -147,7 +159,9 @@ def decode_steps(
     (json_schema), or None. expand_rows (R,): row r continues prompt row expand_rows[r], the prompts being
     prefilled once (R = B when None). row_seeds: one sampling seed per row (else opts.seed). stepper: the
     backend (default `CausalStepper(model)`); history_ids: the (ids, mask) the penalties count as already
-    written (default the prompt; an encoder-decoder passes its decoder's start token).
+    written (default the prompt; an encoder-decoder passes its decoder's start token). observe(logits, tok),
+    when given, sees each step's raw next-token logits (R, V) and the chosen tokens (R,) just before they are
+    yielded (the engine's top_logprobs capture; nothing is computed for it otherwise).
     """
     if amateur is not None and model is not None and amateur.config.vocab_size != model.config.vocab_size:
         raise DanluError(
@@ -178,6 +192,8 @@ def decode_steps(
         if stop_ids:
             tok = tok.masked_fill(done, stop_ids[0])
             done |= torch.isin(tok, stops)
+        if observe is not None:
+            observe(logits[0], tok)
         yield tok, logprob
         if step == N - 1 or bool(done.all()):
             return

@@ -6,6 +6,7 @@
     POST /v1/embeddings          sentence embeddings from an encoder checkpoint (--embeddings)
     GET  /                       a web chat page that streams answers
     GET  /health, GET /usage     liveness and batching figures; token usage per model
+    /tokenizer_info, /tokenize, /detokenize   the served tokenizer, as vLLM serves it (serve/tokenize.py)
 
 Every generation goes through the Batcher (danlu/serve/batching.py): concurrent requests are decoded together.
 Errors are OpenAI's JSON ({"error": {"message", "type", "param", "code"}}) with the status that fits:
@@ -39,6 +40,7 @@ from starlette.exceptions import HTTPException
 from danlu.app.usage import UsageTracker
 from danlu.errors import DanluError
 from danlu.generate.options import GenerationOptions
+from danlu.serve import logprobs as lps  # log-probs, shaped as OpenAI does
 from danlu.serve.batching import Batcher, Overloaded, Row, RowEvent
 from danlu.serve.prompting import (
     ServeConfig,
@@ -49,6 +51,7 @@ from danlu.serve.prompting import (
 )
 from danlu.serve.schemas import APIError, ChatRequest, CompletionRequest, EmbeddingRequest
 from danlu.serve.server import ERROR_RESPONSES, BodyLimit, HostCheck, SafeJSON
+from danlu.serve.tokenize import add_tokenizer_routes, prompt_list
 
 # The two generation routes answer JSON, or server-sent events with stream=true: each event's data is one JSON
 # chunk, and the last one is "[DONE]" (OpenAPI 3.1: the schema of an event stream describes one event).
@@ -261,8 +264,9 @@ def create_app(
             r.cancelled = True
         events.put_nowait((GONE, RowEvent()))
 
-    async def collect(request: Request, events: asyncio.Queue, rows: list[Row]) -> list[tuple[str, str, int]]:
-        """Every row's text and final event; if the client leaves first, its rows stop decoding."""
+    async def collect(request: Request, events: asyncio.Queue, rows: list[Row]) -> list[tuple]:
+        """Every row's (text, finish reason, tokens, Completion); if the client leaves first, its rows stop
+        decoding."""
         watcher = asyncio.create_task(cancel_on_disconnect(request, events, rows))
         texts = [""] * len(rows)
         finals: list[RowEvent] = [RowEvent()] * len(rows)
@@ -273,7 +277,9 @@ def create_app(
                     finals[i] = ev
         finally:
             watcher.cancel()
-        return [(t, f.finish_reason or "stop", f.completion_tokens) for t, f in zip(texts, finals)]
+        return [
+            (t, f.finish_reason or "stop", f.completion_tokens, f.completion) for t, f in zip(texts, finals)
+        ]
 
     def sse(obj: Any) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
@@ -312,11 +318,8 @@ def create_app(
     @app.post("/v1/completions", dependencies=[Depends(check_key)], responses=STREAMED)
     async def completions(req: CompletionRequest, request: Request) -> Any:
         check_model(req.model)
-        for field_name in ("logprobs", "suffix"):
-            if getattr(req, field_name) is not None:
-                raise APIError(
-                    400, f"{field_name} is not supported by danlu serve; leave it out", param=field_name
-                )
+        if req.suffix is not None:
+            raise APIError(400, "suffix is not supported by danlu serve; leave it out", param="suffix")
         if req.best_of is not None and req.best_of != req.n:
             raise APIError(
                 400,
@@ -324,43 +327,44 @@ def create_app(
                 f"by log-probability); leave it out or set it equal to n={req.n}",
                 param="best_of",
             )
-        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        if not prompts or not all(prompts):
-            raise APIError(
-                400, "prompt must be a non-empty string or a list of non-empty strings", param="prompt"
-            )
+        k, decode = lps.completion_logprobs(req), req.max_tokens != 0  # max_tokens 0 (with echo): only score
+        prompts = prompt_list(tokenizer, req.prompt)
         check_rows(req.n, len(prompts))
+        checked = req if decode else req.model_copy(update={"max_tokens": 1})
         specs = []
-        for p in prompts:
-            ids = await encode(p)
-            opts = generation_options(req, len(ids), block, tokenizer, config, chat=False, param="prompt")
-            specs += [(p, o, ids) for o in choice_options(opts, req.n)]
-        events, rows = submit(specs)
+        for p, given in prompts:
+            ids = given if given is not None else await encode(p)
+            opts = generation_options(checked, len(ids), block, tokenizer, config, chat=False, param="prompt")
+            specs += [(p, o, ids) for o in choice_options(lps.with_top_logprobs(opts, k), req.n)]
+        scored = [[] for _ in specs]  # the prompt's tokens with their log-probs (echo)
+        if req.echo and k is not None:
+            scored = await run_in_threadpool(lps.score_prompts, model, [ids for _, _, ids in specs], k)
+
+        def legacy(tokens: list, ids: list[int] | tuple = (), start: int = 0) -> dict[str, Any] | None:
+            return None if k is None else lps.legacy_logprobs(tokenizer, tokens, ids, start)
+
+        events, rows = submit(specs) if decode else (asyncio.Queue(), [])
         rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         prompt_tokens = sum(len(ids) for _, _, ids in specs[:: req.n])
 
-        def chunk(i: int, text: str, finish: str | None) -> dict[str, Any]:
-            choice = {"text": text, "index": i, "logprobs": None, "finish_reason": finish}
-            return {
-                "id": rid,
-                "object": "text_completion",
-                "created": created,
-                "model": req.model,
-                "choices": [choice],
-            }
+        def chunk(i: int, text: str, finish: str | None, logprobs: Any = None) -> dict[str, Any]:
+            choice = {"text": text, "index": i, "logprobs": logprobs, "finish_reason": finish}
+            return {"id": rid, "object": "text_completion", "created": created, "model": req.model,
+                    "choices": [choice]}  # fmt: skip
 
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
             async def stream() -> AsyncIterator[str]:
-                completion_tokens = 0
-                if req.echo:
-                    for i, (p, _, _) in enumerate(specs):
-                        yield sse(chunk(i, p, None))
+                completion_tokens, offsets = 0, [0] * len(specs)
+                for i, (p, _, ids) in enumerate(specs if req.echo else []):
+                    offsets[i] = len(p)
+                    yield sse(chunk(i, p, None if decode else "length", legacy(scored[i], ids)))
                 try:
                     async for i, ev in events_of(events, rows):
-                        if ev.piece:
-                            yield sse(chunk(i, ev.piece, None))
+                        if ev.piece or ev.scored:
+                            yield sse(chunk(i, ev.piece, None, legacy(list(ev.scored), (), offsets[i])))
+                            offsets[i] += len(ev.piece)
                         if ev.done:
                             completion_tokens += ev.completion_tokens
                             yield sse(chunk(i, "", ev.finish_reason))
@@ -369,45 +373,40 @@ def create_app(
                     return
                 usage.record(config.model_name, prompt_tokens, completion_tokens)
                 if include_usage:
-                    final = {
-                        **chunk(0, "", None),
-                        "choices": [],
-                        "usage": _usage(prompt_tokens, completion_tokens),
-                    }
-                    yield sse(final)
+                    counts = _usage(prompt_tokens, completion_tokens)
+                    yield sse({**chunk(0, "", None), "choices": [], "usage": counts})
                 yield "data: [DONE]\n\n"
 
             return StreamingResponse(stream(), media_type="text/event-stream")
-        results = await collect(request, events, rows)
-        completion_tokens = sum(c for _, _, c in results)
+        results = await collect(request, events, rows) if decode else [("", "length", 0, None)] * len(specs)
+        completion_tokens = sum(r[2] for r in results)
         usage.record(config.model_name, prompt_tokens, completion_tokens)
-        choices = [
-            {
-                "text": (specs[i][0] if req.echo else "") + text,
-                "index": i,
-                "logprobs": None,
-                "finish_reason": reason,
-            }
-            for i, (text, reason, _) in enumerate(results)
-        ]
+        choices = []
+        for i, (text, reason, _, done) in enumerate(results):
+            lp = legacy(scored[i] + (lps.completion_scored(done) if done is not None else []), specs[i][2])
+            choices.append({"text": (specs[i][0] if req.echo else "") + text, "index": i, "logprobs": lp,
+                            "finish_reason": reason})  # fmt: skip
         return {"id": rid, "object": "text_completion", "created": created, "model": req.model,
                 "choices": choices, "usage": _usage(prompt_tokens, completion_tokens)}  # fmt: skip
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)], responses=STREAMED)
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
         check_model(req.model)
-        if req.logprobs:
-            raise APIError(400, "logprobs is not supported by danlu serve; leave it out", param="logprobs")
+        k = lps.chat_top_logprobs(req)  # None: no log-probs asked
         check_rows(req.n, 1)
         prompt = await run_in_threadpool(chat_prompt, tokenizer, req)  # a template may take a while
         ids = await encode(prompt)
         opts = generation_options(req, len(ids), block, tokenizer, config, chat=True, param="messages")
+        opts = lps.with_top_logprobs(opts, k)
         events, rows = submit([(prompt, o, ids) for o in choice_options(opts, req.n)])
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         prompt_tokens = len(ids)
 
-        def chunk(i: int, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-            choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+        def logprobs_of(scored: Any) -> dict[str, Any] | None:
+            return None if k is None else {"content": lps.chat_content(tokenizer, scored), "refusal": None}
+
+        def chunk(i: int, delta: dict[str, Any], finish: str | None, logprobs: Any = None) -> dict[str, Any]:
+            choice = {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
             return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model,
                     "system_fingerprint": None, "choices": [choice]}  # fmt: skip
 
@@ -420,8 +419,8 @@ def create_app(
                     yield sse(chunk(i, {"role": "assistant", "content": ""}, None))
                 try:
                     async for i, ev in events_of(events, rows):
-                        if ev.piece:
-                            yield sse(chunk(i, {"content": ev.piece}, None))
+                        if ev.piece or ev.scored:
+                            yield sse(chunk(i, {"content": ev.piece}, None, logprobs_of(ev.scored)))
                         if ev.done:
                             completion_tokens += ev.completion_tokens
                             yield sse(chunk(i, {}, ev.finish_reason))
@@ -440,18 +439,21 @@ def create_app(
 
             return StreamingResponse(stream(), media_type="text/event-stream")
         results = await collect(request, events, rows)
-        completion_tokens = sum(c for _, _, c in results)
+        completion_tokens = sum(r[2] for r in results)
         usage.record(config.model_name, prompt_tokens * req.n, completion_tokens)
         choices = []
-        for i, (text, reason, _) in enumerate(results):
+        for i, (text, reason, _, done) in enumerate(results):
             message: dict[str, Any] = {"role": "assistant", "content": text}
             call = parse_tool_call(text, req) if req.tools else None
             if call is not None:
                 message, reason = {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
-            choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": reason})
+            lp = logprobs_of(lps.completion_scored(done)) if done is not None else None
+            choices.append({"index": i, "message": message, "logprobs": lp, "finish_reason": reason})
         return {"id": rid, "object": "chat.completion", "created": created, "model": req.model,
                 "system_fingerprint": None, "choices": choices,
                 "usage": _usage(prompt_tokens * req.n, completion_tokens)}  # fmt: skip
+
+    add_tokenizer_routes(app, tokenizer, block, check_model, check_key)
 
     @app.post("/v1/embeddings", dependencies=[Depends(check_key)])
     async def embeddings(req: EmbeddingRequest) -> Any:

@@ -64,6 +64,7 @@ class RowEvent:
     completion_tokens: int = 0
     error: BaseException | None = None
     completion: Completion | None = None  # the engine's result (ids, log-probs) on the final event
+    scored: tuple = ()  # the tokens behind this piece, with log-probs (RowUpdate.scored; opts.top_logprobs)
 
 
 @dataclass
@@ -137,8 +138,8 @@ def run_batch(model: Any, tokenizer: Any, rows: list[Row], stats: BatchStats | N
         if c is not None and c.finish_reason == "cancelled":
             stats.cancelled_rows += 1
             continue
-        if u.piece:
-            rows[u.row].emit(RowEvent(piece=u.piece))
+        if u.piece or u.scored:
+            rows[u.row].emit(RowEvent(piece=u.piece, scored=u.scored))
         if c is not None:
             rows[u.row].emit(RowEvent(done=True, finish_reason=c.finish_reason,
                                       completion_tokens=c.completion_tokens, completion=c))  # fmt: skip

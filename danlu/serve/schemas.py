@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI-compatible API (pydantic), and OpenAI-style errors.
 
 Types are strict ("0.5" is not a number, 1 is not a string), so a wrong type is a 422 naming the field, as is a
-value out of range. Fields OpenAI defines that danlu cannot honour (logprobs, suffix, image parts) are refused
+value out of range. Fields OpenAI defines that danlu cannot honour (suffix, image parts) are refused
 with a 400 that says so, never silently ignored. Unknown extra fields are accepted and ignored, as OpenAI does.
 Beyond OpenAI's sampling fields, the engine's own options are accepted under their danlu names (top_k, min_p,
 repetition_penalty, no_repeat_ngram_size, num_beams, length_penalty), as vLLM does.
@@ -194,10 +194,15 @@ class Sampling(_Body):
     min_tokens: _option_int("min_new_tokens") = _default("min_new_tokens")
 
 
+TokenIds = Annotated[list[_int(ge=0)], Field(min_length=1)]  # a prompt given as token ids (OpenAI allows it)
+
+
 class CompletionRequest(Sampling):
-    prompt: Texts
+    prompt: Texts | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
     echo: bool = False
-    logprobs: Integer | None = None
+    # Completions only: 0 with echo scores the prompt without generating (lm-evaluation-harness's loglikelihood).
+    max_tokens: _optional_option(_int(ge=0), "max_new_tokens") = None
+    logprobs: _int(ge=0) | None = None  # 0..5 most likely tokens per position (serve/logprobs.py; 400 beyond)
     suffix: str | None = None
     best_of: _int(ge=1) | None = None  # only best_of == n is served (it then changes nothing)
 
@@ -254,6 +259,20 @@ class ChatRequest(Sampling):
     tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     logprobs: bool | None = None
+    top_logprobs: _int(ge=0) | None = None  # 0..20, with logprobs: true (serve/logprobs.py; 400 otherwise)
+
+
+class TokenizeRequest(_Body):
+    """POST /tokenize, as vLLM serves it (lm-evaluation-harness's "remote" tokenizer uses it)."""
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+
+
+class DetokenizeRequest(_Body):
+    model: str | None = None
+    tokens: list[_int(ge=0)]
 
 
 class EmbeddingRequest(_Body):

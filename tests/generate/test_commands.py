@@ -31,7 +31,8 @@ def test_cli_flags_are_the_option_names():
         parser = build_parser()._subparsers._group_actions[0].choices[command]
         dests = {a.dest for a in parser._actions}
         flags = {o for a in parser._actions for o in a.option_strings}
-        hidden = {"logit_bias", "add_eos_stop", "stop_token_ids"}  # logit_bias has its own ID=BIAS flag
+        # logit_bias has its own ID=BIAS flag; top_logprobs is for callers that read Completion (the server)
+        hidden = {"logit_bias", "add_eos_stop", "stop_token_ids", "top_logprobs"}
         assert names - hidden <= dests, names - hidden - dests
         assert {"--" + n.replace("_", "-") for n in names - hidden} <= flags
 

@@ -167,9 +167,9 @@ def test_a_valid_tool_round_trip_is_accepted(http):
 def test_unsupported_fields_are_refused_not_ignored(http):
     assert (
         error_of(
-            http.post("/v1/completions", json={"model": "tiny-world", "prompt": "a", "logprobs": 2}), 400
+            http.post("/v1/completions", json={"model": "tiny-world", "prompt": "a", "suffix": "b"}), 400
         )["param"]
-        == "logprobs"
+        == "suffix"
     )
     image = {
         **CHAT,
