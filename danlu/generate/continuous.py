@@ -44,7 +44,7 @@ from danlu.generate.options import GenerationOptions
 from danlu.generate.prefix_cache import PrefixCache
 from danlu.generate.processors import TokenHistory, process_logits
 from danlu.generate.rows import RowDecoder, RowUpdate
-from danlu.generate.search import make_generators, select_scored
+from danlu.generate.search import make_generators, raw_top_logprobs, select_scored
 from danlu.generate.steps import model_device
 from danlu.nn.attention import KVCache
 
@@ -67,6 +67,9 @@ class SlotRow:
     pending: int | None = None  # the token picked last, to be fed next step (None while prefilling)
     picked: int = 0  # new tokens picked so far
     looked_up: bool = False  # the prefix cache was asked
+    prompt_logits: torch.Tensor | None = (
+        None  # (1, V) after the prompt, for rows of the same prompt (n choices)
+    )
 
 
 def _group_key(opts: GenerationOptions, history: TokenHistory) -> GenerationOptions | None:
@@ -265,6 +268,10 @@ class SlotBatch:
                 break
             r = self.rows[s]
             if not r.looked_up:
+                donor = self._same_prompt(s, r)
+                if donor is not None:  # n choices of one prompt: one prefill, its keys copied
+                    updates += self._copy_prompt(donor, s, r)
+                    continue
                 self._reuse_prefix(s, r)
             t = min(budget, len(r.prompt) - r.length)
             start, stop = r.length, r.length + t
@@ -280,8 +287,27 @@ class SlotBatch:
             if stop == len(r.prompt):
                 if self.prefix_cache is not None:
                     self.prefix_cache.store(r.prompt, lambda a, b, s=s: self._read_kv(s, a, b))
-                updates += self._pick([s], logits.float())
+                r.prompt_logits = logits.float()
+                updates += self._pick([s], r.prompt_logits)
         return updates
+
+    def _same_prompt(self, s: int, r: SlotRow) -> int | None:
+        """A live row whose prefill of this very prompt is done (its prompt's logits kept), or None."""
+        for d, other in self.rows.items():
+            if d != s and other.prompt_logits is not None and other.prompt == r.prompt:
+                return d
+        return None
+
+    def _copy_prompt(self, d: int, s: int, r: SlotRow) -> list[RowUpdate]:
+        """Row s takes row d's prompt keys and its next-token logits: no forward (the engine's shared
+        prefill, `steps.expand`, for a slot batch); each row then picks with its own generator."""
+        r.looked_up, n = True, len(r.prompt)
+        for k, v in zip(self.cache.k, self.cache.v):
+            k[s, :, :n] = k[d, :, :n]
+            v[s, :, :n] = v[d, :, :n]
+        self.key_mask[s, :n] = True
+        r.length, r.prompt_logits = n, self.rows[d].prompt_logits
+        return self._pick([s], r.prompt_logits)
 
     def _reuse_prefix(self, s: int, r: SlotRow) -> None:
         """Copy the longest cached prefix of the row's prompt into its slot (asked when its prefill begins, so
@@ -328,20 +354,30 @@ class SlotBatch:
             for i, t, p in zip(members, tok.tolist(), lp.tolist()):
                 picks[i] = (t, p)
         updates = []
-        for s, (tok, lp) in zip(slots, picks):
+        for i, (s, (tok, lp)) in enumerate(zip(slots, picks)):
             r = self.rows[s]
             r.picked += 1
-            piece = r.decoder.push(tok, lp)
+            piece = r.decoder.push(tok, lp, self._top(r, logits[i : i + 1], tok))
             if r.decoder.finished:
                 del self.rows[s]
                 if self.prefix_cache is not None:  # the prompt and the answer so far: a chat's next turn
                     fed = r.prompt + r.decoder.ids[: r.length - len(r.prompt)]
                     self.prefix_cache.store(fed, lambda a, b, s=s: self._read_kv(s, a, b))
-                updates.append(RowUpdate(s, piece, r.decoder.result()))
+                updates.append(RowUpdate(s, piece, r.decoder.result(), r.decoder.take_scored()))
                 continue
             if r.group is None:
                 r.history.append(torch.tensor([tok], device=self.device))
             r.pending = tok
-            if piece:
-                updates.append(RowUpdate(s, piece))
+            scored = r.decoder.take_scored()
+            if piece or scored:
+                updates.append(RowUpdate(s, piece, None, scored))
         return updates
+
+    def _top(self, r: SlotRow, logits: torch.Tensor, tok: int) -> tuple[float, tuple] | None:
+        """With opts.top_logprobs = k: the picked token's raw log-prob and the k most likely (id, raw log-prob)
+        pairs, from the model's own logits (1, V) (what engine.decode_rows captures); else None."""
+        k = r.opts.top_logprobs
+        if k is None:
+            return None
+        chosen, ids, lps = raw_top_logprobs(logits, torch.tensor([tok], device=logits.device), k)
+        return float(chosen[0]), tuple(zip(ids[0].tolist(), lps[0].tolist()))

@@ -7,8 +7,8 @@
   chunks interleaved with the others' decoding; every row keeps its own options (seed, temperature, penalties,
   stop strings, length, grammar), so any mix of requests shares a step. A prefix cache (`prefix_cache_tokens`)
   reuses the keys and values of prompt prefixes already computed (a shared system prompt, a chat's earlier
-  turns). Beam-search rows (num_beams > 1), rows asking for top log-probs (`goes_static`) and models that are
-  not a danlu GPT go the static way, run by the same worker between steps.
+  turns). Beam-search rows (num_beams > 1, `goes_static`) and models that are not a danlu GPT go the static
+  way, run by the same worker between steps.
 - "static": the worker takes the first waiting row, waits up to `max_wait_ms` for more, then runs them as one
   left-padded batch through the engine (`danlu.generate.engine.decode_prompts`) to the end; requests that
   arrive meanwhile wait for the next batch. The baseline benchmarks/serve_load.py compares with.
@@ -185,9 +185,8 @@ class BatchStats:
 
 def goes_static(opts: GenerationOptions) -> bool:
     """Rows the continuous scheduler hands to a static batch: beam search (its beams are reordered every step,
-    not slot rows), and rows asking for top log-probs (issue 17 item 5), which the slot batch does not
-    capture yet."""
-    return opts.num_beams > 1 or getattr(opts, "top_logprobs", None) is not None
+    not slot rows)."""
+    return opts.num_beams > 1
 
 
 class Batcher:
@@ -416,8 +415,8 @@ class Batcher:
         st.largest_batch = max(st.largest_batch, occupancy)
         for u in updates:
             r = owners[u.row]
-            if u.piece:
-                r.emit(RowEvent(piece=u.piece))
+            if u.piece or u.scored:
+                r.emit(RowEvent(piece=u.piece, scored=u.scored))
             c = u.done
             if c is not None:
                 del owners[u.row]

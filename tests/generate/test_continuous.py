@@ -264,3 +264,31 @@ def test_the_cache_shrinks_back_when_a_long_row_leaves():
     for prompt, n in [("x", 60), ("12 + 3 =", 20), ("Deva", 20)]:  # "x" was copied into the new cache
         want = alone(model, prompt, GenerationOptions(max_new_tokens=n))
         assert any(c.token_ids == want.token_ids for c in done.values()), prompt
+
+
+def test_top_logprobs_rows_report_what_they_report_alone(model):
+    requests = [(0, PROMPTS[0], GenerationOptions(max_new_tokens=12, top_logprobs=3)),
+                (2, PROMPTS[2], GenerationOptions(max_new_tokens=9, temperature=0.8, seed=1, top_logprobs=0)),
+                (1, PROMPTS[1], GenerationOptions(max_new_tokens=10))]  # fmt: skip
+    done, _ = drive(SlotBatch(model, TOK, max_rows=4), requests)
+    for i, (_, p, opts) in enumerate(requests):
+        want = alone(model, p, opts)
+        assert_same(done[i], want)
+        assert done[i].raw_logprobs == pytest.approx(want.raw_logprobs, abs=1e-4)
+        assert [[t for t, _ in top] for top in done[i].top_logprobs] == [
+            [t for t, _ in top] for top in want.top_logprobs
+        ]
+    assert len(done[0].top_logprobs[0]) == 3 and done[2].top_logprobs == ()
+
+
+def test_rows_of_one_prompt_share_one_prefill(model):
+    counted = []
+    hook = model.register_forward_pre_hook(lambda m, args: counted.append(args[0].shape[1]))
+    try:
+        opts = [GenerationOptions(max_new_tokens=8, temperature=1.0, seed=i) for i in range(3)]
+        done, _ = drive(SlotBatch(model, TOK, max_rows=4), [(0, PROMPTS[2], o) for o in opts])
+    finally:
+        hook.remove()
+    assert sum(t for t in counted if t > 1) == len(TOK.encode(PROMPTS[2]))  # the prompt ran once
+    for i, o in enumerate(opts):
+        assert_same(done[i], alone(model, PROMPTS[2], o))
