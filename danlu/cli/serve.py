@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from danlu.serve.config import LOOPBACK_HOSTS, ServeConfig
+from danlu.serve.config import LOOPBACK_HOSTS, SCHEDULERS, ServeConfig
 
 
 def register(sub) -> None:
@@ -26,8 +26,38 @@ def register(sub) -> None:
     p.add_argument(
         "--max-batch-size", type=int, default=32, help="requests decoded together (1 = one by one)"
     )
-    p.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for company")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=10.0,
+        help="how long a request waits for company (static scheduler)",
+    )
     d = ServeConfig()
+    p.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        default=d.scheduler,
+        help="continuous: requests join and leave the running batch between steps; static: a gathered batch "
+        "decodes to its end",
+    )
+    p.add_argument(
+        "--kv-cache-tokens",
+        type=int,
+        default=d.kv_cache_tokens,
+        help="continuous: KV-cache room (rows x tokens); a request that does not fit waits",
+    )
+    p.add_argument(
+        "--prefill-chunk-tokens",
+        type=int,
+        default=d.prefill_chunk_tokens,
+        help="continuous: prompt tokens prefilled per step, so long prompts do not stall decoding",
+    )
+    p.add_argument(
+        "--prefix-cache-tokens",
+        type=int,
+        default=d.prefix_cache_tokens,
+        help="continuous: prompt-prefix keys/values kept for reuse (0 = off)",
+    )
     p.add_argument(
         "--max-body-bytes", type=int, default=d.max_body_bytes, help="larger request bodies get a 413"
     )
@@ -100,11 +130,12 @@ def _check_serve_args(args: argparse.Namespace) -> None:
     if not 0 < args.port < 65536:
         raise DanluError(f"--port must be in 1..65535, got {args.port}")
     positive = ("max_batch_size", "max_body_bytes", "default_max_tokens", "max_num_beams", "max_n",
-                "max_rows_per_request", "max_rows_in_flight", "max_prompt_tokens", "max_connections")  # fmt: skip
+                "max_rows_per_request", "max_rows_in_flight", "max_prompt_tokens", "max_connections",
+                "kv_cache_tokens", "prefill_chunk_tokens")  # fmt: skip
     for name in positive:
         if getattr(args, name) < 1:
             raise DanluError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("max_wait_ms", "header_timeout", "keep_alive_timeout"):
+    for name in ("max_wait_ms", "header_timeout", "keep_alive_timeout", "prefix_cache_tokens"):
         if getattr(args, name) < 0:
             raise DanluError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if not Path(args.model).exists():
@@ -153,6 +184,10 @@ def run_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
+        scheduler=args.scheduler,
+        kv_cache_tokens=args.kv_cache_tokens,
+        prefill_chunk_tokens=args.prefill_chunk_tokens,
+        prefix_cache_tokens=args.prefix_cache_tokens,
         default_max_tokens=args.default_max_tokens,
         max_num_beams=args.max_num_beams,
         max_n=args.max_n,

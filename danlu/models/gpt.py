@@ -206,11 +206,11 @@ class Block(nn.Module):
         layer: int,
         cache_position: torch.Tensor,
     ) -> torch.Tensor:
-        """x (B·T, C), the residual stream kept 2-D, -> (B·T, C); cache_position (T,) the new tokens' cache slots.
+        """x (B·T, C), the residual stream kept 2-D, -> (B·T, C); cache_position (T,) or (B, T) the new tokens' cache slots.
 
         Why 2-D: a (1, 1, C) stream reached the matmuls of a compiled CPU decode step as zero-stride views that
         ATen copies first (4% of a step, docs/BENCHMARKS.md)."""
-        (BT, C), T = x.shape, cache_position.shape[0]
+        (BT, C), T = x.shape, cache_position.shape[-1]
         h = self.norm1(x).view(BT // T, T, C)  # (B, T, C)
         h = self.attn(h, mask, rope, kv_cache, layer, cache_position=cache_position).view(BT, C)  # (B·T, C)
         if self.post_attn_norm is not None:
@@ -348,7 +348,8 @@ class GPT(nn.Module):
         Two ways to use a kv_cache, one code path:
         - append (cache_position None): the T tokens go to the slots after kv_cache.seq_len, which then
           advances; attention_mask, if given, covers those S = seq_len + T slots.
-        - by position (cache_position (T,) long): the tokens go to those slots and kv_cache.seq_len is left to
+        - by position (cache_position (T,) long, or (B, T): each row its own slots, a continuous batch whose
+          rows sit at different lengths): the tokens go to those slots and kv_cache.seq_len is left to
           the caller. Shapes are then the same every step (torch.compile, CUDA graphs): the keys attended are
           slots [0, S) with S = attention_mask.shape[1] (or the whole cache without a mask, causal by slot).
         position_ids (B or 1, T) default to the slots; left-padded rows pass their own (padding not counted).
@@ -374,7 +375,7 @@ class GPT(nn.Module):
                 )
             cache_position = torch.arange(past, S, device=x.device)  # (T,)
         if position_ids is None:
-            position_ids = cache_position[None]  # (1, T)
+            position_ids = cache_position if cache_position.dim() == 2 else cache_position[None]  # (B|1, T)
         rope = local_rope = None
         if self.wpe is not None:
             x = x + self.wpe(position_ids)

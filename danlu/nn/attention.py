@@ -29,7 +29,8 @@ class KVCache:
     Buffers are (B, n_kv_head, max_len, head_size) per layer, allocated once and never re-allocated (`reorder`
     copies in place): a decode step sees the same shapes and addresses every time, which `torch.compile` and
     CUDA graphs need. A forward writes its T new keys at `cache_position`, a (T,) tensor of slots: the slot is
-    data, not a Python constant a compiled step would be specialised (and recompiled) on.
+    data, not a Python constant a compiled step would be specialised (and recompiled) on. A (B, T) tensor gives
+    each row its own slots (a continuous batch, `generate/continuous.py`, whose rows sit at different lengths).
 
     `seq_len` counts the slots in use. A forward given no cache_position appends at `seq_len` and advances it
     (eager callers: feed tokens, the cache follows); a caller that passes cache_position (the decoding state of
@@ -60,11 +61,26 @@ class KVCache:
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor, cache_position: torch.Tensor, kv_len: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, n_kv_head, T, head_size) at slots cache_position (T,); return the keys and values of
+        """Write k, v (B, n_kv_head, T, head_size) at slots cache_position (T,), or at each row's own slots,
+        cache_position (B, T) (a continuous batch: rows at different lengths); return the keys and values of
         slots [0, kv_len), each (B, n_kv_head, kv_len, head_size)."""
-        self.k[layer].index_copy_(2, cache_position, k.to(self.k[layer].dtype))
-        self.v[layer].index_copy_(2, cache_position, v.to(self.v[layer].dtype))
+        if cache_position.dim() == 2:  # per row: row b's token t goes to slot cache_position[b, t]
+            index = cache_position[:, None, :, None].expand_as(k)  # (B, n_kv_head, T, head_size)
+            self.k[layer].scatter_(2, index, k.to(self.k[layer].dtype))
+            self.v[layer].scatter_(2, index, v.to(self.v[layer].dtype))
+        else:
+            self.k[layer].index_copy_(2, cache_position, k.to(self.k[layer].dtype))
+            self.v[layer].index_copy_(2, cache_position, v.to(self.v[layer].dtype))
         return self.k[layer][:, :, :kv_len], self.v[layer][:, :, :kv_len]
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A cache over rows [start, stop) sharing these buffers (views: writes land here). A continuous batch
+        prefills one row, or decodes its first rows, without touching or copying the others."""
+        view = object.__new__(KVCache)
+        view.k = [buf[start:stop] for buf in self.k]
+        view.v = [buf[start:stop] for buf in self.v]
+        view.max_len, view.seq_len = self.max_len, self.seq_len
+        return view
 
     def advance(self, T: int) -> None:
         """Called once per appending forward, after every layer has written its T new positions."""
@@ -92,7 +108,8 @@ def build_attention_mask(
     """The one causal + padding mask: boolean (B or 1, 1, T, S) for SDPA (True = may attend), or None when
     none is needed.
 
-    cache_position (T,): the slot of each query; keys are slots [0, S). Query i may attend key j iff
+    cache_position (T,): the slot of each query, or (B, T): each row's own (a continuous batch, rows at
+    different lengths; the mask is then (B, 1, T, S)); keys are slots [0, S). Query i may attend key j iff
     j <= cache_position[i] (causal) and attention_mask[:, j] is 1 (not padding; also 0 for a slot not yet
     written). attention_mask (B, S) of 1/0, or None when every key is real. `past` is the number of keys before
     the first query when the queries are known to fill the last T slots (an appending forward): then no mask is
@@ -103,22 +120,26 @@ def build_attention_mask(
     an appending forward's S <= window: no distance reaches the window). Slots, not position ids, are compared:
     left padding sits before a row's real tokens, so slot distances equal position distances.
     """
-    T = cache_position.shape[0]
+    T = cache_position.shape[-1]
     # By position (past None, S maybe symbolic under torch.compile) the window term is always applied: a
     # comparison of S with the window would be a guard, one more compilation.
     windowed = window is not None and (past is None or S > window)
     if attention_mask is None and past is not None and (past == 0 or T == 1) and not windowed:
         return None
-    q_pos = cache_position[:, None]  # (T, 1)
-    k_pos = torch.arange(S, device=cache_position.device)[None, :]  # (1, S)
-    mask = k_pos <= q_pos  # (T, S)
+    q_pos = cache_position[..., None]  # (T, 1), or (B, T, 1) when each row has its own slots
+    k_pos = torch.arange(S, device=cache_position.device)  # (S,)
+    mask = k_pos <= q_pos  # (T, S) or (B, T, S)
     if windowed:
         mask = mask & (k_pos > q_pos - window)
-    mask = mask[None, None]  # (1, 1, T, S)
+
+    def heads(m: torch.Tensor) -> torch.Tensor:  # (T, S) -> (1, 1, T, S); (B, T, S) -> (B, 1, T, S)
+        return m[None, None] if m.dim() == 2 else m[:, None]
+
+    mask = heads(mask)
     if attention_mask is not None:
         keys = attention_mask[:, None, None, :].bool()  # (B, 1, 1, S)
         # A padding query would otherwise attend nothing (softmax of all -inf is NaN): let it see itself.
-        mask = (mask & keys) | (k_pos == q_pos)[None, None]
+        mask = (mask & keys) | heads(k_pos == q_pos)
     return mask
 
 
@@ -281,7 +302,7 @@ class SelfAttention(nn.Module):
         """x (B, T, C) -> (B, T, C). `causal=False` lets every position see every other (an encoder: BERT,
         the Transformer's encoder); `mask` (B or 1, 1, T, S) of booleans then only hides padding.
 
-        With a kv_cache the new keys go to slots `cache_position` (T,) (None: the T slots after
+        With a kv_cache the new keys go to slots `cache_position` (T,) or (B, T) (None: the T slots after
         kv_cache.seq_len) and the queries attend slots [0, S), S being the mask's width (or seq_len + T)."""
         B, T, C = x.shape
         hs, nh, nkv = self.head_size, self.n_head, self.n_kv_head

@@ -1,7 +1,8 @@
-"""`danlu serve`: an OpenAI-compatible HTTP server with dynamic batching and a web chat page.
+"""`danlu serve`: an OpenAI-compatible HTTP server with continuous batching and a web chat page.
 
     api.py         create_app(model, tokenizer, ServeConfig, embedder) -> FastAPI: the routes and OpenAI errors
-    batching.py    Batcher: a worker thread decoding concurrent requests as one batch through the engine
+    batching.py    Batcher: a worker thread decoding concurrent requests together: rows join and leave a slot
+                   batch between steps (continuous, generate/continuous.py) or run as static batches
     prompting.py   chat_prompt, generation_options, tool calls
     schemas.py     the request bodies (strict pydantic) and APIError
     config.py      ServeConfig: every default and limit

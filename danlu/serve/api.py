@@ -79,7 +79,11 @@ def create_app(
     if tokenizer is None:
         raise DanluError("serving needs the model's tokenizer; load a checkpoint saved with tokenizer.json")
     model.eval()
-    batcher = Batcher(model, tokenizer, config.max_batch_size, config.max_wait_ms, config.max_rows_in_flight)
+    batcher = Batcher(
+        model, tokenizer, config.max_batch_size, config.max_wait_ms, config.max_rows_in_flight,
+        scheduler=config.scheduler, kv_cache_tokens=config.kv_cache_tokens,
+        prefill_chunk=config.prefill_chunk_tokens, prefix_cache_tokens=config.prefix_cache_tokens,
+    )  # fmt: skip
     usage = UsageTracker()
     block = model.config.block_size
     started = int(time.time())

@@ -1,10 +1,22 @@
-"""Dynamic batching: concurrent requests share one batched decode instead of waiting for each other.
+"""Batching: concurrent requests share the model's forwards instead of waiting for each other. Two schedulers:
 
-A background thread (the worker) takes the first waiting row, waits up to `max_wait_ms` for more, then runs
-them as one left-padded batch through the engine (`danlu.generate.engine.decode_prompts`), handing each row its
-text pieces as soon as they are safe to show (streaming requests forward them as server-sent events;
-non-streaming ones just collect them), and its finish reason and token count as the engine reports them.
-Requests that arrive while a batch decodes wait for the next batch.
+- "continuous" (the default): iteration-level scheduling (Orca, Yu et al. 2022; vLLM). The worker keeps a
+  `danlu.generate.continuous.SlotBatch` of `max_batch_size` slots; before every engine step finished rows have
+  left, cancelled ones are dropped and waiting rows join while a slot is free and the KV memory
+  (`kv_cache_tokens`) has room (else they wait: admission control). A joining row's prompt is prefilled in
+  chunks interleaved with the others' decoding; every row keeps its own options (seed, temperature, penalties,
+  stop strings, length, grammar), so any mix of requests shares a step. A prefix cache (`prefix_cache_tokens`)
+  reuses the keys and values of prompt prefixes already computed (a shared system prompt, a chat's earlier
+  turns). Beam-search rows (num_beams > 1, `goes_static`) and models that are not a danlu GPT go the static
+  way, run by the same worker between steps.
+- "static": the worker takes the first waiting row, waits up to `max_wait_ms` for more, then runs them as one
+  left-padded batch through the engine (`danlu.generate.engine.decode_prompts`) to the end; requests that
+  arrive meanwhile wait for the next batch. The baseline benchmarks/serve_load.py compares with.
+
+Either way each row gets its text pieces as soon as they are safe to show (streaming requests forward them as
+server-sent events; non-streaming ones just collect them), and its finish reason and token count.
+
+The static scheduler:
 
 Rows are grouped by their generation options (the request's own `GenerationOptions` object, hashable): a batch
 shares one except `max_new_tokens`
@@ -14,7 +26,8 @@ respects the context: its longest prompt plus its largest max_new_tokens must fi
 
 Work for a client that went away stops: the caller sets `Row.cancelled`; a waiting row is dropped, a decoding
 row ends at the next step, and a batch whose rows are all cancelled stops decoding (beam search included,
-through the engine's `should_stop` hook). At most `max_in_flight` rows wait or decode at once (503 beyond).
+through the engine's `should_stop` hook). At most `max_in_flight` rows wait or decode at once (503 beyond),
+under either scheduler.
 
 A row is one completion: a request with n choices, or several prompts, submits several rows. Each row reports
 through its `emit` callback, called on the worker thread: `RowEvent(piece=...)` for text, then exactly one
@@ -27,12 +40,16 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from danlu.errors import DanluError
+from danlu.generate.continuous import SlotBatch
 from danlu.generate.engine import Completion, GenerationOptions, RowDecoder, decode_prompts, stop_token_ids
+from danlu.generate.prefix_cache import PrefixCache
+from danlu.serve.config import SCHEDULERS
 
 
 class Overloaded(Exception):
@@ -132,16 +149,30 @@ def run_batch(model: Any, tokenizer: Any, rows: list[Row], stats: BatchStats | N
 
 @dataclass
 class BatchStats:
+    """What the worker did. A static batch is a group of rows decoded together to the end; under the
+    continuous scheduler a batch is one engine step (`continuous_steps` of them), its size the rows in the
+    slot batch during that step (`slot_rows` sums them), so mean_batch_size is the mean slot occupancy."""
+
+    scheduler: str = "static"
     batches: int = 0
     rows: int = 0
     largest_batch: int = 0
     busy_seconds: float = 0.0
     decode_steps: int = 0  # engine steps run (a beam-search step counts once)
     cancelled_rows: int = 0  # rows whose client went away, dropped while waiting or stopped while decoding
+    continuous_steps: int = 0  # steps of the slot batch
+    slot_rows: int = 0  # rows in the slot batch, summed over its steps
+    waited_for_room: int = 0  # times the first waiting row found no slot or KV room and waited
+    prefix_cache: PrefixCache | None = None  # its hit figures, under the continuous scheduler
 
     def to_dict(self) -> dict[str, Any]:
-        mean = self.rows / self.batches if self.batches else 0.0
+        if self.continuous_steps:
+            mean = self.slot_rows / self.continuous_steps
+        else:
+            mean = self.rows / self.batches if self.batches else 0.0
+        pc = self.prefix_cache.to_dict() if self.prefix_cache is not None else PrefixCache(0).to_dict()
         return {
+            "scheduler": self.scheduler,
             "batches": self.batches,
             "rows": self.rows,
             "mean_batch_size": round(mean, 2),
@@ -149,11 +180,25 @@ class BatchStats:
             "busy_seconds": round(self.busy_seconds, 3),
             "decode_steps": self.decode_steps,
             "cancelled_rows": self.cancelled_rows,
+            "waited_for_room": self.waited_for_room,
+            "prefix_cache": pc,
         }
 
 
+def goes_static(opts: GenerationOptions) -> bool:
+    """Rows the continuous scheduler hands to a static batch: beam search (its beams are reordered every step,
+    not slot rows)."""
+    return opts.num_beams > 1
+
+
 class Batcher:
-    """The worker thread and its queue. max_batch_size=1 serves rows one by one (the sequential baseline)."""
+    """The worker thread and its queue. max_batch_size=1 serves rows one by one (the sequential baseline).
+
+    scheduler "continuous" (rows join and leave between engine steps) or "static" (a batch runs to its end);
+    see the module docstring. Under "continuous": kv_cache_tokens bounds the KV cache (slots x length;
+    None: max_batch_size x the context), prefill_chunk the prompt tokens prefilled per step, and
+    prefix_cache_tokens the prompt-prefix cache (0: none). max_wait_ms applies to the static scheduler only
+    (a continuous one starts a lone request at once: whoever comes next joins at the next step)."""
 
     def __init__(
         self,
@@ -162,18 +207,39 @@ class Batcher:
         max_batch_size: int = 32,
         max_wait_ms: float = 10.0,
         max_in_flight: int = 256,
+        scheduler: str = "continuous",
+        kv_cache_tokens: int | None = None,
+        prefill_chunk: int = 256,
+        prefix_cache_tokens: int = 0,
     ) -> None:
         if max_batch_size < 1 or max_wait_ms < 0 or max_in_flight < 1:
             raise DanluError(
                 f"bad batching settings: max_batch_size={max_batch_size} (>= 1), max_wait_ms={max_wait_ms} (>= 0), "
                 f"max_in_flight={max_in_flight} (>= 1)"
             )
+        if scheduler not in SCHEDULERS:
+            raise DanluError(f"unknown scheduler {scheduler!r}; use one of {list(SCHEDULERS)}")
+        if (
+            prefill_chunk < 1
+            or prefix_cache_tokens < 0
+            or (kv_cache_tokens is not None and kv_cache_tokens < 1)
+        ):
+            raise DanluError(
+                f"bad batching settings: prefill_chunk={prefill_chunk} (>= 1), prefix_cache_tokens="
+                f"{prefix_cache_tokens} (>= 0), kv_cache_tokens={kv_cache_tokens} (>= 1)"
+            )
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size, self.max_wait_ms, self.max_in_flight = max_batch_size, max_wait_ms, max_in_flight
+        from danlu.models.gpt import GPT
+
+        # Slot rows need a forward that writes the cache by per-row position: a danlu GPT's.
+        self.scheduler = scheduler if isinstance(model, GPT) else "static"
+        self.kv_cache_tokens, self.prefill_chunk = kv_cache_tokens, prefill_chunk
+        self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache_tokens else None
         self._in_flight = 0  # rows submitted and not yet finished (waiting or decoding)
         self._lock = threading.Lock()
         self.block_size = model.config.block_size
-        self.stats = BatchStats()
+        self.stats = BatchStats(scheduler=self.scheduler, prefix_cache=self.prefix_cache)
         self._queue: queue.Queue[Row] = queue.Queue()
         self._running = False
         self._thread: threading.Thread | None = None
@@ -182,7 +248,8 @@ class Batcher:
         if self._running:
             return
         self._running = True
-        self._thread = threading.Thread(target=self._loop, name="danlu-batcher", daemon=True)
+        loop = self._loop_continuous if self.scheduler == "continuous" else self._loop
+        self._thread = threading.Thread(target=loop, name="danlu-batcher", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -210,7 +277,7 @@ class Batcher:
             if self._in_flight + len(rows) > self.max_in_flight:
                 raise Overloaded(
                     f"{self._in_flight} rows are waiting or decoding and this request adds {len(rows)} "
-                    f"(limit {self.max_in_flight})"
+                    f"(limit {self.max_in_flight}, max_rows_in_flight)"
                 )
             self._in_flight += len(rows)
         for r in rows:
@@ -242,19 +309,121 @@ class Batcher:
         self._finished(len(rows) - len(live))
         return live
 
+    def _run_static(self, rows: list[Row]) -> None:
+        for batch in plan_batches(rows, self.max_batch_size, self.block_size):
+            self.stats.batches += 1
+            self.stats.rows += len(batch)
+            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            started = time.perf_counter()
+            try:
+                run_batch(self.model, self.tokenizer, batch, self.stats)
+            except Exception as e:  # a failed batch fails its rows, never the worker
+                for r in batch:
+                    r.emit(RowEvent(error=e))
+            finally:
+                self._finished(len(batch))
+            self.stats.busy_seconds += time.perf_counter() - started
+
     def _loop(self) -> None:
         while self._running:
-            rows = self._gather()
-            for batch in plan_batches(rows, self.max_batch_size, self.block_size):
-                self.stats.batches += 1
-                self.stats.rows += len(batch)
-                self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-                started = time.perf_counter()
-                try:
-                    run_batch(self.model, self.tokenizer, batch, self.stats)
-                except Exception as e:  # a failed batch fails its rows, never the worker
-                    for r in batch:
-                        r.emit(RowEvent(error=e))
-                finally:
-                    self._finished(len(batch))
-                self.stats.busy_seconds += time.perf_counter() - started
+            self._run_static(self._gather())
+
+    # ---- the continuous scheduler ------------------------------------------------------------------------
+    def _loop_continuous(self) -> None:
+        slots = SlotBatch(self.model, self.tokenizer, self.max_batch_size, self.kv_cache_tokens,
+                          self.prefill_chunk, self.prefix_cache)  # fmt: skip
+        owners: dict[int, Row] = {}  # slot -> the row decoding in it
+        waiting: deque[Row] = deque()
+        try:
+            while self._running:
+                self._take(waiting, block=not owners and not waiting)
+                beams = [r for r in waiting if goes_static(r.options)]
+                if beams:  # beam search is not a slot row: a static batch, between two steps
+                    for r in beams:
+                        waiting.remove(r)
+                    self._run_static([r for r in beams if not self._dropped(r)])
+                for slot, r in list(owners.items()):
+                    if r.cancelled:
+                        slots.remove(slot)
+                        del owners[slot]
+                        self._dropped(r)
+                self._admit(slots, waiting, owners)
+                if owners:
+                    slots = self._step(slots, owners)
+        finally:  # stopped: whoever waits or decodes gets an answer
+            for r in [*waiting, *owners.values()]:
+                self._finished(1)
+                r.emit(RowEvent(error=Overloaded("the server is shutting down")))
+
+    def _take(self, waiting: deque[Row], block: bool) -> None:
+        """Move queued rows to `waiting`; when idle, wait a little for the first."""
+        try:
+            if block:
+                waiting.append(self._queue.get(timeout=0.1))
+            while True:
+                waiting.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+
+    def _dropped(self, r: Row) -> bool:
+        """Whether the row's client went away (then counted and finished here)."""
+        if r.cancelled:
+            self.stats.cancelled_rows += 1
+            self._finished(1)
+        return r.cancelled
+
+    def _admit(self, slots: SlotBatch, waiting: deque[Row], owners: dict[int, Row]) -> None:
+        """Waiting rows join, first come first served, while a slot is free and the KV cache has room."""
+        while waiting:
+            r = waiting[0]
+            if self._dropped(r):
+                waiting.popleft()
+                continue
+            ids = r.prompt_ids if r.prompt_ids is not None else self.tokenizer.encode(r.prompt)
+            r.prompt_ids = ids
+            if not slots.can_admit(len(ids), r.max_new_tokens):
+                self.stats.waited_for_room += 1
+                return
+            waiting.popleft()
+            decoder = RowDecoder(self.tokenizer, stop_token_ids(self.tokenizer, r.options), r.options.stop,
+                                 r.max_new_tokens, len(ids))  # fmt: skip
+            try:
+                owners[slots.add_row(ids, r.options, decoder)] = r
+            except Exception as e:  # a bad row fails alone
+                self._finished(1)
+                r.emit(RowEvent(error=e))
+                continue
+            self.stats.rows += 1
+
+    def _step(self, slots: SlotBatch, owners: dict[int, Row]) -> SlotBatch:
+        """One engine step; each row's pieces and final events. A failed step fails its rows, never the worker
+        (a fresh slot batch carries on)."""
+        started = time.perf_counter()
+        occupancy = len(owners)
+        try:
+            updates = slots.step()
+        except Exception as e:
+            for r in owners.values():
+                r.emit(RowEvent(error=e))
+            self._finished(len(owners))
+            owners.clear()
+            return SlotBatch(self.model, self.tokenizer, self.max_batch_size, self.kv_cache_tokens,
+                             self.prefill_chunk, self.prefix_cache)  # fmt: skip
+        st = self.stats
+        st.batches += 1
+        st.continuous_steps += 1
+        st.decode_steps += 1
+        st.slot_rows += occupancy
+        st.largest_batch = max(st.largest_batch, occupancy)
+        for u in updates:
+            r = owners[u.row]
+            if u.piece or u.scored:
+                r.emit(RowEvent(piece=u.piece, scored=u.scored))
+            c = u.done
+            if c is not None:
+                del owners[u.row]
+                self._finished(1)
+                n = c.completion_tokens
+                r.emit(RowEvent(done=True, finish_reason=c.finish_reason, completion_tokens=n, completion=c))
+        st.busy_seconds += time.perf_counter() - started
+        return slots
