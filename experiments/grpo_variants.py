@@ -15,6 +15,15 @@ arithmetic pool less the held-out sums, as the demo does).
     danlu demo --stages sft                                  # runs/demo/sft/checkpoint, runs/demo/world
     python experiments/grpo_variants.py --model runs/demo/sft/checkpoint --world runs/demo/world
 
+Small settings (no pretrained model: a fresh 4-layer GPT fine-tuned on the world's 400 arithmetic records),
+each variant in its own process, then one report:
+
+    python experiments/grpo_variants.py --scratch-sft 800 --variants          # OUT/sft/checkpoint
+    for v in grpo dapo dr_grpo; do
+        python experiments/grpo_variants.py --model runs/grpo_variants/sft/checkpoint --variants $v &
+    done; wait
+    python experiments/grpo_variants.py --collect
+
 Writes OUT/grpo_variants.json and OUT/grpo_variants.png (OUT/VARIANT/ holds each run's metrics and curves).
 """
 
@@ -34,13 +43,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=Path("runs/demo/sft/checkpoint"), help="the SFT checkpoint")
     ap.add_argument("--world", type=Path, default=Path("runs/demo/world"), help="the world folder (sft_test)")
     ap.add_argument("--out", type=Path, default=Path("runs/grpo_variants"))
-    ap.add_argument("--variants", nargs="+", default=["grpo", "dapo", "dr_grpo"], choices=VARIANTS)
+    ap.add_argument(
+        "--scratch-sft",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="small settings: no pretrained model; SFT a fresh 4-layer GPT for STEPS steps on the world's "
+        "arithmetic (sft_train) with the world's tokenizer (--tokenizer), save it to OUT/sft/checkpoint and "
+        "start every variant from it",
+    )
+    ap.add_argument("--tokenizer", type=Path, default=Path("runs/demo/tokenizer"), help="for --scratch-sft")
+    ap.add_argument("--variants", nargs="*", default=["grpo", "dapo", "dr_grpo"], choices=VARIANTS)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--prompts-per-step", type=int, default=16)
     ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=4e-5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    # 1: on a loaded machine two threads per process spin at every barrier (0.5 s vs 12 s an SFT step here)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--collect",
+        action="store_true",
+        help="no training: report the runs already in OUT/VARIANT (run in parallel)",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -55,32 +80,30 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     test = [r for r in read_jsonl(args.world / "sft_test.jsonl") if r["kind"] == "arith"]
     train = arithmetic_pool(test)
+    if args.scratch_sft:
+        args.model = scratch_sft(args, test)
     results: dict[str, dict] = {}
     for variant in args.variants:
-        policy, tokenizer = danlu.load(args.model)
-        ref, _ = danlu.load(args.model)
-        # DAPO's paper trains without the KL term; the others keep DeepSeekMath's β = 0.04 (RLOO: in the reward)
-        cfg = GRPOConfig(max_steps=args.steps, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
-                         inner_epochs=1 if variant == "rloo" else 2, lr=args.lr, decay="constant",
-                         beta=0.0 if variant == "dapo" else 0.04, max_new_tokens=12, loss=variant,
-                         eval_interval=max(1, args.steps // 4), seed=args.seed, device="cpu")  # fmt: skip
-        start = time.time()
-        s = grpo(policy.train(), tokenizer, train, args.out / variant, cfg, eval_records=test, ref=ref.eval(),
+        run_dir = args.out / variant
+        if not args.collect:
+            policy, tokenizer = danlu.load(args.model)
+            ref, _ = danlu.load(args.model)
+            # DAPO's paper trains without the KL term; the others keep DeepSeekMath's β = 0.04 (RLOO: in the reward)
+            cfg = GRPOConfig(max_steps=args.steps, prompts_per_step=args.prompts_per_step,
+                             group_size=args.group_size, inner_epochs=1 if variant == "rloo" else 2, lr=args.lr,
+                             decay="constant", beta=0.0 if variant == "dapo" else 0.04, max_new_tokens=12,
+                             loss=variant, eval_interval=max(1, args.steps // 4), seed=args.seed, device="cpu")  # fmt: skip
+            start = time.time()
+            grpo(policy.train(), tokenizer, train, run_dir, cfg, eval_records=test, ref=ref.eval(),
                  show_progress=False)  # fmt: skip
-        logged = read_metrics(args.out / variant / "metrics.jsonl")
-        results[variant] = {
-            "accuracy_sft": s["eval_accuracy_before"],
-            "accuracy": s["eval_accuracy_after"],
-            "gain": s["eval_accuracy_after"] - s["eval_accuracy_before"],
-            "seconds": round(time.time() - start, 1),
-            "eval_curve": [(r["step"], r["eval_accuracy"]) for r in logged if "eval_accuracy" in r],
-            "reward_curve": [(r["step"], r["reward"]) for r in logged if "reward" in r],
-            "kl_curve": [(r["step"], r["kl"]) for r in logged if "kl" in r],
-        }
+            (run_dir / "seconds.txt").write_text(f"{time.time() - start:.1f}\n")
+        results[variant] = _result(run_dir, read_metrics(run_dir / "metrics.jsonl"))
         r = results[variant]
         print(f"{variant:>8}: held-out accuracy {r['accuracy_sft']:.3f} -> {r['accuracy']:.3f} "
               f"({r['gain']:+.3f}) in {r['seconds']:.0f} s", flush=True)  # fmt: skip
 
+    if not results:
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     summary = {"settings": settings, "heldout_items": len(test), "train_pool": len(train), "results": results}
@@ -88,6 +111,50 @@ def main(argv: list[str] | None = None) -> int:
     _plot(results, args.out / "grpo_variants.png")
     print(f"wrote {args.out / 'grpo_variants.json'} and {args.out / 'grpo_variants.png'}")
     return 0
+
+
+def scratch_sft(args: argparse.Namespace, test: list[dict]) -> Path:
+    """SFT a fresh small GPT on the world's arithmetic records; returns its checkpoint folder."""
+    import torch
+
+    from danlu.align.grpo import verifiable_accuracy
+    from danlu.data.formats import read_jsonl
+    from danlu.models.checkpoints import save_model
+    from danlu.models.gpt import GPT, GPTConfig
+    from danlu.tokenizers.bpe import BPETokenizer
+    from danlu.train.config import TrainConfig
+    from danlu.tune.sft import sft
+
+    tokenizer = BPETokenizer.load(args.tokenizer)
+    records = [r for r in read_jsonl(args.world / "sft_train.jsonl") if r["kind"] == "arith"]
+    torch.manual_seed(args.seed)
+    shape = dict(vocab_size=tokenizer.vocab_size, n_layer=4, n_embd=128, n_head=4, n_kv_head=2, block_size=64)
+    model = GPT(GPTConfig.from_name("llama-tiny", **shape))
+    cfg = TrainConfig(max_steps=args.scratch_sft, batch_size=32, block_size=64, lr=2e-3, warmup_steps=20,
+                      eval_interval=args.scratch_sft, seed=args.seed, device="cpu", show_progress=False,
+                      weight_decay=0.0)  # fmt: skip
+    start = time.time()
+    tuned = sft(model, tokenizer, records, args.out / "sft", cfg, val_records=records[:16]).model.eval()
+    accuracy = verifiable_accuracy(tuned, tokenizer, test, 12)
+    print(f"     sft: {len(records)} arithmetic records, {args.scratch_sft} steps in {time.time() - start:.0f} s; "
+          f"held-out accuracy {accuracy:.3f}", flush=True)  # fmt: skip
+    return save_model(tuned, args.out / "sft" / "checkpoint", tokenizer=tokenizer)
+
+
+def _result(run_dir: Path, logged: list[dict]) -> dict:
+    """Accuracy before (step 0: the SFT model) and after (the last evaluation), and the curves, of one run."""
+    evals = [(r["step"], r["eval_accuracy"]) for r in logged if "eval_accuracy" in r]
+    seconds = run_dir / "seconds.txt"
+    return {
+        "accuracy_sft": evals[0][1],
+        "accuracy": evals[-1][1],
+        "gain": evals[-1][1] - evals[0][1],
+        "steps": evals[-1][0],
+        "seconds": float(seconds.read_text()) if seconds.is_file() else float("nan"),
+        "eval_curve": evals,
+        "reward_curve": [(r["step"], r["reward"]) for r in logged if "reward" in r],
+        "kl_curve": [(r["step"], r["kl"]) for r in logged if "kl" in r],
+    }
 
 
 def _plot(results: dict[str, dict], path: Path) -> None:
