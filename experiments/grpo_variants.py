@@ -33,7 +33,9 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 VARIANTS = ("grpo", "dapo", "dr_grpo", "gspo", "cispo", "rloo")
 
@@ -71,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import danlu
-    from danlu.align.configs import GRPOConfig
     from danlu.align.grpo import grpo
     from danlu.data.formats import read_jsonl
     from danlu.recipes.align_stages import arithmetic_pool
@@ -88,11 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.collect:
             policy, tokenizer = danlu.load(args.model)
             ref, _ = danlu.load(args.model)
-            # DAPO's paper trains without the KL term; the others keep DeepSeekMath's β = 0.04 (RLOO: in the reward)
-            cfg = GRPOConfig(max_steps=args.steps, prompts_per_step=args.prompts_per_step,
-                             group_size=args.group_size, inner_epochs=1 if variant == "rloo" else 2, lr=args.lr,
-                             decay="constant", beta=0.0 if variant == "dapo" else 0.04, max_new_tokens=12,
-                             loss=variant, eval_interval=max(1, args.steps // 4), seed=args.seed, device="cpu")  # fmt: skip
+            cfg = config(args, variant)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1), encoding="utf-8")
             start = time.time()
             grpo(policy.train(), tokenizer, train, run_dir, cfg, eval_records=test, ref=ref.eval(),
                  show_progress=False)  # fmt: skip
@@ -105,12 +104,24 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
+    # the runs' own settings are in each result's "config"; these are this invocation's
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     summary = {"settings": settings, "heldout_items": len(test), "train_pool": len(train), "results": results}
     (args.out / "grpo_variants.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     _plot(results, args.out / "grpo_variants.png")
     print(f"wrote {args.out / 'grpo_variants.json'} and {args.out / 'grpo_variants.png'}")
     return 0
+
+
+def config(args: argparse.Namespace, variant: str) -> Any:
+    """The GRPOConfig of one variant's run: the same for all but the loss, DAPO's β and RLOO's epochs."""
+    from danlu.align.configs import GRPOConfig
+
+    # DAPO's paper trains without the KL term; the others keep DeepSeekMath's β = 0.04 (RLOO: in the reward)
+    return GRPOConfig(max_steps=args.steps, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
+                      inner_epochs=1 if variant == "rloo" else 2, lr=args.lr, decay="constant",
+                      beta=0.0 if variant == "dapo" else 0.04, max_new_tokens=12, loss=variant,
+                      eval_interval=max(1, args.steps // 4), seed=args.seed, device="cpu")  # fmt: skip
 
 
 def scratch_sft(args: argparse.Namespace, test: list[dict]) -> Path:
@@ -144,8 +155,9 @@ def scratch_sft(args: argparse.Namespace, test: list[dict]) -> Path:
 def _result(run_dir: Path, logged: list[dict]) -> dict:
     """Accuracy before (step 0: the SFT model) and after (the last evaluation), and the curves, of one run."""
     evals = [(r["step"], r["eval_accuracy"]) for r in logged if "eval_accuracy" in r]
-    seconds = run_dir / "seconds.txt"
+    seconds, cfg = run_dir / "seconds.txt", run_dir / "config.json"
     return {
+        "config": json.loads(cfg.read_text(encoding="utf-8")) if cfg.is_file() else None,
         "accuracy_sft": evals[0][1],
         "accuracy": evals[-1][1],
         "gain": evals[-1][1] - evals[0][1],
