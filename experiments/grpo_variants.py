@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         "start every variant from it",
     )
     ap.add_argument("--tokenizer", type=Path, default=Path("runs/demo/tokenizer"), help="for --scratch-sft")
+    ap.add_argument(
+        "--with-sums",
+        action="store_true",
+        help="with --scratch-sft: also train on the sums the world's pretraining text states ('9 * 4 = 36' as "
+        "prompt '9 * 4 =', reply '36'), a stand-in for pretraining: the held-out questions' sums are among them",
+    )
     ap.add_argument("--variants", nargs="*", default=["grpo", "dapo", "dr_grpo"], choices=VARIANTS)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--prompts-per-step", type=int, default=16)
@@ -138,6 +144,15 @@ def scratch_sft(args: argparse.Namespace, test: list[dict]) -> Path:
 
     tokenizer = BPETokenizer.load(args.tokenizer)
     records = [r for r in read_jsonl(args.world / "sft_train.jsonl") if r["kind"] == "arith"]
+    if args.with_sums:
+        import re
+
+        stated = set()
+        for r in read_jsonl(args.world / "pretrain_train.jsonl"):
+            stated |= set(re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)", r["text"]))
+        records += [
+            {"instruction": f"{a} {op} {b} =", "input": "", "output": c} for a, op, b, c in sorted(stated)
+        ]
     torch.manual_seed(args.seed)
     shape = dict(vocab_size=tokenizer.vocab_size, n_layer=4, n_embd=128, n_head=4, n_kv_head=2, block_size=64)
     model = GPT(GPTConfig.from_name("llama-tiny", **shape))

@@ -165,9 +165,8 @@ class DPOModel(nn.Module):
             raise DanluError(
                 f"--loss: {name!r} is not a preference loss; choose one of {', '.join(PREFERENCE_LOSSES)}"
             )
-        if (
-            self.sft_weight > 0
-        ):  # optional NLL on the chosen answers keeps their likelihood up (Pang et al. 2024)
+        # optional NLL on the chosen answers keeps their likelihood up (Pang et al. 2024)
+        if self.sft_weight > 0:
             loss = loss - self.sft_weight * picked[:N].sum() / mask[:N].sum().clamp(min=1)
         return DPOOutput(loss=loss, chosen_rewards=cr, rejected_rewards=rj)
 
