@@ -10,6 +10,13 @@ from dataclasses import dataclass
 from danlu.flags import option
 from danlu.train.config import LoopConfig, default
 
+GROUP_LOSSES = ("grpo", "dr_grpo", "dapo", "gspo", "cispo")
+# The GRPO trainer's --loss: the group losses (danlu.align.losses), or RLOO's leave-one-out REINFORCE.
+ONLINE_LOSSES = (*GROUP_LOSSES, "rloo")
+# The clip-higher upper epsilon a variant's paper uses when --clip-high is not given (DAPO §3.1: 0.28; CISPO
+# clips the IS weight the same way); the others clip symmetrically at --clip-range.
+CLIP_HIGH = {"dapo": 0.28, "cispo": 0.28}
+
 
 @dataclass
 class PPOConfig(LoopConfig):
@@ -68,14 +75,22 @@ class GRPOConfig(LoopConfig):
     inner_epochs: int = option(1, "updates per sampled batch (1: the ratio is 1, the clip never bites)")
     beta: float = option(0.04, "weight of the KL term to the reference (DeepSeekMath: 0.04)")
     clip_range: float = option(0.2, "PPO ratio clip epsilon")
-    # The loss variant (danlu.align.losses): grpo | dr_grpo | dapo | gspo | cispo
+    # The loss variant (danlu.align.losses): the five group losses, or RLOO's REINFORCE
     loss: str = option(
         "grpo",
-        "group loss variant (danlu.align.losses): normalisation, std scaling, clipping",
-        choices=("grpo", "dr_grpo", "dapo", "gspo", "cispo"),
+        "loss variant (danlu.align.losses): grpo (Shao et al. 2024), dr_grpo (Liu et al. 2025: no std, constant "
+        "normaliser), dapo (Yu et al. 2025: token-level, clip-higher, dynamic sampling; its paper uses --beta 0), "
+        "gspo (Zheng et al. 2025: sequence-level ratio), cispo (MiniMax-M1: clipped IS weight), rloo "
+        "(Ahmadian et al. 2024: leave-one-out REINFORCE, KL in the reward)",
+        choices=ONLINE_LOSSES,
     )
-    clip_high: float = option(
-        0.2, "upper ratio clip epsilon (DAPO's clip-higher: 0.28; equal to --clip-range: symmetric)"
+    clip_high: float | None = option(
+        None,
+        "upper ratio clip epsilon (none: 0.28 for dapo and cispo, DAPO's clip-higher; else --clip-range)",
+    )
+    overlong_buffer: int = option(
+        0,
+        "DAPO's soft overlong punishment: the last N tokens before --max-new-tokens cost up to 1 reward (0: off)",
     )
     max_new_tokens: int = option(16, "longest sampled answer, in tokens")
     temperature: float = option(1.0, "sampling temperature of the rollouts (> 0)")
@@ -83,14 +98,20 @@ class GRPOConfig(LoopConfig):
     what = "GRPO"
 
     def problems(self) -> list[str]:
-        from danlu.align.losses import GROUP_LOSSES
-
         checks = [
             (self.prompts_per_step > 0, f"prompts_per_step must be positive, got {self.prompts_per_step}"),
-            (self.loss in GROUP_LOSSES, f"loss must be one of {', '.join(GROUP_LOSSES)}, got {self.loss!r}"),
-            (self.clip_high > 0, f"clip_high must be positive, got {self.clip_high}"),
+            (self.loss in ONLINE_LOSSES, f"loss must be one of {', '.join(ONLINE_LOSSES)}, got {self.loss!r}"),
+            (self.clip_high is None or self.clip_high > 0, f"clip_high must be positive, got {self.clip_high}"),
+            (0 <= self.overlong_buffer < self.max_new_tokens,
+             f"overlong_buffer must be in [0, max_new_tokens), got {self.overlong_buffer}"),
+            (self.loss != "rloo" or self.inner_epochs == 1,
+             f"rloo is on-policy REINFORCE: it needs inner_epochs 1, got {self.inner_epochs}"),
             (self.group_size >= 2, f"group_size must be >= 2 (the group is the baseline), got {self.group_size}"),
             (self.beta >= 0, f"beta must be >= 0, got {self.beta}"),
             (self.temperature > 0, f"temperature must be > 0 to sample a group, got {self.temperature}"),
         ]  # fmt: skip
         return super().problems() + [msg for ok, msg in checks if not ok]
+
+    def upper_clip(self) -> float:
+        """The upper ratio clip epsilon: --clip-high, else the variant's paper default, else --clip-range."""
+        return self.clip_high if self.clip_high is not None else CLIP_HIGH.get(self.loss, self.clip_range)

@@ -11,6 +11,13 @@ log π(y|x) is the sum of the response tokens' log-probs (prompt masked as in SF
 never changes, so its log-probs are computed once, before training, and travel with the batches.
 Logged: the implicit rewards β(log π − log π_ref) of chosen and rejected answers, their margin, and the
 preference accuracy (the share of pairs whose chosen answer gets the higher implicit reward).
+
+`loss=` (`danlu dpo --loss`) swaps the objective for one of DPO's successors (formulas in danlu.align.losses),
+on the same pairs: `ipo` (Azar et al. 2023, a squared loss to a finite margin), `kto` (Ethayarajh et al. 2024:
+unpaired — each chosen answer is a desirable example, each rejected one undesirable; the reference point z₀
+is estimated on mismatched pairs, prompt i with the chosen answer of pair i + 1), and the reference-free
+`orpo` (Hong et al. 2024: SFT NLL + λ odds-ratio term, β is λ) and `simpo` (Meng et al. 2024: length-normalised
+margin with β and γ). The reference log-probs are still computed once, for the held-out metrics.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from danlu.align.losses import ipo_loss, kto_loss, orpo_loss, simpo_loss
 from danlu.errors import DanluError
 from danlu.tune.lora import finish_lora, merged_copy, wrap_lora
 from danlu.tune.sft import IGNORE, SFTExample, collate, encode_messages, epoch_batch_indices, split_validation
@@ -37,6 +45,11 @@ def dpo_loss(
     rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)
     loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
     return loss, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+PREFERENCE_LOSSES = ("dpo", "ipo", "kto", "orpo", "simpo")
+# β when none is given: DPO/IPO/KTO's 0.1; ORPO's λ = 0.1 (Hong et al. 2024 §4); SimPO's β = 2 (Meng et al. 2024)
+DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0}
 
 
 def check_preference_records(records: list[dict], where: str = "preference data") -> None:
@@ -59,25 +72,36 @@ def response_log_probs(model: nn.Module, input_ids: torch.Tensor, labels: torch.
     return (picked * mask).sum(-1)
 
 
-def encode_pairs(records: list[dict], tokenizer: Any, max_len: int) -> list[tuple[SFTExample, SFTExample]]:
-    """(chosen, rejected) SFT-style examples: the chat-formatted prompt masked, the answer labelled."""
+def encode_pairs(
+    records: list[dict], tokenizer: Any, max_len: int, mismatched: bool = False
+) -> list[tuple[SFTExample, ...]]:
+    """(chosen, rejected) SFT-style examples: the chat-formatted prompt masked, the answer labelled.
+
+    mismatched=True adds a third example, the prompt with the chosen answer of the next record: KTO's rows
+    for its KL reference point (an answer the policy has no reason to prefer for that prompt)."""
 
     def one(prompt: str, response: str) -> SFTExample:
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         return encode_messages(messages, tokenizer, max_len)
 
-    return [(one(r["prompt"], r["chosen"]), one(r["prompt"], r["rejected"])) for r in records]
+    out = []
+    for i, r in enumerate(records):
+        row = (one(r["prompt"], r["chosen"]), one(r["prompt"], r["rejected"]))
+        if mismatched:
+            row += (one(r["prompt"], records[(i + 1) % len(records)]["chosen"]),)
+        out.append(row)
+    return out
 
 
-def pair_batch(pairs: list[tuple[SFTExample, SFTExample]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Chosen rows first, then rejected rows, in one right-padded batch of 2N."""
-    return collate([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
+def pair_batch(pairs: list[tuple[SFTExample, ...]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Chosen rows first, then rejected rows (then any mismatched rows), in one right-padded batch of k·N."""
+    return collate([row[j] for j in range(len(pairs[0])) for row in pairs], pad_id)
 
 
 @torch.no_grad()
-def reference_log_probs(model: nn.Module, pairs: list[tuple[SFTExample, SFTExample]], pad_id: int,
+def reference_log_probs(model: nn.Module, pairs: list[tuple[SFTExample, ...]], pad_id: int,
                         batch_size: int = 32) -> torch.Tensor:  # fmt: skip
-    """log π_ref(y_c|x), log π_ref(y_r|x) for every pair, (N, 2), computed once."""
+    """log π_ref(y_c|x), log π_ref(y_r|x) (and the mismatched row's) for every pair, (N, k), computed once."""
     was = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -86,7 +110,7 @@ def reference_log_probs(model: nn.Module, pairs: list[tuple[SFTExample, SFTExamp
         chunk = pairs[start : start + batch_size]
         b = pair_batch(chunk, pad_id)
         lp = response_log_probs(model, b["input_ids"].to(device), b["labels"].to(device)).cpu()
-        out.append(torch.stack([lp[: len(chunk)], lp[len(chunk) :]], dim=1))
+        out.append(lp.view(-1, len(chunk)).T)  # (k·n,) -> (n, k): column j holds the j-th example of each
     model.train(was)
     return torch.cat(out)
 
@@ -99,34 +123,56 @@ class DPOOutput:
 
 
 class DPOModel(nn.Module):
-    """Wraps the policy so the training loop's `module(**batch).loss` is the DPO loss."""
+    """Wraps the policy so the training loop's `module(**batch).loss` is the preference loss (`loss`)."""
 
-    def __init__(self, policy: nn.Module, beta: float = 0.1, sft_weight: float = 0.0) -> None:
+    def __init__(self, policy: nn.Module, beta: float = 0.1, sft_weight: float = 0.0, loss: str = "dpo",
+                 gamma: float = 1.0, desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> None:  # fmt: skip
         super().__init__()
         self.policy = policy
-        self.beta = beta
-        self.sft_weight = sft_weight
+        self.beta, self.sft_weight, self.loss_name, self.gamma = beta, sft_weight, loss, gamma
+        self.desirable_weight, self.undesirable_weight = desirable_weight, undesirable_weight
         self.config = getattr(policy, "config", None)
 
     def forward(self, input_ids, labels, ref_logps) -> DPOOutput:
-        """input_ids, labels (2N, T): chosen rows then rejected rows; ref_logps (N, 2)."""
+        """input_ids, labels (k·N, T): chosen rows, rejected rows (and KTO's mismatched rows); ref_logps (N, k)."""
         logits = self.policy(input_ids).logits
         logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
         targets = labels[:, 1:]
         mask = targets != IGNORE
-        picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1) * mask  # (2N, T-1)
-        seq = picked.sum(-1)  # (2N,)
+        picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1) * mask  # (k·N, T-1)
+        seq = picked.sum(-1)  # (k·N,) log π(y|x)
+        lengths = mask.sum(-1).clamp(min=1)  # (k·N,) |y| in tokens
         N = ref_logps.shape[0]
-        loss, cr, rr = dpo_loss(seq[:N], seq[N:], ref_logps[:, 0], ref_logps[:, 1], self.beta)
-        if (
-            self.sft_weight > 0
-        ):  # optional NLL on the chosen answers keeps their likelihood up (Pang et al. 2024)
+        pc, pr, rc, rr = seq[:N], seq[N : 2 * N], ref_logps[:, 0], ref_logps[:, 1]
+        cr, rj = (self.beta * (pc - rc)).detach(), (self.beta * (pr - rr)).detach()
+        name, beta = self.loss_name, self.beta
+        if name == "dpo":
+            loss, cr, rj = dpo_loss(pc, pr, rc, rr, beta)
+        elif name == "ipo":
+            loss = ipo_loss(pc, pr, rc, rr, beta)
+        elif name == "kto":
+            # z₀: the policy's log-ratio on mismatched (prompt, answer) rows, a batch estimate of KL(π ‖ π_ref)
+            kl = (seq[2 * N :] - ref_logps[:, 2]).mean()
+            desirable = torch.arange(2 * N, device=seq.device) < N  # chosen rows desirable, rejected not
+            loss = kto_loss(seq[: 2 * N], torch.cat([rc, rr]), desirable, kl, beta,
+                            self.desirable_weight, self.undesirable_weight)  # fmt: skip
+        elif name == "orpo":
+            mean_logps = seq[: 2 * N] / lengths[: 2 * N]  # (2N,) mean token log-prob: ORPO's log P(y|x)
+            loss, _ = orpo_loss(mean_logps[:N], mean_logps[N:], -mean_logps[:N], lam=beta)
+        elif name == "simpo":
+            loss = simpo_loss(pc, pr, lengths[:N], lengths[N : 2 * N], beta, self.gamma)
+        else:
+            raise DanluError(
+                f"--loss: {name!r} is not a preference loss; choose one of {', '.join(PREFERENCE_LOSSES)}"
+            )
+        # optional NLL on the chosen answers keeps their likelihood up (Pang et al. 2024)
+        if self.sft_weight > 0:
             loss = loss - self.sft_weight * picked[:N].sum() / mask[:N].sum().clamp(min=1)
-        return DPOOutput(loss=loss, chosen_rewards=cr, rejected_rewards=rr)
+        return DPOOutput(loss=loss, chosen_rewards=cr, rejected_rewards=rj)
 
 
 @torch.no_grad()
-def preference_metrics(policy: nn.Module, pairs: list[tuple[SFTExample, SFTExample]], ref_logps: torch.Tensor,
+def preference_metrics(policy: nn.Module, pairs: list[tuple[SFTExample, ...]], ref_logps: torch.Tensor,
                        pad_id: int, beta: float) -> dict[str, float]:  # fmt: skip
     """Held-out implicit-reward accuracy and margins of `policy` against fixed reference log-probs."""
     from danlu.eval.text import preference_accuracy
@@ -145,10 +191,13 @@ def preference_metrics(policy: nn.Module, pairs: list[tuple[SFTExample, SFTExamp
 
 def dpo(
     policy: nn.Module, tokenizer: Any, train_records: list[dict], out_dir: str | Path, train_config: Any = None,
-    beta: float = 0.1, eval_records: list[dict] | None = None, lora: Any = None, sft_weight: float = 0.0,
-    val_records: list[dict] | None = None,
+    beta: float | None = None, eval_records: list[dict] | None = None, lora: Any = None, sft_weight: float = 0.0,
+    val_records: list[dict] | None = None, loss: str = "dpo", gamma: float = 1.0, desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
 ) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
-    """Align `policy` (in place) on preference pairs with DPO; the reference is the policy as given.
+    """Align `policy` (in place) on preference pairs with DPO (or `loss`: ipo, kto, orpo, simpo); the reference
+    is the policy as given. `beta` defaults per loss (DEFAULT_BETA); `gamma` is SimPO's target margin;
+    `desirable_weight` / `undesirable_weight` are KTO's λ_D / λ_U.
 
     Returns (policy, summary); the summary has held-out preference metrics before and after when
     eval_records are given. The model is saved to OUT/checkpoint (LoRA merged; adapters in OUT/adapter)."""
@@ -159,13 +208,21 @@ def dpo(
     check_preference_records(train_records, "DPO training data")
     if eval_records:
         check_preference_records(eval_records, "DPO evaluation data")
+    if loss not in PREFERENCE_LOSSES:
+        raise DanluError(
+            f"--loss: {loss!r} is not a preference loss; choose one of {', '.join(PREFERENCE_LOSSES)}"
+        )
+    beta = DEFAULT_BETA[loss] if beta is None else beta
     if not beta > 0:
-        raise DanluError(f"DPO beta must be > 0, got {beta}")
+        raise DanluError(f"{loss.upper()} beta must be > 0, got {beta}")
+    if not (desirable_weight > 0 and undesirable_weight > 0):
+        raise DanluError(f"KTO's weights must be > 0, got {desirable_weight}, {undesirable_weight}")
     if val_records is None:
         train_records, val_records = split_validation(train_records, seed=cfg.seed)
     pad = tokenizer.pad_id
-    train_pairs = encode_pairs(train_records, tokenizer, cfg.block_size)
-    val_pairs = encode_pairs(val_records, tokenizer, cfg.block_size)
+    kto = loss == "kto"  # KTO's batches carry the mismatched rows of its KL reference point
+    train_pairs = encode_pairs(train_records, tokenizer, cfg.block_size, mismatched=kto)
+    val_pairs = encode_pairs(val_records, tokenizer, cfg.block_size, mismatched=kto)
     eval_pairs = encode_pairs(eval_records, tokenizer, cfg.block_size) if eval_records else []
     # π_ref = the policy before any update: its log-probs, once, for every pair we will ever score.
     train_ref = reference_log_probs(policy, train_pairs, pad)
@@ -184,7 +241,7 @@ def dpo(
         return pair_batch(pairs, pad) | {"ref_logps": ref}
 
     wrap_lora(policy, lora)  # a no-op without a LoRA config
-    wrapped = DPOModel(policy, beta, sft_weight)
+    wrapped = DPOModel(policy, beta, sft_weight, loss, gamma, desirable_weight, undesirable_weight)
 
     def eval_fn(module: nn.Module) -> dict[str, float]:
         return preference_metrics(policy, eval_pairs, eval_ref, pad, beta) if eval_pairs else {}
@@ -195,6 +252,7 @@ def dpo(
     summary = train(wrapped, batch_fn, cfg, out_dir, save_fn=save_fn, eval_fn=eval_fn)
     finish_lora(policy, lora, Path(out_dir) / "adapter")  # adapters to OUT/adapter, merged in place
     policy.eval()
+    summary |= {"loss_variant": loss, "beta": beta}
     if eval_pairs:
         summary["before"] = before
         summary["after"] = preference_metrics(policy, eval_pairs, eval_ref, pad, beta)

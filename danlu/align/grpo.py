@@ -7,8 +7,11 @@ G answers to each prompt and uses the group itself as the baseline:
     loss  = −1/G Σ_i 1/|y_i| Σ_t [ min(ρ_t Adv_i, clip(ρ_t, 1 ± ε) Adv_i) − β KL_t ]
     KL_t  = π_ref/π − log(π_ref/π) − 1    (an unbiased, always ≥ 0 estimate of KL(π ‖ π_ref))
 
-ρ_t = π_θ/π_old on each token. The reward here needs no model at all: danlu.data.world.reward checks the
-answer (the arithmetic result, the fact's value) exactly, so nothing can be "hacked" but the right answer.
+ρ_t = π_θ/π_old on each token. `GRPOConfig.loss` (`--loss`) swaps this objective for one of its successors
+(danlu.align.losses: dr_grpo, dapo, gspo, cispo; and rloo, REINFORCE with a leave-one-out baseline): each
+changes the advantage, the normalisation or the clip, never the sampling. The reward here needs no model at
+all: danlu.data.world.reward checks the answer (the arithmetic result, the fact's value) exactly, so nothing
+can be "hacked" but the right answer.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from torch import nn
 
 from danlu.align.advantages import group_advantages
 from danlu.align.configs import GRPOConfig
-from danlu.align.losses import informative_groups, policy_loss
+from danlu.align.losses import informative_groups, k3_kl, overlong_penalty, policy_loss, rloo_advantages
 from danlu.align.online import OnlineObjective, step_indices
 from danlu.align.rollout import sample, sequence_log_probs
 from danlu.errors import DanluError
@@ -35,6 +38,19 @@ def grpo_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, ref_log_prob
               ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(loss, mean KL): per-token tensors (B, T), advantages (B,) — one per answer (`losses.policy_loss`)."""
     return policy_loss("grpo", log_probs, old_log_probs, ref_log_probs, advantages, mask, beta, clip_range)
+
+
+def online_advantages(loss: str, rewards: torch.Tensor, G: int, old_log_probs: torch.Tensor,
+                      ref_log_probs: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:  # fmt: skip
+    """(N·G,) one advantage per answer for the --loss variant, from rewards (N·G,) in prompt order.
+
+    grpo, dapo, gspo, cispo: (r − mean) / std over the group; dr_grpo: r − mean (Liu et al. 2025: the std
+    over-weights nearly solved groups); rloo (Ahmadian et al. 2024): the reward carries the sequence KL,
+    r − β Σ_t (log π_old − log π_ref), and the baseline is the mean of the other G − 1 answers."""
+    if loss == "rloo":
+        seq_kl = ((old_log_probs - ref_log_probs) * mask).sum(1)  # (N·G,) log π(y)/π_ref(y)
+        return rloo_advantages(rewards - beta * seq_kl, G)
+    return group_advantages(rewards, G, scale_by_std=loss != "dr_grpo")
 
 
 @torch.no_grad()
@@ -90,19 +106,21 @@ class GRPOObjective(OnlineObjective):
         rewards = torch.tensor(
             [reward(r, y) for r, y in zip(group_records, rollout.texts)], device=self.device
         )
-        # Dr. GRPO does not divide by the group's std; DAPO drops groups with no signal (all rewards equal)
-        advantages = group_advantages(rewards, G, scale_by_std=cfg.loss != "dr_grpo")  # (N·G,)
         mask = rollout.action_mask
-        if cfg.loss == "dapo":
-            keep = informative_groups(rewards, G).repeat_interleave(G)  # (N·G,)
-            mask = mask * keep[:, None].to(mask.dtype)
+        # DAPO's soft overlong punishment (off unless --overlong-buffer): on the reward, before the baseline
+        task_rewards = rewards
+        rewards = rewards + overlong_penalty(mask.sum(1), cfg.max_new_tokens, cfg.overlong_buffer)
         with torch.no_grad():
             old_log_probs = sequence_log_probs(policy, rollout)
             ref_log_probs = sequence_log_probs(self.ref, rollout)
+        advantages = online_advantages(cfg.loss, rewards, G, old_log_probs, ref_log_probs, mask, cfg.beta)
+        if cfg.loss == "dapo":  # dynamic sampling: a group whose answers all score the same has no signal
+            keep = informative_groups(rewards, G).repeat_interleave(G)  # (N·G,)
+            mask = mask * keep[:, None].to(mask.dtype)
         group = (rollout, old_log_probs, ref_log_probs, advantages, mask)
         figures = {
-            "reward": rewards.mean(),
-            "solved_groups": (rewards.view(-1, G).max(1).values > 0).float().mean(),
+            "reward": task_rewards.mean(),
+            "solved_groups": (task_rewards.view(-1, G).max(1).values > 0).float().mean(),
         }
         return StepWork([[group] for _ in range(cfg.inner_epochs)], figures)
 
@@ -110,8 +128,12 @@ class GRPOObjective(OnlineObjective):
         rollout, old_log_probs, ref_log_probs, advantages, mask = group
         log_probs = sequence_log_probs(self.model, rollout)
         cfg = self.cfg
+        if cfg.loss == "rloo":  # the KL is in the advantages (the reward); the loss is plain REINFORCE
+            loss = -(advantages * (log_probs * mask).sum(1)).mean()
+            kl = (k3_kl(log_probs, ref_log_probs) * mask).sum() / mask.sum().clamp(min=1)
+            return loss, {"kl": kl.detach()}
         loss, kl = policy_loss(cfg.loss, log_probs, old_log_probs, ref_log_probs, advantages, mask,
-                               cfg.beta, cfg.clip_range, cfg.clip_high, max_len=cfg.max_new_tokens)  # fmt: skip
+                               cfg.beta, cfg.clip_range, cfg.upper_clip(), max_len=cfg.max_new_tokens)  # fmt: skip
         return loss, {"kl": kl}
 
     def evaluate(self, step: int) -> dict[str, float]:

@@ -10,7 +10,8 @@ Group policy-gradient losses (G sampled answers per prompt, a verifiable reward 
            answers with a smaller per-token penalty.
 - `dapo`   (Yu et al. 2025): token-level normalisation 1/Σ_i|y_i| Σ_i Σ_t, "clip-higher" clip(ρ, 1 − ε_low,
            1 + ε_high) with ε_high > ε_low so unlikely tokens can still rise, no KL term, and dynamic sampling:
-           groups whose answers all score the same (no signal) are dropped (`informative_groups`).
+           groups whose answers all score the same (no signal) are dropped (`informative_groups`); optional
+           soft overlong punishment of the reward (`overlong_penalty`).
 - `gspo`   (Zheng et al. 2025): one importance ratio per answer, s_i = exp(1/|y_i| Σ_t log ρ_t), clipped at the
            sequence level: −1/G Σ_i min(s_i A_i, clip(s_i, 1±ε) A_i).
 - `cispo`  (MiniMax-M1, 2025): the ratio is clipped and detached and multiplies log π, so every token keeps a
@@ -22,10 +23,15 @@ normalisation as its surrogate.
 - `rloo`   (Ahmadian et al. 2024): REINFORCE with a leave-one-out baseline, A_i = r_i − 1/(G−1) Σ_{j≠i} r_j,
            loss −1/G Σ_i A_i log π(y_i) on whole-sequence log-probabilities.
 
-Preference losses on summed sequence log-probabilities (N,):
+Preference losses on summed sequence log-probabilities (N,) (DPO itself: danlu.align.dpo.dpo_loss):
+
+- `ipo`    (Azar et al. 2023, "A general theoretical paradigm", eq. 17): with h = log π(y_w)/π_ref(y_w) −
+           log π(y_l)/π_ref(y_l), loss = (h − 1/(2β))²: a squared loss that stops at a finite margin, where
+           DPO's −log σ(βh) keeps pushing h up on pairs it already separates.
 
 - `kto`    (Ethayarajh et al. 2024): unpaired desirable/undesirable answers; with r = log π/π_ref and z₀ a
-           detached estimate of KL(π‖π_ref) (clamped ≥ 0), v = λ_D σ(β(r − z₀)) if desirable else
+           detached estimate of KL(π‖π_ref) (clamped ≥ 0; the paper's, and danlu.align.dpo's: the mean
+           log-ratio of mismatched prompt/answer pairs of the batch), v = λ_D σ(β(r − z₀)) if desirable else
            λ_U σ(β(z₀ − r)); loss = mean(λ_y − v).
 - `orpo`   (Hong et al. 2024): no reference model; with P(y) = exp(mean token log-prob),
            odds(y) = P/(1 − P), loss = NLL(y_w) − λ log σ(log odds(y_w) − log odds(y_l)).
@@ -37,20 +43,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from danlu.align.configs import CLIP_HIGH, GROUP_LOSSES, ONLINE_LOSSES
 from danlu.errors import DanluError
 
 __all__ = [
     "GROUP_LOSSES",
+    "ONLINE_LOSSES",
+    "CLIP_HIGH",
     "informative_groups",
     "policy_loss",
     "rloo_advantages",
     "rloo_loss",
+    "overlong_penalty",
+    "k3_kl",
+    "ipo_loss",
     "kto_loss",
     "orpo_loss",
     "simpo_loss",
 ]
-
-GROUP_LOSSES = ("grpo", "dr_grpo", "dapo", "gspo", "cispo")
 
 
 def informative_groups(rewards: torch.Tensor, G: int) -> torch.Tensor:
@@ -59,7 +69,24 @@ def informative_groups(rewards: torch.Tensor, G: int) -> torch.Tensor:
     return (r.max(dim=1).values - r.min(dim=1).values) > 0
 
 
-def _k3(log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
+def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), added to the reward: (N,) lengths ->
+
+        0                                   if |y| ≤ L_max − L_cache
+        ((L_max − L_cache) − |y|) / L_cache  if L_max − L_cache < |y| ≤ L_max
+        −1                                  if |y| > L_max
+
+    with L_max = `max_len` and L_cache = `buffer` (0: no penalty): an answer pays more the nearer it runs to
+    the cut, so truncation stops being an accident the reward cannot see."""
+    lengths = lengths.float()
+    if buffer <= 0:
+        return torch.zeros_like(lengths)
+    soft = ((max_len - buffer) - lengths) / buffer
+    return torch.where(lengths > max_len, torch.full_like(lengths, -1.0), soft.clamp(max=0.0))
+
+
+def k3_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(π ‖ π_ref): π_ref/π − log(π_ref/π) − 1 (≥ 0, unbiased; Schulman 2020)."""
     log_ratio = ref_log_probs - log_probs
     return torch.exp(log_ratio) - log_ratio - 1
 
@@ -87,7 +114,7 @@ def policy_loss(
     adv = advantages[:, None]  # (B, 1)
     log_ratio = (log_probs - old_log_probs) * mask
     n_tokens = mask.sum(dim=1).clamp(min=1)  # (B,) |y_i|
-    kl = _k3(log_probs, ref_log_probs) * mask if ref_log_probs is not None else torch.zeros_like(log_probs)
+    kl = k3_kl(log_probs, ref_log_probs) * mask if ref_log_probs is not None else torch.zeros_like(log_probs)
     mean_kl = kl.sum() / mask.sum().clamp(min=1)
 
     if variant == "gspo":
@@ -124,6 +151,15 @@ def rloo_advantages(rewards: torch.Tensor, G: int) -> torch.Tensor:
 def rloo_loss(sequence_log_probs: torch.Tensor, rewards: torch.Tensor, G: int) -> torch.Tensor:
     """REINFORCE with the leave-one-out baseline: −mean_i A_i log π(y_i); inputs (N·G,)."""
     return -(rloo_advantages(rewards, G).detach() * sequence_log_probs).mean()
+
+
+def ipo_loss(
+    policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float = 0.1,
+) -> torch.Tensor:  # fmt: skip
+    """IPO's loss mean((h − 1/(2β))²) from summed log-probs (N,) of chosen and rejected answers."""
+    h = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+    return ((h - 1 / (2 * beta)) ** 2).mean()
 
 
 def kto_loss(

@@ -146,7 +146,23 @@ def register(sub) -> None:
     )
     d.add_argument("--out", required=True, help="output folder: checkpoint/ (or adapter/), metrics, plots")
     add_overwrite_arg(d)
-    d.add_argument("--beta", type=float, default=0.1, help="DPO β: strength of the implicit KL constraint")
+    d.add_argument(
+        "--loss",
+        default="dpo",
+        choices=("dpo", "ipo", "kto", "orpo", "simpo"),
+        help="preference loss (danlu.align.losses): dpo, ipo (Azar et al. 2023), kto (Ethayarajh et al. 2024: "
+        "chosen = desirable, rejected = undesirable), orpo (Hong et al. 2024) or simpo (Meng et al. 2024); "
+        "orpo and simpo need no reference",
+    )
+    d.add_argument(
+        "--beta",
+        type=float,
+        default=None,
+        help="β: strength of the implicit KL constraint (none: 0.1; ORPO's λ: 0.1; SimPO's β: 2.0)",
+    )
+    d.add_argument("--gamma", type=float, default=1.0, help="SimPO's target reward margin γ")
+    d.add_argument("--desirable-weight", type=float, default=1.0, help="KTO's λ_D on desirable answers")
+    d.add_argument("--undesirable-weight", type=float, default=1.0, help="KTO's λ_U on undesirable answers")
     d.add_argument("--sft-weight", type=float, default=0.0, help="weight of an NLL term on chosen answers")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     add_lora_args(d)
@@ -213,7 +229,9 @@ def run_dpo(args: argparse.Namespace) -> int:
     eval_paths = args.eval_data or [d for d in args.data if (Path(d) / "preference_test.jsonl").is_file()]
     eval_records = _comparisons(eval_paths, "preference_test.jsonl") if eval_paths else None
     _, summary = dpo(model, tokenizer, train_records, args.out, train_config_from_args(args), beta=args.beta,
-                     eval_records=eval_records, lora=lora_from_args(args), sft_weight=args.sft_weight)  # fmt: skip
+                     eval_records=eval_records, lora=lora_from_args(args), sft_weight=args.sft_weight,
+                     loss=args.loss, gamma=args.gamma, desirable_weight=args.desirable_weight,
+                     undesirable_weight=args.undesirable_weight)  # fmt: skip
     print(json.dumps(summary, indent=2))
     print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
     return 0
