@@ -40,15 +40,10 @@ from danlu.app.usage import UsageTracker
 from danlu.errors import DanluError
 from danlu.generate.options import GenerationOptions
 from danlu.serve.batching import Batcher, Overloaded, Row, RowEvent
-from danlu.serve.prompting import (
-    ServeConfig,
-    chat_prompt,
-    choice_options,
-    generation_options,
-    parse_tool_call,
-)
+from danlu.serve.prompting import ServeConfig, chat_plan, choice_options, generation_options
 from danlu.serve.schemas import APIError, ChatRequest, CompletionRequest, EmbeddingRequest
 from danlu.serve.server import ERROR_RESPONSES, BodyLimit, HostCheck, SafeJSON
+from danlu.serve.tools import ReplyStream, reply_message
 
 # The two generation routes answer JSON, or server-sent events with stream=true: each event's data is one JSON
 # chunk, and the last one is "[DONE]" (OpenAPI 3.1: the schema of an event stream describes one event).
@@ -395,9 +390,11 @@ def create_app(
         if req.logprobs:
             raise APIError(400, "logprobs is not supported by danlu serve; leave it out", param="logprobs")
         check_rows(req.n, 1)
-        prompt = await run_in_threadpool(chat_prompt, tokenizer, req)  # a template may take a while
+        plan = await run_in_threadpool(chat_plan, tokenizer, req)  # templates and schemas may take a while
+        prompt = plan.prompt
         ids = await encode(prompt)
         opts = generation_options(req, len(ids), block, tokenizer, config, chat=True, param="messages")
+        opts = plan.constrain(opts)  # tools and response_format: the reply's JSON schema (tools.py)
         events, rows = submit([(prompt, o, ids) for o in choice_options(opts, req.n)])
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         prompt_tokens = len(ids)
@@ -412,15 +409,19 @@ def create_app(
 
             async def stream() -> AsyncIterator[str]:
                 completion_tokens = 0
+                replies = [ReplyStream(plan) for _ in range(req.n)]  # text or tool-call deltas
                 for i in range(req.n):
                     yield sse(chunk(i, {"role": "assistant", "content": ""}, None))
                 try:
                     async for i, ev in events_of(events, rows):
-                        if ev.piece:
-                            yield sse(chunk(i, {"content": ev.piece}, None))
+                        for delta in replies[i].feed(ev.piece) if ev.piece else []:
+                            yield sse(chunk(i, delta, None))
                         if ev.done:
                             completion_tokens += ev.completion_tokens
-                            yield sse(chunk(i, {}, ev.finish_reason))
+                            last, reason = replies[i].close(ev.finish_reason or "stop")
+                            for delta in last:
+                                yield sse(chunk(i, delta, None))
+                            yield sse(chunk(i, {}, reason))
                 except APIError as e:
                     yield sse(e.body())
                     return
@@ -440,10 +441,7 @@ def create_app(
         usage.record(config.model_name, prompt_tokens * req.n, completion_tokens)
         choices = []
         for i, (text, reason, _) in enumerate(results):
-            message: dict[str, Any] = {"role": "assistant", "content": text}
-            call = parse_tool_call(text, req) if req.tools else None
-            if call is not None:
-                message, reason = {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+            message, reason = reply_message(text, reason, plan)  # text, or tool_calls (tools.py)
             choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": reason})
         return {"id": rid, "object": "chat.completion", "created": created, "model": req.model,
                 "system_fingerprint": None, "choices": choices,
