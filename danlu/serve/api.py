@@ -2,7 +2,8 @@
 
     GET  /v1/models              the served model (and the embedding model, if any)
     POST /v1/completions         text completion; stream=true sends server-sent events
-    POST /v1/chat/completions    chat (the tokenizer's chat template); stream, stream_options.include_usage, tools
+    POST /v1/chat/completions    chat (the tokenizer's chat template); stream, stream_options.include_usage, tools,
+                                 response_format (grammar-constrained JSON; danlu/serve/tools.py)
     POST /v1/embeddings          sentence embeddings from an encoder checkpoint (--embeddings)
     GET  /                       a web chat page that streams answers
     GET  /health, GET /usage     liveness and batching figures; token usage per model
@@ -41,9 +42,9 @@ from danlu.errors import DanluError
 from danlu.generate.options import GenerationOptions
 from danlu.serve.batching import Batcher, Overloaded, Row, RowEvent
 from danlu.serve.prompting import ServeConfig, chat_plan, choice_options, generation_options
+from danlu.serve.replies import ReplyStream, reply_message
 from danlu.serve.schemas import APIError, ChatRequest, CompletionRequest, EmbeddingRequest
 from danlu.serve.server import ERROR_RESPONSES, BodyLimit, HostCheck, SafeJSON
-from danlu.serve.tools import ReplyStream, reply_message
 
 # The two generation routes answer JSON, or server-sent events with stream=true: each event's data is one JSON
 # chunk, and the last one is "[DONE]" (OpenAPI 3.1: the schema of an event stream describes one event).

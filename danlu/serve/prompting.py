@@ -19,7 +19,7 @@ from danlu.generate.options import GenerationOptions
 from danlu.serve import tools
 from danlu.serve.config import LOOPBACK_HOSTS, MIN_SAMPLING_TEMPERATURE, ServeConfig  # noqa: F401 (re-exported)
 from danlu.serve.schemas import SEED_MAX, SEED_MIN, APIError, ChatRequest, Sampling
-from danlu.serve.tools import ChatPlan, ReplyStream, reply_message  # noqa: F401 (re-exported)
+from danlu.serve.tools import ChatPlan
 
 
 def _text(content: Any, where: str) -> str | None:

@@ -15,6 +15,7 @@ import pytest
 from danlu.app.agents import ReActAgent
 from danlu.app.llms import OpenAILLM
 from danlu.app.tools import calculator
+from danlu.serve import replies
 from danlu.serve import tools as serve_tools
 from danlu.serve.prompting import chat_plan
 from danlu.serve.schemas import ChatRequest
@@ -196,12 +197,12 @@ def test_tool_templates_are_rendered_natively(templated, template, opening):
         + '{"name": "add", "arguments": {"a": 5, "b": 6}}'
         + ("\n</tool_call>" if template == "hermes" else "<|/tool_call|>")
     )
-    message, reason = serve_tools.reply_message(reply, "stop", auto)
+    message, reason = replies.reply_message(reply, "stop", auto)
     assert reason == "tool_calls" and message["tool_calls"][0]["function"] == {
         "name": "add",
         "arguments": '{"a": 5, "b": 6}',
     }
-    assert serve_tools.reply_message("The answer is 11.", "stop", auto) == (
+    assert replies.reply_message("The answer is 11.", "stop", auto) == (
         {"role": "assistant", "content": "The answer is 11."},
         "stop",
     )
@@ -228,3 +229,27 @@ def test_an_agent_on_the_served_model_calls_tools_natively(smollm2_url):
         "content": first.observation,
     }
     assert len(result.prompts) == 2 and (result.finished or result.steps[-1].action == "calculator")
+
+
+def test_auto_replies_stream_as_text_or_as_one_call(templated):
+    """auto is unconstrained: a reply that starts as text streams as content at once; one that starts as the
+    template's call is held back and sent as a tool-call delta, equal to the non-streamed message."""
+    tok = templated(HERMES)
+    plan = chat_plan(tok, ChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                                     "tools": TOOLS}))  # fmt: skip
+    text = replies.ReplyStream(plan)
+    assert text.feed("Hello") == [{"content": "Hello"}] and text.feed(" there") == [{"content": " there"}]
+    assert text.close("stop") == ([], "stop")
+    call = replies.ReplyStream(plan)
+    pieces = ["<tool_", "call>\n", '{"name": "add", ', '"arguments": {"a": 1, "b": 2}}', "\n</tool_call>"]
+    assert all(call.feed(p) == [] for p in pieces)
+    deltas, reason = call.close("stop")
+    (delta,) = deltas
+    assert reason == "tool_calls" and delta["tool_calls"][0]["index"] == 0
+    assert delta["tool_calls"][0]["function"] == {"name": "add", "arguments": '{"a": 1, "b": 2}'}
+    message, _ = replies.reply_message("".join(pieces), "stop", plan)
+    assert message["tool_calls"][0]["function"] == delta["tool_calls"][0]["function"]
+    # a call to a tool that was not offered is text
+    other = replies.ReplyStream(plan)
+    other.feed('{"name": "rm_rf", "arguments": {}}')
+    assert other.close("stop") == ([{"content": '{"name": "rm_rf", "arguments": {}}'}], "stop")
