@@ -13,6 +13,7 @@ from typing import Any
 from danlu.serve.tools import ChatPlan
 
 MAX_CALLS = 16  # tool calls parsed from one reply (auto)
+MAX_TRIES = 256  # places a JSON value is tried from: a reply of nested "{" is not parsed again from each one
 
 
 def _call(name: str, arguments: str) -> dict[str, Any]:
@@ -36,11 +37,12 @@ def parse_calls(text: str, plan: ChatPlan) -> list[dict[str, Any]]:
     names, calls, decoder = set(plan.offered), [], json.JSONDecoder()
     if not text.strip() or not may_be_call(text, plan):
         return []
-    at = text.find("{")
-    while at != -1 and len(calls) < MAX_CALLS:
+    at, tries = text.find("{"), 0
+    while at != -1 and len(calls) < MAX_CALLS and tries < MAX_TRIES:
+        tries += 1
         try:
             value, end = decoder.raw_decode(text, at)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the JSON decoder goes
             at = text.find("{", at + 1)
             continue
         args = next(
@@ -63,10 +65,10 @@ def parse_calls(text: str, plan: ChatPlan) -> list[dict[str, Any]]:
     pattern = re.compile(
         "(" + "|".join(map(re.escape, sorted(names, key=len, reverse=True))) + ")" + flexible
     )
-    for m in pattern.finditer(text):
+    for m in list(pattern.finditer(text))[:MAX_TRIES]:
         try:
             args, _ = decoder.raw_decode(text, m.end())
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(args, dict) and len(calls) < MAX_CALLS:
             calls.append(_call(m.group(1), json.dumps(args, ensure_ascii=False)))
@@ -81,7 +83,7 @@ def _header(plan: ChatPlan) -> re.Pattern:
 def _complete(text: str) -> bool:
     try:
         json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True
 
@@ -143,6 +145,10 @@ class ReplyStream:
             return [{"content": self.text}] if self.text else [], reason
         if self.started:
             reason = "length" if reason == "length" else "tool_calls"
+        elif (
+            self.plan.call == "object" and self.text
+        ):  # cut before the call named its tool: text, as unstreamed
+            deltas.append({"content": self.text})
         return deltas, reason
 
     def _deltas(self, final: bool) -> list[dict[str, Any]]:

@@ -189,9 +189,18 @@ def parameters(function: Any) -> dict[str, Any]:
     return function.parameters if function.parameters is not None else {"type": "object", "properties": {}}
 
 
-def _schema_text(schema: Any, param: str, tokenizer: Any = None, tokenizer_param: str | None = None) -> str:
+def _grammar_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llguidance") is not None
+
+
+def _schema_text(
+    schema: Any, param: str, tokenizer: Any = None, tokenizer_param: str | None = None, compile: bool = True
+) -> str:
     """The canonical text of a JSON Schema from a request: checked against its metaschema (jsonschema) and
-    compiled by llguidance (for the tokenizer when one is given); any fault is a 400 naming `param`."""
+    compiled by llguidance (for the tokenizer when one is given; not when compile=False); any fault is a 400
+    naming `param` (without llguidance installed, a 400 that says how to install it)."""
     import jsonschema
 
     from danlu.generate.grammar import canonical_schema, compile_schema, ll_tokenizer
@@ -211,14 +220,17 @@ def _schema_text(schema: Any, param: str, tokenizer: Any = None, tokenizer_param
             raise APIError(400, message, param=tokenizer_param) from e
     try:
         text = canonical_schema(schema)
-        compile_schema(text, ll)
+        if compile:
+            compile_schema(text, ll)
     except DanluError as e:
         raise APIError(400, f"{param}: {e}", param=param) from e
     return text
 
 
 def check_tools(req: ChatRequest) -> None:
-    """Each declared tool's parameters must be a JSON Schema llguidance compiles; names must be unique."""
+    """Each declared tool's parameters must be a JSON Schema (that llguidance compiles, when it is installed:
+    "auto" tool calls work without it); names must be unique."""
+    compile = _grammar_installed()
     seen: set[str] = set()
     for i, t in enumerate(req.tools or []):
         if t.function.name in seen:
@@ -226,7 +238,7 @@ def check_tools(req: ChatRequest) -> None:
                 400, f"tools[{i}] repeats the name {t.function.name!r}", param=f"tools[{i}].function.name"
             )
         seen.add(t.function.name)
-        _schema_text(parameters(t.function), f"tools[{i}].function.parameters")
+        _schema_text(parameters(t.function), f"tools[{i}].function.parameters", compile=compile)
 
 
 def _tool_list(tools: dict[str, Any]) -> list[dict[str, Any]]:
