@@ -442,7 +442,7 @@ def create_app(
         usage.record(config.model_name, prompt_tokens * req.n, completion_tokens)
         choices = []
         for i, (text, reason, _) in enumerate(results):
-            message, reason = reply_message(text, reason, plan)  # text, or tool_calls (tools.py)
+            message, reason = reply_message(text, reason, plan)  # text, or tool_calls (replies.py)
             choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": reason})
         return {"id": rid, "object": "chat.completion", "created": created, "model": req.model,
                 "system_fingerprint": None, "choices": choices,
