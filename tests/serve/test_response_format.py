@@ -15,7 +15,9 @@ from danlu.serve.server import BackgroundServer
 ANSWER = {
     "type": "object",
     "properties": {
-        "answer": {"type": "string", "maxLength": 24},
+        # ASCII letters, digits, spaces, .,'- (nothing JSON escapes): a character per token at least, so the
+        # object closes within max_tokens
+        "answer": {"type": "string", "pattern": "^[A-Za-z0-9 .,'-]{0,24}$"},
         "confidence": {"type": "integer", "minimum": 0, "maximum": 10},
         "kind": {"enum": ["fact", "opinion", "number"]},
     },

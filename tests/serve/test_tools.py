@@ -22,7 +22,12 @@ from danlu.serve.schemas import ChatRequest
 
 WEATHER = {
     "type": "object",
-    "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+    # ASCII letters, digits, spaces, .,'- (nothing JSON escapes): at least a character per token, so every
+    # call closes well within max_tokens
+    "properties": {
+        "city": {"type": "string", "pattern": "^[A-Za-z0-9 .,'-]{0,20}$"},
+        "unit": {"enum": ["celsius", "fahrenheit"]},
+    },
     "required": ["city", "unit"],
     "additionalProperties": False,
 }
@@ -74,7 +79,7 @@ def client(smollm2_url):
 
 def create(client, prompt, **kw):
     return client.chat.completions.create(
-        model="smollm2", messages=[{"role": "user", "content": prompt}], tools=TOOLS, max_tokens=40,
+        model="smollm2", messages=[{"role": "user", "content": prompt}], tools=TOOLS, max_tokens=56,
         temperature=0, **kw,
     )  # fmt: skip
 
