@@ -10,10 +10,16 @@ ReAct (Yao et al. 2023) interleaves reasoning and acting. The model writes
 the agent runs the tool and appends `Observation: 29`, and the model continues until it writes
 `Final Answer: ...`. With as_chat=True each model turn is an assistant message and each observation a user
 message (for chat models and OpenAI-compatible endpoints); otherwise one growing text transcript is sent.
+
+Against a served model (an LLM with `supports_tools`, e.g. OpenAILLM on `danlu serve`) the agent uses native
+tool calls instead: the tools go as OpenAI `tools` (their JSON schemas), the server renders them with the
+model's chat template and constrains each call's arguments to its schema, each call is run and its result sent
+back as a `role: "tool"` message, and a reply without calls is the answer. Local models keep the text protocol.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +52,10 @@ REACT_EXAMPLE = (
     "Observation: 12\n"
     "Thought: I know the answer\n"
     "Final Answer: 12\n"
+)
+# Native tool calls (a served model): the system message; the tools themselves go as OpenAI `tools`.
+NATIVE_INSTRUCTIONS = PromptTemplate(
+    "Answer the question. Call a tool when it helps; when you know the answer, reply with it.{context}"
 )
 # The model must not invent the tool's answer, nor go on to ask itself a new question.
 REACT_STOP = ["\nObservation:", "Observation:", "\nQuestion:"]
@@ -100,7 +110,12 @@ class ReActAgent:
         long_term: VectorMemory | None = None,
         options: dict[str, Any] | None = None,
         verbose: bool = False,
+        native_tools: bool | None = None,
+        tool_choice: str | dict[str, Any] = "auto",
     ) -> None:
+        """native_tools: send OpenAI tools and read tool calls (None: when the llm has `supports_tools`).
+        tool_choice: the native first turn's ("auto", "required" or {"type": "function", "function":
+        {"name": ...}}); later turns are "auto", so the model can answer."""
         if not tools:
             raise DanluError("a ReAct agent needs at least one tool")
         names = [t.name for t in tools]
@@ -109,8 +124,12 @@ class ReActAgent:
         self.llm, self.tools, self.max_steps = llm, {t.name: t for t in tools}, max_steps
         self.examples, self.as_chat, self.memory, self.long_term = examples, as_chat, memory, long_term
         self.options, self.verbose = dict(options or {}), verbose
+        if native_tools and not getattr(llm, "supports_tools", False):
+            raise DanluError(f"native_tools=True needs an LLM that calls tools (OpenAILLM); {llm!r} does not")
+        self.native = bool(getattr(llm, "supports_tools", False)) if native_tools is None else native_tools
+        self.tool_choice = tool_choice
 
-    def instructions(self, question: str) -> str:
+    def _context(self, question: str) -> str:
         context = ""
         if self.memory is not None and self.memory.messages():
             context += f"\nConversation so far:\n{self.memory.as_text()}\n"
@@ -118,6 +137,10 @@ class ReActAgent:
             recalled = self.long_term.as_text(question)
             if recalled:
                 context += f"\nThings you remember:\n{recalled}\n"
+        return context
+
+    def instructions(self, question: str) -> str:
+        context = self._context(question)
         return REACT_INSTRUCTIONS.format(
             tools="\n".join(f"- {t.signature()}: {t.description}" for t in self.tools.values()),
             tool_names=", ".join(self.tools),
@@ -149,6 +172,8 @@ class ReActAgent:
             return f"error: {e}"
 
     def run(self, question: str) -> AgentResult:
+        if self.native:
+            return self._run_native(question)
         steps: list[Step] = []
         prompts: list[Prompt] = []
         stop = [*self.options.get("stop", []), *REACT_STOP]
@@ -179,12 +204,60 @@ class ReActAgent:
             steps.append(step)
         return AgentResult(question, None, steps, prompts, False)
 
+    def _run_native(self, question: str) -> AgentResult:
+        """The loop with native tool calls: each call is a Step (action = the tool, action_input = its
+        arguments' JSON), its result a `role: "tool"` message; a reply without calls is the Final Answer."""
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": NATIVE_INSTRUCTIONS.format(context=self._context(question))},
+            {"role": "user", "content": question},
+        ]
+        specs = [t.json_schema() for t in self.tools.values()]
+        for (
+            spec
+        ) in specs:  # a tool takes exactly its parameters: no invented extra keys in a constrained call
+            spec["function"]["parameters"]["additionalProperties"] = False
+        steps: list[Step] = []
+        prompts: list[Prompt] = []
+        for turn in range(self.max_steps):
+            prompts.append([dict(m) for m in messages])
+            if self.verbose:
+                print(f"----- agent prompt -----\n{render_prompt(messages)}", flush=True)
+            choice = self.tool_choice if turn == 0 else "auto"
+            reply = self.llm.chat(messages, tools=specs, tool_choice=choice, **self.options)  # type: ignore[attr-defined]
+            if not reply.tool_calls:
+                answer = (reply.content or "").strip()
+                steps.append(Step(raw=reply.content or "", action="Final Answer", action_input=answer))
+                self._remember(question, answer)
+                return AgentResult(question, answer, steps, prompts, True)
+            calls = [_sendable(c) for c in reply.tool_calls]
+            messages.append({"role": "assistant", "content": reply.content, "tool_calls": calls})
+            for call in reply.tool_calls:
+                name, arguments = call["function"]["name"], call["function"].get("arguments") or "{}"
+                step = Step(raw=json.dumps(call, ensure_ascii=False), thought=reply.content or "",
+                            action=name, action_input=arguments)  # fmt: skip
+                step.observation = self.call_tool(name, arguments)
+                if self.verbose:
+                    print(f"Call: {name}({arguments}) -> {step.observation}", flush=True)
+                steps.append(step)
+                messages.append({"role": "tool", "tool_call_id": call["id"], "content": step.observation})
+        return AgentResult(question, None, steps, prompts, False)
+
     def _remember(self, question: str, answer: str | None) -> None:
         if self.memory is not None:
             self.memory.add("user", question)
             self.memory.add("assistant", answer or "")
         if self.long_term is not None:
             self.long_term.remember(f"Question: {question} Answer: {answer}")
+
+
+def _sendable(call: dict[str, Any]) -> dict[str, Any]:
+    """A tool call as the history sends it back: arguments that are not a JSON object (a call cut by
+    max_tokens) go as {} (a server refuses them; the tool's error observation tells the model what happened)."""
+    try:
+        ok = isinstance(json.loads(call["function"].get("arguments") or ""), dict)
+    except ValueError:
+        ok = False
+    return call if ok else {**call, "function": {**call["function"], "arguments": "{}"}}
 
 
 # ------------------------------------------------------------------------------------------ plan and execute

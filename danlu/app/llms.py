@@ -9,6 +9,7 @@ caching, usage records and streaming. Here they are a few visible parts, not a c
     llm.invoke([{"role": "user", "content": "Hi"}])    # chat messages go through the chat template
     for piece in llm.stream("Once upon"): ...
     llm.batch(["a", "b"])                              # one batched generate (or concurrent HTTP calls)
+    remote.chat(messages, tools=[...], tool_choice="auto")  # OpenAILLM: native tool calls (a ChatReply)
 
 A prompt is a `str` or a list of chat messages. Options are danlu's generation option names
 (max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, presence_penalty, frequency_penalty,
@@ -52,6 +53,16 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
+
+
+@dataclass
+class ChatReply:
+    """A chat answer that may call tools: content (None when the model only called tools), tool_calls in
+    OpenAI's format ([{"id", "type": "function", "function": {"name", "arguments": JSON text}}])."""
+
+    content: str | None
+    tool_calls: list[dict[str, Any]]
+    finish_reason: str
 
 
 def render_prompt(prompt: Prompt) -> str:
@@ -285,6 +296,40 @@ class OpenAILLM(BaseLLM):
         usage = data.get("usage") or {}
         text = self._text(data["choices"][0], chat=not isinstance(prompt, str))
         return Completion(text, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+
+    # The server calls tools natively (danlu serve: through the model's chat template, the arguments
+    # constrained to each tool's schema): agents send `tools` instead of describing them in text.
+    supports_tools = True
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        **options: Any,
+    ) -> ChatReply:
+        """One chat turn with OpenAI `tools` / `tool_choice`; the reply's text or tool calls. Not cached (a
+        tool's result may change between calls); usage is recorded and the messages logged in `sent`."""
+        import httpx
+
+        path, body = self._body(messages, {**self.options, **options}, stream=False)
+        if tools:
+            body["tools"] = tools
+        if tool_choice is not None:
+            body["tool_choice"] = tool_choice
+        self._log(messages)
+        try:
+            r = self.client.post(path, json=body)
+        except httpx.HTTPError as e:
+            raise DanluError(f"cannot reach {self.base_url}{path} ({e}); is the server running?") from e
+        self._check(r)
+        data = r.json()
+        choice, usage = data["choices"][0], data.get("usage") or {}
+        if self.usage is not None:
+            self.usage.record(self.name, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+        message = choice.get("message") or {}
+        calls = [c for c in message.get("tool_calls") or [] if isinstance(c, dict) and c.get("function")]
+        return ChatReply(message.get("content"), calls, choice.get("finish_reason") or "stop")
 
     def _complete(self, prompts: list[Prompt], options: dict[str, Any]) -> list[Completion]:
         if len(prompts) == 1:

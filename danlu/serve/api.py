@@ -2,7 +2,8 @@
 
     GET  /v1/models              the served model (and the embedding model, if any)
     POST /v1/completions         text completion; stream=true sends server-sent events
-    POST /v1/chat/completions    chat (the tokenizer's chat template); stream, stream_options.include_usage, tools
+    POST /v1/chat/completions    chat (the tokenizer's chat template); stream, stream_options.include_usage, tools,
+                                 response_format (grammar-constrained JSON; danlu/serve/tools.py)
     POST /v1/embeddings          sentence embeddings from an encoder checkpoint (--embeddings)
     GET  /                       a web chat page that streams answers
     GET  /health, GET /usage     liveness and batching figures; token usage per model
@@ -42,13 +43,8 @@ from danlu.errors import DanluError
 from danlu.generate.options import GenerationOptions
 from danlu.serve import logprobs as lps  # log-probs, shaped as OpenAI does
 from danlu.serve.batching import Batcher, Overloaded, Row, RowEvent
-from danlu.serve.prompting import (
-    ServeConfig,
-    chat_prompt,
-    choice_options,
-    generation_options,
-    parse_tool_call,
-)
+from danlu.serve.prompting import ServeConfig, chat_plan, choice_options, generation_options
+from danlu.serve.replies import ReplyStream, reply_message
 from danlu.serve.schemas import APIError, ChatRequest, CompletionRequest, EmbeddingRequest
 from danlu.serve.server import ERROR_RESPONSES, BodyLimit, HostCheck, SafeJSON
 from danlu.serve.tokenize import add_tokenizer_routes, prompt_list
@@ -394,10 +390,11 @@ def create_app(
         check_model(req.model)
         k = lps.chat_top_logprobs(req)  # None: no log-probs asked
         check_rows(req.n, 1)
-        prompt = await run_in_threadpool(chat_prompt, tokenizer, req)  # a template may take a while
+        plan = await run_in_threadpool(chat_plan, tokenizer, req)  # templates and schemas may take a while
+        prompt = plan.prompt
         ids = await encode(prompt)
         opts = generation_options(req, len(ids), block, tokenizer, config, chat=True, param="messages")
-        opts = lps.with_top_logprobs(opts, k)
+        opts = plan.constrain(lps.with_top_logprobs(opts, k))  # tools, response_format: tools.py
         events, rows = submit([(prompt, o, ids) for o in choice_options(opts, req.n)])
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         prompt_tokens = len(ids)
@@ -415,15 +412,20 @@ def create_app(
 
             async def stream() -> AsyncIterator[str]:
                 completion_tokens = 0
+                replies = [ReplyStream(plan) for _ in range(req.n)]  # text or tool-call deltas
                 for i in range(req.n):
                     yield sse(chunk(i, {"role": "assistant", "content": ""}, None))
                 try:
                     async for i, ev in events_of(events, rows):
-                        if ev.piece or ev.scored:
-                            yield sse(chunk(i, {"content": ev.piece}, None, logprobs_of(ev.scored)))
+                        lp = logprobs_of(ev.scored) if ev.piece or ev.scored else None
+                        for delta, delta_lp in replies[i].feed_scored(ev.piece, lp):
+                            yield sse(chunk(i, delta, None, delta_lp))
                         if ev.done:
                             completion_tokens += ev.completion_tokens
-                            yield sse(chunk(i, {}, ev.finish_reason))
+                            last, reason = replies[i].close(ev.finish_reason or "stop")
+                            for delta in last:
+                                yield sse(chunk(i, delta, None))
+                            yield sse(chunk(i, {}, reason))
                 except APIError as e:
                     yield sse(e.body())
                     return
@@ -443,10 +445,7 @@ def create_app(
         usage.record(config.model_name, prompt_tokens * req.n, completion_tokens)
         choices = []
         for i, (text, reason, _, done) in enumerate(results):
-            message: dict[str, Any] = {"role": "assistant", "content": text}
-            call = parse_tool_call(text, req) if req.tools else None
-            if call is not None:
-                message, reason = {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+            message, reason = reply_message(text, reason, plan)  # text, or tool_calls (replies.py)
             lp = logprobs_of(lps.completion_scored(done)) if done is not None else None
             choices.append({"index": i, "message": message, "logprobs": lp, "finish_reason": reason})
         return {"id": rid, "object": "chat.completion", "created": created, "model": req.model,

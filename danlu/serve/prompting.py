@@ -1,36 +1,30 @@
-"""From a request to what the engine takes: the prompt string of a chat (`chat_prompt`), the generation options
-of any request (`generation_options`, with the server's visible defaults in `ServeConfig`) and of each of its n
-choices (`choice_options`), and from a model's reply back to a tool call (`parse_tool_call`).
+"""From a request to what the engine takes: the plan of a chat (`chat_plan`: its prompt, and for tools and
+response_format the schema it is decoded under, danlu/serve/tools.py), the generation options of any request
+(`generation_options`, with the server's visible defaults in `ServeConfig`) and of each of its n choices
+(`choice_options`).
 
-Tools (OpenAI function calling) are described to the model in a system message, `TOOLS_PROMPT`, visible here:
-the model is asked to answer with one JSON object {"name": ..., "arguments": {...}} to call a tool. A reply that is
-exactly such an object, naming a declared tool, is returned as `tool_calls` with finish_reason "tool_calls".
-Earlier tool calls in the history (assistant `tool_calls`, `tool` results) are checked: their arguments must be
-a JSON object and each tool result must answer an earlier call, else the request is a 400 naming the message.
+Earlier tool calls in the history (assistant `tool_calls`, `tool` results) are checked (`chat_messages`): their
+arguments must be a JSON object and each tool result must answer an earlier call, else the request is a 400
+naming the message.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import uuid
 from dataclasses import replace
 from typing import Any
 
 from danlu.errors import DanluError
 from danlu.generate.options import GenerationOptions
+from danlu.serve import tools
 from danlu.serve.config import LOOPBACK_HOSTS, MIN_SAMPLING_TEMPERATURE, ServeConfig  # noqa: F401 (re-exported)
 from danlu.serve.schemas import SEED_MAX, SEED_MIN, APIError, ChatRequest, Sampling
-
-TOOLS_PROMPT = (
-    "You can call these tools:\n{tools}\n"
-    'To call a tool, reply with only a JSON object: {{"name": "<tool name>", "arguments": {{...}}}}.'
-)
+from danlu.serve.tools import ChatPlan
 
 
-def _text(content: Any, where: str) -> str:
+def _text(content: Any, where: str) -> str | None:
     if content is None:
-        return ""
+        return None
     if isinstance(content, str):
         return content
     parts = []
@@ -57,59 +51,26 @@ def _arguments(raw: str, where: str) -> dict[str, Any]:
     return value
 
 
-def offered_tools(req: ChatRequest) -> dict[str, Any]:
-    """The tools the model may call, by name, as tool_choice narrows them: "none" none, a named function only
-    that one (which must be declared), "auto"/"required"/unset every declared tool."""
-    tools = {t.function.name: t.function for t in req.tools or []}
-    choice = req.tool_choice
-    if choice is None or choice == "auto":
-        return tools
-    if choice == "none":
-        return {}
-    if not tools:
-        raise APIError(
-            400, f"tool_choice={_choice_text(choice)} needs tools; declare them in tools", param="tool_choice"
-        )
-    if choice == "required":
-        return tools
-    name = choice.function.name
-    if name not in tools:
-        raise APIError(
-            400,
-            f"tool_choice names the function {name!r}, which is not among the tools {sorted(tools)}",
-            param="tool_choice.function.name",
-        )
-    return {name: tools[name]}
-
-
-def _choice_text(choice: Any) -> str:
-    return repr(choice) if isinstance(choice, str) else f"{{function: {choice.function.name!r}}}"
-
-
-def chat_prompt(tokenizer: Any, req: ChatRequest) -> str:
-    """The prompt string for a chat request (tools described first when given and not switched off)."""
+def chat_messages(req: ChatRequest) -> list[dict[str, Any]]:
+    """The history as OpenAI-shaped dicts (text content, "developer" as "system"), its tool calls checked:
+    arguments a JSON object naming a declared tool, every tool result answering an earlier call (its `name`
+    filled in from that call, for templates that print it)."""
     declared = {t.function.name for t in req.tools or []}
-    tools = offered_tools(req)
-    messages: list[dict[str, str]] = []
-    if tools:
-        lines = "\n".join(
-            f"- {f.name}: {f.description or ''} parameters: {json.dumps(f.parameters or {}, ensure_ascii=False)}"
-            for f in tools.values()
-        )
-        must = "" if req.tool_choice in (None, "auto") else "\nYou must call a tool in this reply."
-        messages.append({"role": "system", "content": TOOLS_PROMPT.format(tools=lines) + must})
-    call_ids: set[str] = set()
+    calls: dict[str, str] = {}  # call id -> function name
+    out: list[dict[str, Any]] = []
     for i, m in enumerate(req.messages):
-        content = _text(m.content, f"messages[{i}].content")
-        for j, call in enumerate(m.tool_calls or []):
-            where = f"messages[{i}].tool_calls[{j}].function.arguments"
+        message: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role}
+        message["content"] = _text(m.content, f"messages[{i}].content")
+        if m.tool_calls:
             if m.role != "assistant":
                 raise APIError(
                     400,
                     f"messages[{i}] has tool_calls but role {m.role!r}; only assistant messages call tools",
                     param=f"messages[{i}]",
                 )
-            args = _arguments(call.function.arguments, where)
+            message["tool_calls"] = []
+        for j, call in enumerate(m.tool_calls or []):
+            _arguments(call.function.arguments, f"messages[{i}].tool_calls[{j}].function.arguments")
             if declared and call.function.name not in declared:
                 raise APIError(
                     400,
@@ -117,8 +78,9 @@ def chat_prompt(tokenizer: Any, req: ChatRequest) -> str:
                     param=f"messages[{i}].tool_calls[{j}].function.name",
                     code="invalid_tool_call",
                 )
-            call_ids.add(call.id)
-            content += json.dumps({"name": call.function.name, "arguments": args}, ensure_ascii=False)
+            calls[call.id] = call.function.name
+            message["tool_calls"].append({"id": call.id, "type": "function", "function": {
+                "name": call.function.name, "arguments": call.function.arguments}})  # fmt: skip
         if m.role == "tool":
             if not m.tool_call_id:
                 raise APIError(
@@ -126,44 +88,24 @@ def chat_prompt(tokenizer: Any, req: ChatRequest) -> str:
                     f"messages[{i}] is a tool result without tool_call_id",
                     param=f"messages[{i}].tool_call_id",
                 )
-            if m.tool_call_id not in call_ids:
+            if m.tool_call_id not in calls:
                 raise APIError(
                     400,
                     f"messages[{i}].tool_call_id {m.tool_call_id!r} answers no earlier tool call",
                     param=f"messages[{i}].tool_call_id",
                     code="invalid_tool_call",
                 )
-        messages.append({"role": "system" if m.role == "developer" else m.role, "content": content})
-    try:
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    except Exception as e:
-        # a template that cannot render these messages: danlu.tokenizers.chat.ChatTemplateError (a DanluError)
-        # or whatever else the template engine raises; the client sent the messages, so it is a 400
-        raise APIError(
-            400, f"cannot render the messages with the model's chat template: {e}", param="messages"
-        ) from e
+            message["tool_call_id"], message["name"] = m.tool_call_id, m.name or calls[m.tool_call_id]
+        elif m.name is not None:
+            message["name"] = m.name
+        out.append(message)
+    return out
 
 
-def parse_tool_call(text: str, req: ChatRequest) -> dict[str, Any] | None:
-    """An OpenAI tool call when `text` is one JSON object {"name": <declared tool>, "arguments": {...}}."""
-    body = re.sub(r"^```(?:json)?\s*|\s*```$", "", text.strip())
-    try:
-        value = json.loads(body)
-    except json.JSONDecodeError:
-        return None
-    names = set(offered_tools(req))
-    if not (
-        isinstance(value, dict)
-        and value.get("name") in names
-        and isinstance(value.get("arguments", {}), dict)
-    ):
-        return None
-    arguments = json.dumps(value.get("arguments", {}), ensure_ascii=False)
-    return {
-        "id": f"call_{uuid.uuid4().hex[:24]}",
-        "type": "function",
-        "function": {"name": value["name"], "arguments": arguments},
-    }
+def chat_plan(tokenizer: Any, req: ChatRequest) -> ChatPlan:
+    """The prompt of a chat request and how its reply is decoded and returned (tools, response_format):
+    danlu.serve.tools.chat_plan over the checked history."""
+    return tools.chat_plan(tokenizer, req, chat_messages(req))
 
 
 def generation_options(

@@ -253,11 +253,39 @@ class NamedToolChoice(_Strict):
     function: NamedFunction
 
 
+class JsonSchemaSpec(_Strict):
+    """response_format.json_schema: the schema (any JSON Schema llguidance compiles; unset: any object).
+    Decoding always follows it, so `strict` changes nothing."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class TextFormat(_Strict):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(_Strict):
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(_Strict):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+# text, any JSON object, or a JSON Schema: grammar-constrained decoding (danlu/generate/grammar.py)
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
+
+
 class ChatRequest(Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: _int(ge=1) | None = None
-    tools: list[ToolSpec] | None = None
+    tools: Annotated[list[ToolSpec], Field(max_length=128)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    response_format: ResponseFormat | None = None
     logprobs: bool | None = None
     top_logprobs: _int(ge=0) | None = None  # 0..20, with logprobs: true (serve/logprobs.py; 400 otherwise)
 

