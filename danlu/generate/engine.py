@@ -31,7 +31,8 @@ from torch import nn
 from danlu.errors import DanluError
 from danlu.generate.options import GenerationOptions
 from danlu.generate.rows import FINISH_REASONS, Completion, RowDecoder, RowUpdate, TextTracker  # noqa: F401
-from danlu.generate.search import CausalStepper, beam_hypotheses, decode_steps, speculative_decode
+from danlu.generate.search import CausalStepper, beam_hypotheses, decode_steps
+from danlu.generate.speculative import speculative_decode
 from danlu.generate.steps import model_device
 from danlu.tokenizers.base import pad_id_of
 
