@@ -177,7 +177,7 @@ class ModelDraft:
         self.state = new_state(self.model, input_ids.shape[0], max_len)
         prefill(self.model, self.state, input_ids, attention_mask)
 
-    def propose(self, contexts, blocks, wants, steps, opts, stop_ids, generators):  # noqa: D102 (Draft's)
+    def propose(self, contexts, blocks, wants, steps, opts, stop_ids, generators):  # see Draft.propose
         B, device = len(blocks), self.state.key_mask.device
         W = max(len(blk) + w for blk, w in zip(blocks, wants))
         drafts: list[list[int]] = [[] for _ in range(B)]
@@ -215,14 +215,13 @@ class NgramDraft:
     def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_len: int) -> None:
         self.device = input_ids.device
 
-    def propose(self, contexts, blocks, wants, steps, opts, stop_ids, generators):  # noqa: D102 (Draft's)
+    def propose(self, contexts, blocks, wants, steps, opts, stop_ids, generators):  # see Draft.propose
         drafts = [prompt_lookup(ctx, w, self.max_n) for ctx, w in zip(contexts, wants)]
-        qs = []
-        for d in drafts:
-            one_hot = torch.zeros(len(d), self.V, device=self.device)
-            one_hot[torch.arange(len(d)), torch.tensor(d, dtype=torch.long)] = 1.0
-            qs.append(list(one_hot) if opts.do_sample else [])
-        return drafts, qs
+        if not opts.do_sample:  # greedy compares tokens only
+            return drafts, [[] for _ in drafts]
+        one_hot = torch.nn.functional.one_hot
+        ids = [torch.tensor(d, dtype=torch.long, device=self.device) for d in drafts]
+        return drafts, [list(one_hot(x, self.V).float()) for x in ids]
 
     def commit(self, length: int, chunk: torch.Tensor) -> None:
         pass
@@ -252,9 +251,8 @@ def speculative_rows(
     B, T = input_ids.shape
     N, gamma, device = opts.max_new_tokens, opts.num_draft_tokens, input_ids.device
     drafter: Draft = ModelDraft(draft) if draft is not None else NgramDraft(target.config.vocab_size)
-    t_state = new_state(
-        target, B, T + N + 1
-    )  # the cache never holds more than T + N tokens (module docstring)
+    # Each round's block ends within T + N slots (a row's block never runs past its N-th token).
+    t_state = new_state(target, B, T + N + 1)
     first = prefill(target, t_state, input_ids, attention_mask)  # (B, V)
     drafter.start(input_ids, attention_mask, T + N + 1)
     generators = make_generators(B, opts.seed, device) if opts.do_sample else [None] * B
@@ -287,9 +285,8 @@ def speculative_rows(
                 kept.append(f[b])
                 continue
             d, fb = drafts[b], f[b]
-            scores = _block_scores(
-                logits[b, fb - 1 : fb + len(d)], opts, steps[b], stop_ids
-            )  # (len(d) + 1, V)
+            # Block position fb - 1 + j scores draft j; the last one scores the token after every draft.
+            scores = _block_scores(logits[b, fb - 1 : fb + len(d)], opts, steps[b], stop_ids)  # (len(d)+1, V)
             if opts.do_sample:
                 p = warp(scores, opts).softmax(-1)
                 q = torch.stack(qs[b]) if d else p.new_zeros(0, p.shape[-1])
