@@ -9,8 +9,10 @@ batch. The scheme kept here is the simplest that stays exact: after a round, bot
 shortest row's accepted length (`rollback`), and a row that got further keeps its extra accepted tokens in
 its output only; next round it re-feeds them at the front of its block, in the slots other rows fill with
 draft tokens, and they are accepted as given (the target already chose them). Every slot then holds a real
-token (no holes, the left padding aside), a row ahead proposes fewer new drafts (its block is part re-feed),
-and each round advances the shared cache by at least one token, so the loop ends within N rounds.
+token (no holes, the left padding aside), and a row ahead proposes fewer new drafts: a row whose block re-feeds
+f tokens proposes at most γ + 1 − f, so it keeps at most γ + 1 − f + 1 more and, the cache advancing by at
+least one, its block stays within γ + 1 tokens. Each round advances the shared cache by at least one token, so
+the loop ends within N rounds.
 
 Per round, row b's block is chunk_b = [its f_b tokens not yet in the cache] + [d_b drafts] (+ filler up to
 the batch's width W <= γ + 1, never accepted); the target's logits at block position i score position i + 1.
@@ -263,12 +265,10 @@ def speculative_rows(
     c = 0  # each row's first c output tokens are in both caches
     while any(live):
         base = t_state.length
-        f = [min(len(o) - c, gamma + 1) if live[b] else 1 for b, o in enumerate(outs)]
-        blocks = [o[c : c + f[b]] if live[b] else o[-1:] for b, o in enumerate(outs)]
-        caught_up = [live[b] and len(o) - c == f[b] for b, o in enumerate(outs)]  # the block ends the output
-        wants = [
-            max(0, min(gamma + 1 - f[b], N - len(o) - 1)) if caught_up[b] else 0 for b, o in enumerate(outs)
-        ]
+        # A live row's block is its output past the cache, f_b <= γ + 1 tokens (module docstring).
+        f = [len(o) - c if live[b] else 1 for b, o in enumerate(outs)]
+        blocks = [o[c:] if live[b] else o[-1:] for b, o in enumerate(outs)]
+        wants = [max(0, min(gamma + 1 - f[b], N - len(o) - 1)) if live[b] else 0 for b, o in enumerate(outs)]
         steps = [len(o) for o in outs]  # the new-token index of each row's first draft
         contexts = [p + o for p, o in zip(prompts, outs)]
         drafts, qs = drafter.propose(contexts, blocks, wants, steps, opts, stop_ids, generators)
@@ -277,12 +277,9 @@ def speculative_rows(
         chunk_t = torch.tensor(chunk, dtype=torch.long, device=device)  # (B, W)
         logits = forward_tokens(target, t_state, chunk_t).float()  # (B, W, V)
         stats.rounds += 1
-        kept = []  # tokens of the block each live row has in its output
+        kept = []  # how many tokens of its block each live row keeps
         for b in range(B):
             if not live[b]:
-                continue
-            if not caught_up[b]:  # far ahead: the whole block was re-fed, nothing new to decide
-                kept.append(f[b])
                 continue
             d, fb = drafts[b], f[b]
             # Block position fb - 1 + j scores draft j; the last one scores the token after every draft.
