@@ -13,7 +13,8 @@ Notation: B prompts, T prompt length after left padding.
 
 `danlu.generate(model, tokenizer, prompt | prompts, **options)` and `danlu.stream(model, tokenizer, prompt,
 **options)` are the public entry points; the options are `GenerationOptions` fields. Extra models switch the
-strategy: `draft_model=` speculative decoding, `amateur_model=` contrastive decoding; `num_beams > 1` beam search.
+strategy: `draft_model=` speculative decoding, `amateur_model=` contrastive decoding; `num_beams > 1` beam search;
+`draft="ngram"` speculative decoding by prompt lookup, no second model (speculative.py, batched like the rest).
 `json_schema=` (a dict or its JSON text) constrains the output to that schema (grammar.py).
 `compile=True` compiles the decode step with `torch.compile` (a CUDA graph on CUDA, fused C++ on CPU); the
 first call pays the compilation (SmolLM2 on 2 CPU cores: about 55 s, then ~5 s while inductor's on-disk cache
