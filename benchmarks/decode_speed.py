@@ -42,7 +42,7 @@ import torch
 from danlu.generate.engine import generate_ids
 from danlu.generate.options import GenerationOptions
 from danlu.generate.quantize import model_bytes, quantize_model
-from danlu.generate.search import speculative_decode
+from danlu.generate.speculative import speculative_decode
 from danlu.models.gpt import GPT, GPTConfig
 from danlu.models.hf_gpt import config_to_hf, state_dict_to_hf
 

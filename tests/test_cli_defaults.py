@@ -19,6 +19,7 @@ NOT_IN_REQUESTS = {
     "early_stopping",
     "contrastive_alpha",
     "num_draft_tokens",
+    "draft",
     # OpenAI's form is `response_format` (issue 17); until the server honours it a request carrying it is refused
     "json_schema",
     # requests say it per route: chat `logprobs` + `top_logprobs`, completions `logprobs` (serve/logprobs.py)

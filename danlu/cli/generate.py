@@ -32,7 +32,11 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help='the output must satisfy this JSON Schema file (grammar-constrained; {"type": "object"}: any object)',
     )
-    p.add_argument("--draft-model", default=None, help="checkpoint of a small model: speculative decoding")
+    p.add_argument(
+        "--draft-model",
+        default=None,
+        help="checkpoint of a small model: speculative decoding (or --draft ngram)",
+    )
     p.add_argument("--amateur-model", default=None, help="checkpoint of a weak model: contrastive decoding")
     p.add_argument("--quantize", choices=["int8", "int4"], default=None, help="weight-only quantisation")
     p.add_argument(

@@ -176,6 +176,8 @@ class SlotBatch:
         slot, the `row` of its RowUpdates."""
         if opts.num_beams > 1:
             raise DanluError(f"num_beams={opts.num_beams}: beam search rows are decoded as a static batch")
+        if opts.draft != "none":
+            raise DanluError(f"draft={opts.draft!r}: speculative rows are decoded as a static batch")
         n = len(prompt_ids)
         if n == 0:
             raise DanluError("a prompt is empty; give at least one character of prompt")

@@ -13,7 +13,8 @@ Notation: B prompts, T prompt length after left padding.
 
 `danlu.generate(model, tokenizer, prompt | prompts, **options)` and `danlu.stream(model, tokenizer, prompt,
 **options)` are the public entry points; the options are `GenerationOptions` fields. Extra models switch the
-strategy: `draft_model=` speculative decoding, `amateur_model=` contrastive decoding; `num_beams > 1` beam search.
+strategy: `draft_model=` speculative decoding, `amateur_model=` contrastive decoding; `num_beams > 1` beam search;
+`draft="ngram"` speculative decoding by prompt lookup, no second model (speculative.py, batched like the rest).
 `json_schema=` (a dict or its JSON text) constrains the output to that schema (grammar.py).
 `compile=True` compiles the decode step with `torch.compile` (a CUDA graph on CUDA, fused C++ on CPU); the
 first call pays the compilation (SmolLM2 on 2 CPU cores: about 55 s, then ~5 s while inductor's on-disk cache
@@ -31,13 +32,8 @@ from torch import nn
 from danlu.errors import DanluError
 from danlu.generate.options import GenerationOptions
 from danlu.generate.rows import FINISH_REASONS, Completion, RowDecoder, RowUpdate, TextTracker  # noqa: F401
-from danlu.generate.search import (
-    CausalStepper,
-    beam_hypotheses,
-    decode_steps,
-    raw_top_logprobs,
-    speculative_decode,
-)
+from danlu.generate.search import CausalStepper, beam_hypotheses, decode_steps, raw_top_logprobs
+from danlu.generate.speculative import check_speculative, speculative_rows
 from danlu.generate.steps import model_device
 from danlu.tokenizers.base import pad_id_of
 
@@ -102,6 +98,8 @@ def _check_models(model: nn.Module, draft_model, amateur_model, opts: Generation
         raise DanluError(f"num_beams={opts.num_beams} cannot be combined with a draft or amateur model")
     if opts.json_schema is not None and draft_model is not None:
         raise DanluError("json_schema does not work with speculative decoding; drop draft_model")
+    if draft_model is not None or opts.draft != "none":
+        check_speculative(model, draft_model, opts, amateur_model)
     for m in (model, draft_model, amateur_model):
         if m is not None:
             m.eval()
@@ -133,7 +131,7 @@ def scored_steps(
     ends, so it calls `should_stop()` before each of its steps instead and ends early once that is True."""
     if opts.json_schema is not None and grammar is None:
         raise DanluError("json_schema is set but no grammar was given; pass grammar=json_constraint(...)")
-    if opts.num_beams > 1 or draft_model is not None:
+    if opts.num_beams > 1 or draft_model is not None or opts.draft != "none":
         if expand_rows is not None or row_seeds is not None or observe is not None:
             raise DanluError(
                 "shared prompts, per-row seeds and top_logprobs go with greedy or sampled decoding only"
@@ -143,8 +141,8 @@ def scored_steps(
             hyps = beam_hypotheses(stepper, (input_ids, attention_mask), opts, stop_ids, should_stop)
             rows = [(h.token_ids, h.logprobs) for h in hyps]
         else:
-            ids = speculative_decode(model, draft_model, input_ids, opts, stop_ids)[0]
-            rows = [(ids, [float("nan")] * len(ids))]
+            outs = speculative_rows(model, draft_model, input_ids, attention_mask, opts, stop_ids)[0]
+            rows = [(ids, [float("nan")] * len(ids)) for ids in outs]
         filler = stop_ids[0] if stop_ids else 0
         for step in range(max((len(r) for r, _ in rows), default=0)):
             yield (
@@ -338,7 +336,7 @@ def decode_prompts(
     _check_models(model, kwargs.get("draft_model"), kwargs.get("amateur_model"), opts)
     stop_ids = stop_token_ids(tokenizer, opts)
     ids, expand_rows = prompt_ids, None
-    if share_prefill and opts.num_beams == 1 and kwargs.get("draft_model") is None:
+    if share_prefill and opts.num_beams == 1 and kwargs.get("draft_model") is None and opts.draft == "none":
         ids, index = _shared_prompts(prompt_ids)
         if index is not None:
             expand_rows = torch.tensor(index, device=model_device(model))
@@ -397,8 +395,6 @@ def generate(model: nn.Module, tokenizer: Any, prompt: str | list[str], **option
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         raise DanluError("no prompts given")
-    if options.get("draft_model") is not None and len(prompts) > 1:
-        return [generate(model, tokenizer, p, **options) for p in prompts]
     texts = [c.text for c in _completions(_rows(model, tokenizer, prompts, dict(options)))]
     return texts[0] if isinstance(prompt, str) else texts
 

@@ -33,6 +33,9 @@ class FrozenMap(dict):
 MAX_LENGTH_PENALTY = 10.0
 MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 100.0
 LENGTH_PENALTY_FORMS = ("power", "gnmt")
+# A round verifies 1 + num_draft_tokens tokens in one forward; past a few dozen the rejected tail only costs.
+MAX_DRAFT_TOKENS = 64
+DRAFTS = ("none", "ngram")
 
 
 @dataclass(frozen=True)
@@ -117,8 +120,15 @@ class GenerationOptions:
         gt=0, le=1,
     )  # fmt: skip
     num_draft_tokens: int = option(
-        4, "speculative decoding: tokens the draft model proposes per round (with --draft-model)", ge=1
-    )
+        4, "speculative decoding: tokens the draft proposes per round (--draft-model or --draft ngram)",
+        ge=1, le=MAX_DRAFT_TOKENS,
+    )  # fmt: skip
+    # Prompt lookup (Saxena 2023): the draft is the text that followed the latest earlier occurrence of the
+    # last 3 (else 2, else 1) tokens; no second model. speculative.py.
+    draft: str = option(
+        "none", "speculative decoding without a draft model: ngram = prompt lookup (copies earlier text)",
+        choices=DRAFTS,
+    )  # fmt: skip
     # The schema's canonical JSON text (a dict given here is written out so), enforced by a token mask
     # (grammar.py); '{"type": "object"}' is any JSON object. The CLI's --json-schema FILE reads the text.
     json_schema: str | None = option(

@@ -187,8 +187,8 @@ class BatchStats:
 
 def goes_static(opts: GenerationOptions) -> bool:
     """Rows the continuous scheduler hands to a static batch: beam search (its beams are reordered every step,
-    not slot rows)."""
-    return opts.num_beams > 1
+    not slot rows) and speculative decoding (an n-gram draft verifies several tokens a step)."""
+    return opts.num_beams > 1 or opts.draft != "none"
 
 
 class Batcher:

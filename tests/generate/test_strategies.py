@@ -8,7 +8,8 @@ import danlu
 from danlu.errors import DanluError
 from danlu.generate.engine import generate_ids
 from danlu.generate.options import GenerationOptions
-from danlu.generate.search import contrastive_scores, speculative_accept, speculative_decode
+from danlu.generate.search import contrastive_scores
+from danlu.generate.speculative import speculative_accept, speculative_decode
 from danlu.models.gpt import GPT, GPTConfig
 
 V = 61
