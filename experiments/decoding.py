@@ -183,15 +183,14 @@ def main(argv: list[str] | None = None) -> int:
 def plot(results: dict[str, dict], path: Path) -> None:
     from danlu.plots import new_figure, save_figure
 
-    fig = new_figure(11, 4.5)
-    ax, bx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    fig = new_figure(13, 4.5)
+    ax, bx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2], "wspace": 0.9})
+    markers = "*os^vD<>pPXhd8"
     for i, (name, r) in enumerate(results.items()):
         reference = name.startswith("reference")
-        ax.scatter(r["perplexity"], r["distinct_2"], s=90 if reference else 40,
-                   marker="*" if reference else "o", color="black" if reference else f"C{i % 10}")  # fmt: skip
-        ax.annotate(
-            name, (r["perplexity"], r["distinct_2"]), fontsize=7, xytext=(4, 3), textcoords="offset points"
-        )
+        ax.scatter(r["perplexity"], r["distinct_2"], s=120 if reference else 45, marker=markers[i % len(markers)],
+                   color="black" if reference else f"C{i % 10}", label=name, alpha=0.85)  # fmt: skip
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_xscale("log")
     ax.set_xlabel("perplexity of the samples under the model (log)")
     ax.set_ylabel("distinct-2 over all samples")
@@ -201,7 +200,6 @@ def plot(results: dict[str, dict], path: Path) -> None:
     bx.set_yticks(range(len(names)), names, fontsize=7)
     bx.invert_yaxis()
     bx.set_xlabel("repetition rate (share of repeated 4-grams in a sample)")
-    fig.tight_layout()
     save_figure(fig, path)
 
 
