@@ -1,7 +1,8 @@
 """Diversity and repetition of generated text: distinct-n and the within-sample repetition rate.
 
 - distinct-n (Li et al. 2016, "A Diversity-Promoting Objective Function for Neural Conversation Models",
-  §4.3): the number of distinct n-grams across all samples divided by the total number of n-grams. 1.0 means
+  §4.3): the number of distinct n-grams across all samples divided by the total number of n-grams (Li et al.
+  divide by the generated words, the same for n = 1; per n-gram is the common form, bounded by 1). 1.0 means
   no n-gram ever recurs; a model that says the same thing to every prompt scores near 0.
 - repetition rate (Welleck et al. 2020, "Neural Text Generation with Unlikelihood Training", §6, seq-rep-n):
   within ONE sample, the share of its n-grams that are repeats, 1 − |unique n-grams| / |n-grams|, averaged
