@@ -8,8 +8,8 @@ logits of what was already said, "milder" fixes of greedy's repetition; sampling
 the temperature, top-k and top-p (nucleus: the smallest set reaching probability p, where a fixed k cannot
 adapt to the context); contrastive decoding (Li et al. 2023) subtracts a small model's log-probabilities.
 
-Every method continues the same prompts, the opening sentence of the world's held-out stories ("This is a
-story about Yuli."), through the one engine (`danlu.generate.engine.run`), and is scored on:
+Every method continues the same prompts, the opening sentence of the world's held-out documents (its stories,
+"This is a story about Yuli.", then other texts), through the one engine (`danlu.generate.engine.run`), and is scored on:
 - distinct-1 / distinct-2 (Li et al. 2016) over words, pooled over all samples: diversity;
 - the repetition rate (Welleck et al. 2020's seq-rep-4): the share of a sample's 4-grams that repeat an
   earlier one of the same sample: degenerate loops;
@@ -55,15 +55,23 @@ METHODS: dict[str, tuple[dict, bool]] = {
 
 
 def story_prompts(world: Path, n: int) -> tuple[list[str], list[str]]:
-    """(opening sentence, rest of the story) of up to n held-out English stories. The opening keeps no
-    trailing space: byte-level BPE joins a word's space to the word, so a lone final space is a token the
-    model rarely saw in that place (it then ignores the name and starts a page of sums)."""
+    """(opening sentence, rest) of up to n held-out English documents of more than one sentence: the stories
+    first ("This is a story about Yuli."; the small world holds out only 17), then the other texts (a person's
+    or a place's facts, "Bonalen likes to eat honey. ..."). The opening keeps no trailing space: byte-level BPE
+    joins a word's space to the word, so a lone final space is a token the model rarely saw in that place (it
+    then ignores the prompt and starts a page of sums)."""
     from danlu.data.formats import read_texts
 
-    stories = [t for t in read_texts(world / "pretrain_val.jsonl") if t.startswith("This is a story about")]
-    if not stories:
-        raise SystemExit(f"{world}/pretrain_val.jsonl holds no story; pass a world folder (`danlu world`)")
-    pairs = [t.split(". ", 1) for t in stories[:n] if ". " in t]
+    english = [
+        t for t in read_texts(world / "pretrain_val.jsonl") if t[:1].isalpha() and t.isascii() and ". " in t
+    ]
+    stories = [t for t in english if t.startswith("This is a story about")]
+    ordered = stories + [t for t in english if not t.startswith("This is a story about")]
+    if not ordered:
+        raise SystemExit(
+            f"{world}/pretrain_val.jsonl holds no English document; pass a world folder (`danlu world`)"
+        )
+    pairs = [t.split(". ", 1) for t in ordered[:n]]
     return [p + "." for p, _ in pairs], [" " + rest for _, rest in pairs]
 
 
