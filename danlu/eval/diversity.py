@@ -10,7 +10,8 @@
   twice) that distinct-n, pooled over samples, mixes up with samples resembling each other.
 
 Both take token sequences (any hashable items: words, token ids); `words(text)` is the plain word split used by
-the decoding experiment (runs of letters/digits, and each other non-space character on its own).
+the decoding experiment: runs of ASCII letters and digits, and every other non-space character on its own (a
+Chinese character is a word, as the world's `split_words` counts it; so is a punctuation mark).
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from danlu.errors import DanluError
 
 __all__ = ["ngrams", "distinct_n", "repetition_rate", "sample_repetition", "words"]
 
-_WORD = re.compile(r"\w+|[^\w\s]")
+_WORD = re.compile(r"[A-Za-z0-9]+|\S")
 
 
 def words(text: str) -> list[str]:
-    """Words and punctuation marks of text: 'Yuli eats eggs. Yuli' -> ['Yuli', 'eats', 'eggs', '.', 'Yuli']."""
+    """Words, characters and marks of text: 'Yuli eats eggs. 尤利' -> ['Yuli', 'eats', 'eggs', '.', '尤', '利']."""
     return _WORD.findall(text)
 
 

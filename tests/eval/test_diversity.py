@@ -8,7 +8,7 @@ from danlu.eval.diversity import ngrams, sample_repetition, words
 
 
 def test_words_split_letters_digits_and_marks():
-    assert words("Yuli eats 3 eggs. 尤利") == ["Yuli", "eats", "3", "eggs", ".", "尤利"]
+    assert words("Yuli eats 3 eggs. 尤利吃鸡蛋。") == ["Yuli", "eats", "3", "eggs", ".", *"尤利吃鸡蛋。"]
 
 
 def test_distinct_n_by_hand():
