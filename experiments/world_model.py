@@ -1,7 +1,7 @@
 """A world-pretrained GPT for the experiments that study one model (decoding.py, inside.py).
 
 `world_model(args)` returns (model, tokenizer, world_dir): the checkpoint given by --model, or one trained
-here the way `danlu demo` trains its model (world, 2,048-token BPE, llama-tiny, block 128, lr 2e-3; half its batch, half its steps),
+here the way `danlu demo` trains its model (world, 2,048-token BPE, llama-tiny, 600 steps of block 128, lr 2e-3; half its batch),
 for --pretrain-steps steps; a checkpoint already in OUT/pretrain/checkpoint from the same settings is reused,
 so the second experiment run on the same --cache folder trains nothing.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 
-def add_model_args(ap: argparse.ArgumentParser, steps: int = 300) -> None:
+def add_model_args(ap: argparse.ArgumentParser, steps: int = 600) -> None:
     ap.add_argument(
         "--model", type=Path, help="a world-pretrained checkpoint (default: train one in --cache)"
     )
