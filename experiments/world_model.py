@@ -1,9 +1,9 @@
 """A world-pretrained GPT for the experiments that study one model (decoding.py, inside.py).
 
 `world_model(args)` returns (model, tokenizer, world_dir): the checkpoint given by --model, or one trained
-here the way `danlu demo` trains its model (world, 2,048-token BPE, llama-tiny, 600 steps of block 128, lr 2e-3; half its batch),
-for --pretrain-steps steps; a checkpoint already in OUT/pretrain/checkpoint from the same settings is reused,
-so the second experiment run on the same --cache folder trains nothing.
+here the way `danlu demo` trains its model (world, 2,048-token BPE, llama-tiny, 600 steps of 128-token blocks,
+lr 2e-3; half its batch of 32); a checkpoint already in CACHE/pretrain/checkpoint from the same settings is
+reused, so the second experiment run on the same --cache folder trains nothing.
 """
 
 from __future__ import annotations
