@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_args(ap)
     ap.add_argument("--out", type=Path, default=Path("runs/decoding"))
-    ap.add_argument("--prompts", type=int, default=100, help="held-out story openings")
+    ap.add_argument("--prompts", type=int, default=100, help="held-out document openings (stories first)")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument(
         "--min-new-tokens",
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = {k: METHODS[k] for k in (args.methods or METHODS)}
     amateur = train_amateur(args, tokenizer, world) if any(a for _, a in methods.values()) else None
 
-    # The reference: the stories' own continuations, cut to the tokens a sample may have.
+    # The reference: the documents' own continuations, cut to the tokens a sample may have.
     ref_ids = [
         tokenizer.encode(p + r)[len(ids) :][: args.max_new_tokens]
         for p, r, ids in zip(prompts, rests, prompt_ids)
