@@ -3,6 +3,7 @@
 - `danlu.eval.classification`: confusion matrix, OA, AA, precision / recall / F1, PR curve, AP, mAP
 - `danlu.eval.detection`: box IoU, matching by confidence, COCO mAP@0.5 and mAP@[0.5:0.95]
 - `danlu.eval.text`: BLEU (`danlu.eval.bleu`), ROUGE, perplexity, exact match, preference accuracy
+- `danlu.eval.diversity`: distinct-n and the within-sample repetition rate of generated text
 - `danlu.eval.report`: eval.json and PNG plots; `danlu.eval.files`: scoring a predictions JSONL
 - `danlu.eval.world_eval`: a language model on the embedded world (perplexity, exact match, BLEU)
 - `danlu.eval.choice`: multiple choice by log-likelihood (acc, acc_norm, few-shot), as lm-evaluation-harness
@@ -38,6 +39,7 @@ _EXPORTS = {
         "rouge",
         "sentence_bleu",
     ],
+    "danlu.eval.diversity": ["distinct_n", "repetition_rate"],
     "danlu.eval.world_eval": ["evaluate_model"],
     "danlu.eval.choice": ["MCItem", "evaluate_multiple_choice", "loglikelihoods"],
     "danlu.eval.qa": ["evaluate_qa", "token_f1"],

@@ -3,7 +3,8 @@ BART-style denoising pretraining, translation (greedy / beam) and BLEU; `stage_s
 
 One byte-level BPE vocabulary is shared by source and target (Vaswani et al. 2017 §5.1 share one BPE
 vocabulary between English and German); its special tokens are <pad> (0), <s> (1, the decoder's start),
-</s> (2, end of sequence) and <mask> (3, for denoising).
+</s> (2, end of sequence) and <mask> (3, for denoising); T5's span corruption adds sentinels <extra_id_0>,
+<extra_id_1>, ... after them (ids 4, 5, ...; T5's own vocabulary holds 100 of them).
 """
 
 from __future__ import annotations
@@ -22,14 +23,20 @@ from danlu.recipes.context import DemoContext
 from danlu.train.loop import TrainConfig, train
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<mask>"]
+SENTINEL = "<extra_id_{}>"  # T5's name for span corruption's sentinel tokens
+T5_SENTINELS = 32  # sentinels a tokenizer gets for span corruption; a 64-token text needs 4 at 15%
 
 
-def train_tokenizer(texts: list[str], vocab_size: int = 1024, show_progress: bool = False):
-    """A shared BPE for both languages, with <pad> <s> </s> <mask> as ids 0..3."""
+def train_tokenizer(
+    texts: list[str], vocab_size: int = 1024, show_progress: bool = False, n_sentinels: int = 0
+):
+    """A shared BPE for both languages, with <pad> <s> </s> <mask> as ids 0..3, then n_sentinels sentinels
+    <extra_id_0> ... (special tokens: never merged, skipped by decode(skip_special_tokens=True))."""
     from danlu.tokenizers.bpe import BPETokenizer
 
+    specials = SPECIALS + [SENTINEL.format(i) for i in range(n_sentinels)]
     tok = BPETokenizer.train(
-        texts, vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=show_progress
+        texts, vocab_size=vocab_size, special_tokens=specials, show_progress=show_progress
     )
     tok.pad_token, tok.bos_token, tok.eos_token = "<pad>", "<s>", "</s>"
     return tok
@@ -45,6 +52,14 @@ def check_tokenizer(tokenizer: Any) -> dict[str, int]:
             "(train one with danlu.recipes.seq2seq.train_tokenizer)"
         )
     return ids
+
+
+def sentinel_ids(tokenizer: Any) -> list[int]:
+    """The ids of <extra_id_0>, <extra_id_1>, ... up to the first one the tokenizer lacks."""
+    out: list[int] = []
+    while (i := tokenizer.token_to_id(SENTINEL.format(len(out)))) is not None:
+        out.append(i)
+    return out
 
 
 def encode_pairs(
@@ -75,11 +90,17 @@ def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
 
 
 def pair_batches(
-    data: dict[str, list[tuple[list[int], list[int]]]], batch_size: int, seed: int, pad_id: int, noise=None
+    data: dict[str, list[tuple[list[int], list[int]]]],
+    batch_size: int,
+    seed: int,
+    pad_id: int,
+    noise=None,
+    pair_noise=None,
 ):
     """batch_fn(split, step, micro) for the training loop: random pairs, a pure function of its arguments.
 
-    `noise(ids, rng)`, if given, corrupts the source (denoising); the target stays the clean text."""
+    `noise(ids, rng)`, if given, corrupts the source (denoising); the target stays the clean text.
+    `pair_noise(ids, rng)` -> (source, target) makes both from the source (T5's span corruption)."""
 
     def batch_fn(split: str, step: int, micro: int) -> dict[str, torch.Tensor]:
         rng = random.Random((seed * 1_000_003 + step) * 131 + micro + (0 if split == "train" else 7))
@@ -87,6 +108,8 @@ def pair_batches(
         pick = [rows[rng.randrange(len(rows))] for _ in range(batch_size)]
         if noise is not None:
             pick = [(noise(list(s), rng), t) for s, t in pick]
+        if pair_noise is not None:
+            pick = [pair_noise(list(s), rng) for s, _ in pick]
         return collate(pick, pad_id)
 
     return batch_fn
@@ -165,22 +188,58 @@ def bart_noise(mask_id: int, sentence_end_ids: set[int], mask_ratio: float = 0.3
     return noise
 
 
+def t5_noise(sentinels: list[int], noise_density: float = 0.15, mean_span_length: float = 3.0):
+    """T5's span corruption (Raffel et al. 2020, §3.1.4) as a pair noise: (input, target), each closed by </s>."""
+    from danlu.train.objectives import span_corruption
+
+    def noise(ids: list[int], rng: random.Random) -> tuple[list[int], list[int]]:
+        eos = ids[-1:]  # keep the closing </s> out of the spans, at the end of both sides
+        source, target = span_corruption(ids[:-1], sentinels, rng, noise_density, mean_span_length)
+        return source + eos, target + eos
+
+    return noise
+
+
+DENOISE_OBJECTIVES = ("bart", "t5")
+
+
 def denoise_pretrain(
-    model: Transformer, tokenizer: Any, texts: list[str], out_dir: str | Path, cfg: TrainConfig
+    model: Transformer,
+    tokenizer: Any,
+    texts: list[str],
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    objective: str = "bart",
 ) -> dict[str, Any]:
-    """BART-style denoising: reconstruct each text from its corrupted version (text infilling + sentence
-    permutation). The encoder learns to read, the decoder to write, before any translation pair is seen."""
+    """Denoising pretraining before any translation pair is seen: the encoder learns to read, the decoder to
+    write. objective "bart": reconstruct each text from its corrupted version (text infilling + sentence
+    permutation); "t5": span corruption, the target only the hidden spans after their sentinels (the
+    tokenizer needs sentinels: train_tokenizer(n_sentinels=...))."""
     from danlu.models.checkpoints import save_model
 
+    if objective not in DENOISE_OBJECTIVES:
+        raise DanluError(
+            f"unknown denoising objective {objective!r}; choose one of {list(DENOISE_OBJECTIVES)}"
+        )
     ids = check_tokenizer(tokenizer)
     eos, max_len = tokenizer.eos_token_id, model.config.block_size
     encoded = [tokenizer.encode(t)[: max_len - 1] + [eos] for t in texts]
     pairs = [(x, x) for x in encoded]  # the noise is applied to the source copy at batch time
     train_pairs, val_pairs = split_val(pairs, seed=cfg.seed)
     ends = {i for s in (".", "。", "!", "?") for i in tokenizer.encode(s)[-1:]}
-    noise = bart_noise(ids["<mask>"], ends)
+    noise = pair_noise = None
+    if objective == "bart":
+        noise = bart_noise(ids["<mask>"], ends)
+    else:
+        sentinels = sentinel_ids(tokenizer)
+        if not sentinels:
+            raise DanluError(
+                "T5 span corruption needs sentinel tokens <extra_id_0>, ... in the tokenizer; train it with "
+                f"danlu.recipes.seq2seq.train_tokenizer(..., n_sentinels={T5_SENTINELS})"
+            )
+        pair_noise = t5_noise(sentinels)
     batch_fn = pair_batches(
-        {"train": train_pairs, "val": val_pairs}, cfg.batch_size, cfg.seed, ids["<pad>"], noise
+        {"train": train_pairs, "val": val_pairs}, cfg.batch_size, cfg.seed, ids["<pad>"], noise, pair_noise
     )
     return train(model, batch_fn, cfg, out_dir, save_fn=lambda m, d: save_model(m, d, tokenizer=tokenizer))
 
@@ -231,6 +290,7 @@ class TranslatorOptions:
     denoise_steps: int = 60  # BART-style denoising steps first (0: none)
     denoise_batch_size: int = 32
     denoise_texts: int = 5000  # at most this many documents of the world's text (each cut to block_size)
+    denoise_objective: str = "bart"  # "bart" (infilling + permutation) | "t5" (span corruption, sentinels)
     batch_size: int = 64
     block_size: int = 64
     lr: float = 1e-3
@@ -278,8 +338,11 @@ def train_translator(
     t0 = time.perf_counter()
     train_records, test, texts = read_translation_data(data)
     test = test_records if test_records is not None else test
+    n_sentinels = T5_SENTINELS if opts.denoise_objective == "t5" else 0
     tokenizer = train_tokenizer(
-        [r["source"] for r in train_records] + [r["target"] for r in train_records], opts.vocab_size
+        [r["source"] for r in train_records] + [r["target"] for r in train_records],
+        opts.vocab_size,
+        n_sentinels=n_sentinels,
     )
     torch.manual_seed(opts.seed)
     model = new_model(tokenizer, opts.preset, block_size=opts.block_size, norm_first=opts.norm_first)
@@ -297,7 +360,9 @@ def train_translator(
         # Whole documents (several sentences each, so sentence permutation has something to permute).
         cfg = config(opts.denoise_steps)
         cfg.batch_size = opts.denoise_batch_size
-        d = denoise_pretrain(model, tokenizer, texts[: opts.denoise_texts], out_dir / "denoise", cfg)
+        d = denoise_pretrain(
+            model, tokenizer, texts[: opts.denoise_texts], out_dir / "denoise", cfg, opts.denoise_objective
+        )
         summary |= {
             "denoise_first_val_loss": d["first_val_loss"],
             "denoise_final_val_loss": d["final_val_loss"],
@@ -327,6 +392,7 @@ def stage_seq2seq(ctx: DemoContext) -> dict[str, Any]:
         steps=getattr(a, "seq2seq_steps", TranslatorOptions.steps),
         denoise_steps=getattr(a, "seq2seq_denoise_steps", TranslatorOptions.denoise_steps),
         batch_size=getattr(a, "seq2seq_batch_size", TranslatorOptions.batch_size),
+        denoise_objective=getattr(a, "seq2seq_objective", TranslatorOptions.denoise_objective),
         device=a.device,
         seed=a.seed,
         show_progress=not a.quiet,
@@ -339,10 +405,13 @@ def stage_seq2seq(ctx: DemoContext) -> dict[str, Any]:
     )
     denoise = ""
     if "denoise_final_val_loss" in s:
-        denoise = (
-            f"First {opts.denoise_steps} steps of BART-style denoising on the world's text (text infilling + sentence "
-            f"permutation): loss {s['denoise_first_val_loss']:.3f} → {s['denoise_final_val_loss']:.3f}. "
+        how = (
+            "BART-style denoising on the world's text (text infilling + sentence permutation)"
+            if opts.denoise_objective == "bart"
+            else "T5 span corruption on the world's text (15% of the tokens, spans of mean length 3, sentinels)"
         )
+        loss = f"{s['denoise_first_val_loss']:.3f} → {s['denoise_final_val_loss']:.3f}"
+        denoise = f"First {opts.denoise_steps} steps of {how}: loss {loss}. "
     ctx.sections.append(
         "## Seq2seq translation (encoder-decoder Transformer)\n\n"
         f"The paper's model (post-LN, sinusoidal positions, shared {s['vocab_size']}-token BPE, "

@@ -9,6 +9,10 @@ Notation: B batch, T time.
 - Denoising (BART, Lewis et al. 2020, §2.2): corrupt a document, reconstruct it with a seq2seq model. The noises
   are token masking, token deletion, text infilling (spans of Poisson(λ=3) length, each replaced by ONE mask,
   0-length spans insert a mask), sentence permutation and document rotation.
+- Span corruption (T5, Raffel et al. 2020, §3.1.4 and §3.3.4): 15% of the tokens, in spans of mean length 3,
+  each span replaced in the input by its own sentinel; the target is each sentinel followed by the span it
+  hid, closed by one more sentinel. The target is short (~15% of the tokens plus the sentinels), so a step
+  costs the decoder far less than BART's full reconstruction.
 The noise functions take and return plain lists of token ids and draw from a `random.Random`, so they are
 easy to test on their defining property and deterministic given a seed.
 """
@@ -34,6 +38,9 @@ __all__ = [
     "text_infilling",
     "sentence_permutation",
     "document_rotation",
+    "random_segments",
+    "span_corruption",
+    "fill_sentinels",
 ]
 
 
@@ -191,3 +198,76 @@ def document_rotation(ids: Sequence[int], rng: random.Random) -> list[int]:
         return []
     k = rng.randrange(len(ids))
     return list(ids[k:]) + list(ids[:k])
+
+
+# ------------------------------------------------------------------------------------------- T5 span corruption
+def random_segments(n_items: int, n_segments: int, rng: random.Random) -> list[int]:
+    """n_items split into n_segments positive lengths, uniformly over the ways to do so (stars and bars:
+    n_segments - 1 distinct cut points among the n_items - 1 gaps)."""
+    if not 1 <= n_segments <= n_items:
+        raise DanluError(f"cannot split {n_items} items into {n_segments} non-empty segments")
+    cuts = sorted(rng.sample(range(1, n_items), n_segments - 1))
+    bounds = [0, *cuts, n_items]
+    return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+def span_corruption(
+    ids: Sequence[int],
+    sentinel_ids: Sequence[int],
+    rng: random.Random,
+    noise_density: float = 0.15,
+    mean_span_length: float = 3.0,
+) -> tuple[list[int], list[int]]:
+    """T5's objective: (input, target). round(n · noise_density) tokens are hidden in
+    round(that / mean_span_length) spans (at least one of each), placed as T5 does: the noise and the kept
+    tokens are each cut into that many random positive segments, interleaved starting with kept text, so spans
+    never touch. Span i becomes sentinel_ids[i] in the input; the target is sentinel_ids[0] span_0
+    sentinel_ids[1] span_1 ... sentinel_ids[k] (the last sentinel closes the final span).
+
+    "Thank you for inviting me to your party last week ." -> input "Thank you <X> me to your party <Y> week .",
+    target "<X> for inviting <Y> last <Z>" (the paper's Figure 2). Needs k + 1 distinct sentinel ids."""
+    _check_p(noise_density, "noise_density")
+    if mean_span_length < 1:
+        raise DanluError(f"mean_span_length must be >= 1, got {mean_span_length}")
+    n = len(ids)
+    n_noise = min(max(round(n * noise_density), 1), n - 1) if n >= 2 else 0
+    if n_noise == 0:
+        return list(ids), []
+    n_spans = max(1, round(n_noise / mean_span_length))
+    n_spans = min(n_spans, n - n_noise)  # each span needs a kept token before it
+    if len(set(sentinel_ids)) < n_spans + 1 or len(sentinel_ids) < n_spans + 1:
+        raise DanluError(
+            f"span corruption of {n} tokens makes {n_spans} spans and needs {n_spans + 1} distinct sentinel ids, "
+            f"got {len(set(sentinel_ids))}; add sentinels to the tokenizer (n_sentinels) or shorten the input"
+        )
+    noise_lengths = random_segments(n_noise, n_spans, rng)
+    kept_lengths = random_segments(n - n_noise, n_spans, rng)
+    source: list[int] = []
+    target: list[int] = []
+    i = 0
+    for span, (kept, noise) in enumerate(zip(kept_lengths, noise_lengths)):
+        source.extend(ids[i : i + kept])
+        source.append(sentinel_ids[span])
+        i += kept
+        target.append(sentinel_ids[span])
+        target.extend(ids[i : i + noise])
+        i += noise
+    target.append(sentinel_ids[n_spans])
+    return source, target
+
+
+def fill_sentinels(source: Sequence[int], target: Sequence[int], sentinel_ids: Sequence[int]) -> list[int]:
+    """Invert `span_corruption`: each sentinel of the input replaced by the span that follows it in the
+    target (what a model's output is checked against)."""
+    sentinels = set(sentinel_ids)
+    spans: dict[int, list[int]] = {}
+    current: list[int] | None = None
+    for t in target:
+        if t in sentinels:
+            current = spans.setdefault(t, [])
+        elif current is not None:
+            current.append(t)
+    out: list[int] = []
+    for t in source:
+        out.extend(spans.get(t, []) if t in sentinels else [t])
+    return out
