@@ -194,21 +194,3 @@ def test_cli_says_which_path_and_rejects_bad_quantize(checkpoint, capsys, monkey
     assert "error: layer blocks.0.attn.qkv" in capsys.readouterr().err  # 48 inputs, groups of 32
     assert main(["generate", "--model", checkpoint, "the red", "--quantize", "gguf"]) == 2
     assert "--quantize gguf reads a GGUF file's" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_compiled_quantised_decoding_equals_eager():
-    """Inductor's fused loops (slow: compiles twice); test_quantised_models_trace_whole_under_compile covers
-    the tracing fast."""
-    ids = torch.randint(0, 96, (1, 5))
-    for kwargs in (dict(bits=8), dict(bits=4, group_size=32)):
-        q = quantize_model(tiny_gpt(), **kwargs)
-        with torch.inference_mode():
-            from danlu.generate.engine import generate_ids
-            from danlu.generate.options import GenerationOptions
-
-            opts = GenerationOptions(max_new_tokens=6)
-            run = [
-                list(generate_ids(q, ids, torch.ones_like(ids), opts, [], compile=c)) for c in (False, True)
-            ]
-        assert torch.equal(torch.stack(run[0]), torch.stack(run[1])), kwargs
