@@ -41,7 +41,7 @@ import torch
 
 from danlu.generate.engine import generate_ids
 from danlu.generate.options import GenerationOptions
-from danlu.generate.quantize import model_bytes, quantize_model
+from danlu.generate.quantize import model_bytes, quantize_from_gguf, quantize_model
 from danlu.generate.speculative import speculative_decode
 from danlu.models.gpt import GPT, GPTConfig
 from danlu.models.hf_gpt import config_to_hf, state_dict_to_hf
@@ -67,6 +67,81 @@ def load_model(name: str) -> tuple[GPT, str, str | None]:
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_name("smollm2-135m", block_size=2048)).eval()
     return model, "smollm2-135m preset, random weights", None
+
+
+def quantized_variants(model: GPT, gguf: str | None, args, cuda: bool) -> dict[str, tuple]:
+    """The quantised rows: label -> (model, compiled). CPU: int8 eager (fbgemm dynamic), int8 compiled (the
+    fused weight-only loop), 4-bit group-wise compiled, and a GGUF's own Q8_0/Q4 blocks compiled; `--int4`
+    adds PyTorch's int4 CPU kernel, eager. CUDA: int8 and int4, dequantised inside the compiled step."""
+    out: dict[str, tuple] = {}
+    compiled = "compiled" not in args.skip
+    if "int8" not in args.skip:
+        out["danlu int8"] = (quantize_model(copy.deepcopy(model), bits=8), cuda)
+        if compiled and not cuda:
+            out["danlu int8 compiled"] = (quantize_model(copy.deepcopy(model), 8, method="weight_only"), True)
+    if "int4" not in args.skip and (cuda or compiled):
+        out["danlu int4 compiled"] = (quantize_model(copy.deepcopy(model), bits=4, group_size=32), True)
+    if args.int4 and not cuda:
+        out["danlu int4 (torch kernel)"] = (
+            quantize_model(copy.deepcopy(model), bits=4, method="torch"),
+            False,
+        )
+    if gguf and compiled and not cuda and "gguf" not in args.skip:
+        blocks, notes = quantize_from_gguf(copy.deepcopy(model), gguf)
+        for note in notes:
+            print(f"GGUF blocks: {note}")
+        out["danlu GGUF blocks compiled"] = (blocks, True)
+    return out
+
+
+def loadavg() -> str:
+    """/proc/loadavg's 1, 5 and 15 minute figures (on a shared machine they qualify every timing)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def notes_text() -> str | None:
+    """The Chinese study notes beside the repository (../shared/notes), or None where they are absent."""
+    folder = Path(__file__).resolve().parents[1].parent / "shared" / "notes"
+    files = sorted(folder.glob("*.txt")) if folder.is_dir() else []
+    return "\n".join(f.read_text(encoding="utf-8") for f in files[:2]) or None
+
+
+@torch.inference_mode()
+def perplexity_rows(models: dict[str, torch.nn.Module], path: str | None, max_tokens: int) -> None:
+    """Perplexity of fp32 and each quantised model on the tiny world's held-out English text and on the
+    Chinese notes (the first `max_tokens` tokens of each), and each one's ratio to fp32's."""
+    from danlu.data.world import build_world
+    from danlu.eval.text import perplexity
+
+    if path is None:
+        print("\nperplexity: not measured (random weights; needs a checkpoint with its tokenizer)")
+        return
+    tokenizer = _tokenizer(path)
+    texts = {"world": "\n".join(build_world(0, size="tiny").pretrain_texts("val"))}
+    zh = notes_text()
+    if zh is not None:
+        texts["notes (zh)"] = zh
+    ids = {k: tokenizer.encode(v)[:max_tokens] for k, v in texts.items()}
+    print(
+        f"\nperplexity ({', '.join(f'{k}: {len(v)} tokens' for k, v in ids.items())}; 512-token windows, stride 448)"
+    )
+    base: dict[str, float] = {}
+    for label, m in models.items():
+        cells = []
+        for k, seq in ids.items():
+            ppl = perplexity(m, [seq], max_length=512, stride=448).perplexity
+            base.setdefault(k, ppl)
+            cells.append(f"{k} {ppl:8.3f} ({ppl / base[k] - 1:+.2%})")
+        print(f"  {label:32s} " + "   ".join(cells))
+
+
+def _tokenizer(path: str):
+    import danlu
+
+    return danlu.load(path)[1]
 
 
 def hf_twin(model: GPT):
@@ -328,11 +403,15 @@ def main() -> None:
         "--bandwidth-gbs", type=float, default=3350.0, help="CUDA memory bandwidth (H100 SXM: 3350)"
     )
     ap.add_argument(
-        "--skip", nargs="*", default=[], choices=["int8", "speculative", "hf", "compiled", "llama.cpp"]
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["int8", "int4", "gguf", "perplexity", "speculative", "hf", "compiled", "llama.cpp"],
     )
     ap.add_argument(
-        "--int4", action="store_true", help="also time int4 (slower than fp32 on CPU; default on CUDA)"
+        "--int4", action="store_true", help="also time PyTorch's int4 CPU kernel, eager (slower than fp32)"
     )
+    ap.add_argument("--ppl-tokens", type=int, default=2048, help="tokens of each perplexity text")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -354,11 +433,10 @@ def main() -> None:
     variants: dict[str, tuple] = {"danlu": (model, False)}
     if "compiled" not in args.skip:
         variants["danlu compiled"] = (model, True)
-    for bits in (8, 4):
-        if (bits == 8 and "int8" not in args.skip) or (bits == 4 and (args.int4 or cuda)):
-            variants[f"danlu int{bits}"] = (quantize_model(copy.deepcopy(model), bits=bits), cuda)
+    variants.update(quantized_variants(model, gguf, args, cuda))
     print(f"model: {name}; device {device}, {str(dtype).removeprefix('torch.')}, threads {torch.get_num_threads()}; "
           f"{args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, median of {args.repeats}")  # fmt: skip
+    print(f"load average at start: {loadavg()}")
     N = args.new_tokens
     for B in args.batch_sizes or ([1, 32] if cuda else [1]):
         g = torch.Generator().manual_seed(B)
@@ -416,6 +494,16 @@ def main() -> None:
             for label in ("transformers", "danlu", "danlu compiled"):
                 if label in times:
                     print(f"  {label}: {rate(label, 0) * floor:.0%} of that bound")
+            for label, (m, _) in variants.items():  # quantised rows: the bound for the bytes they read
+                if "int" in label or "GGUF" in label:
+                    qbound = 1 / (floor * bytes_per_step(m) / step_bytes)
+                    print(f"  {label}: reads {bytes_per_step(m) / 1e6:.0f} MB a step, "
+                          f"{rate(label, 0) / qbound:.0%} of its bound ({qbound:.0f} tokens/s)")  # fmt: skip
+            if LLAMA_CPP in times:
+                for label in times:
+                    if label.startswith("danlu"):
+                        print(f"  {label} / llama.cpp: {rate(label, 0) / rate(LLAMA_CPP, 0):.2f}x wall, "
+                              f"{rate(label, 1) / rate(LLAMA_CPP, 1):.2f}x CPU time")  # fmt: skip
             if hf is not None:
                 print(
                     f"  the most any fp32 decoder can gain over transformers here: "
@@ -425,14 +513,18 @@ def main() -> None:
             cfg = model.config
             L = args.prompt_tokens + N
             kv = 2 * cfg.n_layer * B * cfg.n_kv_head * L * cfg.head_size * 2  # bf16 keys and values
-            for label in ("danlu compiled", "danlu int8", "danlu int4"):
+            for label in ("danlu compiled", "danlu int8", "danlu int4 compiled"):
                 if label in times:
                     bound = B * args.bandwidth_gbs * 1e9 / (bytes_per_step(variants[label][0]) + kv)
                     tps = rate(label, 0)
                     print(f"  {label}: {tps / bound:.0%} of the bandwidth bound ({bound:.0f} tokens/s)")
     print(f"\nweights: fp32/bf16 {model_bytes(model) / 1e6:.0f} MB; "
           + "; ".join(f"{k.removeprefix('danlu ')} {model_bytes(v[0]) / 1e6:.0f} MB"
-                      for k, v in variants.items() if "int" in k))  # fmt: skip
+                      for k, v in variants.items() if "int" in k or "GGUF" in k))  # fmt: skip
+    print(f"load average after timing: {loadavg()}")
+    if "perplexity" not in args.skip and not cuda:
+        quantized = {k: v[0] for k, v in variants.items() if "int" in k or "GGUF" in k}
+        perplexity_rows({"danlu fp32": model, **quantized}, path, args.ppl_tokens)
 
 
 if __name__ == "__main__":

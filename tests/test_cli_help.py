@@ -54,7 +54,7 @@ def test_help_output_shows_defaults_and_choices(capsys):
         main(["generate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert re.search(r"--temperature TEMPERATURE .*\(default: 0\.0\)", text)
-    assert "--quantize {int8,int4}" in text and "(default: none)" in text
+    assert "--quantize {auto,none,int8,int4,gguf}" in text and "(default: none)" in text
 
 
 def subcommand_actions(parser, path=()):

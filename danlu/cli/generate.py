@@ -38,11 +38,26 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
         help="checkpoint of a small model: speculative decoding (or --draft ngram)",
     )
     p.add_argument("--amateur-model", default=None, help="checkpoint of a weak model: contrastive decoding")
-    p.add_argument("--quantize", choices=["int8", "int4"], default=None, help="weight-only quantisation")
+    add_decoding_path_args(p)
+
+
+def add_decoding_path_args(p: argparse.ArgumentParser) -> None:
+    """--quantize and --compile/--no-compile: unset, the fastest measured path (`generate/fast_path.py`)."""
+    from danlu.generate.fast_path import QUANTIZE_CHOICES
+
+    p.add_argument(
+        "--quantize",
+        choices=QUANTIZE_CHOICES,
+        default="auto",
+        help="weights: int8 / int4 quantise them, gguf decodes a GGUF's Q8_0/Q4_0/Q4_1 blocks as stored; "
+        "auto = gguf for such a file on CPU, else none",
+    )
     p.add_argument(
         "--compile",
-        action="store_true",
-        help="compile the decode step (a CUDA graph on CUDA, fused C++ on CPU; the first call compiles)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compile the decode step (a CUDA graph on CUDA, fused C++ on CPU; the first call compiles); "
+        "default: on for models of 50M+ parameters and for quantised GGUF blocks",
     )
 
 
@@ -116,21 +131,17 @@ def _load(args):
     model, tokenizer = danlu.load(args.model, device=args.device)
     if tokenizer is None:
         raise DanluError(f"{args.model} has no tokenizer.json; save the model together with its tokenizer")
-    extra = {"compile": args.compile}
-    if args.compile:
-        print(
-            "--compile: the first reply waits for torch.compile (about a minute on a CPU the first time, "
-            "seconds once its cache on disk holds the step)",
-            file=sys.stderr,
-        )
+    from danlu.generate.fast_path import choose_decoding
+
     if args.draft_model:
-        extra["draft_model"] = danlu.load(args.draft_model, device=args.device)[0]
+        extra = {"draft_model": danlu.load(args.draft_model, device=args.device)[0]}
+    else:
+        extra = {}
     if args.amateur_model:
         extra["amateur_model"] = danlu.load(args.amateur_model, device=args.device)[0]
-    if args.quantize:
-        from danlu.generate.quantize import quantize_model
-
-        model = quantize_model(model, bits=8 if args.quantize == "int8" else 4)
+    choice = choose_decoding(model, args.model, args.quantize, args.compile)
+    print(choice.message, file=sys.stderr)
+    model, extra["compile"] = choice.model, choice.compile
     return model, tokenizer, extra
 
 

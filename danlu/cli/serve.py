@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from danlu.serve.config import LOOPBACK_HOSTS, SCHEDULERS, ServeConfig
 
@@ -12,6 +13,13 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API with a web chat page")
     p.add_argument("--model", required=True, help="checkpoint folder (danlu or Hugging Face) or a .gguf file")
     p.add_argument("--name", default=None, help="the model id clients use (default: the folder name)")
+    p.add_argument(
+        "--quantize",
+        choices=["auto", "none", "int8", "int4", "gguf"],
+        default="auto",
+        help="weights (see `danlu generate --help`); the server's batches run eagerly, so auto keeps float "
+        "weights and int8 (fbgemm) is the fast eager choice",
+    )
     p.add_argument(
         "--embeddings",
         dest="embedding_model",
@@ -170,6 +178,14 @@ def run_serve(args: argparse.Namespace) -> int:
     from danlu.app.llms import load_local
 
     model, tokenizer = load_local(args.model, device=args.device)
+    from danlu.generate.fast_path import choose_decoding
+
+    choice = choose_decoding(model, args.model, args.quantize, compile=False)  # batches are not compiled
+    model = choice.model
+    note = choice.message.replace(
+        " (--quantize, --compile/--no-compile to change)", " (--quantize to change)"
+    )
+    print(note, file=sys.stderr)
     embedder = None
     if args.embedding_model:
         from danlu.app.embeddings import BertEmbeddings

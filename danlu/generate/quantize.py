@@ -10,22 +10,28 @@ storing weights in fewer bits makes it faster as well as smaller, while activati
   scale = (max − min) / 15 and zero point; q in [0, 15], W ≈ (q − 8) · scale + zero. Groups are needed at
   4 bits: one scale per row would leave too few levels for the typical weight.
 Kernels. CUDA: the weight is dequantised on the fly, and under `torch.compile` the dequantisation fuses into
-the matmul. CPU: int8 runs in fbgemm's int8 GEMM with activations rounded to 8 bits per call ("dynamic"
-quantisation, >2x faster than fp32 at batch 1), because PyTorch's weight-only CPU kernel is slower than fp32
-there; int4 runs in `_weight_int4pack_mm_for_cpu`, which stores an eighth of fp32's bytes but is slower than
-fp32 for one-token decoding on the CPUs we measured: int4 saves memory, int8 saves time.
+the matmul. CPU, eager: int8 runs in fbgemm's int8 GEMM with activations rounded to 8 bits per call ("dynamic"
+quantisation, >2x faster than fp32 at batch 1); PyTorch's eager weight-only kernels are slower than fp32 there.
+CPU, compiled (`compile=True`): every int8 and 4-bit layer becomes elementwise maths and a sum that inductor
+fuses into one loop reading the small codes (`quant_kernels.py`), so the compiled step reads a quarter (int8)
+or about a sixth (4-bit with fp16 group scales) of fp32's bytes. fbgemm's packed weights are opaque to dynamo,
+so under compile a "dynamic" layer runs that weight-only loop too. 4-bit defaults to the group layout of
+`quant_kernels.py` (GGUF Q4_1's); method="torch" keeps `_weight_int4pack_mm_for_cpu`, which stores the same
+bits but is slower than fp32 for one-token decoding on the CPUs we measured.
 Numbers: benchmarks/decode_speed.py.
 """
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from danlu.errors import DanluError
+from danlu.generate.quant_kernels import BlockQuantLinear, int8_channel_product, quantize_groups
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,6 +107,12 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)  # (M, K)
+        if torch.compiler.is_compiling() and x.device.type == "cpu":
+            # dynamo cannot trace fbgemm's packed weight; the weight-only loop reads the same int8 codes
+            y = int8_channel_product(x2, self.weight_int8, self.scale)
+            if self.bias is not None:
+                y = y + self.bias
+            return y.view(*shape[:-1], self.out_features)
         if self._packed is not None and x.device.type == "cpu":
             # reduce_range: fbgemm's x86 kernel wants 7-bit activations to rule out int16 overflow.
             y = torch.ops.quantized.linear_dynamic(x2.float(), self._packed, True).to(x.dtype)
@@ -161,24 +173,60 @@ class Int4Linear(nn.Module):
         return y.view(*shape[:-1], self.out_features)
 
 
-def quantize_model(
-    model: nn.Module, bits: int = 8, group_size: int = 32, activations: str = "auto"
-) -> nn.Module:
-    """Replace every nn.Linear of `model` (in place) by an int8 or int4 weight-only layer; returns the model.
+INT8_METHODS = ("auto", "dynamic", "weight_only")
+INT4_METHODS = ("auto", "group", "torch")
 
-    Embeddings stay in full precision (decoding reads one row per token). `activations` is Int8Linear's
-    (int8 only). A tied lm_head gets its own
+
+def quantize_model(
+    model: nn.Module,
+    bits: int = 8,
+    group_size: int = 32,
+    activations: str = "auto",
+    method: str = "auto",
+) -> nn.Module:
+    """Replace every nn.Linear of `model` (in place) by an int8 or 4-bit layer; returns the model.
+
+    method, 8 bits: "dynamic" (fbgemm, activations rounded too, eagerly; CPU only), "weight_only" (activations
+    in full precision), "auto" ("dynamic" on CPU where fbgemm exists). Under `compile=True` both run the same
+    fused weight-only loop on CPU. `activations` is the older spelling ("float" = "weight_only").
+    method, 4 bits: "group" (`quant_kernels.BlockQuantLinear`, GGUF Q4_1's layout, fast when compiled; the
+    lm_head in 8-bit groups, Q8_0's), "torch" (PyTorch's `_weight_int4pack_mm_for_cpu` layout), "auto" = "group".
+    Embeddings stay in full precision (decoding reads one row per token). A tied lm_head gets its own
     quantised copy of the embedding matrix: un-embedding reads all of it every step, so it pays the most.
     """
     if bits not in (4, 8):
         raise DanluError(f"bits must be 8 or 4, got {bits}")
     if bits == 4 and group_size not in (32, 64, 128, 256):
         raise DanluError(f"int4 group_size must be one of 32, 64, 128, 256, got {group_size}")
+    methods = INT8_METHODS if bits == 8 else INT4_METHODS
+    if method not in methods:
+        raise DanluError(f"{bits}-bit method must be one of {', '.join(methods)}, got {method!r}")
+    if bits == 8 and method != "auto":
+        activations = "dynamic" if method == "dynamic" else "float"
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not targets:
+        raise DanluError(f"{type(model).__name__} has no nn.Linear layers to quantise")
+    for name, linear in targets:
+        if bits == 4 and linear.in_features % group_size:
+            raise DanluError(
+                f"layer {name} (weight {tuple(linear.weight.shape)}) is too small to quantise to 4 bits in "
+                f"groups of {group_size}: its {linear.in_features} inputs are not a multiple of the group; "
+                "use --quantize int8 (or a smaller group_size)"
+            )
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        new = Int8Linear(linear, activations) if bits == 8 else Int4Linear(linear, group_size)
+        if bits == 8:
+            new = Int8Linear(linear, activations)
+        elif method == "torch":
+            new = Int4Linear(linear, group_size)
+        else:
+            # the un-embedding keeps 8 bits, as llama.cpp's Q4 files keep theirs (Q8_0 or Q6_K): at 4 bits it
+            # alone moved SmolLM2's perplexity by ~3%, for a sixth of the bytes
+            head_bits = 8 if name == "lm_head" else 4
+            new = quantize_groups(linear.weight, head_bits, group_size).to(linear.weight.device)
+            if linear.bias is not None:
+                new.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         setattr(parent, child, new)
     return model.eval()
 
@@ -191,3 +239,34 @@ def model_bytes(model: nn.Module) -> int:
             seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
     return total
+
+
+def quantize_from_gguf(model: nn.Module, path: str | Path) -> tuple[nn.Module, list[str]]:
+    """Replace `model`'s linear layers (a danlu GPT loaded from the GGUF file `path`) by the file's own Q8_0 /
+    Q4_0 / Q4_1 blocks, bit for bit (`quant_kernels.BlockQuantLinear`), instead of re-quantising the fp32
+    weights the loader dequantised. Layers stored in another type have no such fast path: they fall back to
+    int8 (quantised from their dequantised weights), and the notes returned say which.
+    Returns (model, notes): one line per kind of fallback, empty when every layer loaded straight."""
+    from danlu.models.gguf import BLOCK_TYPES, config_from_gguf, linear_blocks_from_gguf, read_gguf
+
+    f = read_gguf(path)
+    blocks, missing = linear_blocks_from_gguf(f, config_from_gguf(f))
+    for name, (bits, codes, scale, minimum) in blocks.items():
+        linear = model.get_submodule(name)
+        device = linear.weight.device
+        new = BlockQuantLinear(bits, codes, scale, minimum, linear.bias).to(device)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    notes = []
+    if missing:
+        for name in missing:
+            linear = model.get_submodule(name)
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, Int8Linear(linear))
+        kinds = sorted({why.rpartition(" is ")[2] for why in missing.values()})
+        notes.append(
+            f"{len(missing)} of {len(missing) + len(blocks)} linear layers are stored as {', '.join(kinds)}, "
+            f"which has no fast path (danlu reads {', '.join(BLOCK_TYPES)} as stored): "
+            f"they were quantised to int8 instead (first: {next(iter(missing))}: {next(iter(missing.values()))})"
+        )
+    return model.eval(), notes

@@ -147,3 +147,94 @@ def load_gguf_model(
         ) from e
     model = build_gpt(cfg, sd, str(f.path))  # checks every shape, and that no weight is NaN or infinite
     return model.to(device=device, dtype=dtype or torch.float32).eval()
+
+
+# ----------------------------------------------------------------------------- GGUF blocks, not dequantised
+# The block types whose bits danlu's decoding kernels read as stored (generate/quant_kernels.py):
+# Q8_0 -> 8-bit codes with one scale per 32; Q4_0 / Q4_1 -> 4-bit codes with a scale and a minimum per 32.
+BLOCK_TYPES = ("Q8_0", "Q4_0", "Q4_1")
+
+
+def gguf_blocks(f: GGUFFile, name: str) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+    """(bits, codes, scale, minimum) of 2-D tensor `name` as stored, or None when its type is not a BLOCK_TYPE.
+
+    codes: Q8_0 int8 (N, K); Q4_* uint8 (N, K/2), byte j of a block = element j | element j + 16 << 4 (ggml's
+    order). scale and minimum: (N, K/32) float16, W = scale · q + minimum (Q4_0: minimum = −8 · scale; Q8_0:
+    none). The bytes are copied out of the memory map, never expanded.
+    """
+    import numpy as np
+
+    t = f.tensors[name]
+    kind = t.type_name
+    if kind not in BLOCK_TYPES or len(t.shape) != 2:
+        return None
+    N, K = t.shape
+    _, block, size = GGML_TYPES[t.ggml_type]
+    b = np.asarray(f.raw(name), dtype=np.uint8).reshape(N * K // block, size)  # one row per block
+
+    def f16(start: int) -> torch.Tensor:
+        return torch.from_numpy(b[:, start : start + 2].copy().view(np.float16)).view(N, K // block)
+
+    scale = f16(0)
+    if kind == "Q8_0":
+        return 8, torch.from_numpy(b[:, 2:34].copy().view(np.int8)).view(N, K), scale, None
+    if kind == "Q4_0":
+        return 4, torch.from_numpy(b[:, 2:18].copy()).view(N, K // 2), scale, -8 * scale
+    return 4, torch.from_numpy(b[:, 4:20].copy()).view(N, K // 2), scale, f16(2)
+
+
+def linear_blocks_from_gguf(f: GGUFFile, cfg: GPTConfig) -> tuple[dict[str, tuple], dict[str, str]]:
+    """The danlu GPT's linear layers as GGUF blocks: ({module name: (bits, codes, scale, minimum)},
+    {module name: why it has none}). q/k rows are un-permuted and q, k, v stacked, codes and scales alike; a
+    tied lm_head takes token_embd's blocks."""
+    permuted = f.metadata.get("general.architecture") in ("llama", "mistral")
+    blocks: dict[str, tuple] = {}
+    missing: dict[str, str] = {}
+
+    def get(name: str):
+        if name not in f.tensors:
+            raise DanluError(
+                f"{f.path}: tensor {name} is missing; the GGUF file does not hold a complete model"
+            )
+        got = gguf_blocks(f, name)
+        if got is None:
+            return None, f"{name} is {f.tensors[name].type_name}"
+        return got, ""
+
+    head = "output.weight" if "output.weight" in f.tensors else "token_embd.weight"
+    for ours, theirs in [("lm_head", head)] + [
+        (f"blocks.{i}.{o}", f"blk.{i}.{t}.weight")
+        for i in range(cfg.n_layer)
+        for o, t in (
+            ("attn.proj", "attn_output"),
+            ("mlp.gate", "ffn_gate"),
+            ("mlp.up", "ffn_up"),
+            ("mlp.down", "ffn_down"),
+        )  # fmt: skip
+    ]:
+        got, why = get(theirs)
+        if got is None:
+            missing[ours] = why
+        else:
+            blocks[ours] = got
+    for i in range(cfg.n_layer):
+        parts = [get(f"blk.{i}.attn_{x}.weight") for x in "qkv"]
+        kinds = {p[0][0] if p[0] else None for p in parts}
+        if any(p[0] is None for p in parts) or len(kinds) != 1:
+            missing[f"blocks.{i}.attn.qkv"] = "; ".join(
+                why or f"blk.{i}.attn_{x} is {f.tensors[f'blk.{i}.attn_{x}.weight'].type_name}"
+                for (_, why), x in zip(parts, "qkv")
+            )
+            continue
+        (bits, *_), heads = parts[0][0], (cfg.n_head, cfg.n_kv_head, None)
+        stacked = []
+        for j in range(1, 4):  # codes, scale, minimum: the same rows in each
+            rows = [p[0][j] for p in parts]
+            if rows[0] is None:
+                stacked.append(None)
+                continue
+            if permuted:
+                rows = [unpermute_rope(r, h) if h else r for r, h in zip(rows, heads)]
+            stacked.append(torch.cat(rows))
+        blocks[f"blocks.{i}.attn.qkv"] = (bits, *stacked)
+    return blocks, missing
