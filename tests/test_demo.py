@@ -141,3 +141,14 @@ def test_report_figures_and_paths(demo_dir):
     checkpoint = demo_dir / "pretrain" / "checkpoint"
     assert f"danlu generate --model {checkpoint} Zovelan" in report
     assert "--model pretrain/checkpoint" not in report
+
+
+def test_sample_prompts_end_on_a_word():
+    """Byte-level BPE puts a word's space in front of it: an English prompt ending in a space would end on a lone
+    space token the model rarely saw, and its samples ignore the prompt (found in issue 21's decoding lab)."""
+    from danlu.recipes.demo import _sample_prompts
+
+    texts = ["Bonalen likes to read books every day.", "泽林住在维尔马尔。", "The capital of Dedoto is Zadan."]
+    prompts = _sample_prompts(texts, n=4)
+    assert prompts == ["Bonalen likes to", "泽林住在", "The capital of", "泽林住在"]
+    assert not any(p != p.rstrip() for p in prompts)

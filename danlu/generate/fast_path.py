@@ -15,10 +15,12 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from danlu.errors import DanluError
+
+if TYPE_CHECKING:  # the CLI imports QUANTIZE_CHOICES while building its parser: no torch at that point
+    from torch import nn
 
 QUANTIZE_CHOICES = ("auto", "none", "int8", "int4", "gguf")
 AUTO_COMPILE_MIN_PARAMS = 50_000_000  # SmolLM2-135M compiles by default; the test suite's tiny models do not

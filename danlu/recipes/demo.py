@@ -220,14 +220,16 @@ def _exp(x: float) -> float:
 
 
 def _sample_prompts(texts: list[str], n: int) -> list[str]:
-    """The first few words (English) or characters (Chinese) of held-out documents, alternating languages."""
+    """The first few words (English) or characters (Chinese) of held-out documents, alternating languages.
+    An English prompt ends on its last word, not on a space: byte-level BPE attaches a word's leading space to
+    the word (" likes"), so a trailing space would be a lone token the model rarely saw in training."""
     en = [t for t in texts if t[:1].isascii()]
     zh = [t for t in texts if not t[:1].isascii()]
     prompts = []
     for i in range(n):
         pool = en if (i % 2 == 0 and en) or not zh else zh
         t = pool[(i // 2) % len(pool)]
-        prompts.append(" ".join(t.split(" ")[:3]) + " " if t[:1].isascii() else t[:4])
+        prompts.append(" ".join(t.split(" ")[:3]) if t[:1].isascii() else t[:4])
     return prompts
 
 

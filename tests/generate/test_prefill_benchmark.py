@@ -1,7 +1,8 @@
-"""benchmarks/decode_speed.py's prefill rows (issue 22 item 2), small: every length gets a danlu and a
+"""benchmarks/decode_speed.py's prefill rows (benchmarks/prefill_speed.py) (issue 22 item 2), small: every length gets a danlu and a
 transformers row on the same weights, a length beyond the context is capped (and said), and without llama.cpp
 the script says so instead of failing."""
 
+import importlib
 import importlib.util
 from pathlib import Path
 
@@ -17,6 +18,11 @@ def load_benchmark():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def prefill_module():
+    load_benchmark()  # puts benchmarks/ on sys.path, where decode_speed.py imports its prefill rows from
+    return importlib.import_module("prefill_speed")
 
 
 def test_prefill_rows_for_every_length(capsys):
@@ -49,6 +55,6 @@ def test_the_engine_prefill_timed_is_the_one_forward_with_one_logit():
         state = steps.new_state(model, 1, 41)
         logits = steps.prefill(model, state, ids, torch.ones_like(ids))
         full = model(ids).logits[:, -1]
-        compiled_input = load_benchmark()._prefill_forward(model, ids, model.new_kv_cache(1, 41))
+        compiled_input = prefill_module()._prefill_forward(model, ids, model.new_kv_cache(1, 41))
     torch.testing.assert_close(logits, full, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(compiled_input, full, atol=1e-5, rtol=1e-5)
