@@ -286,6 +286,7 @@ def create_app(
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
     @app.get("/health")
+    @app.get("/metrics")  # the same figures where monitoring looks for them: batching, prefix-cache hit rate
     async def health() -> dict[str, Any]:
         return {
             "status": "ok" if batcher.alive else "stopped",

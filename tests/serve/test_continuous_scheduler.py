@@ -195,7 +195,9 @@ def test_prefix_cache_hits_are_reported_and_answers_equal_a_cold_server(tiny):
                 chat(c, q)["choices"][0]["message"]["content"] for q in ("Who is Deva?", "Where is Zovelan?")
             ]
             health = c.get("/health").json()["batching"]
+            metrics = c.get("/metrics").json()["batching"]
         answers[scheduler] = got
+        assert metrics["prefix_cache"] == health["prefix_cache"]  # /metrics serves the same figures
         assert health["scheduler"] == scheduler
         pc = health["prefix_cache"]
         if cache:
