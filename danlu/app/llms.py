@@ -283,16 +283,20 @@ class OpenAILLM(BaseLLM):
             return choice.get("text") or ""
         return (choice.get("delta" if delta else "message") or {}).get("content") or ""
 
-    def _complete_one(self, prompt: Prompt, options: dict[str, Any]) -> Completion:
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST one non-streamed request; the reply's JSON, or a DanluError saying what went wrong."""
         import httpx
 
-        path, body = self._body(prompt, options, stream=False)
         try:
             r = self.client.post(path, json=body)
         except httpx.HTTPError as e:
             raise DanluError(f"cannot reach {self.base_url}{path} ({e}); is the server running?") from e
         self._check(r)
-        data = r.json()
+        return r.json()
+
+    def _complete_one(self, prompt: Prompt, options: dict[str, Any]) -> Completion:
+        path, body = self._body(prompt, options, stream=False)
+        data = self._post(path, body)
         usage = data.get("usage") or {}
         text = self._text(data["choices"][0], chat=not isinstance(prompt, str))
         return Completion(text, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
@@ -310,20 +314,13 @@ class OpenAILLM(BaseLLM):
     ) -> ChatReply:
         """One chat turn with OpenAI `tools` / `tool_choice`; the reply's text or tool calls. Not cached (a
         tool's result may change between calls); usage is recorded and the messages logged in `sent`."""
-        import httpx
-
         path, body = self._body(messages, {**self.options, **options}, stream=False)
         if tools:
             body["tools"] = tools
         if tool_choice is not None:
             body["tool_choice"] = tool_choice
         self._log(messages)
-        try:
-            r = self.client.post(path, json=body)
-        except httpx.HTTPError as e:
-            raise DanluError(f"cannot reach {self.base_url}{path} ({e}); is the server running?") from e
-        self._check(r)
-        data = r.json()
+        data = self._post(path, body)
         choice, usage = data["choices"][0], data.get("usage") or {}
         if self.usage is not None:
             self.usage.record(self.name, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
