@@ -33,8 +33,8 @@ import torch
 from danlu.errors import DanluError
 from danlu.generate.options import GenerationOptions
 from danlu.generate.rows import Completion, ScoredToken
+from danlu.generate.search import raw_top_logprobs
 from danlu.generate.steps import forward_tokens, model_device, new_state
-from danlu.nn.logprobs import token_logprobs
 from danlu.serve.schemas import APIError
 
 MAX_CHAT_TOP_LOGPROBS = 20  # OpenAI's limits
@@ -128,8 +128,7 @@ def _score_batch(
         logits = forward_tokens(model, state, input_ids[:, at : at + step])  # (B, c, V): predicts at + 1 ...
         c = min(logits.shape[1], T - 1 - at)  # the last position predicts nothing
         logits = logits[:, :c]
-        lp = token_logprobs(logits, input_ids[:, at + 1 : at + 1 + c]).tolist()  # (B, c)
-        ids, lps = _topk(logits, k)
+        lp, ids, lps = _scored(logits, input_ids[:, at + 1 : at + 1 + c], k)
         for b in range(len(batch)):
             chosen[b] += lp[b]
             top_ids[b] += ids[b]
@@ -142,18 +141,15 @@ def _score_batch(
     return out
 
 
-def _topk(logits: torch.Tensor, k: int) -> tuple[list, list]:
-    """The k most likely ids and their log-probs at every position of logits (B, T, V), most likely first."""
+def _scored(logits: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[list, list, list]:
+    """The engine's raw_top_logprobs at every position of logits (B, T, V) against labels (B, T): each label's
+    log-prob (B, T), the k most likely ids and their log-probs (B, T, k), most likely first, as lists. Rows go
+    1024 at a time, so one (chunk, V) fp32 buffer exists at once."""
     B, T, V = logits.shape
-    if k == 0:
-        return [[()] * T for _ in range(B)], [[()] * T for _ in range(B)]
-    flat = logits.reshape(B * T, V)  # (B·T, V); one (chunk, V) fp32 buffer at a time
-    ids, lps = [], []
-    for rows in flat.split(1024):
-        values, index = rows.float().topk(k, dim=-1)
-        ids.append(index)
-        lps.append(values - torch.logsumexp(rows.float(), dim=-1, keepdim=True))
-    return torch.cat(ids).view(B, T, k).tolist(), torch.cat(lps).view(B, T, k).tolist()
+    rows, toks = logits.reshape(B * T, V).split(1024), labels.reshape(B * T).split(1024)  # (B·T, V), (B·T,)
+    chosen, ids, lps = zip(*(raw_top_logprobs(r, t, k) for r, t in zip(rows, toks)))
+    return (torch.cat(chosen).view(B, T).tolist(), torch.cat(ids).view(B, T, k).tolist(),
+            torch.cat(lps).view(B, T, k).tolist())  # fmt: skip
 
 
 # ---- shaping ---------------------------------------------------------------------------------------------
