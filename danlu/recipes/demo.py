@@ -182,6 +182,20 @@ def _lazy(module: str, name: str) -> Callable[[DemoContext], dict[str, Any]]:
     return run
 
 
+def _lab(name: str) -> Callable[[DemoContext], dict[str, Any]]:
+    """A lab stage: experiments/<name>.py run by danlu/recipes/lab_stages.py, imported only when it runs."""
+
+    def run(ctx: DemoContext) -> dict[str, Any]:
+        from danlu.recipes.lab_stages import run_experiment
+
+        return run_experiment(ctx, name)
+
+    return run
+
+
+# The experiments of issue 21, in the order the lab group runs them (danlu/recipes/lab_stages.py has their settings)
+LAB_EXPERIMENTS = ("sft_knowledge", "scaling", "icl", "cot", "grpo_variants", "ppo_seeds", "overopt", "inside",
+                   "decoding", "t5_vs_bart")  # fmt: skip
 STAGES: dict[str, Callable[[DemoContext], dict[str, Any]]] = {
     "world": stage_world,
     "tokenizer": stage_tokenizer,
@@ -195,20 +209,23 @@ STAGES: dict[str, Callable[[DemoContext], dict[str, Any]]] = {
     "dpo": _lazy("danlu.recipes.align_stages", "stage_dpo"),
     "ppo": _lazy("danlu.recipes.align_stages", "stage_ppo"),
     "grpo": _lazy("danlu.recipes.align_stages", "stage_grpo"),
+    **{f"lab_{name}": _lab(name) for name in LAB_EXPERIMENTS},
 }
 DEFAULT_STAGES = ["world", "tokenizer", "pretrain", "samples"]
-ALIGN_STAGES = {"sft", "reward", "dpo", "ppo", "grpo"}
+ALIGN_STAGES = {"sft", "reward", "dpo", "ppo", "grpo", *(f"lab_{name}" for name in LAB_EXPERIMENTS)}
 # Validation loss is at 11% of its first value after 600 steps, enough for fluent world text; the alignment
 # stages need the facts and sums themselves memorised (GRPO's arithmetic gain needs ~1000 steps to reach 0.1).
 PRETRAIN_STEPS = 600
 PRETRAIN_STEPS_ALIGN = 1000
-# Named groups for --stages; "all" runs every stage.
+LAB_STAGES = [f"lab_{name}" for name in LAB_EXPERIMENTS]
+# Named groups for --stages; "all" runs every stage but the lab's (its own half hour: `--stages lab`).
 STAGE_GROUPS = {
     "default": DEFAULT_STAGES,
     "zoo": ["seq2seq", "bert"],
     "vision": ["vision"],
     "align": ["samples", "sft", "reward", "dpo"],
-    "all": list(STAGES),
+    "lab": ["sft", "reward", *LAB_STAGES],
+    "all": [name for name in STAGES if name not in LAB_STAGES],
 }
 
 
