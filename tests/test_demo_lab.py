@@ -76,7 +76,9 @@ def test_lab_plumbing_on_fake_scripts(tmp_path, monkeypatch):
     write_report(ctx, 1.0)
 
     m = ctx.metrics
-    assert m["lab_decoding"]["numbers"] == {"results.greedy.distinct_2": 0.25}  # the long curve stays in its JSON
+    assert m["lab_decoding"]["numbers"] == {
+        "results.greedy.distinct_2": 0.25
+    }  # the long curve stays in its JSON
     assert m["lab_decoding"]["figures"] == ["lab/decoding/decoding.png"]
     assert m["lab_overopt"]["numbers"] == {"gold_peak_kl": 0.5, "seed": 0}  # run(out_dir, quick, seed) called
     assert m["lab_inside"]["failed"] == "ValueError: no model here"
@@ -102,7 +104,10 @@ def test_lab_stage_runs_a_real_script(make_gpt, tokenizer, tiny_world, tmp_path,
     save_model(make_gpt(), tmp_path / "pretrain" / "checkpoint", tokenizer=tokenizer)
     (tmp_path / "world").symlink_to(tiny_world)
     result = lab_stages.run_experiment(ctx, "inside")
-    assert "failed" not in result and set(result["figures"]) == {"lab/inside/attention.png", "lab/inside/lens.png"}
+    assert "failed" not in result and set(result["figures"]) == {
+        "lab/inside/attention.png",
+        "lab/inside/lens.png",
+    }
     assert 0 <= result["numbers"]["per_layer.prob[0]"] <= 1 and result["numbers"]["per_layer.rank[0]"] >= 1
     assert ctx.sections[0].startswith("## Lab: A look inside")
 
@@ -122,5 +127,7 @@ def test_ppo_seeds_script_at_tiny_settings(make_gpt, tokenizer, tiny_world, tmp_
     for r in report["seeds"]:
         assert 0 <= r["before"]["gold"] <= 1 and 0 <= r["after"]["greedy_gold"] <= 1
         assert r["before"]["kl_per_token"] == pytest.approx(0, abs=1e-5)  # SFT against itself
-        assert r["holds"] == (r["gain"]["score"] > 0 and r["gain"]["gold"] > 0 and r["after"]["kl_per_token"] < 0.2)
+        assert r["holds"] == (
+            r["gain"]["score"] > 0 and r["gain"]["gold"] > 0 and r["after"]["kl_per_token"] < 0.2
+        )
     assert report["gain_gold"]["min"] <= report["gain_gold"]["mean"] <= report["gain_gold"]["max"]
