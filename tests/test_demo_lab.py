@@ -131,3 +131,15 @@ def test_ppo_seeds_script_at_tiny_settings(make_gpt, tokenizer, tiny_world, tmp_
             r["gain"]["score"] > 0 and r["gain"]["gold"] > 0 and r["after"]["kl_per_token"] < 0.2
         )
     assert report["gain_gold"]["min"] <= report["gain_gold"]["mean"] <= report["gain_gold"]["max"]
+
+
+def test_knowledge_verdict_states_the_bar_and_chance():
+    from danlu.recipes.demo import knowledge_section
+
+    probe = {"n_items": {"heldin": 50, "heldout": 50, "arithmetic": 50}, "chance": 0.25, "mc_heldin": 0.9,
+             "mc_heldout": 0.3, "completion_heldin": 0.72, "completion_heldout": 0.02, "arithmetic": 0.4}  # fmt: skip
+    text = knowledge_section(probe)
+    assert "Held-in facts completed: 0.72** (bar ≥ 0.6: met)" in text
+    assert "0.30 is within two standard errors (±0.12) of chance 0.25" in text
+    text = knowledge_section(probe | {"completion_heldin": 0.41, "mc_heldout": 0.5})
+    assert "(bar ≥ 0.6: not met)" in text and "outside two standard errors" in text

@@ -146,7 +146,30 @@ def knowledge_section(p: dict[str, Any]) -> str:
         "| probe | held-in | held-out |\n|---|---:|---:|\n"
         f"| multiple choice (acc) | {p['mc_heldin']:.3f} | {p['mc_heldout']:.3f} |\n"
         f"| greedy completion (exact) | {p['completion_heldin']:.3f} | {p['completion_heldout']:.3f} |\n\n"
-        f"Arithmetic (`a op b =`, {n['arithmetic']} problems): {p['arithmetic']:.3f}.\n"
+        f"Arithmetic (`a op b =`, {n['arithmetic']} problems): {p['arithmetic']:.3f}.\n\n"
+        + knowledge_verdict(p)
+    )
+
+
+# Issue 21 item 8's bar for the default demo: pretraining stores most stated facts and none of the others.
+HELDIN_COMPLETION_TARGET = 0.6
+
+
+def knowledge_verdict(p: dict[str, Any]) -> str:
+    """What the probe says, in words: the held-in bar met or not, held-out multiple choice against chance
+    (two binomial standard errors of chance on its n items: a lucky or unlucky draw stays inside)."""
+    n, chance = p["n_items"]["heldout"], p["chance"]
+    band = 2 * (chance * (1 - chance) / max(1, n)) ** 0.5
+    heldin_ok = p["completion_heldin"] >= HELDIN_COMPLETION_TARGET
+    near = abs(p["mc_heldout"] - chance) <= band
+    return (
+        f"**Held-in facts completed: {p['completion_heldin']:.2f}** (bar ≥ {HELDIN_COMPLETION_TARGET}: "
+        f"{'met' if heldin_ok else 'not met'}), held-out (never stated) {p['completion_heldout']:.2f}. Held-out "
+        f"multiple choice {p['mc_heldout']:.2f} is "
+        f"{'within' if near else 'outside'} two standard errors (±{band:.2f}) of chance {chance:.2f}"
+        + (": the model guesses." if near else ": more than guessing (a relation's values follow a pattern).")
+        + " The samples above are fluent world text; whether their facts and sums are right is what this probe "
+        "measures.\n"
     )
 
 
