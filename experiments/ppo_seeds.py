@@ -68,7 +68,10 @@ def one_seed(
     from danlu.recipes.align_stages import ppo_config
 
     prompts, records = eval_set
-    cfg = replace(ppo_config(args.steps, seed, "cpu"), eval_interval=args.steps)
+    overrides = {k: v for k, v in (("lr", args.lr), ("init_kl_coef", args.init_kl_coef)) if v is not None}
+    if args.whiten_scores:
+        overrides["whiten_scores"] = True
+    cfg = replace(ppo_config(args.steps, seed, "cpu"), eval_interval=args.steps, **overrides)
     actor, critic = copy.deepcopy(sft_model).train(), copy.deepcopy(reward_model).train()
     t0 = time.time()
     before = evaluate(sft_model, sft_model, reward_model, tokenizer, prompts, records, cfg.max_new_tokens,
@@ -77,7 +80,8 @@ def one_seed(
                   show_progress=False)  # fmt: skip
     after = evaluate(actor, sft_model, reward_model, tokenizer, prompts, records, cfg.max_new_tokens, args.samples,
                      seed)  # fmt: skip
-    row = {"seed": seed, "before": before, "after": after, "kl_bound": cfg.kl_bound,
+    row = {"seed": seed, "config": {k: getattr(cfg, k) for k in ("lr", "init_kl_coef", "target_kl", "whiten_scores")},
+           "before": before, "after": after, "kl_bound": cfg.kl_bound,
            "max_train_kl_per_token": summary.get("max_train_kl_per_token"), "seconds": round(time.time() - t0, 1)}  # fmt: skip
     row["gain"] = {k: after[k] - before[k] for k in before}
     row["holds"] = (
@@ -101,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-prompts", type=int, default=128, help="held-out prompts scored")
     ap.add_argument("--samples", type=int, default=2, help="sampled answers per held-out prompt")
     ap.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: torch's)")
+    # the recipe's knobs, to try a change before it goes into ppo_config (recorded in each seed's "config")
+    ap.add_argument("--lr", type=float, help="actor learning rate (default: the demo's)")
+    ap.add_argument("--init-kl-coef", type=float, help="initial beta (default: the demo's)")
+    ap.add_argument("--whiten-scores", action="store_true", help="whiten the reward-model scores per rollout")
     args = ap.parse_args(argv)
 
     import torch
