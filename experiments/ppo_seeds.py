@@ -104,12 +104,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="PPO rounds (default: the demo's)")
     ap.add_argument("--eval-prompts", type=int, default=128, help="held-out prompts scored")
     ap.add_argument("--samples", type=int, default=2, help="sampled answers per held-out prompt")
+    ap.add_argument(
+        "--merge", type=Path, nargs="+", help="no training: merge these runs' ppo_seeds.json into OUT"
+    )
     ap.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: torch's)")
     # the recipe's knobs, to try a change before it goes into ppo_config (recorded in each seed's "config")
     ap.add_argument("--lr", type=float, help="actor learning rate (default: the demo's)")
     ap.add_argument("--init-kl-coef", type=float, help="initial beta (default: the demo's)")
     ap.add_argument("--whiten-scores", action="store_true", help="whiten the reward-model scores per rollout")
     args = ap.parse_args(argv)
+    if args.merge:  # seeds run in parallel processes (one --seeds each): one summary of all
+        runs = [json.loads((d / "ppo_seeds.json").read_text(encoding="utf-8")) for d in args.merge]
+        args.out.mkdir(parents=True, exist_ok=True)
+        head = {k: runs[0][k] for k in ("steps", "eval_prompts", "samples")}
+        write_summary(
+            head | {"merged": [str(d) for d in args.merge]},
+            [r for run in runs for r in run["seeds"]],
+            args.out,
+        )
+        return 0
 
     import torch
 
@@ -150,20 +163,31 @@ def main(argv: list[str] | None = None) -> int:
         one_seed(args, s, sft_model, reward_model, tokenizer, train_prompts, (chat(test), test))
         for s in args.seeds
     ]
-    summary = {"steps": args.steps, "eval_prompts": len(test), "samples": args.samples, "seeds": rows}
+    write_summary({"steps": args.steps, "eval_prompts": len(test), "samples": args.samples}, rows, args.out)
+    return 0
+
+
+def write_summary(head: dict, rows: list[dict], out: Path) -> dict:
+    """OUT/ppo_seeds.json (the seeds' rows, each gain's mean, sd, min and max) and OUT/ppo_seeds.png."""
+    summary = {**head, "seeds": rows}
     for key in ("score", "gold", "greedy_score", "greedy_gold", "kl_per_token"):
         gains = [r["gain"][key] for r in rows]
-        summary[f"gain_{key}"] = {"mean": statistics.mean(gains), "sd": statistics.stdev(gains) if len(gains) > 1 else 0.0,
-                                  "min": min(gains), "max": max(gains)}  # fmt: skip
+        sd = statistics.stdev(gains) if len(gains) > 1 else 0.0
+        summary[f"gain_{key}"] = {
+            "mean": statistics.mean(gains),
+            "sd": sd,
+            "min": min(gains),
+            "max": max(gains),
+        }
     summary["kl_per_token_after"] = max(r["after"]["kl_per_token"] for r in rows)
     summary["holds_every_seed"] = all(r["holds"] for r in rows)
-    (args.out / "ppo_seeds.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    plot(rows, args.out / "ppo_seeds.png")
+    (out / "ppo_seeds.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    plot(rows, out / "ppo_seeds.png")
     g, s = summary["gain_gold"], summary["gain_score"]
     print(f"over {len(rows)} seeds: score {s['mean']:+.3f} ± {s['sd']:.3f}, gold {g['mean']:+.3f} ± {g['sd']:.3f}; "
           f"holds for every seed: {summary['holds_every_seed']}")  # fmt: skip
-    print(f"wrote {args.out / 'ppo_seeds.json'} and {args.out / 'ppo_seeds.png'}")
-    return 0
+    print(f"wrote {out / 'ppo_seeds.json'} and {out / 'ppo_seeds.png'}")
+    return summary
 
 
 def plot(rows: list[dict], path: Path) -> None:
