@@ -131,6 +131,10 @@ def test_ppo_seeds_script_at_tiny_settings(make_gpt, tokenizer, tiny_world, tmp_
             r["gain"]["score"] > 0 and r["gain"]["gold"] > 0 and r["after"]["kl_per_token"] < 0.2
         )
     assert report["gain_gold"]["min"] <= report["gain_gold"]["mean"] <= report["gain_gold"]["max"]
+    merged = tmp_path / "merged"  # seeds run in parallel processes, one summary
+    assert script("ppo_seeds").main(["--merge", str(out), str(out), "--out", str(merged)]) == 0
+    both = json.loads((merged / "ppo_seeds.json").read_text())
+    assert [r["seed"] for r in both["seeds"]] == [0, 1, 0, 1] and both["gain_gold"]["sd"] >= 0
 
 
 def test_knowledge_verdict_states_the_bar_and_chance():
@@ -143,7 +147,3 @@ def test_knowledge_verdict_states_the_bar_and_chance():
     assert "0.30 is within two standard errors (±0.12) of chance 0.25" in text
     text = knowledge_section(probe | {"completion_heldin": 0.41, "mc_heldout": 0.5})
     assert "(bar ≥ 0.6: not met)" in text and "outside two standard errors" in text
-    merged = tmp_path / "merged"  # seeds run in parallel processes, one summary
-    assert script("ppo_seeds").main(["--merge", str(out), str(out), "--out", str(merged)]) == 0
-    both = json.loads((merged / "ppo_seeds.json").read_text())
-    assert [r["seed"] for r in both["seeds"]] == [0, 1, 0, 1] and both["gain_gold"]["sd"] >= 0
