@@ -7,8 +7,8 @@ disk: the world, the tokenizer, the pretrained, SFT and reward-model checkpoints
 entries:
 
 - `run(out_dir, quick=False, ...) -> dict` (the shape helpers agreed on for issue 21): called with the keyword
-  arguments its signature names among `LabInputs`'s fields; its dict may hold `section` (Markdown), `figure` /
-  `figures` (paths) and `numbers` (what metrics.json records);
+  arguments its signature names among `LabInputs`'s fields (quick=True unless `danlu demo --lab-full`); its
+  dict may hold `section` (Markdown), `figure` / `figures` (paths) and `numbers` (what metrics.json records);
 - `main(argv) -> int`, which writes OUT/<name>.json and PNGs: called with the lab's settings as flags.
 
 Settings are the lab's small ones (LAB_EXPERIMENTS), chosen so the group fits 30 minutes on 2 CPU cores; each
@@ -138,7 +138,7 @@ def _inputs(ctx: DemoContext, exp: LabExperiment) -> LabInputs:
         out_dir=out, model=ck("pretrain"), world=ctx.out / "world", tokenizer=ctx.out / "tokenizer",
         sft_model=ck("sft") if "sft" in exp.needs else None,
         reward_model=ck("reward") if "reward" in exp.needs else None, seed=ctx.args.seed,
-        device=ctx.args.device, threads=torch.get_num_threads(), quick=bool(getattr(ctx.args, "lab_quick", False)),
+        device=ctx.args.device, threads=torch.get_num_threads(), quick=not getattr(ctx.args, "lab_full", False),
     )  # fmt: skip
 
 
