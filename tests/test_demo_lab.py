@@ -147,3 +147,10 @@ def test_knowledge_verdict_states_the_bar_and_chance():
     assert "0.30 is within two standard errors (±0.12) of chance 0.25" in text
     text = knowledge_section(probe | {"completion_heldin": 0.41, "mc_heldout": 0.5})
     assert "(bar ≥ 0.6: not met)" in text and "outside two standard errors" in text
+
+
+def test_lab_full_is_not_a_resume_setting():
+    # a run started before --lab-full existed saved no lab_full: resuming it must not call the settings changed
+    from danlu.recipes.demo import _settings
+
+    assert _settings(argparse.Namespace(seed=0, lab_full=True)) == {"seed": 0}
