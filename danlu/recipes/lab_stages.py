@@ -186,7 +186,8 @@ def flatten_numbers(obj: Any, prefix: str = "", limit: int = MAX_NUMBERS) -> dic
 def _figures(result: dict[str, Any], out_dir: Path) -> list[Path]:
     named = result.get("figures") or result.get("figure") or []
     named = [named] if isinstance(named, (str, Path)) else list(named)
-    paths = [Path(p) for p in named] or sorted(out_dir.rglob("*.png"))
+    # the script's own figures (OUT/*.png) before its runs' curves (OUT/run/loss.png)
+    paths = [Path(p) for p in named] or sorted(out_dir.glob("*.png")) or sorted(out_dir.rglob("*.png"))
     return [p for p in paths if p.is_file()][:4]
 
 
