@@ -49,7 +49,7 @@ import json, sys
 from pathlib import Path
 def main(argv):
     out = Path(argv[argv.index("--out") + 1])
-    (out / "decoding.json").write_text(json.dumps({"results": {"greedy": {"distinct_2": 0.25, "curve": list(range(99))}}}))
+    (out / "decoding.json").write_text(json.dumps({"settings": {"steps": 3}, "results": {"greedy": {"distinct_2": 0.25, "curve": list(range(99))}}}))
     (out / "decoding.png").write_bytes(b"png")
     (out / "run").mkdir(exist_ok=True)
     (out / "run" / "loss.png").write_bytes(b"png")  # a run's curve: not the experiment's figure

@@ -37,6 +37,8 @@ from danlu.recipes.context import DemoContext
 
 MAX_NUMBERS = 40  # numbers per experiment in metrics.json and its report table (the JSON beside it has all)
 MAX_LIST = 12  # longer lists (curves, attention maps) stay in the experiment's own JSON
+# the settings a run echoes back (they would fill MAX_NUMBERS before its results) and bulky arrays
+SKIP_KEYS = {"config", "settings", "samples", "attention", "lens_grid"}
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,8 @@ def flatten_numbers(obj: Any, prefix: str = "", limit: int = MAX_NUMBERS) -> dic
                 out[key] = round(x, 4) if isinstance(x, float) else x
         elif isinstance(x, dict):
             for k, v in x.items():
-                walk(v, f"{key}.{k}" if key else str(k))
+                if k not in SKIP_KEYS:
+                    walk(v, f"{key}.{k}" if key else str(k))
         elif isinstance(x, list) and len(x) <= MAX_LIST:
             for n, v in enumerate(x):
                 walk(v, f"{key}[{n}]")
