@@ -43,6 +43,9 @@ class PPOConfig(LoopConfig):
     clip_range: float = option(0.2, "PPO ratio clip epsilon")
     clip_range_value: float = option(0.2, "clip of the value-function update")
     whiten_advantages: bool = option(True, "normalise advantages to mean 0, std 1 per rollout")
+    # A reward model's scores have no fixed scale (here their spread is ~0.3), so a fixed β weighs the KL against
+    # a reward of unknown size; whitened, β·KL is measured in reward standard deviations.
+    whiten_scores: bool = option(False, "normalise the reward-model scores to mean 0, std 1 per rollout")
     max_new_tokens: int = option(24, "longest sampled answer, in tokens")
     temperature: float = option(1.0, "sampling temperature of the rollouts (> 0)")
 

@@ -109,9 +109,8 @@ def make_experience(actor, critic, reward_model, ref, tokenizer, prompts: list[s
     scores = reward_model(
         rollout.input_ids, rollout.attention_mask, rollout.position_ids, rollout.response_mask
     )  # (B,)
-    rewards, kl = kl_penalized_rewards(
-        old_log_probs, ref_log_probs, scores, mask, rollout.last_action(), beta
-    )
+    task = whiten(scores[:, None], torch.ones_like(scores[:, None]))[:, 0] if cfg.whiten_scores else scores
+    rewards, kl = kl_penalized_rewards(old_log_probs, ref_log_probs, task, mask, rollout.last_action(), beta)
     advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
         advantages = whiten(advantages, mask)

@@ -62,6 +62,11 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="pretraining peak learning rate")
     p.add_argument("--samples", type=int, default=6, help="generations shown at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage headings")
+    p.add_argument(
+        "--lab-full",
+        action="store_true",
+        help="lab stages: run(out_dir, quick=False) scripts at their full size",
+    )
     from danlu.recipes.align_stages import add_demo_args
 
     add_demo_args(p)

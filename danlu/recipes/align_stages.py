@@ -207,8 +207,16 @@ def stage_dpo(ctx: DemoContext) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- PPO
-def stage_ppo(ctx: DemoContext) -> dict[str, Any]:
+def ppo_config(steps: int, seed: int, device: str) -> Any:
+    """The demo's PPO recipe (also experiments/ppo_seeds.py's): `steps` rounds of 32 rollouts."""
     from danlu.align.configs import PPOConfig
+
+    return PPOConfig(max_steps=steps, batch_size=32, minibatch_size=16, ppo_epochs=2, lr=3e-5, critic_lr=3e-4,
+                     decay="constant", init_kl_coef=0.1, target_kl=0.05, kl_bound=0.2, eval_interval=max(1, steps // 5),
+                     seed=seed, device=device)  # fmt: skip
+
+
+def stage_ppo(ctx: DemoContext) -> dict[str, Any]:
     from danlu.align.ppo import ppo
     from danlu.tune.sft import prompt_text
 
@@ -220,9 +228,7 @@ def stage_ppo(ctx: DemoContext) -> dict[str, Any]:
         return [prompt_text({"instruction": r["prompt"], "output": ""}, tok) for r in records]
 
     steps = _arg(ctx, "ppo_steps")
-    cfg = PPOConfig(max_steps=steps, batch_size=32, minibatch_size=16, ppo_epochs=2, lr=3e-5, critic_lr=3e-4,
-                    decay="constant", init_kl_coef=0.1, target_kl=0.05, kl_bound=0.2, eval_interval=max(1, steps // 5),
-                    seed=ctx.args.seed, device=ctx.args.device)  # fmt: skip
+    cfg = ppo_config(steps, ctx.args.seed, ctx.args.device)
     actor, critic = copy.deepcopy(sft_model).train(), copy.deepcopy(reward_model).train()
     test = _records(ctx, "preference_test")
     eval_prompts = chat(test[:128])

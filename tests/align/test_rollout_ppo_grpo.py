@@ -153,3 +153,27 @@ def test_ppo_cli_with_lora_trains_only_the_adapters(world, tokenizer, make_gpt, 
     before, after = load_model(sft).state_dict(), load_model(tmp_path / "ppo" / "checkpoint").state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.endswith("attn.qkv.weight") for k in changed)  # only where the adapters merged
+
+
+def test_ppo_whiten_scores_puts_the_whitened_score_on_the_last_token(world, tokenizer, make_gpt):
+    from danlu.align.ppo import make_experience
+
+    actor = make_gpt(seed=0).eval()
+    critic, reward_model = RewardModel(make_gpt(seed=1)).eval(), RewardModel(make_gpt(seed=2)).eval()
+    prompts = _chat(tokenizer, [r["prompt"] for r in world.preference_records("train")[:6]])
+    for whiten_scores in (False, True):
+        cfg = PPOConfig(
+            batch_size=6,
+            minibatch_size=6,
+            max_new_tokens=5,
+            whiten_scores=whiten_scores,
+            lam=1.0,
+            device="cpu",
+        )
+        exp = make_experience(actor, critic, reward_model, actor, tokenizer, prompts, cfg, beta=0.0, seed=3)
+        # β = 0, γ = λ = 1: the return of the first action is the (whitened) score alone
+        first = exp.rollout.action_mask.argmax(1)
+        returns = exp.returns.gather(1, first[:, None])[:, 0]
+        s = exp.scores
+        want = (s - s.mean()) / s.std(unbiased=False) if whiten_scores else s
+        assert torch.allclose(returns, want, atol=1e-4)

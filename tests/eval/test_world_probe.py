@@ -34,3 +34,20 @@ def test_probe_knowledge_runs_every_probe(world, tokenizer, make_gpt):
     assert set(probe.as_dict()) >= {"mc_heldin", "mc_heldout", "completion_heldin", "arithmetic"}
     with pytest.raises(DanluError, match="n_per_group"):
         probe_knowledge(make_gpt("llama-tiny"), tokenizer, world, n_per_group=0)
+
+
+def test_completion_prompts_end_on_a_word_not_a_lone_space(world, tokenizer, make_gpt, monkeypatch):
+    import importlib
+
+    engine = importlib.import_module("danlu.generate.engine")  # danlu.generate is also the façade's function
+
+    seen: list[str] = []
+
+    def fake_generate(model, tok, prompts, **kw):
+        seen.extend(prompts)
+        return [" " + p for p in prompts]  # a continuation that matches nothing
+
+    monkeypatch.setattr(engine, "generate", fake_generate)
+    probe_knowledge(make_gpt("llama-tiny"), tokenizer, world, n_per_group=20, seed=0, batch_size=8)
+    english = [p for p in seen if p.isascii() and " = " not in p and not p.endswith("=")]
+    assert english and all(not p.endswith(" ") for p in seen)
