@@ -77,8 +77,11 @@ def score(
     return [exact_match([a], [[r["output"], str(r["answer"])]]) for a, r in zip(answers, test, strict=True)]
 
 
-def scaling_models(runs: Path, steps: int) -> list[tuple[str, Path]]:
-    """The checkpoints of experiments/scaling.py's runs of one budget, smallest first."""
+def scaling_models(runs: Path, steps: int | None = None) -> list[tuple[str, Path]]:
+    """The checkpoints of experiments/scaling.py's runs of one budget (default: its longest), smallest first."""
+    done = [d for d in (Path(runs) / "runs").glob("*_S*") if (d / "checkpoint" / "config.json").is_file()]
+    if steps is None and done:
+        steps = max(int(d.name.rsplit("_S", 1)[1]) for d in done)
     found = [
         d for d in (Path(runs) / "runs").glob(f"*_S{steps}") if (d / "checkpoint" / "config.json").is_file()
     ]
@@ -87,13 +90,17 @@ def scaling_models(runs: Path, steps: int) -> list[tuple[str, Path]]:
     return [(d.name, d / "checkpoint") for d in sorted(found, key=lambda d: _hidden(d / "checkpoint"))]
 
 
+def _short(accuracy: float | None) -> str:
+    return "—" if accuracy is None else f"{accuracy:.2f}"
+
+
 def _hidden(ck: Path) -> int:
     cfg = json.loads((ck / "config.json").read_text())
     return cfg.get("hidden_size") or cfg.get("n_embd") or 0
 
 
 def run(out_dir: str | Path, quick: bool = False, models: list[tuple[str, Path]] | None = None,
-        world: Path | None = None, runs: Path | None = None, steps: int = 320, items: int = ITEMS,
+        world: Path | None = None, runs: Path | None = None, steps: int | None = None, items: int = ITEMS,
         kinds: tuple[str, ...] = KINDS, seed: int = 0, max_new_tokens: int = 16) -> dict[str, Any]:  # fmt: skip
     """Accuracy with 95% bootstrap intervals for every model × kind × k; numbers, figure and markdown."""
     import danlu
@@ -125,7 +132,7 @@ def run(out_dir: str | Path, quick: bool = False, models: list[tuple[str, Path]]
                 row[kind][str(k)] = {"accuracy": mean, "ci95": [low, high], "items": len(scores)}
         results.append(row)
         print(f"{name:<16} {row['params']:>10,} params  " + "  ".join(
-            f"{kind} " + " ".join(f"{k}:{row[kind][str(k)]['accuracy']:.2f}" for k in SHOTS) for kind in kinds
+            f"{kind} " + " ".join(f"{k}:{_short(row[kind][str(k)]['accuracy'])}" for k in SHOTS) for kind in kinds
         ), flush=True)  # fmt: skip
     figure = out / "icl.png"
     _plot(results, kinds, figure)
@@ -163,7 +170,9 @@ def markdown(report: dict, kinds: tuple[str, ...] = KINDS) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=Path, default=Path("runs/scaling"), help="the OUT folder of scaling.py")
-    p.add_argument("--steps", type=int, default=320, help="which budget of scaling.py's runs to use")
+    p.add_argument(
+        "--steps", type=int, default=None, help="which budget of scaling.py's runs (default: longest)"
+    )
     p.add_argument("--model", type=Path, nargs="*", help="checkpoints to use instead of --runs")
     p.add_argument("--world", type=Path, default=None, help="the world folder (default: RUNS/world)")
     p.add_argument("--items", type=int, default=ITEMS, help="questions per kind (and per k)")

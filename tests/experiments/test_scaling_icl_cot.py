@@ -54,6 +54,18 @@ def test_scaling_run_end_to_end(world_dir, tmp_path):
     )
     assert Path(result["figure"]).is_file() and "| held-out size |" in result["markdown"]
     assert result["cpu_seconds"] > 0
+    # icl.py on scaling.py's output, as `danlu demo --stages lab` chains them: its longest budget's models; the
+    # 32-token context holds a zero-shot prompt but not eight examples, which are reported, not scored
+    report = script("icl").run(tmp_path / "icl", quick=True, runs=tmp_path / "s", world=world_dir)
+    assert [r["model"] for r in report["results"]] == [
+        "L1_C16_S4",
+        "L1_C24_S4",
+        "L1_C32_S4",
+        "L1_C48_S4",
+    ]  # held-out one too
+    cells = report["results"][0]["arith"]
+    assert cells["0"]["items"] == 8 and cells["8"]["accuracy"] is None and "context" in cells["8"]["skipped"]
+    assert "— (context)" in report["markdown"]
 
 
 def test_icl_run_has_an_interval_per_cell(make_gpt, tokenizer, world_dir, tmp_path):
