@@ -21,7 +21,7 @@ shortest was mostly warmup, and missed by +12.7% / +4.7% / −3.9%):
   solver from a fixed-seed set of starts, E bounded to [0, the lowest measured loss] (E can be no higher than a
   loss some model reached), α and β to [0.05, 2]; plus a leave-one-size-out check on the fitted runs.
 
-    python experiments/scaling.py --jobs 2                          # world + tokenizer made in OUT (~10 min)
+    python experiments/scaling.py --jobs 2                          # world + tokenizer made in OUT (240 CPU s)
     python experiments/scaling.py --world runs/demo/world --tokenizer runs/demo/tokenizer
 
 Writes OUT/scaling.json and OUT/scaling.png; `run(out_dir)` returns the numbers, the figure and a markdown
