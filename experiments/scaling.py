@@ -10,8 +10,9 @@ text's own entropy), and the two power terms what a finite model and finite data
 
 The design, and why (an earlier version extrapolated to a size 1.8× the largest fitted one from budgets whose
 shortest was mostly warmup, and missed by +12.7% / +4.7% / −3.9%):
-- one shape (2 layers) and widths spaced geometrically, so N roughly doubles from one size to the next and the
-  fit sees every octave of N once; only N varies, not the depth/width ratio Kaplan et al. found matters little;
+- one shape (2 layers) and widths spaced geometrically, so N roughly doubles from one size to the next (the
+  4× gap between the two largest holds the held-out size); only N varies, not the depth/width ratio Kaplan et
+  al. found matters little;
 - three budgets a factor 2 apart, each run its own warmup (10%) + cosine to lr/10 over exactly its D, as
   Chinchilla does (a snapshot inside a longer cosine run overstates the loss of a run of that length), the
   longest about one epoch of the world's pretraining text so no run repeats data much;
