@@ -11,10 +11,13 @@ with k = 0, 1, 2, 4, 8 examples drawn from `sft_train.jsonl` of the same kind an
 `danlu.app.prompts.FewShotTemplate`; greedy decoding; the first line of the reply is scored by exact match
 against the gold output or its bare answer (`danlu.eval.text.exact_match`, as `danlu eval` does).
 
-    python experiments/icl.py --runs runs/scaling --world runs/scaling/world     # the models of scaling.py
-    python experiments/icl.py --model runs/demo/pretrain/checkpoint --world runs/demo/world
+Every cell (model × kind × k) is 200 questions, its accuracy given with a 95% percentile-bootstrap interval
+(`danlu.eval.bootstrap`).
 
-Writes OUT/icl.json and OUT/icl.png.
+    python experiments/icl.py --runs runs/scaling                  # the 320-step models of scaling.py
+    python experiments/icl.py --model runs/demo/pretrain/checkpoint --world runs/scaling/world
+
+Writes OUT/icl.json and OUT/icl.png; `run(out_dir)` returns the numbers, the figure and a markdown section.
 """
 
 from __future__ import annotations
@@ -24,17 +27,28 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 SHOTS = (0, 1, 2, 4, 8)
 KINDS = ("fact", "arith")
+ITEMS = 200  # questions per cell (model × kind × k): a 95% interval of about ±0.07 at an accuracy of 0.5
 
 
-def _records(world: Path, kind: str, lang: str) -> tuple[list[dict], list[dict]]:
+def _records(world: Path, kind: str, lang: str, items: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(shot pool, questions): the world's test questions of `kind`, topped up to `items` from its SFT training
+    questions (a pretrained-only model has seen neither as a question); shots come only from the rest."""
     from danlu.data.formats import read_jsonl
 
-    train = [r for r in read_jsonl(world / "sft_train.jsonl", "sft") if r["kind"] == kind and r["lang"] == lang]
+    train = [
+        r for r in read_jsonl(world / "sft_train.jsonl", "sft") if r["kind"] == kind and r["lang"] == lang
+    ]
     test = [r for r in read_jsonl(world / "sft_test.jsonl", "sft") if r["kind"] == kind and r["lang"] == lang]
-    return train, test
+    random.Random(seed).shuffle(train)
+    need = max(0, items - len(test))
+    test, pool = (test + train[:need])[:items], train[need:]
+    if len(pool) < max(SHOTS):
+        raise SystemExit(f"error: only {len(pool)} {kind} records left for shots; lower --items")
+    return pool, test
 
 
 def _template(shots: list[dict]):
@@ -48,88 +62,164 @@ def _template(shots: list[dict]):
     )
 
 
-def score(model, tokenizer, train: list[dict], test: list[dict], k: int, seed: int) -> float:
-    """Exact match of `model` on `test` with k examples from `train` (a fresh draw per question, seeded)."""
+def score(
+    model, tokenizer, pool: list[dict], test: list[dict], k: int, seed: int, max_new_tokens: int = 16
+) -> list[float]:
+    """Per-question exact match (0/1) of `model` on `test` with k examples from `pool` (a fresh seeded draw per
+    question), scored on the reply's first line against the gold output or its bare answer."""
     import danlu
     from danlu.eval.text import exact_match
 
     rng = random.Random(seed * 1000 + k)
-    prompts = [_template(rng.sample(train, k)).format(instruction=r["instruction"]) for r in test]
-    replies = danlu.generate(model, tokenizer, prompts, max_new_tokens=24)
+    prompts = [_template(rng.sample(pool, k)).format(instruction=r["instruction"]) for r in test]
+    replies = danlu.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
     answers = [reply.strip().split("\n")[0].strip() for reply in replies]
-    accepted = [[r["output"], str(r["answer"])] for r in test]
-    return exact_match(answers, accepted)
+    return [exact_match([a], [[r["output"], str(r["answer"])]]) for a, r in zip(answers, test, strict=True)]
 
 
-def _models(args: argparse.Namespace) -> list[tuple[str, Path]]:
-    if args.model:
-        return [(p.parent.name if p.name == "checkpoint" else p.name, p) for p in args.model]
-    runs = sorted(
-        (d for d in (args.runs / "runs").iterdir() if d.name.endswith(f"_S{args.steps}")),
-        key=lambda d: json.loads((d / "checkpoint" / "config.json").read_text())["hidden_size"],
-    )
-    if not runs:
-        raise SystemExit(f"error: no run ending in _S{args.steps} in {args.runs / 'runs'}; run scaling.py first")
-    return [(d.name, d / "checkpoint") for d in runs]
+def scaling_models(runs: Path, steps: int | None = None) -> list[tuple[str, Path]]:
+    """The checkpoints of experiments/scaling.py's runs of one budget (default: its longest), smallest first."""
+    done = [d for d in (Path(runs) / "runs").glob("*_S*") if (d / "checkpoint" / "config.json").is_file()]
+    if steps is None and done:
+        steps = max(int(d.name.rsplit("_S", 1)[1]) for d in done)
+    found = [
+        d for d in (Path(runs) / "runs").glob(f"*_S{steps}") if (d / "checkpoint" / "config.json").is_file()
+    ]
+    if not found:
+        raise SystemExit(f"error: no run ending in _S{steps} in {Path(runs) / 'runs'}; run scaling.py first")
+    return [(d.name, d / "checkpoint") for d in sorted(found, key=lambda d: _hidden(d / "checkpoint"))]
+
+
+def _short(accuracy: float | None) -> str:
+    return "—" if accuracy is None else f"{accuracy:.2f}"
+
+
+def _hidden(ck: Path) -> int:
+    cfg = json.loads((ck / "config.json").read_text())
+    return cfg.get("hidden_size") or cfg.get("n_embd") or 0
+
+
+def run(out_dir: str | Path, quick: bool = False, models: list[tuple[str, Path]] | None = None,
+        world: Path | None = None, runs: Path | None = None, steps: int | None = None, items: int = ITEMS,
+        kinds: tuple[str, ...] = KINDS, seed: int = 0, max_new_tokens: int = 16) -> dict[str, Any]:  # fmt: skip
+    """Accuracy with 95% bootstrap intervals for every model × kind × k; numbers, figure and markdown."""
+    import danlu
+    from danlu.errors import DanluError
+    from danlu.eval.bootstrap import bootstrap_ci
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if quick:
+        items, max_new_tokens = min(items, 8), min(max_new_tokens, 4)
+    models = models or scaling_models(runs or out, steps)
+    world = Path(world or (Path(runs or out) / "world"))
+    results = []
+    for name, path in models:
+        model, tokenizer = danlu.load(path)
+        row: dict[str, Any] = {"model": name, "params": sum(q.numel() for q in model.parameters())}
+        for kind in kinds:
+            pool, test = _records(world, kind, "en", items, seed)
+            row[kind] = {}
+            for k in SHOTS:
+                try:
+                    scores = score(model, tokenizer, pool, test, k, seed, max_new_tokens)
+                except DanluError as e:  # k examples do not fit the model's context: say so, not a number
+                    if "context" not in str(e):
+                        raise
+                    row[kind][str(k)] = {"accuracy": None, "ci95": None, "items": 0, "skipped": str(e)}
+                    continue
+                mean, low, high = bootstrap_ci(scores, seed=seed)
+                row[kind][str(k)] = {"accuracy": mean, "ci95": [low, high], "items": len(scores)}
+        results.append(row)
+        print(f"{name:<16} {row['params']:>10,} params  " + "  ".join(
+            f"{kind} " + " ".join(f"{k}:{_short(row[kind][str(k)]['accuracy'])}" for k in SHOTS) for kind in kinds
+        ), flush=True)  # fmt: skip
+    figure = out / "icl.png"
+    _plot(results, kinds, figure)
+    report = {"results": results, "items_per_cell": items, "shots": list(SHOTS), "figure": str(figure)}
+    report["markdown"] = markdown(report, kinds)
+    (out / "icl.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    print("\n" + report["markdown"])
+    print(f"wrote {out / 'icl.json'} and {figure}")
+    return report
+
+
+def markdown(report: dict, kinds: tuple[str, ...] = KINDS) -> str:
+    from danlu.eval.bootstrap import format_ci
+
+    head = " | ".join(f"{kind} k={k}" for kind in kinds for k in SHOTS)
+    lines = [
+        "## In-context learning: zero-shot vs k-shot\n",
+        f"Exact match with 95% bootstrap intervals, {report['items_per_cell']} questions per cell.\n",
+        f"| model | params | {head} |",
+        "|---|---:|" + "---:|" * (len(kinds) * len(SHOTS)),
+    ]
+    for row in report["results"]:
+        cells = " | ".join(
+            format_ci(row[kind][str(k)]["accuracy"], *row[kind][str(k)]["ci95"])
+            if row[kind][str(k)]["ci95"]
+            else "— (context)"
+            for kind in kinds
+            for k in SHOTS
+        )
+        lines.append(f"| {row['model']} | {row['params']:,} | {cells} |")
+    lines.append(f"\n![ICL]({report['figure']})\n")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=Path, default=Path("runs/scaling"), help="the OUT folder of scaling.py")
-    p.add_argument("--steps", type=int, default=300, help="which budget of scaling.py's runs to use")
+    p.add_argument(
+        "--steps", type=int, default=None, help="which budget of scaling.py's runs (default: longest)"
+    )
     p.add_argument("--model", type=Path, nargs="*", help="checkpoints to use instead of --runs")
     p.add_argument("--world", type=Path, default=None, help="the world folder (default: RUNS/world)")
-    p.add_argument("--limit", type=int, default=100, help="questions per kind")
+    p.add_argument("--items", type=int, default=ITEMS, help="questions per kind (and per k)")
+    p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--out", type=Path, default=None, help="default: the --runs folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="PyTorch CPU threads")
     args = p.parse_args(argv)
-    world = args.world or args.runs / "world"
-    out = args.out or args.runs
-    out.mkdir(parents=True, exist_ok=True)
+    import torch
 
-    import danlu
-
-    results = []
-    for name, path in _models(args):
-        model, tokenizer = danlu.load(path)
-        n_params = sum(q.numel() for q in model.parameters())
-        row = {"model": name, "params": n_params}
-        for kind in KINDS:
-            train, test = _records(world, kind, "en")
-            test = test[: args.limit]
-            row[kind] = {k: score(model, tokenizer, train, test, k, args.seed) for k in SHOTS}
-        results.append(row)
-        print(f"{name:<16} {n_params:>10,} params  " + "  ".join(
-            f"{kind} " + " ".join(f"{k}:{row[kind][k]:.2f}" for k in SHOTS) for kind in KINDS
-        ))
-
-    print("\n| model | params | " + " | ".join(f"{kind} k={k}" for kind in KINDS for k in SHOTS) + " |")
-    print("|---|---:|" + "---:|" * (len(KINDS) * len(SHOTS)))
-    for row in results:
-        cells = " | ".join(f"{row[kind][k]:.2f}" for kind in KINDS for k in SHOTS)
-        print(f"| {row['model']} | {row['params']:,} | {cells} |")
-    (out / "icl.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    _plot(results, out / "icl.png")
-    print(f"wrote {out / 'icl.json'} and {out / 'icl.png'}")
+    torch.set_num_threads(args.threads)
+    models = (
+        [(q.parent.name if q.name == "checkpoint" else q.name, q) for q in args.model] if args.model else None
+    )
+    run(args.out or args.runs, models=models, world=args.world, runs=args.runs, steps=args.steps,
+        items=args.items, kinds=tuple(args.kinds), seed=args.seed, max_new_tokens=args.max_new_tokens)  # fmt: skip
     return 0
 
 
-def _plot(results: list[dict], path: Path) -> None:
+def _plot(results: list[dict], kinds: tuple[str, ...], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(KINDS), figsize=(10, 4), sharey=True)
-    for ax, kind in zip(axes, KINDS, strict=True):
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4), sharey=True, squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
         for i, row in enumerate(results):
-            ax.plot(SHOTS, [row[kind][k] for k in SHOTS], marker="o", color=f"C{i}", label=f"{row['params']:,}")
+            shots = [k for k in SHOTS if row[kind][str(k)]["ci95"]]  # the k whose prompts fit the context
+            cells = [row[kind][str(k)] for k in shots]
+            acc = [c["accuracy"] for c in cells]
+            err = [
+                [a - c["ci95"][0] for a, c in zip(acc, cells)],
+                [c["ci95"][1] - a for a, c in zip(acc, cells)],
+            ]
+            xs = [
+                k * (1 + 0.03 * (i - len(results) / 2)) for k in shots
+            ]  # offset so error bars do not overlap
+            ax.errorbar(xs, acc, yerr=err, marker="o", capsize=2, color=f"C{i}", label=f"{row['params']:,}")
         ax.set_xscale("symlog", linthresh=1)
         ax.set_xticks(SHOTS, [str(k) for k in SHOTS])
         ax.set_xlabel("examples in the prompt (k)")
-        ax.set_title(f"{kind} questions (English, never trained as Q&A)", fontsize=9)
-    axes[0].set_ylabel("exact match")
-    axes[-1].legend(title="parameters", fontsize=7, title_fontsize=8)
+        ax.set_title(f"{kind} questions (English, never trained as Q&A), 95% CI", fontsize=9)
+        ax.set_ylim(-0.03, 1.0)
+    axes[0][0].set_ylabel("exact match")
+    axes[0][-1].legend(title="parameters", fontsize=7, title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

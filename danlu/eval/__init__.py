@@ -9,6 +9,7 @@
 - `danlu.eval.choice`: multiple choice by log-likelihood (acc, acc_norm, few-shot), as lm-evaluation-harness
 - `danlu.eval.qa`: SQuAD exact match and token F1; `danlu.eval.execution`: pass@k over checked samples
 - `danlu.eval.preference`: win rates, online Elo, Bradley-Terry ratings with bootstrap intervals
+- `danlu.eval.bootstrap`: a percentile bootstrap confidence interval for a mean over items (an accuracy)
 
 The main functions are importable from here (`from danlu.eval import corpus_bleu`); they are loaded on
 first use (PEP 562 `__getattr__`) so that `danlu --help`, which imports `danlu.cli.eval`, stays fast.
@@ -44,6 +45,7 @@ _EXPORTS = {
     "danlu.eval.choice": ["MCItem", "evaluate_multiple_choice", "loglikelihoods"],
     "danlu.eval.qa": ["evaluate_qa", "token_f1"],
     "danlu.eval.execution": ["evaluate_execution", "pass_at_k"],
+    "danlu.eval.bootstrap": ["bootstrap_ci", "format_ci"],
     "danlu.eval.preference": ["bradley_terry", "leaderboard", "online_elo", "read_comparisons", "win_rates"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
