@@ -98,6 +98,20 @@ def short_json(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def json_object(text: str, where: str) -> dict[str, Any]:
+    """One JSONL line's object; a DanluError naming `where` (file and line) when it is not JSON or not an object.
+    Every JSONL reader (this module's, the corpus streamer's `data.sources.parse_batch`) parses through it."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DanluError(
+            f"{where}: invalid JSON ({e.msg} at column {e.colno}); each line must be one JSON object"
+        ) from None
+    if not isinstance(obj, dict):
+        raise DanluError(f"{where}: expected a JSON object, got {type(obj).__name__} {short_json(obj)}")
+    return obj
+
+
 def iter_jsonl_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(1-based line number, object) for each non-blank line of a JSONL file; a UTF-8 BOM is dropped."""
     path = Path(path)
@@ -114,18 +128,7 @@ def iter_jsonl_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             text = decode_utf8(raw, path, line_start, number).strip()
             if not text:
                 continue
-            where = f"{path} line {number}"
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DanluError(
-                    f"{where}: invalid JSON ({e.msg} at column {e.colno}); each line must be one JSON object"
-                ) from None
-            if not isinstance(obj, dict):
-                raise DanluError(
-                    f"{where}: expected a JSON object, got {type(obj).__name__} {short_json(obj)}"
-                )
-            yield number, obj
+            yield number, json_object(text, f"{path} line {number}")
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

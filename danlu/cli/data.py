@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 
 from danlu.errors import DanluError
 
@@ -66,20 +67,10 @@ def register_data(subparsers: argparse._SubParsersAction) -> None:
     )
     pr.add_argument("--tokenizer", required=True, help="tokenizer folder or tokenizer.json")
     pr.add_argument("--out", required=True, help="output folder: index.json and the shards")
-    pr.add_argument("--workers", type=int, default=1, help="tokenizer processes (1: in this process)")
-    pr.add_argument("--field", default="text", help="text field of .jsonl records / column of .parquet files")
-    pr.add_argument("--txt-docs", choices=("file", "blank"), default="file",
-                    help="a .txt file is one document (file) or documents split at blank lines (blank)")  # fmt: skip
-    pr.add_argument(
-        "--val-fraction", type=float, default=0.005, help="share of documents held out for validation"
-    )
-    pr.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per shard")
-    pr.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "uint16", "uint32"),
-        help="token-id type of the shards (auto: uint16 when the vocabulary fits)",
-    )
+    from danlu.data.prepare import PrepareOptions
+    from danlu.flags import add_dataclass_flags
+
+    add_dataclass_flags(pr, PrepareOptions)  # help and defaults: the fields'
     pr.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds other shards")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=run_prepare)
@@ -97,15 +88,8 @@ def run_prepare(args: argparse.Namespace) -> int:
     from danlu.tokenizers.base import Tokenizer
 
     tokenizer = Tokenizer.load(args.tokenizer)
-    opts = PrepareOptions(
-        field=args.field,
-        txt_docs=args.txt_docs,
-        val_fraction=args.val_fraction,
-        shard_tokens=args.shard_tokens,
-        dtype=args.dtype,
-        workers=args.workers,
-        show_progress=not args.quiet,
-    )
+    flagged = [f.name for f in fields(PrepareOptions) if f.metadata.get("cli") is not False]
+    opts = PrepareOptions(**{n: getattr(args, n) for n in flagged}, show_progress=not args.quiet)
     index = prepare(args.input, tokenizer, args.out, opts, overwrite=args.overwrite)
     if index.get("reused"):
         print(f"{args.out} already holds these inputs prepared with this tokenizer: nothing to do")

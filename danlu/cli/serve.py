@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import fields
+from typing import Any
 
-from danlu.serve.config import LOOPBACK_HOSTS, SCHEDULERS, ServeConfig
+from danlu.serve.config import LIMIT_FIELDS, LOOPBACK_HOSTS, ServeConfig
 
 
 def register(sub) -> None:
@@ -31,92 +33,15 @@ def register(sub) -> None:
     p.add_argument(
         "--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set DANLU_API_KEY)"
     )
-    p.add_argument(
-        "--max-batch-size", type=int, default=32, help="requests decoded together (1 = one by one)"
-    )
-    p.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=10.0,
-        help="how long a request waits for company (static scheduler)",
-    )
-    d = ServeConfig()
-    p.add_argument(
-        "--scheduler",
-        choices=SCHEDULERS,
-        default=d.scheduler,
-        help="continuous: requests join and leave the running batch between steps; static: a gathered batch "
-        "decodes to its end",
-    )
-    p.add_argument(
-        "--kv-cache-tokens",
-        type=int,
-        default=d.kv_cache_tokens,
-        help="continuous: KV-cache room (rows x tokens); a request that does not fit waits",
-    )
-    p.add_argument(
-        "--prefill-chunk-tokens",
-        type=int,
-        default=d.prefill_chunk_tokens,
-        help="continuous: prompt tokens prefilled per step, so long prompts do not stall decoding",
-    )
-    p.add_argument(
-        "--prefix-cache-tokens",
-        type=int,
-        default=d.prefix_cache_tokens,
-        help="continuous: prompt-prefix keys/values kept for reuse (0 = off)",
-    )
-    p.add_argument(
-        "--max-body-bytes", type=int, default=d.max_body_bytes, help="larger request bodies get a 413"
-    )
-    p.add_argument(
-        "--default-max-tokens",
-        type=int,
-        default=d.default_max_tokens,
-        help="max_tokens of a request that gives none (capped by the room left in the context)",
-    )
+    from danlu.flags import add_dataclass_flags, heavy
+
+    # ServeConfig's fields are the flags (help, default and range written there once); the limits get a group
+    main_fields = tuple(f.name for f in fields(ServeConfig) if f.name not in LIMIT_FIELDS)
+    add_dataclass_flags(p, ServeConfig, skip=LIMIT_FIELDS)
     limits = p.add_argument_group(
         "limits (each bounds what one client can make the server do; docs/SECURITY.md)"
     )
-    limits.add_argument("--max-num-beams", type=int, default=d.max_num_beams, help="widest beam search")
-    limits.add_argument("--max-n", type=int, default=d.max_n, help="choices per request")
-    limits.add_argument(
-        "--max-rows-per-request",
-        type=int,
-        default=d.max_rows_per_request,
-        help="completions one request may ask for, n x prompts",
-    )
-    limits.add_argument(
-        "--max-rows-in-flight",
-        type=int,
-        default=d.max_rows_in_flight,
-        help="rows waiting or decoding, all requests together; beyond it 503",
-    )
-    limits.add_argument(
-        "--max-prompt-tokens",
-        type=int,
-        default=d.max_prompt_tokens,
-        help="longest prompt, besides the model's context",
-    )
-    limits.add_argument(
-        "--header-timeout",
-        type=float,
-        default=d.header_timeout_s,
-        help="seconds a connection has to send a request's headers",
-    )
-    limits.add_argument(
-        "--keep-alive-timeout",
-        type=float,
-        default=d.keep_alive_timeout_s,
-        help="seconds an idle keep-alive connection stays open",
-    )
-    limits.add_argument(
-        "--max-connections",
-        type=int,
-        default=d.max_connections,
-        help="open connections; at the cap the oldest idle one is closed to make room, or if every one is "
-        "busy the new one gets a bare 503",
-    )
+    add_dataclass_flags(limits, ServeConfig, skip=main_fields)
     limits.add_argument(
         "--allowed-hosts",
         nargs="+",
@@ -125,8 +50,6 @@ def register(sub) -> None:
         help="Host header names to answer to, space-separated, or '*' for any (none given: the loopback "
         "names when bound to a loopback address, else any)",
     )
-    from danlu.flags import heavy
-
     heavy(p, run_serve, validate=_check_serve_args)
 
 
@@ -137,17 +60,15 @@ def _check_serve_args(args: argparse.Namespace) -> None:
 
     if not 0 < args.port < 65536:
         raise DanluError(f"--port must be in 1..65535, got {args.port}")
-    positive = ("max_batch_size", "max_body_bytes", "default_max_tokens", "max_num_beams", "max_n",
-                "max_rows_per_request", "max_rows_in_flight", "max_prompt_tokens", "max_connections",
-                "kv_cache_tokens", "prefill_chunk_tokens")  # fmt: skip
-    for name in positive:
-        if getattr(args, name) < 1:
-            raise DanluError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("max_wait_ms", "header_timeout", "keep_alive_timeout", "prefix_cache_tokens"):
-        if getattr(args, name) < 0:
-            raise DanluError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    serve_config_from_args(args)  # ServeConfig checks each flag's range
     if not Path(args.model).exists():
         raise DanluError(f"no such model: {args.model}")
+
+
+def serve_config_from_args(args: argparse.Namespace, **given: Any) -> ServeConfig:
+    """ServeConfig from the flags it generated (`given` sets the fields that have no flag of that name)."""
+    flagged = {f.name for f in fields(ServeConfig) if f.metadata.get("cli") is not False}
+    return ServeConfig(**{name: getattr(args, name) for name in flagged}, **given)
 
 
 def allowed_hosts(option: list[str] | str | None, host: str) -> tuple[str, ...] | None:
@@ -194,25 +115,10 @@ def run_serve(args: argparse.Namespace) -> int:
             None if args.embedding_model == "minilm" else args.embedding_model, device=args.device
         )
     path = Path(args.model)
-    config = ServeConfig(
+    config = serve_config_from_args(
+        args,
         model_name=args.name or (path.stem if path.is_file() else path.resolve().name),
         api_key=args.api_key or os.environ.get("DANLU_API_KEY") or None,
-        max_body_bytes=args.max_body_bytes,
-        max_batch_size=args.max_batch_size,
-        max_wait_ms=args.max_wait_ms,
-        scheduler=args.scheduler,
-        kv_cache_tokens=args.kv_cache_tokens,
-        prefill_chunk_tokens=args.prefill_chunk_tokens,
-        prefix_cache_tokens=args.prefix_cache_tokens,
-        default_max_tokens=args.default_max_tokens,
-        max_num_beams=args.max_num_beams,
-        max_n=args.max_n,
-        max_rows_per_request=args.max_rows_per_request,
-        max_rows_in_flight=args.max_rows_in_flight,
-        max_prompt_tokens=args.max_prompt_tokens,
-        header_timeout_s=args.header_timeout,
-        keep_alive_timeout_s=args.keep_alive_timeout,
-        max_connections=args.max_connections,
         allowed_hosts=allowed_hosts(args.allowed_hosts, args.host),
     )
     print(

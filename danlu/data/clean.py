@@ -27,7 +27,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ import regex
 from danlu.data.sources import expand_inputs, iter_batches, parse_batch
 from danlu.errors import DanluError
 from danlu.fileio import atomic_write_text
+from danlu.flags import option
 
 RULES = (
     "empty", "too_short", "too_long", "repetition", "symbols", "language", "exact_duplicate", "near_duplicate",
@@ -49,18 +50,27 @@ _SPACES = re.compile(r"\s+")
 
 @dataclass
 class CleanOptions:
-    normalize: str = "NFKC"  # "NFC" | "NFKC" | "none"
-    min_chars: int = 20
-    max_chars: int = 1_000_000
-    max_repetition: float = 0.6
-    max_symbols: float = 0.3
-    languages: tuple[str, ...] = ()  # () keeps every script; ("en", "zh") keeps Latin- and Han-dominant text
-    exact_dedup: bool = True
-    near_dedup: bool = True
-    near_threshold: float = 0.5
-    num_perm: int = 128
-    field: str = "text"
-    txt_docs: str = "file"
+    """What `clean` keeps; the fields with help text are `danlu data clean`'s flags (`danlu.flags.option`)."""
+
+    normalize: str = option("NFKC", "Unicode normal form applied first", choices=("NFKC", "NFC", "none"))
+    min_chars: int = option(20, "drop documents shorter than this many characters")
+    max_chars: int = option(1_000_000, "drop documents longer than this many characters")
+    max_repetition: float = option(0.6, "drop documents whose share of repeated lines/n-grams exceeds this")
+    max_symbols: float = option(0.3, "drop documents whose share of symbol characters exceeds this")
+    # () keeps every script; ("en", "zh") keeps Latin- and Han-dominant text
+    languages: tuple[str, ...] = option((), "keep only documents in these scripts: en, zh (none given: all)")
+    exact_dedup: bool = option(True, "drop exact duplicates (--no-exact-dedup keeps them)")
+    near_dedup: bool = option(True, "drop near duplicates (--no-near-dedup keeps them)")
+    near_threshold: float = option(
+        0.5, "MinHash Jaccard similarity at which two documents are near duplicates"
+    )
+    num_perm: int = option(128, "MinHash permutations per document")
+    field: str = option("text", "text field of .jsonl records / column of .parquet files")
+    txt_docs: str = option(
+        "file",
+        "a .txt file is one document (file) or documents split at blank lines (blank)",
+        choices=("file", "blank"),
+    )
 
     def check(self) -> None:
         if self.normalize not in ("NFC", "NFKC", "none"):
@@ -254,7 +264,8 @@ def report_markdown(report: dict) -> str:
 
 
 def add_clean_args(p: argparse.ArgumentParser) -> None:
-    d = CleanOptions()
+    from danlu.flags import add_dataclass_flags
+
     p.add_argument(
         "--input", required=True, nargs="+", help="files, folders or globs (.txt, .jsonl, .parquet)"
     )
@@ -262,52 +273,7 @@ def add_clean_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tokenizer", default=None, help="count tokens per rule with this tokenizer (else characters)"
     )
-    p.add_argument("--field", default=d.field, help="text field of .jsonl records / column of .parquet files")
-    p.add_argument(
-        "--txt-docs",
-        choices=("file", "blank"),
-        default=d.txt_docs,
-        help="a .txt file is one document (file) or documents split at blank lines (blank)",
-    )
-    p.add_argument(
-        "--normalize",
-        default=d.normalize,
-        choices=("NFKC", "NFC", "none"),
-        help="Unicode normal form applied first",
-    )
-    p.add_argument(
-        "--min-chars", type=int, default=d.min_chars, help="drop documents shorter than this many characters"
-    )
-    p.add_argument(
-        "--max-chars", type=int, default=d.max_chars, help="drop documents longer than this many characters"
-    )
-    p.add_argument(
-        "--max-repetition",
-        type=float,
-        default=d.max_repetition,
-        help="drop documents whose share of repeated lines/n-grams exceeds this",
-    )
-    p.add_argument(
-        "--max-symbols",
-        type=float,
-        default=d.max_symbols,
-        help="drop documents whose share of symbol characters exceeds this",
-    )
-    p.add_argument(
-        "--languages",
-        nargs="*",
-        default=[],
-        help="keep only documents in these scripts: en, zh (none given: all)",
-    )
-    p.add_argument("--no-exact-dedup", action="store_true", help="keep exact duplicates")
-    p.add_argument("--no-near-dedup", action="store_true", help="keep near duplicates")
-    p.add_argument(
-        "--near-threshold",
-        type=float,
-        default=d.near_threshold,
-        help="MinHash Jaccard similarity at which two documents are near duplicates",
-    )
-    p.add_argument("--num-perm", type=int, default=d.num_perm, help="MinHash permutations per document")
+    add_dataclass_flags(p, CleanOptions, defaults={"languages": []})  # a list flag: `--languages en zh`
 
 
 def run_clean_command(args: argparse.Namespace) -> int:
@@ -316,12 +282,8 @@ def run_clean_command(args: argparse.Namespace) -> int:
         from danlu.tokenizers.base import Tokenizer
 
         tokenizer = Tokenizer.load(args.tokenizer)
-    opts = CleanOptions(
-        normalize=args.normalize, min_chars=args.min_chars, max_chars=args.max_chars,
-        max_repetition=args.max_repetition, max_symbols=args.max_symbols, languages=tuple(args.languages),
-        exact_dedup=not args.no_exact_dedup, near_dedup=not args.no_near_dedup,
-        near_threshold=args.near_threshold, num_perm=args.num_perm, field=args.field, txt_docs=args.txt_docs,
-    )  # fmt: skip
+    names = [f.name for f in fields(CleanOptions)]
+    opts = CleanOptions(**{**{n: getattr(args, n) for n in names}, "languages": tuple(args.languages)})
     report = clean(args.input, args.out, opts, tokenizer)
     print(Path(args.out, "report.md").read_text(encoding="utf-8").split("\n## ")[0].rstrip())
     print(

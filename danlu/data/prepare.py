@@ -51,6 +51,7 @@ from danlu.data.shards import (
 from danlu.data.sources import RawBatch, expand_inputs, iter_batches, open_parquet, parse_batch, source_stats
 from danlu.errors import DanluError
 from danlu.fileio import atomic_write_text
+from danlu.flags import option
 
 PROGRESS = "progress.json"
 SPLITS = ("train", "val")
@@ -59,13 +60,25 @@ SKIP = 255  # split code of an empty document (written nowhere)
 
 @dataclass
 class PrepareOptions:
-    field: str = "text"  # the text field of .jsonl records / column of .parquet files
-    txt_docs: str = "file"  # a .txt file is one document ("file") or blank-line separated ones ("blank")
-    val_fraction: float = 0.005  # share of documents (by hash) held out; ignored when val_inputs are given
-    shard_tokens: int = 1 << 24  # a shard closes at the first document end past this many tokens
-    dtype: str = "auto"  # "auto" | "uint16" | "uint32"
-    workers: int = 1
-    show_progress: bool = True
+    """How `prepare` reads and writes; the fields with help text are `danlu data prepare`'s flags."""
+
+    field: str = option("text", "text field of .jsonl records / column of .parquet files")
+    txt_docs: str = option(
+        "file",
+        "a .txt file is one document (file) or documents split at blank lines (blank)",
+        choices=("file", "blank"),
+    )
+    # by hash of the document; ignored when val_inputs are given
+    val_fraction: float = option(0.005, "share of documents held out for validation")
+    # a shard closes at the first document end past this many tokens
+    shard_tokens: int = option(1 << 24, "tokens per shard")
+    dtype: str = option(
+        "auto",
+        "token-id type of the shards (auto: uint16 when the vocabulary fits)",
+        choices=("auto", "uint16", "uint32"),
+    )
+    workers: int = option(1, "tokenizer processes (1: in this process)")
+    show_progress: bool = option(True, cli=False)  # --quiet
 
     def check(self) -> None:
         if not 0 <= self.val_fraction < 1:

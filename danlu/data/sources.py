@@ -14,12 +14,12 @@ position just after every document (for resuming); `parse_batch` (any process) t
 from __future__ import annotations
 
 import glob
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from danlu.errors import DanluError
+from danlu.fileio import decode_utf8, json_object
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 MAX_TXT_DOCUMENT = 256 * 2**20  # a whole-file .txt document beyond this is refused: it cannot stream
@@ -197,27 +197,15 @@ def parse_batch(batch: RawBatch) -> list[str]:
         start_offset = batch.ends[i - 1][0] if i else batch.first_offset
         if line == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw, start_offset = raw[3:], start_offset + 3
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DanluError(
-                f"{batch.path} is not valid UTF-8 at byte offset {start_offset + e.start} (line {line}); "
-                "convert it first, "
-                f"e.g. `iconv -f GBK -t UTF-8 {batch.path} > {batch.path}.utf8`"
-            ) from None
+        text = decode_utf8(raw, Path(batch.path), start_offset, line)
         if batch.kind == "text":
             texts.append(text)
             continue
         if not text.strip():
             texts.append("")
             continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DanluError(
-                f"{batch.path} line {line}: invalid JSON ({e.msg} at column {e.colno})"
-            ) from None
-        if not isinstance(obj, dict) or batch.field not in obj:
+        obj = json_object(text, f"{batch.path} line {line}")
+        if batch.field not in obj:
             raise DanluError(
                 f"{batch.path} line {line}: field {batch.field!r} is missing; pass --field with the text field"
             )

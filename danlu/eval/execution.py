@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,15 +52,21 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
+def _check_paired(
+    first: tuple[str, Sized], second: tuple[str, Sized], if_empty: str, if_unequal: str
+) -> None:
+    """A DanluError unless the named sequences are non-empty and of one length (one entry per problem)."""
+    (a_name, a), (b_name, b) = first, second
+    if len(a) == 0:
+        raise DanluError(f"{a_name}: is empty; {if_empty}")
+    if len(a) != len(b):
+        raise DanluError(f"{a_name} and {b_name}: lengths differ ({len(a)} vs {len(b)}); {if_unequal}")
+
+
 def mean_pass_at_k(num_samples: Sequence[int], num_correct: Sequence[int], k: int) -> float:
     """pass@k averaged over problems (each problem may have its own n)."""
-    if len(num_samples) == 0:
-        raise DanluError("num_samples: is empty; pass one count per problem")
-    if len(num_samples) != len(num_correct):
-        raise DanluError(
-            f"num_samples and num_correct: lengths differ ({len(num_samples)} vs {len(num_correct)}); "
-            "give one pair of counts per problem"
-        )
+    _check_paired(("num_samples", num_samples), ("num_correct", num_correct),
+                  "pass one count per problem", "give one pair of counts per problem")  # fmt: skip
     return sum(pass_at_k(n, c, k) for n, c in zip(num_samples, num_correct, strict=True)) / len(num_samples)
 
 
@@ -80,13 +86,8 @@ def evaluate_execution(
     ks: Sequence[int] = (1,),
 ) -> ExecutionResult:
     """Run `check(problem, sample)` on every sample of every problem and report pass@k for each k in `ks`."""
-    if len(problems) == 0:
-        raise DanluError("problems: is empty; pass at least one problem")
-    if len(problems) != len(samples):
-        raise DanluError(
-            f"problems and samples: lengths differ ({len(problems)} vs {len(samples)}); "
-            "give one list of samples per problem"
-        )
+    _check_paired(("problems", problems), ("samples", samples),
+                  "pass at least one problem", "give one list of samples per problem")  # fmt: skip
     num_samples, num_correct = [], []
     for problem, outs in zip(problems, samples, strict=True):
         if isinstance(outs, str):

@@ -148,13 +148,21 @@ def _fit_strengths(i: np.ndarray, j: np.ndarray, s: np.ndarray, n_models: int) -
     )
 
 
-def bradley_terry(comparisons: Sequence[Comparison]) -> dict[str, float]:
-    """Bradley–Terry strengths θ (natural log-odds, mean 0) by maximum likelihood."""
+def _outcomes(
+    comparisons: Sequence[Comparison],
+) -> tuple[list[str], dict[str, int], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(model names, name -> index, (i, j, s)): comparison k is model i[k] against j[k], scoring s[k] for i."""
     names = _names(comparisons)
     index = {n: k for k, n in enumerate(names)}
     i = np.array([index[c.model_a] for c in comparisons])
     j = np.array([index[c.model_b] for c in comparisons])
     s = np.array([c.score_a for c in comparisons], dtype=np.float64)
+    return names, index, (i, j, s)
+
+
+def bradley_terry(comparisons: Sequence[Comparison]) -> dict[str, float]:
+    """Bradley–Terry strengths θ (natural log-odds, mean 0) by maximum likelihood."""
+    names, index, (i, j, s) = _outcomes(comparisons)
     theta = _fit_strengths(i, j, s, len(names))
     return {n: float(theta[index[n]]) for n in names}
 
@@ -184,11 +192,7 @@ def leaderboard(
         raise DanluError(f"confidence: must be in (0, 1), got {confidence}")
     if n_bootstrap < 1:
         raise DanluError(f"n_bootstrap: must be at least 1, got {n_bootstrap}")
-    names = _names(comparisons)
-    index = {n: k for k, n in enumerate(names)}
-    i = np.array([index[c.model_a] for c in comparisons])
-    j = np.array([index[c.model_b] for c in comparisons])
-    s = np.array([c.score_a for c in comparisons], dtype=np.float64)
+    names, index, (i, j, s) = _outcomes(comparisons)
     theta = _fit_strengths(i, j, s, len(names))
     rng = np.random.default_rng(seed)
     samples = []

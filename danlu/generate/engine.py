@@ -157,31 +157,9 @@ def scored_steps(
 
 
 @torch.inference_mode()
-def generate_ids(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    opts: GenerationOptions,
-    stop_ids: list[int],
-    draft_model: nn.Module | None = None,
-    amateur_model: nn.Module | None = None,
-    compile: bool = False,
-    grammar: Any = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> Iterator[torch.Tensor]:
-    """`scored_steps` yielding only the next token of every row, (B,)."""
-    steps = scored_steps(
-        model,
-        input_ids,
-        attention_mask,
-        opts,
-        stop_ids,
-        draft_model,
-        amateur_model,
-        compile,
-        grammar,
-        should_stop,
-    )
+def generate_ids(*args: Any, **kwargs: Any) -> Iterator[torch.Tensor]:
+    """`scored_steps` (the same arguments) yielding only the next token of every row, (B,)."""
+    steps = scored_steps(*args, **kwargs)
     try:
         for tok, _ in steps:
             yield tok

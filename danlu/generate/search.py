@@ -201,21 +201,6 @@ def decode_steps(
         logits = [s.step(tok) for s in steppers]
 
 
-def decode_n(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    opts: GenerationOptions,
-    stop_ids: list[int],
-    amateur: nn.Module | None = None,
-    compile: bool = False,
-    grammar: Any = None,
-) -> Iterator[torch.Tensor]:
-    """`decode_steps` yielding only the tokens, (B,) per step."""
-    for tok, _ in decode_steps(model, input_ids, attention_mask, opts, stop_ids, amateur, compile, grammar):
-        yield tok
-
-
 # ---- beam search -------------------------------------------------------------------------------------------
 def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x (B, M, ...) rows picked by index (B, k) along dim 1 -> (B, k, ...)."""

@@ -17,7 +17,7 @@ checkpoints map one to one (danlu/models/hf_bert.py).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from danlu.errors import DanluError
-from danlu.models.config_checks import check_fields, config_from_dict
+from danlu.models.config_checks import PresetConfig, check_fields
 from danlu.nn.attention import padding_mask
 from danlu.nn.blocks import EncoderBlock
 from danlu.nn.layers import ACTIVATIONS
 
 
 @dataclass
-class BertConfig:
+class BertConfig(PresetConfig):
     vocab_size: int = 30522
     block_size: int = 512  # max_position_embeddings
     n_layer: int = 12
@@ -50,34 +50,19 @@ class BertConfig:
     num_labels: int = 2  # BertForSequenceClassification
     id2label: dict[str, str] | None = None  # class names, keyed by str(id) as in Hugging Face's config.json
 
+    preset_kind, config_name = "BERT", "BERT config"  # PresetConfig's error messages
+
     def __post_init__(self) -> None:
-        check_fields(self, "BERT config")  # types and ranges first: the checks below do arithmetic on them
+        check_fields(self, self.config_name)  # types and ranges first: the checks below do arithmetic on them
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.n_embd
-        problems = [
-            f"{n} must be positive, got {getattr(self, n)}"
-            for n in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "type_vocab_size")
-            if getattr(self, n) <= 0
-        ]
+        problems = []  # sizes below 1 were refused by check_fields (config_checks.RANGES)
         if self.n_embd % self.n_head:
             problems.append(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
         if problems:
-            raise DanluError("bad BERT config: " + "; ".join(problems))
-
-    @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> BertConfig:
-        if name not in PRESETS:
-            raise DanluError(f"unknown BERT preset {name!r}; choose one of {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BertConfig:
-        return config_from_dict(cls, d, "BERT config")
+            raise DanluError(f"bad {self.config_name}: " + "; ".join(problems))
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+import sys
+from typing import Any, ClassVar, TypeVar
 
 from danlu.errors import DanluError
 
@@ -113,6 +114,37 @@ def config_from_dict(cls: type, d: Any, what: str) -> Any:
     if unknown:
         raise DanluError(f"{what} has unknown fields {unknown}; known fields: {sorted(known)}")
     return cls(**d)
+
+
+_C = TypeVar("_C", bound="PresetConfig")
+
+
+class PresetConfig:
+    """`from_name` / `to_dict` / `from_dict` for a model config dataclass with named presets, written once for
+    the GPT, BERT and seq2seq configs. The presets are the `PRESETS` dict of the module that defines the class
+    (read at call time, as a module-level name would be); `preset_kind` names them in the unknown-preset
+    error and `config_name` names the config in `config_from_dict`'s."""
+
+    preset_kind: ClassVar[str] = "model"
+    config_name: ClassVar[str] = "config"
+
+    @classmethod
+    def presets(cls) -> dict[str, dict[str, Any]]:
+        return sys.modules[cls.__module__].PRESETS
+
+    @classmethod
+    def from_name(cls: type[_C], name: str, **overrides: Any) -> _C:
+        presets = cls.presets()
+        if name not in presets:
+            raise DanluError(f"unknown {cls.preset_kind} preset {name!r}; choose one of {sorted(presets)}")
+        return cls(**{**presets[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # a dataclass subclass: asdict copies nested lists and dicts
+
+    @classmethod
+    def from_dict(cls: type[_C], d: dict[str, Any]) -> _C:
+        return config_from_dict(cls, d, cls.config_name)
 
 
 _MISSING = object()

@@ -14,7 +14,7 @@ The model predicts token t+1 from tokens ≤ t: the causal LM objective −Σ lo
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from danlu.errors import DanluError
-from danlu.models.config_checks import check_fields, config_from_dict
+from danlu.models.config_checks import PresetConfig, check_fields
 from danlu.nn.attention import KVCache, SelfAttention, build_attention_mask
 from danlu.nn.layers import GATED_MLPS, NORMS, make_mlp, make_norm
 from danlu.nn.position import INITIAL_POSITIONS, grown_length, rope_cache, rope_scaling_problems
@@ -31,7 +31,7 @@ MLPS = ("gelu_tanh", "gelu", "relu", "swiglu", *[k for k in GATED_MLPS if k != "
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(PresetConfig):
     vocab_size: int = 4096
     block_size: int = 256  # the longest context the model can see (the learned positions' table length)
     n_layer: int = 4
@@ -62,8 +62,10 @@ class GPTConfig:
     rope_local_theta: float | None = None  # RoPE base of the sliding layers, when it differs (Gemma-3)
     hf_model_type: str | None = None  # the HF family it was loaded as (export tells Phi-3 from Mistral by it)
 
+    preset_kind, config_name = "model", "GPT config"  # PresetConfig's error messages
+
     def __post_init__(self) -> None:
-        check_fields(self, "GPT config")  # types and ranges first: the checks below do arithmetic on them
+        check_fields(self, self.config_name)  # types and ranges first: the checks below do arithmetic on them
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.qkv_bias is None:
@@ -73,10 +75,7 @@ class GPTConfig:
                 self.intermediate_size = 32 * math.ceil(8 * self.n_embd / 3 / 32)
             else:
                 self.intermediate_size = 4 * self.n_embd
-        problems = []
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        problems = []  # sizes below 1 were refused by check_fields (config_checks.RANGES)
         if self.n_embd % self.n_head and self.head_dim is None:
             problems.append(
                 f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}; set head_dim to decouple them"
@@ -95,7 +94,7 @@ class GPTConfig:
         if self.n_kv_head > self.n_head:
             problems.append(f"n_kv_head {self.n_kv_head} is more than n_head {self.n_head}")
         if problems:
-            raise DanluError("bad GPT config: " + "; ".join(problems))
+            raise DanluError(f"bad {self.config_name}: " + "; ".join(problems))
 
     @property
     def head_size(self) -> int:
@@ -106,19 +105,6 @@ class GPTConfig:
         if self.sliding_window is None:
             return False
         return self.layer_types is None or self.layer_types[layer] == "sliding"
-
-    @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> GPTConfig:
-        if name not in PRESETS:
-            raise DanluError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
-        return config_from_dict(cls, d, "GPT config")
 
 
 _GPT2 = dict(norm="layernorm", norm_eps=1e-5, mlp="gelu_tanh", position="learned", bias=True)

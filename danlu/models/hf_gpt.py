@@ -94,6 +94,23 @@ def config_to_hf(cfg: GPTConfig) -> dict[str, Any]:
     return llama_config_to_hf(cfg)
 
 
+def _gpt2_names(cfg: GPTConfig) -> list[tuple[str, str, bool]]:
+    """(HF GPT-2 name without its "transformer." prefix, danlu name, whether HF stores it transposed) for every
+    tensor but the LM head: the one name table that import and export walk in opposite directions. HF's
+    GPT-2 keeps its linear layers as Conv1D, weight (in, out); danlu's nn.Linear holds (out, in)."""
+    names = [("wte.weight", "wte.weight", False), ("wpe.weight", "wpe.weight", False)]
+    for i in range(cfg.n_layer):
+        h, b = f"h.{i}.", f"blocks.{i}."
+        for hf_norm, ours in (("ln_1", "norm1"), ("ln_2", "norm2")):
+            names += [(h + hf_norm + ".weight", b + ours + ".weight", False),
+                      (h + hf_norm + ".bias", b + ours + ".bias", False)]  # fmt: skip
+        for hf_lin, ours in (("attn.c_attn", "attn.qkv"), ("attn.c_proj", "attn.proj"),
+                             ("mlp.c_fc", "mlp.fc"), ("mlp.c_proj", "mlp.proj")):  # fmt: skip
+            names += [(h + hf_lin + ".weight", b + ours + ".weight", True),
+                      (h + hf_lin + ".bias", b + ours + ".bias", False)]  # fmt: skip
+    return names + [("ln_f.weight", "norm_f.weight", False), ("ln_f.bias", "norm_f.bias", False)]
+
+
 def state_dict_from_hf(
     model_type: str, sd: dict[str, torch.Tensor], cfg: GPTConfig
 ) -> dict[str, torch.Tensor]:
@@ -102,18 +119,8 @@ def state_dict_from_hf(
     # Some checkpoints prefix with the base model's name, some don't (a bare GPT2Model / LlamaModel).
     if model_type == "gpt2":
         sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
-        out["wte.weight"] = sd["wte.weight"]
-        out["wpe.weight"] = sd["wpe.weight"]
-        for i in range(cfg.n_layer):
-            h, b = f"h.{i}.", f"blocks.{i}."
-            for hf_norm, ours in (("ln_1", "norm1"), ("ln_2", "norm2")):
-                out[b + ours + ".weight"] = sd[h + hf_norm + ".weight"]
-                out[b + ours + ".bias"] = sd[h + hf_norm + ".bias"]
-            for hf_lin, ours in (("attn.c_attn", "attn.qkv"), ("attn.c_proj", "attn.proj"),
-                                 ("mlp.c_fc", "mlp.fc"), ("mlp.c_proj", "mlp.proj")):  # fmt: skip
-                out[b + ours + ".weight"] = sd[h + hf_lin + ".weight"].t()  # Conv1D (in, out) -> (out, in)
-                out[b + ours + ".bias"] = sd[h + hf_lin + ".bias"]
-        out["norm_f.weight"], out["norm_f.bias"] = sd["ln_f.weight"], sd["ln_f.bias"]
+        for hf, ours, conv1d in _gpt2_names(cfg):
+            out[ours] = sd[hf].t() if conv1d else sd[hf]  # Conv1D (in, out) -> (out, in)
         out["lm_head.weight"] = sd.get("lm_head.weight", sd["wte.weight"])
         return out
     if model_type in LLAMA_FAMILY:
@@ -126,18 +133,8 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[str, t
     model_type = config_to_hf(cfg)["model_type"]
     out: dict[str, torch.Tensor] = {}
     if model_type == "gpt2":
-        out["transformer.wte.weight"] = sd["wte.weight"]
-        out["transformer.wpe.weight"] = sd["wpe.weight"]
-        for i in range(cfg.n_layer):
-            h, b = f"transformer.h.{i}.", f"blocks.{i}."
-            for hf_norm, ours in (("ln_1", "norm1"), ("ln_2", "norm2")):
-                out[h + hf_norm + ".weight"] = sd[b + ours + ".weight"]
-                out[h + hf_norm + ".bias"] = sd[b + ours + ".bias"]
-            for hf_lin, ours in (("attn.c_attn", "attn.qkv"), ("attn.c_proj", "attn.proj"),
-                                 ("mlp.c_fc", "mlp.fc"), ("mlp.c_proj", "mlp.proj")):  # fmt: skip
-                out[h + hf_lin + ".weight"] = sd[b + ours + ".weight"].t().contiguous()
-                out[h + hf_lin + ".bias"] = sd[b + ours + ".bias"]
-        out["transformer.ln_f.weight"], out["transformer.ln_f.bias"] = sd["norm_f.weight"], sd["norm_f.bias"]
+        for hf, ours, conv1d in _gpt2_names(cfg):
+            out["transformer." + hf] = sd[ours].t().contiguous() if conv1d else sd[ours]
         if not cfg.tie_embeddings:
             out["lm_head.weight"] = sd["lm_head.weight"]
         return out

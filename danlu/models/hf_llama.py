@@ -255,6 +255,25 @@ def llama_config_to_hf(cfg: GPTConfig) -> dict[str, Any]:
     return out
 
 
+def _renamed(cfg: GPTConfig, h: str, b: str) -> list[tuple[str, str]]:
+    """(HF name, danlu name) of block b's tensors that only change name (not fused, split or transposed), HF's
+    layer prefix h ending in "layers.{i}.": import and export walk this one table in opposite directions."""
+    a = h + "self_attn."
+    names = []
+    if cfg.qk_norm != "none":
+        names += [
+            (a + "q_norm.weight", b + "attn.q_norm.weight"),
+            (a + "k_norm.weight", b + "attn.k_norm.weight"),
+        ]
+    names += [
+        (a + "o_proj.weight", b + "attn.proj.weight"),
+        (h + "mlp.down_proj.weight", b + "mlp.down.weight"),
+    ]
+    return names + [
+        (h + hf_name + ".weight", b + ours + ".weight") for hf_name, ours in NORM_NAMES[cfg.norm_placement]
+    ]
+
+
 def llama_state_dict_from_hf(
     sd: dict[str, torch.Tensor], cfg: GPTConfig, model_type: str
 ) -> dict[str, torch.Tensor]:
@@ -274,13 +293,8 @@ def llama_state_dict_from_hf(
             out[b + "mlp.up.weight"] = sd[h + "mlp.up_proj.weight"]
         if cfg.qkv_bias:
             out[b + "attn.qkv.bias"] = torch.cat([sd[a + f"{n}_proj.bias"] for n in "qkv"])
-        if cfg.qk_norm != "none":
-            out[b + "attn.q_norm.weight"] = sd[a + "q_norm.weight"]
-            out[b + "attn.k_norm.weight"] = sd[a + "k_norm.weight"]
-        out[b + "attn.proj.weight"] = sd[a + "o_proj.weight"]
-        out[b + "mlp.down.weight"] = sd[h + "mlp.down_proj.weight"]
-        for hf_name, ours in NORM_NAMES[cfg.norm_placement]:
-            out[b + ours + ".weight"] = sd[h + hf_name + ".weight"]
+        for hf_name, ours in _renamed(cfg, h, b):
+            out[ours] = sd[hf_name]
     out["norm_f.weight"] = sd["norm.weight"]
     out["lm_head.weight"] = sd.get("lm_head.weight", sd["embed_tokens.weight"])
     return out
@@ -308,13 +322,8 @@ def llama_state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: GPTConfig) -> dict[
         if cfg.qkv_bias:
             for n, w in zip("qkv", sd[b + "attn.qkv.bias"].split(sizes)):
                 out[a + f"{n}_proj.bias"] = w.contiguous()
-        if cfg.qk_norm != "none":
-            out[a + "q_norm.weight"] = sd[b + "attn.q_norm.weight"]
-            out[a + "k_norm.weight"] = sd[b + "attn.k_norm.weight"]
-        out[a + "o_proj.weight"] = sd[b + "attn.proj.weight"]
-        out[h + "mlp.down_proj.weight"] = sd[b + "mlp.down.weight"]
-        for hf_name, ours in NORM_NAMES[cfg.norm_placement]:
-            out[h + hf_name + ".weight"] = sd[b + ours + ".weight"]
+        for hf_name, ours in _renamed(cfg, h, b):
+            out[hf_name] = sd[ours]
     out["model.norm.weight"] = sd["norm_f.weight"]
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = sd["lm_head.weight"]

@@ -19,7 +19,7 @@ The same model does BART-style denoising (Lewis et al. 2020): source = a corrupt
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,14 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from danlu.errors import DanluError
-from danlu.models.config_checks import check_fields, config_from_dict
+from danlu.models.config_checks import PresetConfig, check_fields
 from danlu.nn.attention import KVCache, padding_mask
 from danlu.nn.blocks import DecoderBlock, EncoderBlock
 from danlu.nn.position import INITIAL_POSITIONS, grown_length, sinusoidal_positions
 
 
 @dataclass
-class Seq2SeqConfig:
+class Seq2SeqConfig(PresetConfig):
     vocab_size: int = 2048
     block_size: int = 128  # longest source or target (the sinusoid table grows to the longest one run)
     n_layer: int = 3  # encoder blocks
@@ -51,17 +51,15 @@ class Seq2SeqConfig:
     bos_token_id: int = 1  # the decoder's start token
     eos_token_id: int = 2
 
+    preset_kind, config_name = "seq2seq", "seq2seq config"  # PresetConfig's error messages
+
     def __post_init__(self) -> None:
-        check_fields(self, "seq2seq config")  # types and ranges first: the checks below do arithmetic on them
+        check_fields(self, self.config_name)  # types and ranges first: the checks below do arithmetic on them
         if self.n_decoder_layer is None:
             self.n_decoder_layer = self.n_layer
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.n_embd
-        problems = [
-            f"{n} must be positive, got {getattr(self, n)}"
-            for n in ("vocab_size", "block_size", "n_layer", "n_decoder_layer", "n_head", "n_embd")
-            if getattr(self, n) <= 0
-        ]
+        problems = []  # sizes below 1 were refused by check_fields (config_checks.RANGES)
         if self.n_embd % self.n_head:
             problems.append(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if self.n_embd % 2:
@@ -74,24 +72,11 @@ class Seq2SeqConfig:
                     f"{name} {getattr(self, name)} is outside the vocabulary (size {self.vocab_size})"
                 )
         if problems:
-            raise DanluError("bad seq2seq config: " + "; ".join(problems))
+            raise DanluError(f"bad {self.config_name}: " + "; ".join(problems))
 
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
-
-    @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> Seq2SeqConfig:
-        if name not in PRESETS:
-            raise DanluError(f"unknown seq2seq preset {name!r}; choose one of {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Seq2SeqConfig:
-        return config_from_dict(cls, d, "seq2seq config")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

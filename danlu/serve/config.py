@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from danlu.errors import DanluError
+from danlu.flags import check_ranges, option
 
 SCHEDULERS = ("continuous", "static")  # serve/batching.py: rows join between steps, or batches run to the end
 
@@ -17,45 +17,67 @@ MIN_SAMPLING_TEMPERATURE = 1e-5
 
 @dataclass
 class ServeConfig:
-    """Every default and limit the server applies (`danlu serve` flags set them; docs/SECURITY.md lists them)."""
+    """Every default and limit the server applies; docs/SECURITY.md lists them. The fields with help text are
+    `danlu serve`'s flags (`danlu.flags.add_dataclass_flags`: help, default and range said once, here)."""
 
-    model_name: str = "danlu"  # the id clients put in "model"
-    api_key: str | None = None  # None: no key needed
-    max_body_bytes: int = 1_000_000  # larger request bodies get 413
-    max_batch_size: int = (
-        32  # sequences decoded together (a row of a beam search counts num_beams); 1 = sequential
-    )
-    max_wait_ms: float = 10.0  # how long a lone request waits for company (the static scheduler)
+    model_name: str = option("danlu", cli=False)  # the id clients put in "model" (--name)
+    api_key: str | None = option(None, cli=False)  # None: no key needed (--api-key or DANLU_API_KEY)
+    # a row of a beam search counts num_beams
+    max_batch_size: int = option(32, "requests decoded together (1 = one by one)", ge=1)
+    max_wait_ms: float = option(10.0, "how long a request waits for company (static scheduler)", ge=0)
     # "continuous": rows join and leave the running batch between engine steps (serve/batching.py);
     # "static": a batch is gathered, then decoded to its end (the baseline of benchmarks/serve_load.py).
-    scheduler: str = "continuous"
-    kv_cache_tokens: int = 32768  # continuous: KV-cache slots x length at most; a row that does not fit waits
-    prefill_chunk_tokens: int = (
-        256  # continuous: prompt tokens prefilled per engine step (long prompts: chunks)
+    scheduler: str = option(
+        "continuous",
+        "continuous: requests join and leave the running batch between steps; static: a gathered batch "
+        "decodes to its end",
+        choices=SCHEDULERS,
     )
-    prefix_cache_tokens: int = 4096  # continuous: prompt-prefix keys/values kept for reuse (LRU); 0 = off
-    max_rows_in_flight: int = 256  # rows waiting or decoding, all requests together; beyond it: 503
-    max_rows_per_request: int = 16  # n x prompts of one request; beyond it: 400
-    max_n: int = 8  # choices per request
-    max_num_beams: int = 8  # beam width; each beam costs a decoding row and its KV cache
-    max_prompt_tokens: int = 8192  # and never more than the model's context leaves room for
-    max_stop: int = 16  # stop strings per request
-    max_embedding_inputs: int = 2048
-    default_max_tokens: int = 256  # when a request gives none (capped by the context left)
-    default_temperature: float = (
-        0.0  # for `temperature: null`; GenerationOptions' default (greedy), as the CLI
+    kv_cache_tokens: int = option(
+        32768, "continuous: KV-cache room (rows x tokens); a request that does not fit waits", ge=1
     )
+    prefill_chunk_tokens: int = option(
+        256, "continuous: prompt tokens prefilled per step, so long prompts do not stall decoding", ge=1
+    )
+    prefix_cache_tokens: int = option(
+        4096, "continuous: prompt-prefix keys/values kept for reuse (0 = off)", ge=0, hint="0 = off"
+    )  # LRU
+    max_body_bytes: int = option(1_000_000, "larger request bodies get a 413", ge=1)
+    default_max_tokens: int = option(
+        256, "max_tokens of a request that gives none (capped by the room left in the context)", ge=1
+    )
+    # The limits: each bounds what one client can make the server do (the `limits` group of `danlu serve`).
+    max_num_beams: int = option(8, "widest beam search", ge=1)  # a beam costs a decoding row and its KV cache
+    max_n: int = option(8, "choices per request", ge=1)
+    max_rows_per_request: int = option(16, "completions one request may ask for, n x prompts", ge=1)
+    max_rows_in_flight: int = option(
+        256, "rows waiting or decoding, all requests together; beyond it 503", ge=1
+    )
+    max_prompt_tokens: int = option(8192, "longest prompt, besides the model's context", ge=1)
+    max_stop: int = option(16, cli=False)  # stop strings per request
+    max_embedding_inputs: int = option(2048, cli=False)
+    # for `temperature: null`; GenerationOptions' default (greedy), as the CLI
+    default_temperature: float = option(0.0, cli=False)
     # Connections (applied by serve() and BackgroundServer, see server.py)
-    header_timeout_s: float = 10.0  # a connection must finish a request's headers this soon after it starts
-    keep_alive_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this
-    max_connections: int = 512  # open connections; beyond it a new one gets a bare 503 and is closed
-    allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS  # Host header names accepted; None = any
+    header_timeout_s: float = option(
+        10.0, "seconds a connection has to send a request's headers", ge=0, flag="header_timeout"
+    )
+    keep_alive_timeout_s: float = option(
+        5.0, "seconds an idle keep-alive connection stays open", ge=0, flag="keep_alive_timeout"
+    )
+    max_connections: int = option(
+        512,
+        "open connections; at the cap the oldest idle one is closed to make room, or if every one is busy the "
+        "new one gets a bare 503",
+        ge=1,
+    )
+    # Host header names accepted; None = any (--allowed-hosts, resolved by cli/serve.allowed_hosts)
+    allowed_hosts: tuple[str, ...] | None = option(LOOPBACK_HOSTS, cli=False)
 
     def __post_init__(self) -> None:
-        if self.scheduler not in SCHEDULERS:
-            raise DanluError(f"scheduler must be one of {list(SCHEDULERS)}, got {self.scheduler!r}")
-        for name in ("kv_cache_tokens", "prefill_chunk_tokens"):
-            if getattr(self, name) < 1:
-                raise DanluError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.prefix_cache_tokens < 0:
-            raise DanluError(f"prefix_cache_tokens must be >= 0 (0 = off), got {self.prefix_cache_tokens}")
+        check_ranges(self)  # the flags' ranges hold for a config built in Python too
+
+
+# The fields `danlu serve` shows under "limits" (the others are its main options).
+LIMIT_FIELDS = ("max_num_beams", "max_n", "max_rows_per_request", "max_rows_in_flight", "max_prompt_tokens",
+                "header_timeout_s", "keep_alive_timeout_s", "max_connections")  # fmt: skip

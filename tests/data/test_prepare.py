@@ -172,7 +172,16 @@ def test_bad_inputs_at_the_command_line(tmp_path, tokenizer, capsys):
     code = main(["data", "prepare", "--input", str(latin), "--tokenizer", str(tok_dir), "--out", str(tmp_path / "o"),
                  "--quiet"])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 2 and "latin.jsonl is not valid UTF-8 at byte offset 28 (line 2)" in err and "iconv" in err
+    # the one UTF-8 message of danlu.fileio.decode_utf8 (docs/DUPLICATES.md): the byte, where, and iconv
+    assert code == 2 and "latin.jsonl is not valid UTF-8: byte 0xe9 at byte offset 28 (line 2)" in err
+    assert "iconv" in err
+    for bad, said in (('{"text": "ok"}\n["text"]\n', "line 2: expected a JSON object, got list"),
+                      ('{"text": "ok"}\n{"text": \n', "line 2: invalid JSON (")):  # fmt: skip
+        jl.write_text(bad)
+        code = main(["data", "prepare", "--input", str(jl), "--tokenizer", str(tok_dir), "--out",
+                     str(tmp_path / "o"), "--quiet"])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and f"x.jsonl {said}" in err and "Traceback" not in err, err
     blank = tmp_path / "blank.jsonl"
     blank.write_text('{"text": "  "}\n\n')
     code = main(["data", "prepare", "--input", str(blank), "--tokenizer", str(tok_dir), "--out", str(tmp_path / "e"),
