@@ -7,8 +7,8 @@ best-of-n R(d) = d(α − βd), RL R(d) = d(α − β log d). Here the gold rewa
 (`danlu.data.world.reward`) says exactly whether an answer is right, so over-optimisation is measured, not
 modelled.
 
-    1. proxy: a reward model trained for a few steps on a few hundred of the world's preference pairs
-       (`align.reward.train_reward_model`), so it is imperfect on held-out pairs;
+    1. proxy: a reward model (the SFT model with a scalar head) trained for 16 steps on 256 of the world's
+       preference pairs (`align.reward.train_reward_model`), so it is imperfect on held-out pairs (~0.75);
     2. PPO (`align.ppo`), GRPO (`align.grpo`, the proxy as its reward) and DPO (`align.dpo`, on pairs of the
        SFT model's own answers labelled by the proxy) start from the same SFT model with the same compute:
        `steps` policy updates of `samples` sampled answers each (DPO: samples / 2 pairs per update, all
@@ -23,7 +23,13 @@ modelled.
     python experiments/overopt.py --out runs/overopt
 
 Without a checkpoint at --model the script first runs `danlu demo --stages sft` into OUT/demo. Writes
-OUT/overopt.json (numbers, curves), OUT/overopt.png and OUT/overopt.md. `run(out_dir, quick=True)` is the
+OUT/overopt.json (numbers, curves), OUT/overopt.png and OUT/overopt.md. On a busy machine run the methods in
+parallel, one thread each, and collect them (each part trains the same seeded proxy):
+
+    for m in ppo grpo dpo; do python experiments/overopt.py --out runs/oo_$m --methods $m --bon-max 1 & done
+    python experiments/overopt.py --out runs/oo_bon --methods; wait
+    python experiments/overopt.py --collect runs/oo_bon runs/oo_ppo runs/oo_grpo runs/oo_dpo --out runs/overopt
+ `run(out_dir, quick=True)` is the
 tiny setting of the tests; `danlu demo --stages lab` calls `run` with its own SFT model.
 """
 
@@ -50,14 +56,16 @@ class Settings:
     rm_steps: int = 16  # of 16 pairs each: one pass over rm_pairs
     rm_lr: float = 3e-5
     rm_eval_pairs: int = 512  # held-out pairs its accuracy is measured on
-    likelihood_feature: bool = True  # the proxy may read its LM's mean log-likelihood (align.reward)
+    # the plain InstructGPT head (True: the proxy also reads its LM's mean log-likelihood, align.reward, which
+    # acts as a KL penalty of its own: no method raised it, see experiments/README.md)
+    likelihood_feature: bool = False
     steps: int = 48  # policy updates per method
     checkpoints: int = 6  # measurements along the way (plus step 0, the SFT model)
     samples: int = (
         32  # sampled answers per update (GRPO: samples / group_size prompts; DPO: samples / 2 pairs)
     )
     group_size: int = 8
-    lr: float = 3e-4
+    lr: float = 1e-4  # 3e-4: PPO and GRPO lowered the proxy (too large a step for 32 samples)
     kl_coef: float = 0.0  # PPO's per-token KL penalty and GRPO's β: 0, as Gao et al. (the KL is the x axis)
     dpo_beta: float = 0.1
     eval_prompts: int = 64  # held-out prompts (preference_test)
@@ -208,6 +216,9 @@ def run(
     rm_cfg = TrainConfig(max_steps=s.rm_steps, batch_size=16, block_size=s.block_size, lr=s.rm_lr,
                          warmup_steps=0, decay="constant", eval_interval=s.rm_steps, eval_batches=1, seed=seed,
                          device=device, show_progress=False, weight_decay=0.0)  # fmt: skip
+    import torch
+
+    torch.manual_seed(seed)  # the head's random init (likelihood_feature=False): the same proxy in every run
     proxy, _ = train_reward_model(copy.deepcopy(sft_model).train(), tokenizer, train_pairs[: s.rm_pairs],
                                   out / "proxy_rm", rm_cfg, val_records=train_pairs[-16:],
                                   likelihood_feature=s.likelihood_feature)  # fmt: skip
@@ -253,12 +264,19 @@ def run(
             f"KL {peak['kl']:.2f} nats (step {peak['step']}) -> {curve[-1]['gold']:.3f} at KL "
             f"{curve[-1]['kl']:.2f}; proxy {curve[0]['proxy']:.3f} -> {curve[-1]['proxy']:.3f}")  # fmt: skip
 
-    numbers = summarise(curves, bon, proxy_acc, s)
+    return report(
+        out, asdict(s), curves, bon, proxy_acc, seconds, time.time() - wall0, _cpu_seconds() - cpu0, log
+    )
+
+
+def report(out: Path, settings: dict, curves: dict, bon: list[dict], proxy_acc: float, seconds: dict,
+           wall: float, cpu: float, log: Any) -> dict[str, Any]:  # fmt: skip
+    """Numbers, figure and markdown of a run; written to OUT/overopt.json, .png and .md."""
+    numbers = summarise(curves, bon, proxy_acc)
     numbers["seconds_per_method"] = {k: round(v, 1) for k, v in seconds.items()}
     figure = plot(curves, bon, out / "overopt.png")
-    result = {"settings": asdict(s), "numbers": numbers, "curves": curves, "best_of_n": bon,
-              "figure": str(figure), "seconds": round(time.time() - wall0, 1),
-              "cpu_seconds": round(_cpu_seconds() - cpu0, 1)}  # fmt: skip
+    result = {"settings": settings, "numbers": numbers, "curves": curves, "best_of_n": bon,
+              "figure": str(figure), "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1)}  # fmt: skip
     result["markdown"] = markdown(result, f"{out.name}/{figure.name}")
     (out / "overopt.json").write_text(
         json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=1)
@@ -368,9 +386,7 @@ def proxy_labelled_pairs(sft_model: Any, proxy: Any, tokenizer: Any, records: li
     return (pairs * (n_pairs // len(pairs) + 1))[:n_pairs]
 
 
-def summarise(
-    curves: dict[str, list[dict]], bon: list[dict], proxy_acc: float, s: Settings
-) -> dict[str, Any]:
+def summarise(curves: dict[str, list[dict]], bon: list[dict], proxy_acc: float) -> dict[str, Any]:
     """Per method: gold at the start, its maximum (the peak: step, KL per answer and per token), the end."""
     per: dict[str, Any] = {}
     for method, curve in curves.items():
@@ -441,6 +457,29 @@ def markdown(result: dict[str, Any], figure_link: str) -> str:
     )
 
 
+def collect(out_dir: str | Path, parts: list[Path], log: Any = print) -> dict[str, Any]:
+    """One report from runs made in parallel (`--methods ppo`, `--methods grpo`, ... and one with the full
+    --bon-max): every method's curve, the largest best-of-n, wall time the longest part's, CPU-s their sum
+    (each part trained the same proxy: same seed, data and thread count give the same weights)."""
+    runs = [json.loads((Path(p) / "overopt.json").read_text()) for p in parts]
+    first = runs[0]["settings"]
+    for r in runs[1:]:
+        differ = {k for k, v in r["settings"].items() if v != first[k]} - {"bon_max"}
+        if differ:
+            raise ValueError(f"the runs to collect differ in {sorted(differ)}")
+    curves = {m: c for r in runs for m, c in r["curves"].items()}
+    seconds = {m: v for r in runs for m, v in r["numbers"]["seconds_per_method"].items()}
+    bon = max((r["best_of_n"] for r in runs), key=len)
+    accs = {r["numbers"]["proxy_heldout_pairwise_accuracy"] for r in runs}
+    if len(accs) != 1:
+        raise ValueError(f"the runs' proxies differ (held-out accuracies {sorted(accs)})")
+    settings = first | {"bon_max": bon[-1]["n"]}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    wall, cpu = max(r["seconds"] for r in runs), sum(r["cpu_seconds"] for r in runs)
+    return report(out, settings, curves, bon, accs.pop(), seconds, wall, cpu, log)
+
+
 def _cpu_seconds() -> float:
     """CPU time of this process and of the children it waited for (the `danlu demo` run, if any)."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -475,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--quick", action="store_true", help="the tiny setting of the tests")
     ap.add_argument("--reuse", action="store_true", help="take curves OUT/METHOD/curve.json already written")
+    ap.add_argument(
+        "--collect", nargs="+", type=Path, metavar="RUN", help="no training: one report from these runs"
+    )
     ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads")
@@ -484,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     args = ap.parse_args(argv)
 
+    if args.collect:
+        collect(args.out, args.collect)
+        return 0
     import torch
 
     torch.set_num_threads(args.threads)
