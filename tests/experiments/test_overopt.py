@@ -71,7 +71,8 @@ def test_overopt_pipeline_tiny(make_gpt, tokenizer, tmp_path, one_thread):
     world_dir = tmp_path / "world"
     write_world(world_dir, seed=0, size="tiny")
     logged = []
-    result = script().run(tmp_path / "overopt", quick=True, sft_model=make_gpt(), tokenizer=tokenizer,
+    overopt = script()
+    result = overopt.run(tmp_path / "overopt", quick=True, sft_model=make_gpt(), tokenizer=tokenizer,
                           world_dir=world_dir, log=logged.append)  # fmt: skip
     assert {"numbers", "curves", "best_of_n", "figure", "markdown", "seconds", "cpu_seconds"} <= set(result)
     s = result["settings"]
@@ -94,6 +95,9 @@ def test_overopt_pipeline_tiny(make_gpt, tokenizer, tmp_path, one_thread):
     saved = json.loads((tmp_path / "overopt" / "overopt.json").read_text())
     assert saved["numbers"] == json.loads(json.dumps(result["numbers"]))
     assert any(line.startswith("proxy reward model:") for line in logged)
+    # --collect (runs made in parallel) rebuilds the same report from the saved run
+    again = overopt.collect(tmp_path / "collected", [tmp_path / "overopt"], log=logged.append)
+    assert again["numbers"]["methods"] == saved["numbers"]["methods"] and Path(again["figure"]).is_file()
 
 
 sys.dont_write_bytecode = True
