@@ -16,7 +16,7 @@ modelled.
     3. at checkpoints, on held-out prompts: KL(π ‖ π_ref) of answers sampled at temperature 1
        (log π − log π_ref summed over each answer: per answer and per token), their proxy score and gold reward;
     4. best-of-n (n = 1, 2, 4, ..., 64) of the SFT model, picked by the proxy, as the baseline: its KL is
-       exactly log n − (n − 1)/n (Stiennon et al. 2020, App. G.3; Gao et al. eq. 1), its rewards are the
+       exactly log n − (n − 1)/n (Stiennon et al. 2020; Gao et al. 2022 §2), its rewards are the
        unbiased estimate over all n-subsets of 64 samples per prompt.
 
     danlu demo --stages sft                         # runs/demo/sft/checkpoint and runs/demo/world
@@ -29,8 +29,9 @@ parallel, one thread each, and collect them (each part trains the same seeded pr
     for m in ppo grpo dpo; do python experiments/overopt.py --out runs/oo_$m --methods $m --bon-max 1 & done
     python experiments/overopt.py --out runs/oo_bon --methods; wait
     python experiments/overopt.py --collect runs/oo_bon runs/oo_ppo runs/oo_grpo runs/oo_dpo --out runs/overopt
- `run(out_dir, quick=True)` is the
-tiny setting of the tests; `danlu demo --stages lab` calls `run` with its own SFT model.
+
+`run(out_dir, quick=True)` is the tiny setting of the tests; `danlu demo --stages lab` calls `run` with its
+own SFT model.
 """
 
 from __future__ import annotations
@@ -61,9 +62,8 @@ class Settings:
     likelihood_feature: bool = False
     steps: int = 48  # policy updates per method
     checkpoints: int = 6  # measurements along the way (plus step 0, the SFT model)
-    samples: int = (
-        32  # sampled answers per update (GRPO: samples / group_size prompts; DPO: samples / 2 pairs)
-    )
+    # sampled answers per update (GRPO: samples / group_size prompts; DPO: samples / 2 pairs)
+    samples: int = 32
     group_size: int = 8
     lr: float = 1e-4  # 3e-4: PPO and GRPO lowered the proxy (too large a step for 32 samples)
     kl_coef: float = 0.0  # PPO's per-token KL penalty and GRPO's β: 0, as Gao et al. (the KL is the x axis)
@@ -80,7 +80,7 @@ QUICK = Settings(rm_pairs=16, rm_steps=2, rm_eval_pairs=8, steps=2, checkpoints=
 
 
 def best_of_n_kl(n: int) -> float:
-    """KL(π_bon ‖ π_ref) of best-of-n sampling in nats: log n − (n − 1)/n (Stiennon et al. 2020, App. G.3)."""
+    """KL(π_bon ‖ π_ref) of best-of-n sampling in nats: log n − (n − 1)/n (Stiennon et al. 2020)."""
     return math.log(n) - (n - 1) / n
 
 
@@ -89,7 +89,7 @@ def best_of_n(proxy: list[list[float]], gold: list[list[float]], ns: list[int]) 
 
     proxy, gold: (prompts, N) scores of N samples per prompt. The expectation over every n-subset of the N
     samples, not one split: sorted by proxy ascending, the i-th sample (1-based) is the best of a random
-    n-subset with probability C(i − 1, n − 1) / C(N, n) (the estimator of Nakano et al. 2021, App. I)."""
+    n-subset with probability C(i − 1, n − 1) / C(N, n)."""
     out = []
     for n in ns:
         p_sum = g_sum = 0.0
@@ -113,14 +113,8 @@ class Meter:
     def __init__(self, ref: Any, proxy: Any, tokenizer: Any, records: list[dict], s: Settings, seed: int):
         from danlu.tune.sft import prompt_text
 
-        self.ref, self.proxy, self.tokenizer, self.records, self.s, self.seed = (
-            ref,
-            proxy,
-            tokenizer,
-            records,
-            s,
-            seed,
-        )
+        self.ref, self.proxy, self.tokenizer, self.records = ref, proxy, tokenizer, records
+        self.s, self.seed = s, seed
         self.prompts = [prompt_text(r, tokenizer) for r in records]
 
     def rollouts(self, policy: Any, samples: int, seed: int) -> list[tuple[Any, list[dict]]]:
@@ -191,9 +185,10 @@ def run(
     """The experiment; returns {"numbers", "curves", "best_of_n", "figure", "markdown", "seconds",
     "cpu_seconds"}. sft_model/tokenizer/world_dir: the starting policy and the world (e.g. `danlu demo`'s);
     without them the model is loaded from model_path (default runs/demo/sft/checkpoint, built by
-    `danlu demo --stages sft` into OUT/demo when missing). reuse: take a method's curve from OUT/METHOD/curve.json
-    and best-of-n from OUT/best_of_n.json when runs of their own (in parallel) wrote them. overrides: fields of Settings."""
-
+    `danlu demo --stages sft` into OUT/demo when missing). reuse: take a method's curve from
+    OUT/METHOD/curve.json and best-of-n from OUT/best_of_n.json when runs of their own (in parallel) wrote
+    them. overrides: fields of Settings. The markdown links the figure as OUT_NAME/overopt.png, for a
+    report.md in OUT's parent (`danlu demo`'s folder)."""
     from danlu.align.reward import pairwise_accuracy, train_reward_model
     from danlu.data.formats import read_jsonl
 
@@ -519,7 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads")
+    # 1: on a shared machine a second thread spins at every barrier (10x slower here under load)
+    ap.add_argument("--threads", type=int, default=1, help="PyTorch CPU threads")
     for f, v in asdict(Settings()).items():
         ap.add_argument(
             "--" + f.replace("_", "-"), type=type(v) if not isinstance(v, bool) else int, default=None
