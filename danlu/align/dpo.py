@@ -193,14 +193,15 @@ def dpo(
     policy: nn.Module, tokenizer: Any, train_records: list[dict], out_dir: str | Path, train_config: Any = None,
     beta: float | None = None, eval_records: list[dict] | None = None, lora: Any = None, sft_weight: float = 0.0,
     val_records: list[dict] | None = None, loss: str = "dpo", gamma: float = 1.0, desirable_weight: float = 1.0,
-    undesirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0, on_step: Any = None,
 ) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
     """Align `policy` (in place) on preference pairs with DPO (or `loss`: ipo, kto, orpo, simpo); the reference
     is the policy as given. `beta` defaults per loss (DEFAULT_BETA); `gamma` is SimPO's target margin;
     `desirable_weight` / `undesirable_weight` are KTO's λ_D / λ_U.
 
     Returns (policy, summary); the summary has held-out preference metrics before and after when
-    eval_records are given. The model is saved to OUT/checkpoint (LoRA merged; adapters in OUT/adapter)."""
+    eval_records are given. The model is saved to OUT/checkpoint (LoRA merged; adapters in OUT/adapter).
+    on_step(step, record): the loop's per-step callback (experiments/overopt.py measures the policy there)."""
     from danlu.models.checkpoints import save_model
     from danlu.train.loop import TrainConfig, train
 
@@ -249,7 +250,7 @@ def dpo(
     def save_fn(m: nn.Module, d: Path) -> None:
         save_model(merged_copy(policy), d, tokenizer=tokenizer)  # LoRA: a merged copy; training goes on
 
-    summary = train(wrapped, batch_fn, cfg, out_dir, save_fn=save_fn, eval_fn=eval_fn)
+    summary = train(wrapped, batch_fn, cfg, out_dir, save_fn=save_fn, eval_fn=eval_fn, on_step=on_step)
     finish_lora(policy, lora, Path(out_dir) / "adapter")  # adapters to OUT/adapter, merged in place
     policy.eval()
     summary |= {"loss_variant": loss, "beta": beta}

@@ -76,8 +76,9 @@ class GRPOObjective(OnlineObjective):
     curves_title = "GRPO: verifiable reward (train samples), KL to the reference, held-out greedy accuracy"
 
     def __init__(self, policy: nn.Module, ref: nn.Module, tokenizer: Any, records: list[dict], cfg: GRPOConfig,
-                 eval_records: list[dict] | None) -> None:  # fmt: skip
+                 eval_records: list[dict] | None, reward_fn: Any = None) -> None:  # fmt: skip
         super().__init__(policy)
+        self.reward_fn = reward_fn  # None: the world's verifiable reward
         self.ref, self.tokenizer, self.records, self.cfg, self.eval_records = (
             ref,
             tokenizer,
@@ -103,9 +104,12 @@ class GRPOObjective(OnlineObjective):
         rollout = sample(
             policy, self.tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, seed=cfg.seed * 7919 + step
         )
-        rewards = torch.tensor(
-            [reward(r, y) for r, y in zip(group_records, rollout.texts)], device=self.device
+        scores = (
+            self.reward_fn(group_records, rollout)
+            if self.reward_fn is not None
+            else [reward(r, y) for r, y in zip(group_records, rollout.texts)]
         )
+        rewards = torch.as_tensor(scores, dtype=torch.float, device=self.device)
         mask = rollout.action_mask
         # DAPO's soft overlong punishment (off unless --overlong-buffer): on the reward, before the baseline
         task_rewards = rewards
@@ -149,14 +153,17 @@ class GRPOObjective(OnlineObjective):
 def grpo(
     policy: nn.Module, tokenizer: Any, train_records: list[dict], out_dir: str | Path, cfg: GRPOConfig | None = None,
     eval_records: list[dict] | None = None, ref: nn.Module | None = None, show_progress: bool = True,
-    save_fn: Any = None, resume: bool = False, on_step: Any = None,
+    save_fn: Any = None, resume: bool = False, on_step: Any = None, reward_fn: Any = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Train `policy` in place on SFT-style records with an "answer" (scored by danlu.data.world.reward), in the
     one training loop; write metrics.jsonl and grpo_curves.png to `out_dir`.
 
     With `save_fn(model, dir)` the loop keeps a resumable checkpoint (at the end and every cfg.ckpt_interval
     rounds); `resume=True` continues it exactly: a round's rollouts are a pure function of (seed, step) and the
-    weights. Pass the starting (SFT) model as `policy` when resuming: its copy is the reference."""
+    weights. Pass the starting (SFT) model as `policy` when resuming: its copy is the reference.
+
+    `reward_fn(records, rollout)` -> one score per answer replaces the verifiable reward (a reward model, as in
+    experiments/overopt.py); `on_step(step, record)` is the loop's per-step callback."""
     cfg = cfg or GRPOConfig()
     cfg = replace(cfg, show_progress=cfg.show_progress and show_progress)
     records = [r for r in train_records if r.get("answer")]
@@ -166,7 +173,7 @@ def grpo(
         )
     torch.manual_seed(cfg.seed)
     ref = ref if ref is not None else copy.deepcopy(policy)
-    objective = GRPOObjective(policy, ref, tokenizer, records, cfg, eval_records)
+    objective = GRPOObjective(policy, ref, tokenizer, records, cfg, eval_records, reward_fn)
     result = run(objective, cfg, out_dir, save_fn=save_fn, resume=resume, on_step=on_step)
     policy.eval()
     summary: dict[str, Any] = {"config": asdict(cfg), "steps": cfg.max_steps, "seconds": result["seconds"]}
