@@ -7,7 +7,7 @@ a `tojson` that keeps non-ASCII, a `namespace` that refuses underscore names and
 
 The sandbox stops attribute escapes: names starting with "_" and Python internals are unreachable, also
 through `str.format` fields (`{0.__globals__}`), and lists and dicts cannot be mutated. It does not bound
-work, so danlu adds (limits in `danlu.tokenizers.chat`):
+work, so danlu adds (limits in `danlu.tokenizers.template_limits`):
 - time: a trace function of the rendering thread (`sys.settrace`, per thread, so it works in the server's
   worker threads) checks a deadline at every Python call and at every line of the template's own compiled
   code, so nested empty loops stop too; it raises a BaseException that no `except Exception` in jinja2 eats.
@@ -34,8 +34,7 @@ import jinja2.nodes
 from jinja2.compiler import CodeGenerator, optimizeconst
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from danlu.tokenizers import chat as limits
-from danlu.tokenizers.chat import ChatTemplateError
+from danlu.tokenizers import template_limits as limits
 from danlu.tokenizers.jinja_builtins import (
     BoundedBuffer,
     GenerationBlock,
@@ -53,6 +52,7 @@ from danlu.tokenizers.jinja_builtins import (
     tojson,
     too_big,
 )
+from danlu.tokenizers.template_limits import ChatTemplateError
 
 TEMPLATE_FILENAME = "<template>"  # the file name jinja2 compiles template code under
 

@@ -3,7 +3,7 @@
 - The globals and filters `transformers` gives chat templates, written for danlu: `raise_exception`,
   `strftime_now`, a `tojson` that keeps non-ASCII and takes indent / separators / sort_keys, a `namespace`
   that refuses names starting with "_", a `dict` without the type object, `{% generation %}` blocks.
-- Size checks (limits in `danlu.tokenizers.chat`): before an operation that can build something much bigger
+- Size checks (limits in `danlu.tokenizers.template_limits`): before an operation that can build something much bigger
   than its inputs (a width, a repeat count, a replacement, a separator), and on values after they are built
   (`value_size` counts what str() of a list or dict would print, walking each distinct object once).
 """
@@ -25,8 +25,8 @@ import jinja2.filters
 import jinja2.nodes
 from jinja2.utils import Namespace
 
-from danlu.tokenizers import chat as limits
-from danlu.tokenizers.chat import ChatTemplateError
+from danlu.tokenizers import template_limits as limits
+from danlu.tokenizers.template_limits import ChatTemplateError
 
 # --- sizes ---------------------------------------------------------------------------------------------
 

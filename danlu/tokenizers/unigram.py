@@ -233,7 +233,7 @@ class UnigramTokenizer(Tokenizer):
     # --- construction and serialisation ------------------------------------------------------------------
     @classmethod
     def from_hf_dict(cls, data: dict[str, Any], config: dict[str, Any] | None = None) -> UnigramTokenizer:
-        from danlu.tokenizers.io import check_token_ids, special_roles
+        from danlu.tokenizers.hf_fields import check_token_ids, special_roles
 
         model = data["model"]
         added = data.get("added_tokens") or []
