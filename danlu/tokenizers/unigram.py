@@ -94,6 +94,7 @@ class UnigramTokenizer(Tokenizer):
             if None in self._byte_ids:
                 raise DanluError("Unigram byte_fallback is on but the vocab lacks some <0xXX> byte pieces")
         self._cache: dict[str, list[int]] = {}
+        self._prefixes: dict[str, int] | None = None
         self._validate_roles()
 
     # --- encoding / decoding ------------------------------------------------------------------------------
@@ -167,7 +168,7 @@ class UnigramTokenizer(Tokenizer):
         """Best segmentation of each word, by the one Unigram Viterbi (unigram_lattice) over a lattice of
         their vocabulary matches. A character with no single-character piece gets an unknown edge (piece
         id len(pieces), scored unk_score), so every position is reachable."""
-        get, max_len, unk = self._vocab.get, self._max_len, len(self.pieces)
+        get, max_len, unk = self._prefix_table().get, self._max_len, len(self.pieces)
         word_of: list[int] = []
         starts: list[int] = []
         ends: list[int] = []
@@ -176,18 +177,21 @@ class UnigramTokenizer(Tokenizer):
         for w, word in enumerate(words):
             n = len(word)
             for start in range(n):
-                if get(word[start]) is None:  # no piece for this character: an unknown piece of one
+                piece_id = get(word[start])
+                if piece_id is None or piece_id < 0:  # no piece for this character: an unknown piece of one
                     add_word(w)
                     add_start(start)
                     add_end(start + 1)
                     add_piece(unk)
-                for end in range(start + 1, min(n, start + max_len) + 1):
-                    piece_id = get(word[start:end])
-                    if piece_id is not None:
+                end, last = start + 1, min(n, start + max_len)
+                while piece_id is not None:  # longer matches only while word[start:end] begins some piece
+                    if piece_id >= 0:
                         add_word(w)
                         add_start(start)
                         add_end(end)
                         add_piece(piece_id)
+                    end += 1
+                    piece_id = get(word[start:end]) if end <= last else None
         lattice = Lattice(
             np.array([len(w) for w in words], np.int64),
             np.array(word_of, np.int64),
@@ -199,6 +203,18 @@ class UnigramTokenizer(Tokenizer):
             [(None if p == unk else p, a, b) for p, a, b in spans]
             for spans in lattice.segmentations(self._edge_scores)
         ]
+
+    def _prefix_table(self) -> dict[str, int]:
+        """Every piece -> its id, and every proper prefix of a piece that is not one -> -1: the lattice stops
+        extending a match at the first substring no piece begins with (built on first use)."""
+        if self._prefixes is None:
+            table: dict[str, int] = {}
+            for piece in self._vocab:
+                for k in range(1, len(piece)):
+                    table.setdefault(piece[:k], -1)
+            table.update(self._vocab)
+            self._prefixes = table
+        return self._prefixes
 
     def _encode_words(self, words: Sequence[str]) -> list[list[int]]:
         return [self._ids_of(word, spans) for word, spans in zip(words, self._viterbi_words(words))]

@@ -41,19 +41,21 @@ class _Edges:
         self.forward = forward
         # (edge slice start, end, group starts relative to the slice, the groups' nodes, group sizes) per level
         self.levels: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.group_starts = self.group_nodes = np.zeros(0, np.int64)
         n = len(src)
         if n == 0:
             return
         target = dst if forward else src
-        starts = np.flatnonzero(np.r_[True, target[1:] != target[:-1]])
-        cuts = np.flatnonzero(np.r_[True, level[starts][1:] != level[starts][:-1]])
-        bounds = np.r_[cuts, len(starts)]
-        edge_at = np.r_[starts, n]
-        sizes = np.diff(edge_at)
-        edge_at_l = edge_at.tolist()
-        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-            e0, e1 = edge_at_l[a], edge_at_l[b]
-            self.levels.append((e0, e1, starts[a:b] - e0, target[starts[a:b]], sizes[a:b]))
+        starts = np.flatnonzero(_changes(target))  # the first edge of each node's group
+        cuts = np.flatnonzero(_changes(level[starts]))  # the first group of each level
+        self.group_starts, self.group_nodes = starts, target[starts]  # every node's edges, all levels
+        sizes = _gaps(starts, n)
+        level_at = starts[cuts]  # the first edge of each level
+        rel = starts - np.repeat(level_at, _gaps(cuts, len(starts)))
+        bounds, edge_at = [*cuts.tolist(), len(starts)], [*level_at.tolist(), n]
+        for k in range(len(cuts)):  # views only: a per-call cost that small lattices (one text) feel
+            a, b = bounds[k], bounds[k + 1]
+            self.levels.append((edge_at[k], edge_at[k + 1], rel[a:b], self.group_nodes[a:b], sizes[a:b]))
 
     def keep(self, mask: np.ndarray) -> _Edges:
         """The same order without the masked-out edges (a subsequence of a sorted list stays sorted)."""
@@ -68,7 +70,7 @@ class Lattice:
     def __init__(
         self, lengths: np.ndarray, word: np.ndarray, start: np.ndarray, end: np.ndarray, piece: np.ndarray
     ) -> None:
-        self.offset = np.r_[0, np.cumsum(lengths + 1)[:-1]].astype(np.int64)  # first node of each word
+        self.offset = (np.cumsum(lengths + 1) - (lengths + 1)).astype(np.int64)  # first node of each word
         self.end_node = self.offset + lengths
         self.n_nodes = int(lengths.sum() + len(lengths))
         src, dst = self.offset[word] + start, self.offset[word] + end
@@ -162,16 +164,32 @@ def _best_edges(
     edge_score = scores[e.piece]
     best = np.full(n_nodes, -np.inf)
     best[offset] = 0.0
-    back = np.full(n_nodes, -1, np.int64)  # the edge that reaches each node best
-    index = np.arange(max((e1 - e0 for e0, e1, *_ in e.levels), default=0))
-    for e0, e1, rel, targets, sizes in e.levels:
-        values = best[e.src[e0:e1]] + edge_score[e0:e1]
-        peak = np.maximum.reduceat(values, rel)
-        is_best = values == peak.repeat(sizes)
-        first = np.minimum.reduceat(np.where(is_best, index[: e1 - e0], e1 - e0), rel)
-        best[targets] = peak
-        back[targets] = first + e0
+    for e0, e1, rel, targets, _ in e.levels:  # one position at a time: its sources are final
+        best[targets] = np.maximum.reduceat(best[e.src[e0:e1]] + edge_score[e0:e1], rel)
+    # the edges that reach each node best, found once best is final: the same sums as in the loop (so the
+    # same floats), compared with the node's best, first match per node
+    back = np.full(n_nodes, -1, np.int64)
+    n = len(e.src)
+    if n:
+        is_best = best[e.src] + edge_score == best[e.dst]
+        back[e.group_nodes] = np.minimum.reduceat(np.where(is_best, np.arange(n), n), e.group_starts)
     return best, back
+
+
+def _changes(a: np.ndarray) -> np.ndarray:
+    """True where a[i] differs from a[i - 1], and at 0 (a is not empty)."""
+    out = np.empty(len(a), bool)
+    out[0] = True
+    np.not_equal(a[1:], a[:-1], out=out[1:])
+    return out
+
+
+def _gaps(starts: np.ndarray, total: int) -> np.ndarray:
+    """Sizes of the runs that begin at starts (ascending, from 0) in a list of total items."""
+    out = np.empty_like(starts)
+    out[:-1] = starts[1:]
+    out[-1] = total
+    return out - starts
 
 
 def _logsumexp_pass(e: _Edges, table: np.ndarray, scores: np.ndarray) -> None:
