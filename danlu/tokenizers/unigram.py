@@ -3,7 +3,8 @@
 Each piece has a log-probability (its score); a word is cut into the pieces whose scores sum highest,
 found by Viterbi over the lattice of vocabulary matches (the trainer's one: unigram_lattice.py, which
 the words of a text go through together). A character with no single-character piece is an unknown
-piece scored `min_score - 10` (SentencePiece's penalty), and adjacent unknowns fuse into one [unk]. With byte_fallback, an unknown piece is instead spelled as <0xXX> byte tokens.
+piece scored `min_score - 10` (SentencePiece's penalty), and adjacent unknowns fuse into one [unk].
+With byte_fallback, an unknown piece is instead spelled as <0xXX> byte tokens.
 Ties keep the first candidate found when scanning start positions left to right and, per start,
 pieces from short to long, which is what Hugging Face `tokenizers` does.
 
@@ -79,8 +80,12 @@ class UnigramTokenizer(Tokenizer):
             self._vocab.setdefault(piece, i)
         self._scores = [s for _, s in self.pieces]
         self._max_len = max((len(p) for p, _ in self.pieces), default=1)
-        if any(math.isnan(x) or x == math.inf for x in self._scores):
-            raise DanluError("a Unigram piece score is NaN or +inf; scores are log-probabilities (<= 0)")
+        bad = next(((p, x) for p, x in self.pieces if not math.isfinite(x)), None)
+        if bad is not None:  # a NaN or infinite sum would leave the Viterbi no best edge to keep
+            raise DanluError(
+                f"Unigram piece {bad[0][:50]!r} has score {bad[1]}; scores must be finite log-probabilities "
+                "(a NaN, inf or -inf in the file is corrupt)"
+            )
         self._unk_score = min(self._scores, default=0.0) - UNK_PENALTY
         # per piece id, then the unknown edge's score at id len(pieces) (see _viterbi_words)
         self._edge_scores = np.array([*self._scores, self._unk_score], np.float64)

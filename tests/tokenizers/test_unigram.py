@@ -160,7 +160,8 @@ def test_ties_and_bad_scores():
     assert tok.viterbi("abc") == [(1, 0, 1), (5, 1, 3)]
     hf = HFTokenizer(models.Unigram([(p, s) for p, s in pieces], unk_id=0))
     assert tok.encode("abc") == hf.encode("abc").ids
-    with pytest.raises(DanluError, match="NaN"):
-        UnigramTokenizer([("<unk>", 0.0), ("a", float("nan"))], {"<unk>": 0})
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(DanluError, match="finite log-probabilities"):
+            UnigramTokenizer([("<unk>", 0.0), ("a", bad)], {"<unk>": 0})
     with pytest.raises(DanluError, match="expects a str"):
         tok.encode_batch(["abc", None])
