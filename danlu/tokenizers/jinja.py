@@ -208,7 +208,7 @@ def render_template(source: str, variables: dict[str, Any]) -> str:
     if len(source) > limits.TEMPLATE_MAX_SOURCE_CHARS:
         raise ChatTemplateError(
             f"the chat template is {len(source)} characters, over the limit of {limits.TEMPLATE_MAX_SOURCE_CHARS} "
-            "(danlu.tokenizers.chat.TEMPLATE_MAX_SOURCE_CHARS)"
+            "(danlu.tokenizers.template_limits.TEMPLATE_MAX_SOURCE_CHARS)"
         )
     seconds, max_chars = limits.TEMPLATE_TIME_LIMIT_S, limits.TEMPLATE_MAX_OUTPUT_CHARS
     out: list[str] = []
@@ -221,13 +221,14 @@ def render_template(source: str, variables: dict[str, Any]) -> str:
                 if total > max_chars:
                     raise ChatTemplateError(
                         f"the chat template's output passed {max_chars} characters "
-                        "(danlu.tokenizers.chat.TEMPLATE_MAX_OUTPUT_CHARS); shorten the chat or fix the template"
+                        "(danlu.tokenizers.template_limits.TEMPLATE_MAX_OUTPUT_CHARS); "
+                        "shorten the chat or fix the template"
                     )
                 out.append(chunk)
     except _OutOfTime:
         raise ChatTemplateError(
             f"the chat template took longer than {seconds} s to render "
-            "(danlu.tokenizers.chat.TEMPLATE_TIME_LIMIT_S); the template is broken or hostile"
+            "(danlu.tokenizers.template_limits.TEMPLATE_TIME_LIMIT_S); the template is broken or hostile"
         ) from None
     except ChatTemplateError:
         raise

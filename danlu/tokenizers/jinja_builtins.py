@@ -34,7 +34,7 @@ from danlu.tokenizers.template_limits import ChatTemplateError
 def too_big(what: str, size: int) -> ChatTemplateError:
     return ChatTemplateError(
         f"the chat template would make {what} of size {size}, over the limit of {limits.TEMPLATE_MAX_VALUE_SIZE} "
-        "(danlu.tokenizers.chat.TEMPLATE_MAX_VALUE_SIZE); the template is broken or hostile"
+        "(danlu.tokenizers.template_limits.TEMPLATE_MAX_VALUE_SIZE); the template is broken or hostile"
     )
 
 
@@ -101,7 +101,7 @@ def _check_int_bits(bits: int, where: str) -> None:
     if bits > limits.TEMPLATE_MAX_INT_BITS:
         raise ChatTemplateError(
             f"the chat template would use an integer of about {bits} bits ({where}), over the limit of "
-            f"{limits.TEMPLATE_MAX_INT_BITS} (danlu.tokenizers.chat.TEMPLATE_MAX_INT_BITS)"
+            f"{limits.TEMPLATE_MAX_INT_BITS} (danlu.tokenizers.template_limits.TEMPLATE_MAX_INT_BITS)"
         )
 
 
