@@ -8,7 +8,8 @@ Measures, on the same corpus, vocabulary size, pre-tokenizer and special tokens:
   2. encoding throughput in MB/s of UTF-8 text: danlu's encode_batch vs HF's encode_batch of the same
      tokenizer.json (one thread), with the ids checked equal;
   3. Unigram training vs BPE training, both danlu, on the same --unigram-mb corpus and vocabulary
-     (the goal: Unigram's EM and pruning within 10x of BPE's merges);
+     (the goal: Unigram's EM and pruning within 10x of BPE's merges), then Unigram encoding of that
+     corpus (cache cleared) vs HF's encode_batch of the same tokenizer.json, ids checked equal;
   4. danlu vs a straightforward BPE that recounts every pair after every merge (the textbook loop),
      on a smaller slice (--naive-mb, --naive-vocab) because the naive loop is quadratic in practice.
 Each is one run (no repeats): expect some noise on a shared machine.
@@ -136,7 +137,14 @@ def main() -> None:
     uni_texts = world_corpus(args.unigram_mb)
     uni_mb = sum(len(t.encode("utf-8")) for t in uni_texts) / 1e6
     _, t_uni_bpe = timed(lambda: BPETokenizer.train(uni_texts, args.vocab_size))
-    _, t_uni = timed(lambda: UnigramTokenizer.train(uni_texts, args.vocab_size))
+    uni, t_uni = timed(lambda: UnigramTokenizer.train(uni_texts, args.vocab_size))
+    with tempfile.TemporaryDirectory() as tmp:
+        uni.save(tmp)
+        hf_uni = HFTokenizer.from_file(os.path.join(tmp, "tokenizer.json"))
+    uni._cache.clear()
+    ids_uni, e_uni = timed(lambda: uni.encode_batch(uni_texts))
+    enc_hf_uni, e_hf_uni = timed(lambda: hf_uni.encode_batch(uni_texts, add_special_tokens=False))
+    same_uni_ids = [e.ids for e in enc_hf_uni] == ids_uni
 
     small = world_corpus(args.naive_mb, seed=1)
     small_mb = sum(len(t.encode("utf-8")) for t in small) / 1e6
@@ -169,6 +177,14 @@ def main() -> None:
             t_uni / t_uni_bpe,
         ),
         (
+            f"Unigram encode {uni_mb:.1f} MB",
+            "danlu",
+            f"{uni_mb / e_uni:.2f} MB/s",
+            "HF tokenizers",
+            f"{uni_mb / e_hf_uni:.2f} MB/s",
+            e_uni / e_hf_uni,
+        ),
+        (
             f"BPE train {small_mb:.1f} MB, vocab {args.naive_vocab}",
             "danlu",
             f"{t_small:.2f} s",
@@ -184,7 +200,7 @@ def main() -> None:
     print()
     print("danlu/peer: danlu's time over the peer's for the same work (lower is better; for encoding,")
     print("3.0x means danlu runs at 1/3 of the peer's MB/s)")
-    print(f"same merges as HF: {same_merges}; same ids as HF: {same_ids}")
+    print(f"same merges as HF: {same_merges}; same ids as HF: {same_ids}; same Unigram ids: {same_uni_ids}")
 
 
 if __name__ == "__main__":

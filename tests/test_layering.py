@@ -13,8 +13,8 @@
 Function-level imports count for the layering as much as module-level ones (a lazy import is still a
 dependency); `if TYPE_CHECKING:` imports count for the layering and not for the circles (they never run).
 Circles: none among the module-level imports that run (one would make an import order fail), and none among
-all imports, function-level ones included, but for the circles in KNOWN_CIRCLES (each names the helper that
-owns its files).
+all imports, function-level ones included (KNOWN_CIRCLES, empty, is where a temporary exception would be named
+with the helper that owns its files).
 """
 
 from __future__ import annotations
@@ -38,18 +38,9 @@ MAX_LINES = 500
 
 # (importer, imported) pairs allowed for now, each with the helper that owns the fix. Keep it empty.
 ALLOWED: dict[tuple[str, str], str] = {}
-# Circles through function-level imports, allowed for now: the modules of each, and who owns the fix.
-KNOWN_CIRCLES: dict[frozenset[str], str] = {
-    # tokenizers/: base.py loads by kind (io.py -> bpe/wordpiece/unigram/gguf -> base, io), chat.py <-> jinja.py
-    # (the limits and ChatTemplateError), pretokenize.py <-> safe_regex.py; owner: the `utils` helper (regex)
-    frozenset(
-        f"danlu.tokenizers.{m}"
-        for m in ("base", "bpe", "chat", "gguf", "io", "jinja", "jinja_builtins", "unigram", "wordpiece")
-    ): "utils",
-    frozenset({"danlu.tokenizers.pretokenize", "danlu.tokenizers.safe_regex"}): "utils",
-    # tune/lora.py <-> tune/qlora.py (quantized bases inside the LoRA lifecycle); owner: `utils` (one LoRA lifecycle)
-    frozenset({"danlu.tune.lora", "danlu.tune.qlora"}): "utils",
-}
+# Circles through function-level imports, allowed for now: the modules of each, and who owns the fix. Keep it
+# empty (issue 16: no import circles between files, function-level imports included).
+KNOWN_CIRCLES: dict[frozenset[str], str] = {}
 
 
 @dataclass(frozen=True)

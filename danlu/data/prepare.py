@@ -111,7 +111,11 @@ def encode_batch(batch: RawBatch, val_fraction: float, itemsize: int) -> tuple[b
     tok = _TOKENIZER
     eos = tok.eos_token_id
     codes, lengths, ids = bytearray(), [], []
-    for text in parse_batch(batch):
+    texts = list(parse_batch(batch))
+    kept = [text for text in texts if text.strip()]
+    # one encode_batch per batch: a Unigram tokenizer segments the batch's new words in one lattice
+    docs = iter(tok.encode_batch(kept))
+    for text in texts:
         if not text.strip():
             codes.append(SKIP)
             lengths.append(0)
@@ -120,7 +124,7 @@ def encode_batch(batch: RawBatch, val_fraction: float, itemsize: int) -> tuple[b
             codes.append(1 if val_fraction and _val_split(text, val_fraction) else 0)
         else:
             codes.append(SPLITS.index(batch.split))
-        doc = tok.encode(text)
+        doc = next(docs)
         doc.append(eos)
         lengths.append(len(doc))
         ids.extend(doc)

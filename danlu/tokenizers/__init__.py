@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# io.py sets the loader `Tokenizer.load` calls; importing it here sets it before any module of the package runs
+from danlu.tokenizers import io as _io  # noqa: F401
+
 __all__ = ["Tokenizer", "BPETokenizer", "WordPieceTokenizer", "UnigramTokenizer"]
 _WHERE = {
     "Tokenizer": "danlu.tokenizers.base",

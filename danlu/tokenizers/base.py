@@ -11,27 +11,33 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from danlu.errors import DanluError
+from danlu.tokenizers.chat import CHATML_TEMPLATE, ChatTemplateError, render_chat_template
 from danlu.tokenizers.pretokenize import split_matches
 
 DEFAULT_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
-# ChatML (OpenAI; used by Qwen and SmolLM2): `<|im_start|>{role}\n{content}<|im_end|>\n` per message.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 # Tokens that close an assistant turn in the chat formats danlu meets: ChatML (Qwen, SmolLM2, danlu's own),
 # Llama 3, Gemma, Phi-3. `Tokenizer.end_of_turn_ids` is the ids of those this vocabulary holds.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+
+
+# `Tokenizer.load` reads every kind, and the kinds import this module: so io.py, which imports them, fills this
+# hook when it is imported, and danlu/tokenizers/__init__.py imports io.py, so the hook is set before any
+# module of the package runs (the import graph stays acyclic: tests/test_layering.py).
+_LOADER: Callable[[str | os.PathLike], Tokenizer] | None = None
+
+
+def set_loader(loader: Callable[[str | os.PathLike], Tokenizer]) -> None:
+    """Install the function `Tokenizer.load` calls (io.load_tokenizer)."""
+    global _LOADER
+    _LOADER = loader
 
 
 class Tokenizer:
@@ -208,8 +214,6 @@ class Tokenizer:
         every extra keyword reach the template, next to the special tokens this tokenizer has. Message
         content may be a string or a list of parts. Raises `danlu.tokenizers.chat.ChatTemplateError`.
         """
-        from danlu.tokenizers.chat import render_chat_template
-
         template = self._select_chat_template(chat_template, tools)
         variables = {**self._template_special_tokens(), **kwargs}  # like transformers: kwargs win
         return render_chat_template(
@@ -231,8 +235,6 @@ class Tokenizer:
         """Template text: the one given, or this tokenizer's. A tokenizer_config.json may hold several named
         templates (a {name: text} dict or a [{"name", "template"}] list): `chat_template` picks one by
         name, else "tool_use" when tools are given and the tokenizer has one, else "default"."""
-        from danlu.tokenizers.chat import ChatTemplateError
-
         named = self.chat_template
         if isinstance(named, list):
             named = {t.get("name"): t.get("template") for t in named if isinstance(t, dict)}
@@ -280,9 +282,9 @@ class Tokenizer:
     @staticmethod
     def load(path: str | os.PathLike) -> Tokenizer:
         """Load a tokenizer from a directory holding tokenizer.json, a tokenizer.json file, or a .gguf file."""
-        from danlu.tokenizers.io import load_tokenizer
-
-        return load_tokenizer(path)
+        if _LOADER is None:  # only if this module were loaded outside its package
+            raise DanluError("no tokenizer loader is set; import danlu.tokenizers.io (it sets one)")
+        return _LOADER(path)
 
     def __len__(self) -> int:
         return self.vocab_size

@@ -298,7 +298,7 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def from_hf_dict(cls, data: dict[str, Any], config: dict[str, Any] | None = None) -> BPETokenizer:
         """Build from a parsed `tokenizer.json` (model type BPE, byte-level) and its tokenizer_config."""
-        from danlu.tokenizers.io import check_merges, check_token_ids, special_roles
+        from danlu.tokenizers.hf_fields import check_merges, check_token_ids, special_roles
 
         model = data["model"]
         added = data.get("added_tokens") or []

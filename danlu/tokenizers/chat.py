@@ -4,7 +4,7 @@ danlu's own tokenizers use ChatML (`<|im_start|>{role}\\n{content}<|im_end|>\\n`
 `<|im_start|>assistant\\n` as the generation prompt), rendered natively. Templates of loaded tokenizers are
 Jinja text (Hugging Face `chat_template`, from tokenizer_config.json or GGUF metadata), written by whoever
 made the checkpoint, so they are untrusted code: `danlu.tokenizers.jinja` renders them in jinja2's sandbox,
-configured as `transformers` configures it, under the limits below. A template that breaks a limit, fails,
+configured as `transformers` configures it, under the limits of `template_limits.py`. A template that breaks a limit, fails,
 or calls `raise_exception` raises `ChatTemplateError` (the server answers it with a 400).
 
 The variables a template sees are the ones `transformers` passes: `messages` (None-valued keys dropped,
@@ -17,20 +17,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from danlu.errors import DanluError
+from danlu.tokenizers.template_limits import ChatTemplateError  # noqa: F401  (re-exported: raised by render)
 
-# --- limits on rendering one chat (docs/SECURITY.md lists them); read at call time, so they can be changed ---
-TEMPLATE_TIME_LIMIT_S = 2.0  # wall-clock seconds to compile and render one chat, loops of any shape included
-TEMPLATE_MAX_OUTPUT_CHARS = 4 * 2**20  # characters of rendered prompt (4 Mi; the server's body limit is 1 MB)
-# length of any string a template builds, and about what str() of a list or dict it builds would print
-TEMPLATE_MAX_VALUE_SIZE = 4 * 2**20
-TEMPLATE_MAX_INT_BITS = 4096  # bits of an integer that `*`, `**`, `//`, `%` or a call makes or takes
-TEMPLATE_MAX_SOURCE_CHARS = 2**20  # characters of template text (real templates are under 50 k)
-# `range()` is jinja2's sandboxed range: at most jinja2.sandbox.MAX_RANGE (100000) items.
-
-
-class ChatTemplateError(DanluError):
-    """A chat template (or the messages given to it) cannot be rendered: syntax, a limit, raise_exception."""
+# ChatML (OpenAI; used by Qwen and SmolLM2): `<|im_start|>{role}\n{content}<|im_end|>\n` per message.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 
 def render_chatml(messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
@@ -53,7 +48,6 @@ def render_chat_template(
     variables: the special tokens (bos_token=..., eos_token=...) and any keyword the template reads
     (e.g. enable_thinking=False); like `transformers`, every one is visible to the template.
     """
-    from danlu.tokenizers.base import CHATML_TEMPLATE
     from danlu.tokenizers.jinja import plain_data, render_template
 
     if not isinstance(template, str):

@@ -7,7 +7,7 @@ a `tojson` that keeps non-ASCII, a `namespace` that refuses underscore names and
 
 The sandbox stops attribute escapes: names starting with "_" and Python internals are unreachable, also
 through `str.format` fields (`{0.__globals__}`), and lists and dicts cannot be mutated. It does not bound
-work, so danlu adds (limits in `danlu.tokenizers.chat`):
+work, so danlu adds (limits in `danlu.tokenizers.template_limits`):
 - time: a trace function of the rendering thread (`sys.settrace`, per thread, so it works in the server's
   worker threads) checks a deadline at every Python call and at every line of the template's own compiled
   code, so nested empty loops stop too; it raises a BaseException that no `except Exception` in jinja2 eats.
@@ -34,8 +34,7 @@ import jinja2.nodes
 from jinja2.compiler import CodeGenerator, optimizeconst
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from danlu.tokenizers import chat as limits
-from danlu.tokenizers.chat import ChatTemplateError
+from danlu.tokenizers import template_limits as limits
 from danlu.tokenizers.jinja_builtins import (
     BoundedBuffer,
     GenerationBlock,
@@ -53,6 +52,7 @@ from danlu.tokenizers.jinja_builtins import (
     tojson,
     too_big,
 )
+from danlu.tokenizers.template_limits import ChatTemplateError
 
 TEMPLATE_FILENAME = "<template>"  # the file name jinja2 compiles template code under
 
@@ -208,7 +208,7 @@ def render_template(source: str, variables: dict[str, Any]) -> str:
     if len(source) > limits.TEMPLATE_MAX_SOURCE_CHARS:
         raise ChatTemplateError(
             f"the chat template is {len(source)} characters, over the limit of {limits.TEMPLATE_MAX_SOURCE_CHARS} "
-            "(danlu.tokenizers.chat.TEMPLATE_MAX_SOURCE_CHARS)"
+            "(danlu.tokenizers.template_limits.TEMPLATE_MAX_SOURCE_CHARS)"
         )
     seconds, max_chars = limits.TEMPLATE_TIME_LIMIT_S, limits.TEMPLATE_MAX_OUTPUT_CHARS
     out: list[str] = []
@@ -221,13 +221,14 @@ def render_template(source: str, variables: dict[str, Any]) -> str:
                 if total > max_chars:
                     raise ChatTemplateError(
                         f"the chat template's output passed {max_chars} characters "
-                        "(danlu.tokenizers.chat.TEMPLATE_MAX_OUTPUT_CHARS); shorten the chat or fix the template"
+                        "(danlu.tokenizers.template_limits.TEMPLATE_MAX_OUTPUT_CHARS); "
+                        "shorten the chat or fix the template"
                     )
                 out.append(chunk)
     except _OutOfTime:
         raise ChatTemplateError(
             f"the chat template took longer than {seconds} s to render "
-            "(danlu.tokenizers.chat.TEMPLATE_TIME_LIMIT_S); the template is broken or hostile"
+            "(danlu.tokenizers.template_limits.TEMPLATE_TIME_LIMIT_S); the template is broken or hostile"
         ) from None
     except ChatTemplateError:
         raise

@@ -3,7 +3,7 @@
 - The globals and filters `transformers` gives chat templates, written for danlu: `raise_exception`,
   `strftime_now`, a `tojson` that keeps non-ASCII and takes indent / separators / sort_keys, a `namespace`
   that refuses names starting with "_", a `dict` without the type object, `{% generation %}` blocks.
-- Size checks (limits in `danlu.tokenizers.chat`): before an operation that can build something much bigger
+- Size checks (limits in `danlu.tokenizers.template_limits`): before an operation that can build something much bigger
   than its inputs (a width, a repeat count, a replacement, a separator), and on values after they are built
   (`value_size` counts what str() of a list or dict would print, walking each distinct object once).
 """
@@ -25,8 +25,8 @@ import jinja2.filters
 import jinja2.nodes
 from jinja2.utils import Namespace
 
-from danlu.tokenizers import chat as limits
-from danlu.tokenizers.chat import ChatTemplateError
+from danlu.tokenizers import template_limits as limits
+from danlu.tokenizers.template_limits import ChatTemplateError
 
 # --- sizes ---------------------------------------------------------------------------------------------
 
@@ -34,7 +34,7 @@ from danlu.tokenizers.chat import ChatTemplateError
 def too_big(what: str, size: int) -> ChatTemplateError:
     return ChatTemplateError(
         f"the chat template would make {what} of size {size}, over the limit of {limits.TEMPLATE_MAX_VALUE_SIZE} "
-        "(danlu.tokenizers.chat.TEMPLATE_MAX_VALUE_SIZE); the template is broken or hostile"
+        "(danlu.tokenizers.template_limits.TEMPLATE_MAX_VALUE_SIZE); the template is broken or hostile"
     )
 
 
@@ -101,7 +101,7 @@ def _check_int_bits(bits: int, where: str) -> None:
     if bits > limits.TEMPLATE_MAX_INT_BITS:
         raise ChatTemplateError(
             f"the chat template would use an integer of about {bits} bits ({where}), over the limit of "
-            f"{limits.TEMPLATE_MAX_INT_BITS} (danlu.tokenizers.chat.TEMPLATE_MAX_INT_BITS)"
+            f"{limits.TEMPLATE_MAX_INT_BITS} (danlu.tokenizers.template_limits.TEMPLATE_MAX_INT_BITS)"
         )
 
 

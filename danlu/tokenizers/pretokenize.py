@@ -17,7 +17,10 @@ import re
 
 from danlu.errors import DanluError
 from danlu.tokenizers.safe_regex import compile_file_pattern
-from danlu.tokenizers.unicode_regex import (  # noqa: F401  (compile_pattern is re-exported)
+from danlu.tokenizers.unicode_regex import (  # noqa: F401  (compile_pattern and the patterns are re-exported)
+    DEFAULT_PATTERN,
+    GPT2_PATTERN,
+    HAN,
     bert_words_regex,
     compile_pattern,
     punctuation_regex,
@@ -56,29 +59,6 @@ def token_to_bytes(token: str) -> bytes | None:
 def bytes_to_token(data: bytes) -> str:
     """The byte-level string for raw bytes (b" hi" -> "Ġhi")."""
     return "".join(BYTE_TO_CHAR[b] for b in data)
-
-
-# The Han script (Unicode's Script property, which Oniguruma and the `regex` module both know).
-HAN = r"\p{Han}"
-
-# The default danlu pattern, in Hugging Face (Oniguruma) syntax. GPT-2's pattern with two changes:
-#  - a run of Han characters is its own word, apart from other letters, so "GPT模型" -> "GPT", "模型"
-#    (GPT-2's ` ?\p{L}+` would glue them, and a whole Chinese clause would be one word either way);
-#  - every digit is its own word (as LLaMA and Qwen do), so "1234" is 4 tokens and arithmetic sees
-#    place values consistently (Nogueira et al. 2021, "Investigating the limitations of transformers
-#    with simple arithmetic tasks").
-DEFAULT_PATTERN = (
-    r"'(?:s|t|re|ve|m|ll|d)"
-    r"| ?[^\P{L}" + HAN + r"]+"
-    r"| ?[" + HAN + r"]+"
-    r"|\p{N}"
-    r"| ?[^\s\p{L}\p{N}]+"
-    r"|\s+(?!\S)"
-    r"|\s+"
-)
-
-# GPT-2's own pattern (what ByteLevel(use_regex=true) uses in Hugging Face tokenizers).
-GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 
 
 def split_isolated(regex: re.Pattern[str], text: str) -> list[str]:

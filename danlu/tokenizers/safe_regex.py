@@ -20,7 +20,7 @@ from typing import Any
 import regex
 
 from danlu.errors import DanluError
-from danlu.tokenizers.unicode_regex import compile_pattern, translate_pattern
+from danlu.tokenizers.unicode_regex import DEFAULT_PATTERN, GPT2_PATTERN, compile_pattern, translate_pattern
 
 FILE_REGEX_TIMEOUT_S = 1.0  # the time limit (CPU seconds) of one call on a short text
 FILE_REGEX_TIMEOUT_PER_CHAR_S = 1e-5  # ... plus this much per character of the text
@@ -78,8 +78,6 @@ def _short(pattern: str) -> str:
 def compile_file_pattern(pattern: Any, source: str) -> re.Pattern[str] | TimedPattern:
     """A Hugging Face (Oniguruma) pattern read from a file: `re` for danlu's own patterns, else a
     `TimedPattern`. `source` names what holds it (e.g. "pre_tokenizer Split")."""
-    from danlu.tokenizers.pretokenize import DEFAULT_PATTERN, GPT2_PATTERN
-
     if not isinstance(pattern, str):
         raise DanluError(f"{source} pattern should be a string, found {type(pattern).__name__} {pattern!r}")
     if len(pattern) > MAX_PATTERN_LENGTH:

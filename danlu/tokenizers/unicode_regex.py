@@ -35,6 +35,29 @@ _JOIN_CONTROL = "\u200c\u200d"
 _ESCAPE = re.compile(r"\\(?:([wW])|x\{([0-9a-fA-F]+)\}|(.))", re.S)
 
 
+# The Han script (Unicode's Script property, which Oniguruma and the `regex` module both know).
+HAN = r"\p{Han}"
+
+# The default danlu pattern, in Hugging Face (Oniguruma) syntax. GPT-2's pattern with two changes:
+#  - a run of Han characters is its own word, apart from other letters, so "GPT模型" -> "GPT", "模型"
+#    (GPT-2's ` ?\p{L}+` would glue them, and a whole Chinese clause would be one word either way);
+#  - every digit is its own word (as LLaMA and Qwen do), so "1234" is 4 tokens and arithmetic sees
+#    place values consistently (Nogueira et al. 2021, "Investigating the limitations of transformers
+#    with simple arithmetic tasks").
+DEFAULT_PATTERN = (
+    r"'(?:s|t|re|ve|m|ll|d)"
+    r"| ?[^\P{L}" + HAN + r"]+"
+    r"| ?[" + HAN + r"]+"
+    r"|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+"
+    r"|\s+(?!\S)"
+    r"|\s+"
+)
+
+# GPT-2's own pattern (what ByteLevel(use_regex=true) uses in Hugging Face tokenizers).
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
+
 def _code_point(cp: int) -> str:
     return f"\\U{cp:08x}" if cp > 0xFFFF else f"\\u{cp:04x}"
 

@@ -195,7 +195,7 @@ class WordPieceTokenizer(Tokenizer):
 
     @classmethod
     def from_hf_dict(cls, data: dict[str, Any], config: dict[str, Any] | None = None) -> WordPieceTokenizer:
-        from danlu.tokenizers.io import check_token_ids, token_text
+        from danlu.tokenizers.hf_fields import check_token_ids, token_text
 
         model = data["model"]
         added = data.get("added_tokens") or []

@@ -113,22 +113,18 @@ def quantize_frozen_base(model: nn.Module, bits: int) -> list[str]:
     """Replace every frozen nn.Linear of `model` (a LoRA layer's base included) by a QuantizedLinear.
 
     The head and the embeddings stay in full precision: the head is usually tied to the embedding, and both
-    are read row by row or once per token. Returns the names of the quantised layers.
+    are read row by row or once per token. Returns the names of the quantised layers. A LoRA layer's base is
+    the child module `<name>.base`, frozen by LoRALinear, so it is found like any frozen linear (this module
+    needs nothing of tune/lora.py, which imports it).
     """
-    from danlu.tune.lora import LoRALinear
-
     names = []
     for name, module in list(model.named_modules()):
-        if isinstance(module, LoRALinear) and isinstance(module.base, nn.Linear):
-            module.base = QuantizedLinear(module.base, bits)
-            names.append(name + ".base")
-        elif isinstance(module, nn.Linear) and not name.endswith("lm_head") and not name.endswith(".base"):
-            if any(p.requires_grad for p in module.parameters()):
-                continue  # a trainable layer (not a frozen base) keeps its precision
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, QuantizedLinear(module, bits))
-            names.append(name)
+        if not isinstance(module, nn.Linear) or name.endswith("lm_head"):
+            continue
+        if any(p.requires_grad for p in module.parameters()):
+            continue  # a trainable layer (not a frozen base) keeps its precision
+        _replace(model, name, QuantizedLinear(module, bits))
+        names.append(name)
     if not names:
         raise DanluError("--quantize-base: the model has no frozen linear layer to quantise")
     return names
@@ -136,23 +132,21 @@ def quantize_frozen_base(model: nn.Module, bits: int) -> list[str]:
 
 def dequantize_base(model: nn.Module) -> nn.Module:
     """Put plain nn.Linear layers (dequantised weights, the base's dtype) back in place of QuantizedLinear."""
-    from danlu.tune.lora import LoRALinear
-
     for name, module in list(model.named_modules()):
-        target = module.base if isinstance(module, LoRALinear) else module
-        if not isinstance(target, QuantizedLinear):
+        if not isinstance(module, QuantizedLinear):
             continue
-        linear = nn.Linear(target.in_features, target.out_features, bias=target.bias is not None)
-        linear = linear.to(device=target.codes.device, dtype=target.dtype)
+        linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+        linear = linear.to(device=module.codes.device, dtype=module.dtype)
         with torch.no_grad():
-            linear.weight.copy_(target.dequantize())
-            if target.bias is not None:
-                linear.bias.copy_(target.bias)
+            linear.weight.copy_(module.dequantize())
+            if module.bias is not None:
+                linear.bias.copy_(module.bias)
         linear.requires_grad_(False)
-        if isinstance(module, LoRALinear):
-            module.base = linear
-        else:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, linear)
+        _replace(model, name, linear)
     return model
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)

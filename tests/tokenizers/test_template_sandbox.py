@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from danlu.errors import DanluError
-from danlu.tokenizers import chat
+from danlu.tokenizers import template_limits
 from danlu.tokenizers.chat import ChatTemplateError, render_chat_template
 
 SECRET = "sk-planted-4f1c9e-do-not-leak"
@@ -27,7 +27,7 @@ def planted_secret(monkeypatch):
 @pytest.fixture
 def short_limit(monkeypatch):
     """A 0.3 s time limit, so the time-limit tests stay fast (the default is tested once below)."""
-    monkeypatch.setattr(chat, "TEMPLATE_TIME_LIMIT_S", 0.3)
+    monkeypatch.setattr(template_limits, "TEMPLATE_TIME_LIMIT_S", 0.3)
     return 0.3
 
 
@@ -113,7 +113,7 @@ def test_unbounded_loops_stop_at_the_time_limit(short_limit, template):
 
 def test_default_time_limit_in_a_worker_thread():
     # The server renders in worker threads: the limit is per thread, and the caller's tracer is left alone.
-    assert chat.TEMPLATE_TIME_LIMIT_S == 2.0
+    assert template_limits.TEMPLATE_TIME_LIMIT_S == 2.0
     template = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
     tracer_before = sys.gettrace()
     start = time.monotonic()
@@ -230,6 +230,6 @@ def test_limits_leave_ordinary_templates_alone():
 
 
 def test_source_size_limit(monkeypatch):
-    monkeypatch.setattr(chat, "TEMPLATE_MAX_SOURCE_CHARS", 100)
+    monkeypatch.setattr(template_limits, "TEMPLATE_MAX_SOURCE_CHARS", 100)
     with pytest.raises(ChatTemplateError, match="over the limit of 100"):
         render("x" * 101)

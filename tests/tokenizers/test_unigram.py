@@ -13,6 +13,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 from danlu.errors import DanluError
 from danlu.tokenizers.base import Tokenizer
+from danlu.tokenizers.pretokenize import PreTokenizer
 from danlu.tokenizers.unigram import UnigramTokenizer
 from danlu.tokenizers.unigram_train import digamma
 
@@ -125,3 +126,42 @@ def test_training_progress_names_each_step(corpus, capsys):
     err = capsys.readouterr().err
     assert "Unigram EM" in err and "step=EM" in err and "step=prune" in err and "pieces=" in err
     assert "round" not in err and "step/s" in err
+
+
+def test_encoder_and_trainer_share_one_viterbi(monkeypatch, corpus):
+    """One home for the Viterbi recursion (issue 16): the encoder's segmentation and the trainer's pruning
+    both run unigram_lattice._best_edges, and encoding a batch gives the same ids as one text at a time."""
+    from danlu.tokenizers import unigram_lattice
+
+    calls = []
+    real = unigram_lattice._best_edges
+
+    def counting(*args):
+        calls.append(len(args[0].src))
+        return real(*args)
+
+    monkeypatch.setattr(unigram_lattice, "_best_edges", counting)
+    tok = UnigramTokenizer.train(corpus[:300], 300)
+    assert calls, "the trainer's pruning did not run the shared Viterbi"
+    calls.clear()
+    lines = corpus[300:340] + ["", "✈✈ unseen", "<|endoftext|>ab"]
+    batch = tok.encode_batch(lines)
+    assert len(calls) == 1  # the batch's new words: one lattice
+    tok._cache.clear()
+    assert [tok.encode(line) for line in lines] == batch
+    assert len(calls) > 1
+
+
+def test_ties_and_bad_scores():
+    # "ab"+"c" and "a"+"bc" tie at -4: the path from the leftmost start into the last position wins, as in
+    # Hugging Face tokenizers (a left-to-right scan keeping only strictly better scores)
+    pieces = [("<unk>", 0.0), ("a", -2.0), ("b", -2.0), ("c", -2.0), ("ab", -2.0), ("bc", -2.0)]
+    tok = UnigramTokenizer(pieces, {"<unk>": 0}, pre_tokenizer=PreTokenizer(None))
+    assert tok.viterbi("abc") == [(1, 0, 1), (5, 1, 3)]
+    hf = HFTokenizer(models.Unigram([(p, s) for p, s in pieces], unk_id=0))
+    assert tok.encode("abc") == hf.encode("abc").ids
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(DanluError, match="finite log-probabilities"):
+            UnigramTokenizer([("<unk>", 0.0), ("a", bad)], {"<unk>": 0})
+    with pytest.raises(DanluError, match="expects a str"):
+        tok.encode_batch(["abc", None])
