@@ -156,3 +156,29 @@ def test_lab_full_is_not_a_resume_setting():
     from danlu.recipes.demo import _settings
 
     assert _settings(argparse.Namespace(seed=0, lab_full=True)) == {"seed": 0}
+
+
+def test_a_script_with_a_dataclass_loads(tmp_path):
+    # dataclasses look their module up in sys.modules while the class is built (experiments/overopt.py's
+    # Settings): loading a script without registering it failed with "'NoneType' has no attribute '__dict__'"
+    script = tmp_path / "with_settings.py"
+    script.write_text(
+        "from dataclasses import dataclass\n\n@dataclass\nclass Settings:\n    steps: int = 3\n\n"
+        "def run(out_dir, quick=False):\n    return {'steps': Settings().steps}\n",
+        encoding="utf-8",
+    )
+    module = lab_stages.load_script(script)
+    assert module.run(tmp_path) == {"steps": 3}
+
+
+def test_run_entries_get_paths_where_they_take_paths():
+    # overopt.run's sft_model/tokenizer are loaded objects: the lab hands it the checkpoint's path instead
+    i = lab_stages.LabInputs(
+        out_dir=Path("o/lab/overopt"), model=Path("o/pretrain/checkpoint"), world=Path("o/world"),
+        tokenizer=Path("o/tokenizer"), sft_model=Path("o/sft/checkpoint"), reward_model=None, seed=0,
+        device="cpu", threads=1, quick=True,
+    )  # fmt: skip
+    kwargs = lab_stages.EXPERIMENTS["overopt"].run_kwargs(i)
+    assert kwargs["sft_model"] is None and kwargs["tokenizer"] is None
+    assert kwargs["model_path"] == i.sft_model and kwargs["world_dir"] == i.world
+    assert lab_stages.EXPERIMENTS["icl"].run_kwargs(i)["models"][-1] == ("demo", i.model)

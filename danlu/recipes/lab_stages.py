@@ -67,6 +67,16 @@ class LabExperiment:
     run_kwargs: Callable[[LabInputs], dict[str, Any]] | None = None
 
 
+def _icl_models(i: LabInputs) -> list[tuple[str, Path]]:
+    """The lab's scaling runs of their longest budget (when lab_scaling ran before), then the demo's own model."""
+    runs = i.out_dir.parent / "scaling" / "runs"
+    done = [d for d in runs.glob("*_S*") if (d / "checkpoint" / "config.json").is_file()]
+    if done:
+        longest = max(int(d.name.rsplit("_S", 1)[1]) for d in done)
+        done = sorted((d for d in done if d.name.endswith(f"_S{longest}")), key=lambda d: d.name)
+    return [(d.name, d / "checkpoint") for d in done] + [("demo", i.model)]
+
+
 def _model_args(i: LabInputs) -> list[str]:
     return ["--model", str(i.model), "--world", str(i.world), "--out", str(i.out_dir), "--seed", str(i.seed)]
 
@@ -81,7 +91,8 @@ LAB_EXPERIMENTS: tuple[LabExperiment, ...] = (
                              "--seed", str(i.seed), "--threads", str(i.threads)]),
     LabExperiment("icl", "In-context learning: k-shot prompting",
                   lambda i: ["--model", str(i.model), "--world", str(i.world), "--out", str(i.out_dir),
-                             "--seed", str(i.seed), "--limit", "100"]),
+                             "--seed", str(i.seed), "--limit", "100"],
+                  run_kwargs=lambda i: {"models": _icl_models(i)}),
     LabExperiment("cot", "Chain of thought vs a direct answer",
                   lambda i: ["--model", str(i.model), "--out", str(i.out_dir), "--seed", str(i.seed),
                              "--max-steps", "300"]),
@@ -95,7 +106,11 @@ LAB_EXPERIMENTS: tuple[LabExperiment, ...] = (
                              "--out", str(i.out_dir), "--seeds", "0", "1", "2", "--threads", str(i.threads)],
                   needs=("sft", "reward")),
     LabExperiment("overopt", "Reward over-optimisation: proxy and gold reward against KL",
-                  lambda i: ["--out", str(i.out_dir)], needs=("sft",)),
+                  lambda i: ["--out", str(i.out_dir), "--model", str(i.sft_model), "--world", str(i.world)],
+                  needs=("sft",),
+                  # its run() takes a loaded model as sft_model: hand it the checkpoint's path instead
+                  run_kwargs=lambda i: {"sft_model": None, "tokenizer": None, "model_path": i.sft_model,
+                                        "world_dir": i.world}),
     LabExperiment("inside", "A look inside: logit lens and attention maps",
                   lambda i: [*_model_args(i), "--threads", str(i.threads)]),
     LabExperiment("decoding", "Decoding and repetition",
@@ -121,6 +136,7 @@ def load_script(path: Path) -> ModuleType:
         sys.path.insert(0, folder)
     spec = importlib.util.spec_from_file_location(f"danlu_lab_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses (and pickling by name) look the module up while it runs
     spec.loader.exec_module(module)
     return module
 
