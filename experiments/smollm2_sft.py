@@ -170,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-train", type=int, default=200, help="facts to teach (Alpaca records)")
     p.add_argument("--eval-n", type=int, default=None, help="score this many of them (default: all)")
     p.add_argument("--baseline-n", type=int, default=50, help="score the base model on this many")
-    p.add_argument("--max-steps", type=int, default=200, help="optimizer steps of each fine-tuning run")
+    p.add_argument(
+        "--max-steps", type=int, default=400, help="optimizer steps of each run (20 epochs of 200 facts)"
+    )
     p.add_argument("--batch-size", type=int, default=2, help="packed rows per step (about 5 records a row)")
     p.add_argument("--block-size", type=int, default=256, help="tokens per packed row")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
