@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--batch-size", type=int, default=2, help="packed rows per step (about 5 records a row)")
     p.add_argument("--block-size", type=int, default=256, help="tokens per packed row")
+    p.add_argument("--packing", action=argparse.BooleanOptionalAction, default=True,
+                   help="pack records into rows (--no-packing: one record a row, --batch-size records a step)")  # fmt: skip
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     p.add_argument("--warmup-steps", type=int, default=10, help="linear warmup, then --decay")
     p.add_argument("--decay", default="constant", choices=("constant", "cosine", "linear"),
@@ -227,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         run = out / name
         cmd = [*dan, "sft", "--model", str(model), "--data", str(train_file), "--eval-data", str(para_file),
                "--out", str(run), "--overwrite", "--lora", "--lora-r", str(args.lora_r), "--lora-alpha",
-               str(2 * args.lora_r), "--lora-targets", *targets, *extra, "--packing", "--max-steps",
+               str(2 * args.lora_r), "--lora-targets", *targets, *extra, *(["--packing"] * args.packing),
+               "--max-steps",
                str(args.max_steps), "--batch-size", str(args.batch_size), "--block-size", str(args.block_size),
                "--lr", str(args.lr), "--warmup-steps", str(args.warmup_steps), "--decay", args.decay,
                "--dtype", args.dtype, "--weight-decay", "0", "--eval-interval", str(args.max_steps),
