@@ -32,7 +32,7 @@ from torch import nn
 
 from danlu.align.losses import ipo_loss, kto_loss, orpo_loss, simpo_loss
 from danlu.errors import DanluError
-from danlu.tune.lora import finish_lora, merged_copy, wrap_lora
+from danlu.tune.lora import finish_lora, save_adapter, wrap_lora
 from danlu.tune.sft import IGNORE, SFTExample, collate, encode_messages, epoch_batch_indices, split_validation
 
 
@@ -193,14 +193,16 @@ def dpo(
     policy: nn.Module, tokenizer: Any, train_records: list[dict], out_dir: str | Path, train_config: Any = None,
     beta: float | None = None, eval_records: list[dict] | None = None, lora: Any = None, sft_weight: float = 0.0,
     val_records: list[dict] | None = None, loss: str = "dpo", gamma: float = 1.0, desirable_weight: float = 1.0,
-    undesirable_weight: float = 1.0, on_step: Any = None,
+    undesirable_weight: float = 1.0, on_step: Any = None, base_name: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
     """Align `policy` (in place) on preference pairs with DPO (or `loss`: ipo, kto, orpo, simpo); the reference
     is the policy as given. `beta` defaults per loss (DEFAULT_BETA); `gamma` is SimPO's target margin;
     `desirable_weight` / `undesirable_weight` are KTO's λ_D / λ_U.
 
     Returns (policy, summary); the summary has held-out preference metrics before and after when
-    eval_records are given. The model is saved to OUT/checkpoint (LoRA merged; adapters in OUT/adapter).
+    eval_records are given. The model is saved to OUT/checkpoint; with `lora`, as in `danlu.tune.sft`, the
+    result is the adapter alone (OUT/adapter, naming `base_name`), OUT/checkpoint holds the adapter of the
+    training state, and the returned policy has the adapters merged in memory.
     on_step(step, record): the loop's per-step callback (experiments/overopt.py measures the policy there)."""
     from danlu.models.checkpoints import save_model
     from danlu.train.loop import TrainConfig, train
@@ -248,10 +250,13 @@ def dpo(
         return preference_metrics(policy, eval_pairs, eval_ref, pad, beta) if eval_pairs else {}
 
     def save_fn(m: nn.Module, d: Path) -> None:
-        save_model(merged_copy(policy), d, tokenizer=tokenizer)  # LoRA: a merged copy; training goes on
+        if lora is not None:  # the training state's model part: the adapter only (no implicit merge)
+            save_adapter(policy, d, lora, base_model_name_or_path=base_name)
+        else:
+            save_model(policy, d, tokenizer=tokenizer)
 
     summary = train(wrapped, batch_fn, cfg, out_dir, save_fn=save_fn, eval_fn=eval_fn, on_step=on_step)
-    finish_lora(policy, lora, Path(out_dir) / "adapter")  # adapters to OUT/adapter, merged in place
+    finish_lora(policy, lora, Path(out_dir) / "adapter", base_name)  # OUT/adapter, then merged in place
     policy.eval()
     summary |= {"loss_variant": loss, "beta": beta}
     if eval_pairs:

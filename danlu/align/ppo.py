@@ -223,11 +223,13 @@ class PPOObjective(OnlineObjective):
 def ppo(
     actor: nn.Module, critic: RewardModel, reward_model: RewardModel, tokenizer: Any, train_prompts: list[str],
     out_dir: str | Path, cfg: PPOConfig | None = None, eval_prompts: list[str] | None = None,
-    ref: nn.Module | None = None, lora: Any = None, show_progress: bool = True, on_step: Any = None,
+    ref: nn.Module | None = None, lora: Any = None, show_progress: bool = True, base_name: str | None = None,
+    on_step: Any = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Train `actor` (in place) against `reward_model` with PPO in the one training loop; write metrics.jsonl
     and the curves ppo_curves.png (score and KL) to `out_dir`. `ref` defaults to a frozen copy of the actor as
-    given. lora: a LoRAConfig to train only low-rank adapters of the actor (merged back at the end).
+    given. lora: a LoRAConfig to train only low-rank adapters of the actor: saved alone to OUT/adapter (PEFT's
+    layout, naming `base_name`), then merged into the actor in memory.
     on_step(step, record): the loop's per-step callback (experiments/overopt.py measures the actor there)."""
     cfg = cfg or PPOConfig()
     cfg = replace(cfg, show_progress=cfg.show_progress and show_progress)
@@ -241,7 +243,7 @@ def ppo(
         actor, critic, reward_model, ref, tokenizer, train_prompts, cfg, eval_prompts or []
     )
     result = run(objective, cfg, out_dir, on_step=on_step)
-    finish_lora(actor, lora)  # merged in place (PPO saves no adapter)
+    finish_lora(actor, lora, out_dir / "adapter", base_name)  # OUT/adapter, then merged in place
     actor.eval()
     summary: dict[str, Any] = {"config": asdict(cfg), "steps": cfg.max_steps, "seconds": result["seconds"]}
     first, last = result["first_eval"], result["last_eval"]

@@ -84,10 +84,11 @@ def _check_train(args: argparse.Namespace) -> None:
 
 
 def _check_dpo(args: argparse.Namespace) -> None:
-    from danlu.cli.tune import lora_from_args
+    from danlu.cli.tune import check_merge_arg, lora_from_args
 
     _check_train(args)
     lora_from_args(args)
+    check_merge_arg(args)
 
 
 def _check_online(cls):
@@ -103,6 +104,9 @@ def _check_online(cls):
             from danlu.cli.tune import lora_from_args
 
             lora_from_args(args)
+        from danlu.cli.tune import check_merge_arg
+
+        check_merge_arg(args)
 
     return check
 
@@ -110,7 +114,7 @@ def _check_online(cls):
 def register(sub) -> None:
     from danlu.align.configs import GRPOConfig, PPOConfig
     from danlu.cli.train import add_overwrite_arg, add_train_args
-    from danlu.cli.tune import add_lora_args
+    from danlu.cli.tune import add_lora_args, add_merge_arg
     from danlu.flags import heavy
 
     r = sub.add_parser("reward", help="train a reward model on preference pairs / rankings")
@@ -144,7 +148,9 @@ def register(sub) -> None:
     d.add_argument(
         "--eval-data", nargs="+", default=None, help="held-out pairs (world: preference_test.jsonl)"
     )
-    d.add_argument("--out", required=True, help="output folder: checkpoint/ (or adapter/), metrics, plots")
+    d.add_argument(
+        "--out", required=True, help="output folder: checkpoint/ (with --lora: adapter/), metrics, plots"
+    )
     add_overwrite_arg(d)
     d.add_argument(
         "--loss",
@@ -166,6 +172,7 @@ def register(sub) -> None:
     d.add_argument("--sft-weight", type=float, default=0.0, help="weight of an NLL term on chosen answers")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     add_lora_args(d)
+    add_merge_arg(d)
     add_train_args(d, max_steps=60, batch_size=16, block_size=96, lr=5e-5, warmup_steps=6, eval_interval=20,
                    eval_batches=4, weight_decay=0.0, decay="constant")  # fmt: skip
     heavy(d, run_dpo, validate=_check_dpo)
@@ -177,10 +184,13 @@ def register(sub) -> None:
         "--data", required=True, nargs="+", help="world folder (preference_train prompts) or JSONL"
     )
     p.add_argument("--eval-data", nargs="+", default=None, help="held-out prompts (world: preference_test)")
-    p.add_argument("--out", required=True, help="output folder: checkpoint/, metrics, plots")
+    p.add_argument(
+        "--out", required=True, help="output folder: checkpoint/ (with --lora: adapter/), metrics, plots"
+    )
     add_overwrite_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_lora_args(p)
+    add_merge_arg(p)
     add_online_args(p, PPOConfig)
     heavy(p, run_ppo, validate=_check_online(PPOConfig))
 
@@ -221,9 +231,9 @@ def run_reward(args: argparse.Namespace) -> int:
 def run_dpo(args: argparse.Namespace) -> int:
     from danlu.align.dpo import dpo
     from danlu.cli.train import RUN_OUTPUTS, check_out, train_config_from_args
-    from danlu.cli.tune import lora_from_args
+    from danlu.cli.tune import lora_from_args, print_lora_result, save_merged
 
-    check_out(args, (*RUN_OUTPUTS, "adapter"))
+    check_out(args, (*RUN_OUTPUTS, "adapter", "merged"))
     model, tokenizer = _load_policy(args.model)
     train_records = _comparisons(args.data, "preference_train.jsonl")
     eval_paths = args.eval_data or [d for d in args.data if (Path(d) / "preference_test.jsonl").is_file()]
@@ -231,9 +241,14 @@ def run_dpo(args: argparse.Namespace) -> int:
     _, summary = dpo(model, tokenizer, train_records, args.out, train_config_from_args(args), beta=args.beta,
                      eval_records=eval_records, lora=lora_from_args(args), sft_weight=args.sft_weight,
                      loss=args.loss, gamma=args.gamma, desirable_weight=args.desirable_weight,
-                     undesirable_weight=args.undesirable_weight)  # fmt: skip
+                     undesirable_weight=args.undesirable_weight, base_name=args.model)  # fmt: skip
+    if args.lora and args.merge:
+        save_merged(model, tokenizer, args)
     print(json.dumps(summary, indent=2))
-    print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
+    if args.lora:  # the adapter is the result (OUT/adapter), as with `danlu sft --lora`; no implicit merge
+        print_lora_result(args)
+    else:
+        print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
     return 0
 
 
@@ -241,12 +256,12 @@ def run_ppo(args: argparse.Namespace) -> int:
     from danlu.align.configs import PPOConfig
     from danlu.align.ppo import ppo
     from danlu.align.reward import RewardModel
-    from danlu.cli.train import check_out
-    from danlu.cli.tune import lora_from_args
+    from danlu.cli.train import RUN_OUTPUTS, check_out
+    from danlu.cli.tune import lora_from_args, print_lora_result, save_merged
     from danlu.models.checkpoints import save_model
     from danlu.tune.sft import prompt_text
 
-    check_out(args)
+    check_out(args, (*RUN_OUTPUTS, "adapter", "merged"))
     actor, tokenizer = _load_policy(args.model)
     reward_model = RewardModel.load(args.reward_model)
     critic = RewardModel.load(args.reward_model)
@@ -258,9 +273,15 @@ def run_ppo(args: argparse.Namespace) -> int:
     eval_paths = args.eval_data or [d for d in args.data if (Path(d) / "preference_test.jsonl").is_file()]
     eval_prompts = chat(_prompts(eval_paths, "preference_test.jsonl")) if eval_paths else None
     summary = ppo(actor, critic, reward_model, tokenizer, train_prompts, args.out, config_from_args(PPOConfig, args),
-                  eval_prompts=eval_prompts, lora=lora_from_args(args), show_progress=not args.quiet)  # fmt: skip
-    save_model(actor, Path(args.out) / "checkpoint", tokenizer=tokenizer)
+                  eval_prompts=eval_prompts, lora=lora_from_args(args), show_progress=not args.quiet,
+                  base_name=args.model)  # fmt: skip
     print(json.dumps(summary, indent=2))
+    if args.lora:  # the adapter is the result (OUT/adapter), as with `danlu sft --lora`; no implicit merge
+        if args.merge:
+            save_merged(actor, tokenizer, args)
+        print_lora_result(args)
+        return 0
+    save_model(actor, Path(args.out) / "checkpoint", tokenizer=tokenizer)
     print(f"checkpoint: {Path(args.out) / 'checkpoint'}")
     return 0
 

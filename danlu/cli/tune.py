@@ -52,6 +52,37 @@ def add_lora_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_merge_arg(p: argparse.ArgumentParser) -> None:
+    """`--merge`: with --lora, also write the merged model (without it the adapter is the result, as in PEFT)."""
+    p.add_argument("--merge", action="store_true",
+                   help="with --lora: also write the merged model to OUT/merged, in the base's dtype")  # fmt: skip
+
+
+def check_merge_arg(args: argparse.Namespace) -> None:
+    if getattr(args, "merge", False) and not getattr(args, "lora", False):
+        raise DanluError(
+            "--merge folds LoRA adapters into the model; add --lora (full fine-tuning saves it whole)"
+        )
+
+
+def save_merged(model, tokenizer, args: argparse.Namespace) -> Path:
+    """The LoRA-merged `model` saved to OUT/merged in the base's own dtype, as `danlu merge-lora` saves it."""
+    from danlu.models.checkpoints import save_model
+    from danlu.tune.merge import base_dtype
+
+    return save_model(model.to(base_dtype(args.model)), Path(args.out) / "merged", tokenizer=tokenizer)
+
+
+def print_lora_result(args: argparse.Namespace) -> None:
+    """Where a LoRA run's result is: the adapter and how to merge it, or the merged model with --merge."""
+    out = Path(args.out)
+    print(f"adapter: {out / 'adapter'}")
+    if args.merge:
+        print(f"merged: {out / 'merged'}")
+    else:  # the adapter is the result, as with PEFT; merging is one command
+        print(f"merge it with: danlu merge-lora --model {args.model} --adapter {out / 'adapter'} --out {out / 'merged'}")  # fmt: skip
+
+
 def lora_from_args(args: argparse.Namespace):
     if not args.lora:
         if getattr(args, "quantize_base", None) is not None:
@@ -75,10 +106,8 @@ def check_sft_args(args: argparse.Namespace) -> None:
     from danlu.errors import DanluError
 
     train_config_from_args(args)
-    if lora_from_args(args) is None and args.merge:
-        raise DanluError(
-            "--merge folds LoRA adapters into the model; add --lora (full fine-tuning saves it whole)"
-        )
+    lora_from_args(args)
+    check_merge_arg(args)
     if args.ptuning < 0:
         raise DanluError(f"--ptuning takes a number of virtual tokens >= 0, got {args.ptuning}")
     check_paths(args.model, what="model")
@@ -114,8 +143,7 @@ def register(sub) -> None:
     add_overwrite_arg(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_lora_args(p)
-    p.add_argument("--merge", action="store_true",
-                   help="with --lora: also write the merged model to OUT/merged, in the base's dtype")  # fmt: skip
+    add_merge_arg(p)
     add_train_args(p, max_steps=300, batch_size=32, block_size=128, lr=5e-4, warmup_steps=15, eval_interval=75,
                    eval_batches=4, weight_decay=0.0)  # fmt: skip
     heavy(p, run_sft, validate=check_sft_args)

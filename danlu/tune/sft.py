@@ -16,7 +16,9 @@ see the same ids. The trailing <|endoftext|> is trained too, so plain `danlu.gen
 
 Packing (optional) concatenates several examples into one row of `block_size` tokens to waste no compute on
 padding; the rows still mask every prompt. Examples in a packed row may attend to earlier ones (as in TRL's
-packing): cheap, and harmless when each reply depends only on its own prompt.
+packing): cheap, and harmless when each reply depends only on its own prompt. Not harmless for memorising
+facts: a packed record is learned after other records, at other positions, than a question asked alone
+(experiments/README.md, SmolLM2: exact match 0.80 packed vs 1.00 unpacked at the same training loss).
 """
 
 from __future__ import annotations

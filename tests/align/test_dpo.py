@@ -76,14 +76,34 @@ def test_tiny_dpo_learns_to_prefer_the_chosen_answers(world, tokenizer, make_gpt
     assert any("reward_margin" in r and "preference_accuracy" in r for r in logged)
 
 
-def test_dpo_cli_with_lora(world, tokenizer, make_gpt, tmp_path, cli):
+def test_dpo_cli_with_lora_writes_the_adapter_and_merges_only_when_asked(
+    world, tokenizer, make_gpt, tmp_path, cli, capsys
+):
     ck = save_model(make_gpt(), tmp_path / "sft", tokenizer=tokenizer)
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in world.preference_records("train")[:12]))
     assert cli(["dpo", "--model", str(ck), "--data", str(data), "--out", str(tmp_path / "o"), "--lora",
-                "--max-steps", "2", "--batch-size", "4", "--quiet"]) == 0  # fmt: skip
-    assert (tmp_path / "o" / "adapter" / "adapter_model.safetensors").is_file()
-    assert (tmp_path / "o" / "checkpoint" / "model.safetensors").is_file()
+                "--max-steps", "2", "--batch-size", "4", "--lr", "1e-2", "--quiet"]) == 0  # fmt: skip
+    conf = json.loads((tmp_path / "o" / "adapter" / "adapter_config.json").read_text())
+    assert conf["base_model_name_or_path"] == str(ck)
+    # As `danlu sft --lora`: the adapter is the result, no implicit merge; OUT/checkpoint is training state.
+    assert not (tmp_path / "o" / "merged").exists()
+    assert not (tmp_path / "o" / "checkpoint" / "model.safetensors").exists()
+    assert (tmp_path / "o" / "checkpoint" / "adapter_model.safetensors").is_file()
+    assert f"danlu merge-lora --model {ck} --adapter {tmp_path / 'o' / 'adapter'}" in capsys.readouterr().out
+    # --merge also writes the merged model, equal to what `danlu merge-lora` makes of the same adapter.
+    assert cli(["dpo", "--model", str(ck), "--data", str(data), "--out", str(tmp_path / "m"), "--lora", "--merge",
+                "--max-steps", "2", "--batch-size", "4", "--lr", "1e-2", "--quiet"]) == 0  # fmt: skip
+    assert cli(["merge-lora", "--model", str(ck), "--adapter", str(tmp_path / "m" / "adapter"),
+                "--out", str(tmp_path / "by_hand")]) == 0  # fmt: skip
+    from danlu.models.checkpoints import load_model
+
+    merged = load_model(tmp_path / "m" / "merged").state_dict()
+    by_hand, base = load_model(tmp_path / "by_hand").state_dict(), load_model(ck).state_dict()
+    assert any(not torch.equal(merged[k], base[k]) for k in base)  # the adapter trained and was folded in
+    assert all(torch.allclose(merged[k], by_hand[k], atol=1e-6) for k in base)
+    assert cli(["dpo", "--model", str(ck), "--data", str(data), "--out", str(tmp_path / "x"), "--merge"]) == 2
+    assert "add --lora" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "Q?", "chosen": "A."}) + "\n")
     assert cli(["dpo", "--model", str(ck), "--data", str(bad), "--out", str(tmp_path / "b")]) == 2

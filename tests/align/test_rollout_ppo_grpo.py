@@ -147,10 +147,13 @@ def test_ppo_cli_with_lora_trains_only_the_adapters(world, tokenizer, make_gpt, 
     assert cli(["ppo", "--model", str(sft), "--reward-model", str(tmp_path / "rm"), "--data", str(data),
                 "--out", str(tmp_path / "ppo"), "--lora", "--lora-targets", "q", "v", "--max-steps", "1",
                 "--batch-size", "4", "--minibatch-size", "4", "--max-new-tokens", "4", "--lr", "1e-2",
-                "--device", "cpu", "--quiet"]) == 0  # fmt: skip
+                "--device", "cpu", "--quiet", "--merge"]) == 0  # fmt: skip
     from danlu.models.checkpoints import load_model
 
-    before, after = load_model(sft).state_dict(), load_model(tmp_path / "ppo" / "checkpoint").state_dict()
+    conf = json.loads((tmp_path / "ppo" / "adapter" / "adapter_config.json").read_text())
+    assert conf["base_model_name_or_path"] == str(sft)  # the adapter is written, naming its base
+    assert not (tmp_path / "ppo" / "checkpoint").exists()  # no implicit merged model in OUT/checkpoint
+    before, after = load_model(sft).state_dict(), load_model(tmp_path / "ppo" / "merged").state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.endswith("attn.qkv.weight") for k in changed)  # only where the adapters merged
 

@@ -58,6 +58,14 @@ def test_the_whole_path_on_a_tiny_model(make_gpt, tokenizer, tmp_path):
         ]
         assert (out / name / "merged" / "model.safetensors").is_file()
     assert results["serve"]["n"] == 2 and 0 <= results["serve"]["exact_match"] <= 1
+    # the one summary line the acceptance rerun reads: EM, paraphrase EM, wall / CPU time, peak RSS per run
+    summary = results["summary"]
+    for name in ("lora", "qlora"):
+        got = summary[name]
+        assert (got["em"], got["paraphrase_em"]) == (results[name]["trained"], results[name]["paraphrase"])
+        assert got["peak_rss_mb"] == results[name]["sft"]["peak_rss_mb"] and got["sft_cpu_s"] > 0
+        assert got["steps_per_s"] > 0
+    assert summary["serve_em"] == results["serve"]["exact_match"] and summary["script_wall_s"] > 0
 
 
 @pytest.mark.slow
