@@ -7,6 +7,13 @@ call, so they are only chosen with the compiler. On CUDA the compiled step is a 
 wait on the first call (about a minute on a CPU, seconds once inductor's FX graph cache on disk holds the step),
 which a tiny model's short decodes never earn back: below AUTO_COMPILE_MIN_PARAMS the eager step stays.
 Quantising a float checkpoint changes its outputs, so it happens only when asked (`--quantize int8|int4`).
+
+The library call `danlu.generate(model, tokenizer, prompt)` makes the same choice (`library_decoding`) for the
+model object it is given: `danlu.load(x.gguf)` records the file and its block types on the model
+(`models/gguf.GGUFSource`), and while the weights are still the loaded ones (a fingerprint of every weight's
+storage and version counter) the blocks decode on a twin sharing the model's other parameters, so the model
+itself keeps float weights for training. The twin is the same model: the loader's fp32 weights are those blocks
+dequantised (tests/generate/test_fast_path.py: equal logits).
 """
 
 from __future__ import annotations
