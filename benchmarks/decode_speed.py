@@ -6,6 +6,8 @@ Prints new tokens per second for each and the ratio danlu / transformers, for gr
 - speculative decoding of the full-precision model with its int8 copy as the draft (the full-precision
   model's greedy tokens exactly, faster; the acceptance rate is printed);
 - danlu compiled (`compile=True`): on CPU inductor's fused C++ around the matmuls; on CUDA a CUDA graph;
+- `danlu.generate` with no flags (issue 22: >= 1.5x transformers), the public call with the path it picks by
+  itself (`generate/fast_path.py`'s `library_decoding`), text out; needs a checkpoint with its tokenizer;
 - on CPU, batch 1, a GGUF model: llama.cpp (`llama-cpp-python`, where installed) on the file as stored, a
   reference (its own quantised kernels, so not the same weights' precision);
 - on CPU, batch 1: the bandwidth bound, the time of one matrix-vector product reading as many bytes as a
@@ -207,6 +209,20 @@ def run_danlu(model, input_ids: torch.Tensor, n: int, compile: bool = False) -> 
     return since(t0, input_ids.device), torch.stack(toks, 1)
 
 
+DEFAULT = "danlu.generate() default"
+SKIPPABLE = ["int8", "int4", "gguf", "perplexity", "speculative", "hf", "compiled", "llama.cpp", "default"]
+
+
+def run_default(model, tokenizer, input_ids: torch.Tensor, n: int) -> tuple[float, list[str]]:
+    """The public call as a user makes it, no compile= / quantize=: the path `fast_path.library_decoding`
+    picks (a GGUF's blocks compiled, here), text out. Prompts are token-id lists, end-of-text never stops."""
+    import danlu
+
+    t0 = clock(input_ids.device)
+    texts = danlu.generate(model, tokenizer, input_ids.tolist(), max_new_tokens=n, add_eos_stop=False)
+    return since(t0, input_ids.device), texts
+
+
 def run_llama_cpp(path: str, input_ids: torch.Tensor, n: int) -> tuple[tuple[float, float], torch.Tensor]:
     """llama.cpp (`llama-cpp-python`) decoding n tokens greedily after the same prompt ids, batch 1, on the GGUF
     file as stored. It runs in a child process so that its thread pool never competes with PyTorch's."""
@@ -274,7 +290,7 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        choices=["int8", "int4", "gguf", "perplexity", "speculative", "hf", "compiled", "llama.cpp"],
+        choices=SKIPPABLE,
     )
     ap.add_argument(
         "--int4", action="store_true", help="also time PyTorch's int4 CPU kernel, eager (slower than fp32)"
@@ -302,6 +318,7 @@ def main() -> None:
     if "compiled" not in args.skip:
         variants["danlu compiled"] = (model, True)
     variants.update(quantized_variants(model, gguf, args, cuda))
+    tokenizer = _tokenizer(path) if path is not None and "default" not in args.skip else None
     print(f"model: {name}; device {device}, {str(dtype).removeprefix('torch.')}, threads {torch.get_num_threads()}; "
           f"{args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, median of {args.repeats}")  # fmt: skip
     print(f"load average at start: {loadavg()}")
@@ -311,9 +328,12 @@ def main() -> None:
         input_ids = torch.randint(0, model.config.vocab_size, (B, args.prompt_tokens), generator=g).to(device)
         for m, compiled in variants.values():  # warm up kernels (and compile) outside the timed runs
             run_danlu(m, input_ids, N if compiled else 4, compile=compiled)
+        if tokenizer is not None:  # the first default call prepares its decode model (and compiles): untimed
+            run_default(model, tokenizer, input_ids, N)
         if hf is not None:
             run_hf(hf, input_ids, 4)
         times: dict[str, list[float]] = {}
+        default_texts: list[str] = []
         outputs: dict[str, torch.Tensor] = {}
         spec_stats = None
         for _ in range(args.repeats):
@@ -323,6 +343,9 @@ def main() -> None:
             for label, (m, compiled) in variants.items():
                 t, outputs[label] = run_danlu(m, input_ids, N, compile=compiled)
                 times.setdefault(label, []).append(t)
+            if tokenizer is not None:
+                t, default_texts = run_default(model, tokenizer, input_ids, N)
+                times.setdefault(DEFAULT, []).append(t)
             if with_llama_cpp and B == 1:
                 t, outputs[LLAMA_CPP] = run_llama_cpp(gguf, input_ids, N)
                 times.setdefault(LLAMA_CPP, []).append(t)
@@ -339,6 +362,9 @@ def main() -> None:
             f"  {'':32s} {'tokens/s':>9s} {'ratio':>6s}  {'CPU-time tokens/s':>17s} {'ratio':>6s}  same tokens as fp32"
         )
         reference = outputs["danlu"]
+        if default_texts:  # compared as text (the public call returns text): the fp32 tokens, or a mismatch
+            same_text = default_texts == [tokenizer.decode(row) for row in reference.tolist()]
+            outputs[DEFAULT] = reference if same_text else torch.full_like(reference, -1)
         for label in times:
             wall, cpu = rate(label, 0), rate(label, 1)
             ratios = [

@@ -34,14 +34,43 @@ def save(model: Any, tokenizer: Any, path: Any) -> Any:
 
 def generate(model: Any, tokenizer: Any, prompt: Any, **options: Any) -> Any:
     """The continuation of `prompt` (a string, or a list of strings decoded as one batch); see
-    `danlu.generate.engine.generate` for the options (the same names as `danlu generate --help`)."""
+    `danlu.generate.engine.generate` for the options (the same names as `danlu generate --help`).
+
+    Without compile= / quantize= it decodes by the fastest measured path for the model and device, as
+    `danlu generate` does (`danlu.generate.fast_path.library_decoding`: a GGUF's own blocks with the step
+    compiled, or the compiled step for 50M+ parameters), and says once on stderr which (quiet=True silences
+    it). compile=False / quantize="none" (or "int8", "int4", "gguf") override."""
     from danlu.generate.engine import generate as _generate
 
+    model, options = _decoding_model(model, options)
     return _generate(model, tokenizer, prompt, **options)
 
 
 def stream(model: Any, tokenizer: Any, prompt: str, **options: Any) -> Any:
-    """Yield the continuation of `prompt` piece by piece; see `danlu.generate.engine.stream`."""
+    """Yield the continuation of `prompt` piece by piece; see `danlu.generate.engine.stream`. The decoding
+    path is chosen as in `generate`."""
     from danlu.generate.engine import stream as _stream
 
+    model, options = _decoding_model(model, options)
     return _stream(model, tokenizer, prompt, **options)
+
+
+def _decoding_model(model: Any, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(the model to decode with, the options with compile= set and quantize= / quiet= taken out)."""
+    from danlu.generate.fast_path import library_decoding
+
+    options = dict(options)
+    quantize, quiet, compile = (
+        options.pop("quantize", "auto"),
+        options.pop("quiet", False),
+        options.get("compile"),
+    )
+    one_step = (  # beam search and speculative decoding do not run the compiled step: nothing to choose
+        options.get("num_beams", 1) == 1
+        and options.get("draft_model") is None
+        and options.get("draft", "none") == "none"
+    )
+    if not one_step and compile is None and quantize == "auto":
+        return model, options
+    model, options["compile"] = library_decoding(model, quantize, compile, quiet)
+    return model, options

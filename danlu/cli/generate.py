@@ -168,7 +168,8 @@ def run_generate(args: argparse.Namespace) -> int:
     else:
         prompt = args.prompt
         print(f"generate: raw mode, continuing the prompt text ({how})", file=sys.stderr)
-    for piece in danlu.stream(model, tokenizer, prompt, **generation_options(args), **extra):
+    # quantize="none": _load's choose_decoding already chose (and said) the path; danlu.stream must not redo it
+    for piece in danlu.stream(model, tokenizer, prompt, **generation_options(args), **extra, quantize="none"):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

@@ -18,7 +18,9 @@ strategy: `draft_model=` speculative decoding, `amateur_model=` contrastive deco
 `json_schema=` (a dict or its JSON text) constrains the output to that schema (grammar.py).
 `compile=True` compiles the decode step with `torch.compile` (a CUDA graph on CUDA, fused C++ on CPU); the
 first call pays the compilation (SmolLM2 on 2 CPU cores: about 55 s, then ~5 s while inductor's on-disk cache
-holds it).
+holds it). Here compile= defaults to False; the public `danlu.generate` / `danlu.stream` (danlu/__init__.py)
+first pick the fastest measured path for the model when compile= / quantize= are not given
+(`fast_path.library_decoding`).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ output_norm, output (absent when the embedding is tied). LLaMA q/k rows are stor
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
     from danlu.models.gpt import GPT, GPTConfig
 
 __all__ = ["DEQUANTIZABLE", "DEQUANTIZABLE_NAMES", "GGML_TYPES", "GGUFFile", "dequantize", "gguf_metadata",
-           "read_gguf", "config_from_gguf", "unpermute_rope", "state_dict_from_gguf", "load_gguf_model"]  # fmt: skip
+           "read_gguf", "config_from_gguf", "unpermute_rope", "state_dict_from_gguf", "load_gguf_model",
+           "GGUFSource", "weights_fingerprint"]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- GGUF -> GPT
@@ -146,7 +148,32 @@ def load_gguf_model(
             f"{f.path}: the tensors do not fit the model its metadata describes ({str(e)[:200]})"
         ) from e
     model = build_gpt(cfg, sd, str(f.path))  # checks every shape, and that no weight is NaN or infinite
-    return model.to(device=device, dtype=dtype or torch.float32).eval()
+    model = model.to(device=device, dtype=dtype or torch.float32).eval()
+    kinds = {t.type_name for t in f.tensors.values() if len(t.shape) == 2} & set(BLOCK_TYPES)
+    model.gguf_source = GGUFSource(str(f.path), frozenset(kinds), weights_fingerprint(model))
+    return model
+
+
+@dataclass(frozen=True)
+class GGUFSource:
+    """Where a GGUF-loaded model's weights came from, so decoding can read the file's blocks as stored
+    (`generate/fast_path.py`): the model *is* those blocks dequantised, as long as its weights are untouched.
+    A plain attribute (`model.gguf_source`), not a buffer: state_dict, training and saving never see it."""
+
+    path: str
+    block_types: frozenset[str]  # the BLOCK_TYPES its 2-D tensors are stored in
+    fingerprint: tuple  # weights_fingerprint(model) right after loading
+
+
+def weights_fingerprint(model: torch.nn.Module) -> tuple:
+    """What changes whenever a weight does: every state_dict entry's name, storage, dtype, device and version
+    counter (bumped by every in-place write: an optimizer step, load_state_dict, `copy_`). Non-persistent
+    buffers (RoPE tables, regrown for longer contexts) are not weights and do not count. A deep copy has new
+    storage, so it does not match the original's fingerprint."""
+    return tuple(
+        (name, t.data_ptr(), t._version, t.dtype, str(t.device))
+        for name, t in model.state_dict(keep_vars=True).items()
+    )
 
 
 # ----------------------------------------------------------------------------- GGUF blocks, not dequantised
