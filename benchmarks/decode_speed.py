@@ -10,6 +10,8 @@ Prints new tokens per second for each and the ratio danlu / transformers, for gr
   itself (`generate/fast_path.py`'s `library_decoding`), text out; needs a checkpoint with its tokenizer;
 - on CPU, batch 1, a GGUF model: llama.cpp (`llama-cpp-python`, where installed) on the file as stored, a
   reference (its own quantised kernels, so not the same weights' precision);
+- on CPU, a GGUF model: its blocks through danlu's own int8-activation kernel (generate/cpu_kernels.py),
+  compiled and eager, beside the same blocks in inductor's fused float loop ("GGUF blocks compiled");
 - on CPU, batch 1: the bandwidth bound, the time of one matrix-vector product reading as many bytes as a
   decode step, and each row's fraction of it;
 - on CUDA: bf16, the static cache compiled into a CUDA graph (`compile=True`), batch 1 and 32, and the fraction
@@ -41,8 +43,10 @@ from pathlib import Path
 
 import torch
 
+from danlu.generate import cpu_kernels
 from danlu.generate.engine import generate_ids
 from danlu.generate.options import GenerationOptions
+from danlu.generate.quant_kernels import BlockQuantLinear
 from danlu.generate.quantize import model_bytes, quantize_from_gguf, quantize_model
 from danlu.generate.speculative import speculative_decode
 from danlu.models.gpt import GPT, GPTConfig
@@ -53,6 +57,7 @@ from prefill_speed import LLAMA_CPP, PREFILL_CHILD, llama_cpp_prefill_child, pre
 from timing import clock, loadavg, since  # noqa: E402
 
 SPEC = "fp32 + int8 draft (speculative)"
+KERNEL = "danlu GGUF blocks, danlu kernel, compiled"
 LLAMA_CPP_CHILD = "--llama-cpp-child"  # internal: this script run as the llama.cpp child process
 
 
@@ -95,7 +100,14 @@ def quantized_variants(model: GPT, gguf: str | None, args, cuda: bool) -> dict[s
         blocks, notes = quantize_from_gguf(copy.deepcopy(model), gguf)
         for note in notes:
             print(f"GGUF blocks: {note}")
-        out["danlu GGUF blocks compiled"] = (blocks, True)
+        loop = copy.deepcopy(blocks)  # inductor's fused float loop, without danlu's kernel
+        for m in loop.modules():
+            if isinstance(m, BlockQuantLinear):
+                m.kernel_rows = 0
+        out["danlu GGUF blocks compiled"] = (loop, True)
+        if cpu_kernels.available():  # the same blocks through danlu's int8-activation kernel
+            out[KERNEL] = (blocks, True)
+            out["danlu GGUF blocks, danlu kernel, eager"] = (blocks, False)
     return out
 
 
@@ -417,7 +429,11 @@ def main() -> None:
                       for k, v in variants.items() if "int" in k or "GGUF" in k))  # fmt: skip
     print(f"load average after timing: {loadavg()}")
     if "perplexity" not in args.skip and not cuda:
-        quantized = {k: v[0] for k, v in variants.items() if "int" in k or "GGUF" in k}
+        quantized = {k: v[0] for k, v in variants.items() if ("int" in k or "GGUF" in k) and "eager" not in k}
+        if KERNEL in quantized:  # 512-token windows would take the dequantising path: force the kernel's
+            for m in quantized[KERNEL].modules():
+                if isinstance(m, BlockQuantLinear):
+                    m.kernel_rows = 1 << 30
         perplexity_rows({"danlu fp32": model, **quantized}, path, args.ppl_tokens)
 
 

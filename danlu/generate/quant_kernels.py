@@ -9,6 +9,9 @@ maths and a sum, and inductor's CPU code generator fuses it into one loop per ou
 unpack the two nibbles with `& 15` and `>> 4` in vector registers, scale, multiply by x, accumulate, with one
 horizontal sum per output (docs/BENCHMARKS.md, "Quantised decoding"). Eagerly (prefill, evaluation) the same
 layer dequantises its weight and calls `F.linear`: correct, but only the compiled decode step is fast.
+Faster still, on CPU for float32 inputs of a few rows (decoding), eager or compiled: danlu's own C++ kernel
+(`cpu_kernels.py`), which rounds the activations to int8 per block and uses integer dot products; the two
+paths above are its fallback (no compiler, many rows, other dtypes or devices).
 
 Layouts (GGUF's own, so a llama.cpp file's blocks load without re-quantising, `models/gguf.py`):
 - 8 bits: codes int8 (N, K), scale (N, K/G); W[n, k] = scale[n, g] · q[n, k]  (GGUF Q8_0 with G = 32).
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from danlu.errors import DanluError
+from danlu.generate import cpu_kernels
 
 
 def int8_channel_product(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -72,7 +76,12 @@ def unpack_int4(codes: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 class BlockQuantLinear(nn.Module):
-    """A linear layer holding 8- or 4-bit group-quantised weights (layouts in the module docstring)."""
+    """A linear layer holding 8- or 4-bit group-quantised weights (layouts in the module docstring).
+
+    kernel_rows: inputs of up to this many rows take `cpu_kernels`' int8-activation kernel where it applies
+    (0: never, the PyTorch paths only; a large value: always, e.g. to measure its perplexity)."""
+
+    kernel_rows: int = cpu_kernels.MAX_ROWS
 
     def __init__(
         self,
@@ -110,7 +119,9 @@ class BlockQuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)  # (M, K)
-        if torch.compiler.is_compiling():  # the fused loop (module docstring)
+        if cpu_kernels.applies(x2, self.group_size, self.kernel_rows):  # danlu's integer kernel, a few rows
+            y = cpu_kernels.block_matmul(x2, self.codes, self.scale, self.minimum)
+        elif torch.compiler.is_compiling():  # the fused loop (module docstring)
             if self.bits == 8:
                 y = int8_group_product(x2, self.codes, self.scale)
             else:
