@@ -111,6 +111,28 @@ class Tokenizer:
         """The Hugging Face `tokenizer.json` content."""
         raise NotImplementedError
 
+    def _hf_document(
+        self, model: dict[str, Any], normalizer: Any, post_processor: Any, decoder: Any, added: Any = None
+    ) -> dict[str, Any]:
+        """`tokenizer.json`'s envelope around a kind's own parts (each kind's to_hf_dict fills them in).
+        added_tokens: as loaded, else one special entry per special token, in id order."""
+        added = added if added is not None else self._added or [
+            {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False}
+            | {"normalized": False, "special": True}
+            for s, i in sorted(self.special_tokens.items(), key=lambda kv: kv[1])
+        ]  # fmt: skip
+        return {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": added,
+            "normalizer": normalizer,
+            "pre_tokenizer": self.pre_tokenizer.config,
+            "post_processor": post_processor,
+            "decoder": decoder,
+            "model": model,
+        }
+
     # --- shared behaviour ------------------------------------------------------------------------------
     def _validate_roles(self) -> None:
         """Check that the eos/bos/pad/unk tokens exist (a subclass calls this once its vocab is built)."""

@@ -267,33 +267,20 @@ class BPETokenizer(Tokenizer):
                     }
                 },
             }
-        return {
-            "version": "1.0",
-            "truncation": None,
-            "padding": None,
-            "added_tokens": self._added,
-            "normalizer": None,
-            "pre_tokenizer": self.pre_tokenizer.config,
-            "post_processor": post,
-            "decoder": {
-                "type": "ByteLevel",
-                "add_prefix_space": True,
-                "trim_offsets": True,
-                "use_regex": True,
-            },
-            "model": {
-                "type": "BPE",
-                "dropout": None,
-                "unk_token": None,
-                "continuing_subword_prefix": None,
-                "end_of_word_suffix": None,
-                "fuse_unk": False,
-                "byte_fallback": False,
-                "ignore_merges": self.ignore_merges,
-                "vocab": self._vocab,
-                "merges": [list(m) for m in self._merge_strings],
-            },
+        model = {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": self.ignore_merges,
+            "vocab": self._vocab,
+            "merges": [list(m) for m in self._merge_strings],
         }
+        decoder = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+        return self._hf_document(model, None, post, decoder, added=self._added)
 
     @classmethod
     def from_hf_dict(cls, data: dict[str, Any], config: dict[str, Any] | None = None) -> BPETokenizer:

@@ -285,27 +285,13 @@ class UnigramTokenizer(Tokenizer):
         )
 
     def to_hf_dict(self) -> dict[str, Any]:
-        added = self._added or [
-            {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False}
-            | {"normalized": False, "special": True}
-            for s, i in sorted(self.special_tokens.items(), key=lambda kv: kv[1])
-        ]
-        return {
-            "version": "1.0",
-            "truncation": None,
-            "padding": None,
-            "added_tokens": added,
-            "normalizer": self.normalizer.config,
-            "pre_tokenizer": self.pre_tokenizer.config,
-            "post_processor": None,
-            "decoder": self.decoder.config,
-            "model": {
-                "type": "Unigram",
-                "unk_id": self.unk_id,
-                "vocab": [[p, s] for p, s in self.pieces],
-                "byte_fallback": self.byte_fallback,
-            },
+        model = {
+            "type": "Unigram",
+            "unk_id": self.unk_id,
+            "vocab": [[p, s] for p, s in self.pieces],
+            "byte_fallback": self.byte_fallback,
         }
+        return self._hf_document(model, self.normalizer.config, None, self.decoder.config)
 
     @classmethod
     def train(

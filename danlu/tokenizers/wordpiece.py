@@ -226,11 +226,6 @@ class WordPieceTokenizer(Tokenizer):
 
     def to_hf_dict(self) -> dict[str, Any]:
         cls, sep = self.cls_token, self.sep_token
-        added = self._added or [
-            {"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False}
-            | {"normalized": False, "special": True}
-            for s, i in sorted(self.special_tokens.items(), key=lambda kv: kv[1])
-        ]
         post = None
         if cls and sep:
             post = {
@@ -247,23 +242,15 @@ class WordPieceTokenizer(Tokenizer):
                     t: {"id": t, "ids": [self.token_to_id(t)], "tokens": [t]} for t in (cls, sep)
                 },
             }
-        return {
-            "version": "1.0",
-            "truncation": None,
-            "padding": None,
-            "added_tokens": added,
-            "normalizer": self.normalizer.config,
-            "pre_tokenizer": self.pre_tokenizer.config,
-            "post_processor": post,
-            "decoder": {"type": "WordPiece", "prefix": self.prefix, "cleanup": self.cleanup},
-            "model": {
-                "type": "WordPiece",
-                "unk_token": self.unk_token,
-                "continuing_subword_prefix": self.prefix,
-                "max_input_chars_per_word": self.max_input_chars_per_word,
-                "vocab": self._vocab,
-            },
+        model = {
+            "type": "WordPiece",
+            "unk_token": self.unk_token,
+            "continuing_subword_prefix": self.prefix,
+            "max_input_chars_per_word": self.max_input_chars_per_word,
+            "vocab": self._vocab,
         }
+        decoder = {"type": "WordPiece", "prefix": self.prefix, "cleanup": self.cleanup}
+        return self._hf_document(model, self.normalizer.config, post, decoder)
 
     def hf_config(self) -> dict[str, Any]:
         config = super().hf_config()
