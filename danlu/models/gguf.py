@@ -169,9 +169,10 @@ def weights_fingerprint(model: torch.nn.Module) -> tuple:
     """What changes whenever a weight does: every state_dict entry's name, storage, dtype, device and version
     counter (bumped by every in-place write: an optimizer step, load_state_dict, `copy_`). Non-persistent
     buffers (RoPE tables, regrown for longer contexts) are not weights and do not count. A deep copy has new
-    storage, so it does not match the original's fingerprint."""
+    storage, so it does not match the original's fingerprint. Tensors made under `torch.inference_mode()` keep
+    no version counter (reading it raises): they count as version -1, writable only inside inference mode."""
     return tuple(
-        (name, t.data_ptr(), t._version, t.dtype, str(t.device))
+        (name, t.data_ptr(), -1 if t.is_inference() else t._version, t.dtype, str(t.device))
         for name, t in model.state_dict(keep_vars=True).items()
     )
 

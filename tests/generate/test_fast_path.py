@@ -166,3 +166,15 @@ def test_quantize_on_a_model_too_small_names_the_layer_and_bad_values_are_refuse
         danlu.generate(model, tokenizer, "the red", quantize="q4")
     q8 = danlu.generate(model, tokenizer, "the red", max_new_tokens=3, quantize="int8")
     assert isinstance(q8, str) and isinstance(model.blocks[0].attn.qkv, torch.nn.Linear)
+
+
+def test_a_model_made_in_inference_mode_has_a_fingerprint(tiny):
+    # danlu.load(gguf) under torch.inference_mode() (benchmarks/decode_speed.py's perplexity rows) raised
+    # "Inference tensors do not track version counter" while recording the GGUF source
+    model, _ = tiny
+    with torch.inference_mode():
+        inference_twin = GPT(model.config)
+        inference_twin.load_state_dict(model.state_dict())
+    fingerprint = weights_fingerprint(inference_twin)
+    assert len(fingerprint) == len(model.state_dict()) and all(entry[2] == -1 for entry in fingerprint)
+    assert weights_fingerprint(inference_twin) == fingerprint  # stable while nothing is written
