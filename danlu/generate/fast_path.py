@@ -128,6 +128,9 @@ def choose_decoding(
         model, fallbacks = quantize_from_gguf(decode_twin(model) if twin else model, path)
         notes += fallbacks
         weights = f"the GGUF's {'/'.join(sorted(blocks))} blocks as stored"
+        if device.type == "cpu" and os.environ.get("DANLU_CPU_KERNEL", "1") != "0":
+            # generate/cpu_kernels.py: so the greedy tokens may differ from the float model's; say so
+            weights += " (danlu's CPU kernel: activations in 8 bits per block of 32, as llama.cpp; DANLU_CPU_KERNEL=0 keeps them float)"
     elif quantize in ("int8", "int4"):
         model = quantize_model(decode_twin(model) if twin else model, bits=8 if quantize == "int8" else 4)
         weights = f"{quantize} weights"
