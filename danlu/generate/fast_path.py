@@ -124,13 +124,12 @@ def choose_decoding(
             "gguf" if blocks and device.type == "cpu" and can_compile and compile is not False else "none"
         )
     weights = "the model's own quantised layers" if quantised_layers(model) else "float weights"
+    kernel = False  # danlu's CPU kernel for GGUF blocks rounds activations to 8 bits (cpu_kernels.py)
     if quantize == "gguf":
         model, fallbacks = quantize_from_gguf(decode_twin(model) if twin else model, path)
         notes += fallbacks
         weights = f"the GGUF's {'/'.join(sorted(blocks))} blocks as stored"
-        if device.type == "cpu" and os.environ.get("DANLU_CPU_KERNEL", "1") != "0":
-            # generate/cpu_kernels.py: so the greedy tokens may differ from the float model's; say so
-            weights += " (danlu's CPU kernel: activations in 8 bits per block of 32, as llama.cpp; DANLU_CPU_KERNEL=0 keeps them float)"
+        kernel = device.type == "cpu" and os.environ.get("DANLU_CPU_KERNEL", "1") != "0"
     elif quantize in ("int8", "int4"):
         model = quantize_model(decode_twin(model) if twin else model, bits=8 if quantize == "int8" else 4)
         weights = f"{quantize} weights"
@@ -146,6 +145,8 @@ def choose_decoding(
             f"; the first reply waits for torch.compile (about a minute on a CPU, seconds once cached in "
             f"{inductor_cache_dir()})"
         )
+    if kernel:  # so greedy tokens may differ from the float model's: say so
+        message += "; danlu's CPU kernel rounds activations to 8 bits per block of 32, as llama.cpp (DANLU_CPU_KERNEL=0: float)"
     if notes:
         message += "; " + "; ".join(notes)
     return DecodingChoice(model, compile, message, notes)
