@@ -105,7 +105,10 @@ def quantized_variants(model: GPT, gguf: str | None, args, cuda: bool) -> dict[s
             if isinstance(m, BlockQuantLinear):
                 m.kernel_rows = 0
         out["danlu GGUF blocks compiled"] = (loop, True)
-        if cpu_kernels.available():  # the same blocks through danlu's int8-activation kernel
+        if cpu_kernels.available():  # the same blocks through danlu's int8-activation kernel (opt-in)
+            for m in blocks.modules():
+                if isinstance(m, BlockQuantLinear):
+                    m.kernel_rows = cpu_kernels.MAX_ROWS
             out[KERNEL] = (blocks, True)
             out["danlu GGUF blocks, danlu kernel, eager"] = (blocks, False)
     return out

@@ -24,6 +24,8 @@ a 4-bit weight's bytes.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,9 +81,12 @@ class BlockQuantLinear(nn.Module):
     """A linear layer holding 8- or 4-bit group-quantised weights (layouts in the module docstring).
 
     kernel_rows: inputs of up to this many rows take `cpu_kernels`' int8-activation kernel where it applies
-    (0: never, the PyTorch paths only; a large value: always, e.g. to measure its perplexity)."""
+    (0: never, the PyTorch paths only; a large value: always, e.g. to measure its perplexity). Opt-in for now
+    (DANLU_CPU_KERNEL=1, or this attribute): 0.85x llama.cpp's decode speed, but SmolLM2 answered "What is
+    the capital of France?" with "L'Étoile, la Cit" through it, where the float activations say "Paris"; until
+    its outputs are checked the default keeps float activations."""
 
-    kernel_rows: int = cpu_kernels.MAX_ROWS
+    kernel_rows: int = cpu_kernels.MAX_ROWS if os.environ.get("DANLU_CPU_KERNEL") == "1" else 0
 
     def __init__(
         self,

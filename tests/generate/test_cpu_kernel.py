@@ -13,6 +13,29 @@ from danlu.generate.quantize import quantize_model
 from danlu.models.gpt import GPT, GPTConfig
 
 
+@pytest.fixture(autouse=True)
+def opted_in(monkeypatch):
+    """The kernel is opt-in (DANLU_CPU_KERNEL=1 sets this at import): these tests opt in. Dynamo's caches are
+    reset afterwards: its shapes seen here made a later test's compile trace `is_causal` as a SymBool."""
+    monkeypatch.setattr(BlockQuantLinear, "kernel_rows", cpu_kernels.MAX_ROWS)
+    yield
+    torch._dynamo.reset()
+
+
+def test_the_kernel_is_off_by_default():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "DANLU_CPU_KERNEL"}
+    code = "from danlu.generate.quant_kernels import BlockQuantLinear as B; print(B.kernel_rows)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
+    env["DANLU_CPU_KERNEL"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(cpu_kernels.MAX_ROWS)
+
+
 def random_layer(kind: str, N: int, K: int, gen: torch.Generator) -> BlockQuantLinear:
     """A block layer of random codes (the whole code range, Q8_0's -128 included) and fp16 scales."""
     nb = K // 32

@@ -59,10 +59,13 @@ def test_gguf_load_records_its_blocks_and_the_eager_block_path_is_the_same_model
     assert isinstance(model.blocks[0].mlp.up, torch.nn.Linear)  # the loaded model is untouched
     ids = torch.tensor([tokenizer.encode(PROMPT)])
     with torch.inference_mode():
-        with_kernel = twin(ids).logits  # a short prompt's few rows go through danlu's int8-activation kernel
         for m in twin.modules():
             if isinstance(m, BlockQuantLinear):
-                m.kernel_rows = 0  # the blocks dequantised, float activations
+                m.kernel_rows = 8  # opted in: a short prompt's rows through the int8 kernel
+        with_kernel = twin(ids).logits
+        for m in twin.modules():
+            if isinstance(m, BlockQuantLinear):
+                m.kernel_rows = 0  # the default: the blocks dequantised, float activations
         # the loader's fp32 weights are the blocks dequantised: equal logits, the same model
         assert torch.equal(twin(ids).logits, model(ids).logits)
         # the kernel only rounds activations: the same next token, a next-token distribution close to the
