@@ -156,3 +156,24 @@ def quantize_groups(weight: torch.Tensor, bits: int, group_size: int) -> BlockQu
     lo = lo.half().float()
     q = torch.round((w - lo[..., None]) / scale[..., None]).clamp(0, 15)
     return BlockQuantLinear(4, pack_int4(q.view(N, K), group_size), scale, lo)
+
+
+def reference_matmul(
+    x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, minimum: torch.Tensor | None
+) -> torch.Tensor:
+    """What the kernel computes, in PyTorch: x rounded to int8 per block (round half to even of x · (1/dx),
+    dx = max|x| / 127), integer block dot products with the codes, scaled by d · dx, plus the minimum times
+    x's float block sums. The tests compare the kernel (generate/cpu_kernels.py) with it."""
+    M, K = x.shape
+    N, nb = scale.shape
+    xb = x.float().view(M, nb, cpu_kernels.GROUP)  # (M, nb, 32)
+    dx = xb.abs().amax(-1) / 127  # (M, nb)
+    inv = torch.where(dx > 0, 1 / dx, torch.zeros_like(dx))
+    qx = torch.round(xb * inv[..., None]).to(torch.int64)  # (M, nb, 32)
+    q = unpack_int4(codes, cpu_kernels.GROUP) if codes.dtype == torch.uint8 else codes
+    q = q.to(torch.int64).view(N, nb, cpu_kernels.GROUP)  # (N, nb, 32)
+    dots = torch.einsum("mgk,ngk->mng", qx, q).double()  # (M, N, nb): exact integers
+    y = (dots * (scale.double()[None] * dx.double()[:, None])).sum(-1)  # (M, N)
+    if minimum is not None:
+        y = y + xb.double().sum(-1) @ minimum.double().T  # the minimum's term: (M, nb) @ (nb, N)
+    return y.float()

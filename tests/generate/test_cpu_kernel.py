@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from danlu.generate import cpu_kernels
 from danlu.generate.engine import generate_ids
 from danlu.generate.options import GenerationOptions
-from danlu.generate.quant_kernels import BlockQuantLinear, pack_int4, quantize_groups
+from danlu.generate.quant_kernels import BlockQuantLinear, pack_int4, quantize_groups, reference_matmul
 from danlu.generate.quantize import quantize_model
 from danlu.models.gpt import GPT, GPTConfig
 
@@ -55,7 +55,7 @@ def test_kernel_equals_the_int8_activation_reference(kind):
         x = torch.randn(M, K, generator=gen) * torch.rand(M, K, generator=gen) * 3
         x[0, K - 32 :] = 0 if K > 32 else x[0, K - 32 :]  # an all-zero block: scale 0, codes 0
         got = cpu_kernels.block_matmul(x, layer.codes, layer.scale, layer.minimum)
-        reference = cpu_kernels.reference_matmul(x, layer.codes, layer.scale, layer.minimum)
+        reference = reference_matmul(x, layer.codes, layer.scale, layer.minimum)
         assert got.shape == (M, N)
         # the same integers; only float summation order differs
         assert torch.allclose(got, reference, rtol=1e-5, atol=1e-5 * reference.abs().max().item()), (N, K, M)
@@ -77,7 +77,7 @@ def test_the_layer_uses_the_kernel_for_few_rows_and_dequantises_for_many(monkeyp
     monkeypatch.setattr(cpu_kernels, "block_matmul", lambda *a: calls.append(a[0].shape) or real(*a))
     few, many = torch.randn(2, 3, 64), torch.randn(cpu_kernels.MAX_ROWS + 1, 64)
     with torch.inference_mode():
-        reference = cpu_kernels.reference_matmul(few.view(6, 64), layer.codes, layer.scale, layer.minimum)
+        reference = reference_matmul(few.view(6, 64), layer.codes, layer.scale, layer.minimum)
         assert torch.allclose(layer(few).view(6, 40), reference, atol=1e-4)  # the kernel's int8 arithmetic
         assert torch.allclose(layer(many), F.linear(many, layer.dequantize()), atol=1e-4)  # exact path
     assert calls == [(6, 64)]
