@@ -115,12 +115,11 @@ def test_lab_stage_runs_a_real_script(make_gpt, tokenizer, tiny_world, tmp_path,
 
 
 def test_ppo_seeds_script_at_tiny_settings(make_gpt, tokenizer, tiny_world, tmp_path):
-    from tests.experiments.test_lab_scripts import script
-
+    ppo_seeds = lab_stages.load_script(EXPERIMENTS / "ppo_seeds.py")
     sft = save_model(make_gpt(), tmp_path / "sft", tokenizer=tokenizer)
     RewardModel(make_gpt(seed=1)).save(tmp_path / "rm", tokenizer)
     out = tmp_path / "run"
-    code = script("ppo_seeds").main(["--sft", str(sft), "--reward", str(tmp_path / "rm"), "--world", str(tiny_world),
+    code = ppo_seeds.main(["--sft", str(sft), "--reward", str(tmp_path / "rm"), "--world", str(tiny_world),
                                      "--out", str(out), "--seeds", "0", "1", "--steps", "1", "--eval-prompts", "4",
                                      "--samples", "1", "--threads", "1"])  # fmt: skip
     assert code == 0 and (out / "ppo_seeds.png").is_file()
@@ -134,7 +133,7 @@ def test_ppo_seeds_script_at_tiny_settings(make_gpt, tokenizer, tiny_world, tmp_
         )
     assert report["gain_gold"]["min"] <= report["gain_gold"]["mean"] <= report["gain_gold"]["max"]
     merged = tmp_path / "merged"  # seeds run in parallel processes, one summary
-    assert script("ppo_seeds").main(["--merge", str(out), str(out), "--out", str(merged)]) == 0
+    assert ppo_seeds.main(["--merge", str(out), str(out), "--out", str(merged)]) == 0
     both = json.loads((merged / "ppo_seeds.json").read_text())
     assert [r["seed"] for r in both["seeds"]] == [0, 1, 0, 1] and both["gain_gold"]["sd"] >= 0
 
