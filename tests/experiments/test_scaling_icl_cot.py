@@ -36,15 +36,15 @@ def test_scaling_run_end_to_end(script, world_dir, tmp_path):
     )
     assert Path(result["figure"]).is_file() and "| held-out size |" in result["markdown"]
     assert result["cpu_seconds"] > 0
-    # icl.py on scaling.py's output, as `danlu demo --stages lab` chains them: its longest budget's models; the
-    # 32-token context holds a zero-shot prompt but not eight examples, which are reported, not scored
-    report = script("icl").run(tmp_path / "icl", quick=True, runs=tmp_path / "s", world=world_dir)
-    assert [r["model"] for r in report["results"]] == [
-        "L1_C16_S4",
-        "L1_C24_S4",
-        "L1_C32_S4",
-        "L1_C48_S4",
-    ]  # held-out one too
+    # icl.py on scaling.py's output, as `danlu demo --stages lab` chains them: its longest budget's models (the
+    # held-out size too), smallest first, then the model it is handed (the lab's "demo"); the 32-token context
+    # holds a zero-shot prompt but not eight examples, which are reported, not scored
+    demo = ("demo", tmp_path / "s" / "runs" / "L1_C16_S2" / "checkpoint")
+    report = script("icl").run(
+        tmp_path / "icl", quick=True, runs=tmp_path / "s", models=[demo], world=world_dir
+    )
+    names = ["L1_C16_S4", "L1_C24_S4", "L1_C32_S4", "L1_C48_S4", "demo"]
+    assert [r["model"] for r in report["results"]] == names
     cells = report["results"][0]["arith"]
     assert cells["0"]["items"] == 8 and cells["8"]["accuracy"] is None and "context" in cells["8"]["skipped"]
     assert "— (context)" in report["markdown"]
@@ -61,6 +61,15 @@ def test_icl_run_has_an_interval_per_cell(script, make_gpt, tokenizer, world_dir
             low, high = cell["ci95"]
             assert cell["items"] == 8 and 0 <= low <= cell["accuracy"] <= high <= 1
     assert Path(report["figure"]).is_file() and "| tiny |" in report["markdown"]
+
+
+def test_icl_scaling_runs_are_required_only_when_no_model_is_given(script, tmp_path):
+    icl = script("icl")
+    assert icl.scaling_models(tmp_path, required=False) == []  # the lab before (or without) lab_scaling
+    with pytest.raises(SystemExit, match="run scaling.py first"):
+        icl.scaling_models(tmp_path)
+    with pytest.raises(SystemExit, match="run scaling.py first"):
+        icl.run(tmp_path / "icl", quick=True, runs=tmp_path)
 
 
 def test_icl_questions_never_appear_among_their_shots(script, world_dir):
