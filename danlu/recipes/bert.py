@@ -322,14 +322,8 @@ def train_world_bert(
 def stage_bert(ctx: DemoContext) -> dict[str, Any]:
     """`danlu demo` stage: BERT pretrained (MLM + NSP) on the world's text, fine-tuned to classify its labelled
     sentences. Uses ctx.state["world_dir"]; writes ctx.out / "bert"."""
-    a = ctx.args
-    opts = BertRunOptions(
-        steps=getattr(a, "bert_steps", BertRunOptions.steps),
-        finetune_steps=getattr(a, "bert_finetune_steps", BertRunOptions.finetune_steps),
-        batch_size=getattr(a, "bert_batch_size", BertRunOptions.batch_size),
-        device=a.device,
-        seed=a.seed,
-        show_progress=not a.quiet,
+    opts = ctx.options(
+        BertRunOptions, steps="bert_steps", finetune_steps="bert_finetune_steps", batch_size="bert_batch_size"
     )
     ft, s = train_world_bert(ctx.state["world_dir"], ctx.out / "bert", opts)
     ctx.state["bert"] = ft.model

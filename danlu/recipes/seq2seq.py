@@ -379,16 +379,8 @@ def train_translator(
 def stage_seq2seq(ctx: DemoContext) -> dict[str, Any]:
     """`danlu demo` stage: EN->ZH translation on the world (denoising, then teacher forcing), BLEU on held-out
     pairs. Uses ctx.state["world_dir"]; writes ctx.out / "seq2seq"."""
-    a = ctx.args
-    opts = TranslatorOptions(
-        steps=getattr(a, "seq2seq_steps", TranslatorOptions.steps),
-        denoise_steps=getattr(a, "seq2seq_denoise_steps", TranslatorOptions.denoise_steps),
-        batch_size=getattr(a, "seq2seq_batch_size", TranslatorOptions.batch_size),
-        denoise_objective=getattr(a, "seq2seq_objective", TranslatorOptions.denoise_objective),
-        device=a.device,
-        seed=a.seed,
-        show_progress=not a.quiet,
-    )
+    opts = ctx.options(TranslatorOptions, steps="seq2seq_steps", denoise_steps="seq2seq_denoise_steps",
+                       batch_size="seq2seq_batch_size", denoise_objective="seq2seq_objective")  # fmt: skip
     result = train_translator(ctx.state["world_dir"], ctx.out / "seq2seq", opts)
     ctx.state["translator"] = (result.model, result.tokenizer)
     s = result.summary
