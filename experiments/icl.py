@@ -77,8 +77,10 @@ def score(
     return [exact_match([a], [[r["output"], str(r["answer"])]]) for a, r in zip(answers, test, strict=True)]
 
 
-def scaling_models(runs: Path, steps: int | None = None) -> list[tuple[str, Path]]:
-    """The checkpoints of experiments/scaling.py's runs of one budget (default: its longest), smallest first."""
+def scaling_models(runs: Path, steps: int | None = None, required: bool = True) -> list[tuple[str, Path]]:
+    """The checkpoints of experiments/scaling.py's runs (RUNS/runs/L*_C*_S<steps>) of one budget (default: its
+    longest), smallest first. None found is an error when `required`, else []. The one place that knows
+    scaling.py's folders: `danlu demo --stages lab` hands `run` the folder, not a list it made itself."""
     done = [d for d in (Path(runs) / "runs").glob("*_S*") if (d / "checkpoint" / "config.json").is_file()]
     if steps is None and done:
         steps = max(int(d.name.rsplit("_S", 1)[1]) for d in done)
@@ -86,6 +88,8 @@ def scaling_models(runs: Path, steps: int | None = None) -> list[tuple[str, Path
         d for d in (Path(runs) / "runs").glob(f"*_S{steps}") if (d / "checkpoint" / "config.json").is_file()
     ]
     if not found:
+        if not required:
+            return []
         raise SystemExit(f"error: no run ending in _S{steps} in {Path(runs) / 'runs'}; run scaling.py first")
     return [(d.name, d / "checkpoint") for d in sorted(found, key=lambda d: _hidden(d / "checkpoint"))]
 
@@ -102,7 +106,10 @@ def _hidden(ck: Path) -> int:
 def run(out_dir: str | Path, quick: bool = False, models: list[tuple[str, Path]] | None = None,
         world: Path | None = None, runs: Path | None = None, steps: int | None = None, items: int = ITEMS,
         kinds: tuple[str, ...] = KINDS, seed: int = 0, max_new_tokens: int = 16) -> dict[str, Any]:  # fmt: skip
-    """Accuracy with 95% bootstrap intervals for every model × kind × k; numbers, figure and markdown."""
+    """Accuracy with 95% bootstrap intervals for every model × kind × k; numbers, figure and markdown.
+
+    The models: scaling.py's runs in `runs` (see `scaling_models`; those of out_dir when neither `runs` nor
+    `models` is given), then `models`, (name, checkpoint) pairs. With `models`, `runs` may hold none yet."""
     import danlu
     from danlu.errors import DanluError
     from danlu.eval.bootstrap import bootstrap_ci
@@ -111,7 +118,8 @@ def run(out_dir: str | Path, quick: bool = False, models: list[tuple[str, Path]]
     out.mkdir(parents=True, exist_ok=True)
     if quick:
         items, max_new_tokens = min(items, 8), min(max_new_tokens, 4)
-    models = models or scaling_models(runs or out, steps)
+    if runs is not None or not models:
+        models = scaling_models(runs or out, steps, required=not models) + list(models or [])
     world = Path(world or (Path(runs or out) / "world"))
     results = []
     for name, path in models:
@@ -188,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     models = (
         [(q.parent.name if q.name == "checkpoint" else q.name, q) for q in args.model] if args.model else None
     )
-    run(args.out or args.runs, models=models, world=args.world, runs=args.runs, steps=args.steps,
+    run(args.out or args.runs, models=models, world=args.world or args.runs / "world",
+        runs=None if models else args.runs, steps=args.steps,
         items=args.items, kinds=tuple(args.kinds), seed=args.seed, max_new_tokens=args.max_new_tokens)  # fmt: skip
     return 0
 

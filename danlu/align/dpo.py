@@ -32,6 +32,7 @@ from torch import nn
 
 from danlu.align.losses import ipo_loss, kto_loss, orpo_loss, simpo_loss
 from danlu.errors import DanluError
+from danlu.nn.logprobs import token_logprobs
 from danlu.tune.lora import finish_lora, save_adapter, wrap_lora
 from danlu.tune.sft import IGNORE, SFTExample, collate, encode_messages, epoch_batch_indices, split_validation
 
@@ -65,11 +66,8 @@ def check_preference_records(records: list[dict], where: str = "preference data"
 def response_log_probs(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Σ_t log π(x_t | x_<t) over the labelled (response) tokens of each row: (B, T) -> (B,)."""
     logits = model(input_ids).logits  # (B, T, V)
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
     targets = labels[:, 1:]
-    mask = targets != IGNORE
-    picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)  # (B, T-1)
-    return (picked * mask).sum(-1)
+    return token_logprobs(logits[:, :-1], targets, targets != IGNORE).sum(-1)  # (B, T-1) -> (B,)
 
 
 def encode_pairs(
@@ -136,10 +134,9 @@ class DPOModel(nn.Module):
     def forward(self, input_ids, labels, ref_logps) -> DPOOutput:
         """input_ids, labels (k·N, T): chosen rows, rejected rows (and KTO's mismatched rows); ref_logps (N, k)."""
         logits = self.policy(input_ids).logits
-        logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
         targets = labels[:, 1:]
         mask = targets != IGNORE
-        picked = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1) * mask  # (k·N, T-1)
+        picked = token_logprobs(logits[:, :-1], targets, mask)  # (k·N, T-1), 0 off the answers
         seq = picked.sum(-1)  # (k·N,) log π(y|x)
         lengths = mask.sum(-1).clamp(min=1)  # (k·N,) |y| in tokens
         N = ref_logps.shape[0]

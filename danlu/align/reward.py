@@ -38,6 +38,7 @@ from torch import nn
 
 from danlu.errors import DanluError
 from danlu.models.gpt import GPT
+from danlu.nn.logprobs import token_logprobs
 
 
 class RewardModel(nn.Module):
@@ -82,8 +83,8 @@ class RewardModel(nn.Module):
             return score
         if response_mask is None:
             raise DanluError("this reward model reads the answer's likelihood: pass response_mask")
-        logp = F.log_softmax(self.backbone.lm_head(h[:, :-1]).float(), dim=-1)  # (B, T - 1, V)
-        logp = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # log p(x_t | x_<t), t = 1 .. T - 1
+        # log p(x_t | x_<t), t = 1 .. T - 1: (B, T - 1)
+        logp = token_logprobs(self.backbone.lm_head(h[:, :-1]), input_ids[:, 1:])
         m = response_mask[:, 1:].float()
         mean_logp = (logp * m).sum(-1) / m.sum(-1).clamp(min=1)
         return score + self.alpha * mean_logp

@@ -210,6 +210,11 @@ def register(sub) -> None:
     heavy(g, run_grpo, validate=_check_online(GRPOConfig))
 
 
+def _eval_paths(args: argparse.Namespace, name: str) -> list[str]:
+    """--eval-data, else the --data folders that hold `name` (a world folder's held-out split)."""
+    return args.eval_data or [d for d in args.data if (Path(d) / name).is_file()]
+
+
 def run_reward(args: argparse.Namespace) -> int:
     from danlu.align.reward import pairwise_accuracy, train_reward_model
     from danlu.cli.train import check_out, train_config_from_args
@@ -217,7 +222,7 @@ def run_reward(args: argparse.Namespace) -> int:
     check_out(args)
     model, tokenizer = _load_policy(args.model)
     train_records = _comparisons(args.data, "preference_train.jsonl")
-    eval_paths = args.eval_data or [d for d in args.data if (Path(d) / "preference_test.jsonl").is_file()]
+    eval_paths = _eval_paths(args, "preference_test.jsonl")
     eval_records = _comparisons(eval_paths, "preference_test.jsonl") if eval_paths else None
     rm, summary = train_reward_model(model, tokenizer, train_records, args.out, train_config_from_args(args),
                                      eval_records=eval_records, likelihood_feature=not args.no_likelihood_feature)  # fmt: skip
@@ -236,7 +241,7 @@ def run_dpo(args: argparse.Namespace) -> int:
     check_out(args, (*RUN_OUTPUTS, "adapter", "merged"))
     model, tokenizer = _load_policy(args.model)
     train_records = _comparisons(args.data, "preference_train.jsonl")
-    eval_paths = args.eval_data or [d for d in args.data if (Path(d) / "preference_test.jsonl").is_file()]
+    eval_paths = _eval_paths(args, "preference_test.jsonl")
     eval_records = _comparisons(eval_paths, "preference_test.jsonl") if eval_paths else None
     _, summary = dpo(model, tokenizer, train_records, args.out, train_config_from_args(args), beta=args.beta,
                      eval_records=eval_records, lora=lora_from_args(args), sft_weight=args.sft_weight,
@@ -270,7 +275,7 @@ def run_ppo(args: argparse.Namespace) -> int:
         return [prompt_text({"instruction": q, "output": ""}, tokenizer) for q in prompts]
 
     train_prompts = chat(_prompts(args.data, "preference_train.jsonl"))
-    eval_paths = args.eval_data or [d for d in args.data if (Path(d) / "preference_test.jsonl").is_file()]
+    eval_paths = _eval_paths(args, "preference_test.jsonl")
     eval_prompts = chat(_prompts(eval_paths, "preference_test.jsonl")) if eval_paths else None
     summary = ppo(actor, critic, reward_model, tokenizer, train_prompts, args.out, config_from_args(PPOConfig, args),
                   eval_prompts=eval_prompts, lora=lora_from_args(args), show_progress=not args.quiet,
@@ -303,7 +308,7 @@ def run_grpo(args: argparse.Namespace) -> int:
         for r in read_records(args.data, "sft", "sft_train.jsonl")
         if r.get("kind", "") in kinds or not kinds
     ]
-    eval_paths = args.eval_data or [d for d in args.data if (Path(d) / "sft_test.jsonl").is_file()]
+    eval_paths = _eval_paths(args, "sft_test.jsonl")
     eval_records = None
     if eval_paths:
         eval_records = [

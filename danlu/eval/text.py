@@ -254,6 +254,8 @@ def perplexity(
     """
     import torch
 
+    from danlu.nn.logprobs import token_logprobs
+
     if max_length < 2:
         raise DanluError(f"max_length: {max_length} must be >= 2 (one context token plus one to predict)")
     stride = max(1, max_length // 2) if stride is None else stride
@@ -295,10 +297,8 @@ def perplexity(
                         raise DanluError(
                             f"model: returned logits of shape {tuple(logits.shape)}, expected ({len(chunk)}, {T}, V)"
                         )
-                    log_probs = torch.log_softmax(
-                        logits[:, :-1].float(), dim=-1
-                    )  # (B, T-1, V) predicts ids[1:]
-                    token_log_probs = log_probs.gather(-1, input_ids[:, 1:, None])[..., 0]  # (B, T-1)
+                    # logits[:, t] predicts ids[t + 1]; the one gather, no (B, T-1, V) log-softmax
+                    token_log_probs = token_logprobs(logits[:, :-1], input_ids[:, 1:])  # (B, T-1)
                     for b, (_, n_new) in enumerate(chunk):
                         total_nll -= float(token_log_probs[b, T - 1 - n_new :].double().sum())
                         n_tokens += n_new

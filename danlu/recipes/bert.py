@@ -20,6 +20,7 @@ from torch import nn
 from danlu.errors import DanluError
 from danlu.models.bert import BertConfig, BertForPreTraining, BertForSequenceClassification
 from danlu.recipes.context import DemoContext
+from danlu.recipes.specials import require_specials, train_bpe
 from danlu.train.loop import TrainConfig, train
 from danlu.train.objectives import mask_tokens, nsp_pairs
 
@@ -34,21 +35,14 @@ def split_sentences(text: str) -> list[str]:
 
 def train_tokenizer(texts: list[str], vocab_size: int = 2048, show_progress: bool = False):
     """A byte-level BPE with [PAD] [UNK] [CLS] [SEP] [MASK] as ids 0..4."""
-    from danlu.tokenizers.bpe import BPETokenizer
-
-    tok = BPETokenizer.train(
-        texts, vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=show_progress
+    return train_bpe(
+        texts, vocab_size, SPECIALS, show_progress, pad_token="[PAD]", unk_token="[UNK]", eos_token="[SEP]"
     )
-    tok.pad_token, tok.unk_token, tok.eos_token = "[PAD]", "[UNK]", "[SEP]"
-    return tok
 
 
 def special_ids(tokenizer: Any) -> dict[str, int]:
-    ids = {s: tokenizer.token_to_id(s) for s in SPECIALS}
-    missing = [s for s, i in ids.items() if i is None]
-    if missing:
-        raise DanluError(f"the tokenizer lacks BERT's special tokens {missing}; it needs all of {SPECIALS}")
-    return ids
+    """The ids of BERT's five special tokens; a DanluError names any the tokenizer lacks."""
+    return require_specials(tokenizer, SPECIALS, "BERT", "danlu.recipes.bert.train_tokenizer")
 
 
 def encode_pair(tokenizer: Any, a: str, b: str | None, max_len: int) -> tuple[list[int], list[int]]:
@@ -328,14 +322,8 @@ def train_world_bert(
 def stage_bert(ctx: DemoContext) -> dict[str, Any]:
     """`danlu demo` stage: BERT pretrained (MLM + NSP) on the world's text, fine-tuned to classify its labelled
     sentences. Uses ctx.state["world_dir"]; writes ctx.out / "bert"."""
-    a = ctx.args
-    opts = BertRunOptions(
-        steps=getattr(a, "bert_steps", BertRunOptions.steps),
-        finetune_steps=getattr(a, "bert_finetune_steps", BertRunOptions.finetune_steps),
-        batch_size=getattr(a, "bert_batch_size", BertRunOptions.batch_size),
-        device=a.device,
-        seed=a.seed,
-        show_progress=not a.quiet,
+    opts = ctx.options(
+        BertRunOptions, steps="bert_steps", finetune_steps="bert_finetune_steps", batch_size="bert_batch_size"
     )
     ft, s = train_world_bert(ctx.state["world_dir"], ctx.out / "bert", opts)
     ctx.state["bert"] = ft.model

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+Options = TypeVar("Options")
 
 
 @dataclass
@@ -19,3 +21,9 @@ class DemoContext:
     def say(self, message: str) -> None:
         if not self.args.quiet:
             print(message, flush=True)
+
+    def options(self, cls: type[Options], **flags: str) -> Options:
+        """A recipe's options for this run: each field named in `flags` from that attribute of the parsed flags
+        when it is there (else the field's default), and the run's device, seed and progress bars."""
+        given = {name: getattr(self.args, flag) for name, flag in flags.items() if hasattr(self.args, flag)}
+        return cls(**given, device=self.args.device, seed=self.args.seed, show_progress=not self.args.quiet)

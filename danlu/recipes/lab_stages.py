@@ -67,16 +67,6 @@ class LabExperiment:
     run_kwargs: Callable[[LabInputs], dict[str, Any]] | None = None
 
 
-def _icl_models(i: LabInputs) -> list[tuple[str, Path]]:
-    """The lab's scaling runs of their longest budget (when lab_scaling ran before), then the demo's own model."""
-    runs = i.out_dir.parent / "scaling" / "runs"
-    done = [d for d in runs.glob("*_S*") if (d / "checkpoint" / "config.json").is_file()]
-    if done:
-        longest = max(int(d.name.rsplit("_S", 1)[1]) for d in done)
-        done = sorted((d for d in done if d.name.endswith(f"_S{longest}")), key=lambda d: d.name)
-    return [(d.name, d / "checkpoint") for d in done] + [("demo", i.model)]
-
-
 def _model_args(i: LabInputs) -> list[str]:
     return ["--model", str(i.model), "--world", str(i.world), "--out", str(i.out_dir), "--seed", str(i.seed)]
 
@@ -92,7 +82,9 @@ LAB_EXPERIMENTS: tuple[LabExperiment, ...] = (
     LabExperiment("icl", "In-context learning: k-shot prompting",
                   lambda i: ["--model", str(i.model), "--world", str(i.world), "--out", str(i.out_dir),
                              "--seed", str(i.seed), "--limit", "100"],
-                  run_kwargs=lambda i: {"models": _icl_models(i)}),
+                  # lab_scaling's runs of their longest budget when it ran before (icl.py finds them: it alone
+                  # knows scaling.py's folders), then the demo's own model
+                  run_kwargs=lambda i: {"runs": i.out_dir.parent / "scaling", "models": [("demo", i.model)]}),
     LabExperiment("cot", "Chain of thought vs a direct answer",
                   lambda i: ["--model", str(i.model), "--out", str(i.out_dir), "--seed", str(i.seed),
                              "--max-steps", "300"]),

@@ -20,6 +20,7 @@ from danlu.errors import DanluError
 from danlu.generate.encoder_decoder import beam_decode, greedy_decode
 from danlu.models.seq2seq import Seq2SeqConfig, Transformer
 from danlu.recipes.context import DemoContext
+from danlu.recipes.specials import require_specials, train_bpe
 from danlu.train.loop import TrainConfig, train
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<mask>"]
@@ -32,26 +33,17 @@ def train_tokenizer(
 ):
     """A shared BPE for both languages, with <pad> <s> </s> <mask> as ids 0..3, then n_sentinels sentinels
     <extra_id_0> ... (special tokens: never merged, skipped by decode(skip_special_tokens=True))."""
-    from danlu.tokenizers.bpe import BPETokenizer
-
-    specials = SPECIALS + [SENTINEL.format(i) for i in range(n_sentinels)]
-    tok = BPETokenizer.train(
-        texts, vocab_size=vocab_size, special_tokens=specials, show_progress=show_progress
+    names = SPECIALS + [SENTINEL.format(i) for i in range(n_sentinels)]
+    return train_bpe(
+        texts, vocab_size, names, show_progress, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
     )
-    tok.pad_token, tok.bos_token, tok.eos_token = "<pad>", "<s>", "</s>"
-    return tok
 
 
 def check_tokenizer(tokenizer: Any) -> dict[str, int]:
     """The ids of <pad> <s> </s> <mask> in tokenizer; a DanluError names any that is missing."""
-    ids = {s: tokenizer.token_to_id(s) for s in SPECIALS}
-    missing = [s for s, i in ids.items() if i is None]
-    if missing:
-        raise DanluError(
-            f"the tokenizer lacks the special tokens {missing}; a seq2seq tokenizer needs {SPECIALS} "
-            "(train one with danlu.recipes.seq2seq.train_tokenizer)"
-        )
-    return ids
+    return require_specials(
+        tokenizer, SPECIALS, "a seq2seq tokenizer", "danlu.recipes.seq2seq.train_tokenizer"
+    )
 
 
 def sentinel_ids(tokenizer: Any) -> list[int]:
@@ -387,16 +379,8 @@ def train_translator(
 def stage_seq2seq(ctx: DemoContext) -> dict[str, Any]:
     """`danlu demo` stage: EN->ZH translation on the world (denoising, then teacher forcing), BLEU on held-out
     pairs. Uses ctx.state["world_dir"]; writes ctx.out / "seq2seq"."""
-    a = ctx.args
-    opts = TranslatorOptions(
-        steps=getattr(a, "seq2seq_steps", TranslatorOptions.steps),
-        denoise_steps=getattr(a, "seq2seq_denoise_steps", TranslatorOptions.denoise_steps),
-        batch_size=getattr(a, "seq2seq_batch_size", TranslatorOptions.batch_size),
-        denoise_objective=getattr(a, "seq2seq_objective", TranslatorOptions.denoise_objective),
-        device=a.device,
-        seed=a.seed,
-        show_progress=not a.quiet,
-    )
+    opts = ctx.options(TranslatorOptions, steps="seq2seq_steps", denoise_steps="seq2seq_denoise_steps",
+                       batch_size="seq2seq_batch_size", denoise_objective="seq2seq_objective")  # fmt: skip
     result = train_translator(ctx.state["world_dir"], ctx.out / "seq2seq", opts)
     ctx.state["translator"] = (result.model, result.tokenizer)
     s = result.summary

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from danlu.errors import DanluError
+from danlu.tokenizers.components import ComponentSteps
 from danlu.tokenizers.safe_regex import compile_file_pattern
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
@@ -62,22 +63,13 @@ def _strip(tokens: list[str], content: str, start: int, stop: int) -> list[str]:
     return out
 
 
-class Decoder:
+class Decoder(ComponentSteps):
     """A Hugging Face `decoder` entry applied to a list of token strings."""
 
-    def __init__(self, config: dict | None) -> None:
-        self.config = config
-        self._steps: list = []
-        self._add(config)
+    parts_key = "decoders"
 
-    def _add(self, config: dict | None) -> None:
-        if config is None:
-            return
-        kind = config.get("type")
-        if kind == "Sequence":
-            for sub in config.get("decoders", []):
-                self._add(sub)
-        elif kind == "Metaspace":
+    def _add_one(self, kind: str | None, config: dict) -> None:
+        if kind == "Metaspace":
             replacement = config.get("replacement", "\u2581")
             scheme = config.get("prepend_scheme")
             if scheme is None:

@@ -20,6 +20,7 @@ import unicodedata
 from functools import cache
 
 from danlu.errors import DanluError
+from danlu.tokenizers.components import ComponentSteps
 from danlu.tokenizers.safe_regex import compile_file_pattern
 from danlu.tokenizers.unicode_regex import WHITE_SPACE_CHARS, compile_pattern, parse_ranges
 
@@ -124,22 +125,13 @@ def _strip(text: str, left: bool, right: bool) -> str:
     return text.rstrip(WHITE_SPACE_CHARS) if right else text
 
 
-class Normalizer:
+class Normalizer(ComponentSteps):
     """A Hugging Face `normalizer` entry made callable: text -> normalised text (None: identity)."""
 
-    def __init__(self, config: dict | None) -> None:
-        self.config = config
-        self._steps: list = []
-        self._add(config)
+    parts_key = "normalizers"
 
-    def _add(self, config: dict | None) -> None:
-        if config is None:
-            return
-        kind = config.get("type")
-        if kind == "Sequence":
-            for sub in config.get("normalizers", []):
-                self._add(sub)
-        elif kind == "BertNormalizer":
+    def _add_one(self, kind: str | None, config: dict) -> None:
+        if kind == "BertNormalizer":
             options = (
                 config.get("clean_text", True),
                 config.get("handle_chinese_chars", True),

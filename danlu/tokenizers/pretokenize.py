@@ -16,6 +16,7 @@ import functools
 import re
 
 from danlu.errors import DanluError
+from danlu.tokenizers.components import ComponentSteps
 from danlu.tokenizers.safe_regex import compile_file_pattern
 from danlu.tokenizers.unicode_regex import (  # noqa: F401  (compile_pattern and the patterns are re-exported)
     DEFAULT_PATTERN,
@@ -136,32 +137,26 @@ def split_with_behavior(regex: re.Pattern[str], text: str, behavior: str, invert
     raise DanluError(f"unsupported Split behavior {behavior!r} in tokenizer.json pre_tokenizer")
 
 
-class PreTokenizer:
+class PreTokenizer(ComponentSteps):
     """A Hugging Face `pre_tokenizer` entry made callable: text -> list of words.
 
     Supported types: Sequence, Split, ByteLevel (its regex and add_prefix_space; the byte mapping itself
     is done by the byte-level BPE model), Digits. The config dict is kept as given, so saving writes it back.
     """
 
+    parts_key = "pretokenizers"
+
     def __init__(self, config: dict | None) -> None:
-        self.config = config
-        self._steps: list = []
         self.byte_level = False
         self.metaspace: tuple[str, str] | None = None  # (replacement, prepend_scheme) for Unigram / SPM
-        self._add(config)
+        super().__init__(config)
         # Fast path: one Isolated regex split (danlu's default and LLaMA-3 / Qwen style tokenizers).
         self._fast = None
         if len(self._steps) == 1 and self._steps[0][0] == "isolated":
             self._fast = self._steps[0][1]
 
-    def _add(self, config: dict | None) -> None:
-        if config is None:
-            return
-        kind = config.get("type")
-        if kind == "Sequence":
-            for sub in config.get("pretokenizers", []):
-                self._add(sub)
-        elif kind == "Split":
+    def _add_one(self, kind: str | None, config: dict) -> None:
+        if kind == "Split":
             pattern = config.get("pattern", {})
             if not isinstance(pattern, dict):
                 raise DanluError(f"Split pre-tokenizer pattern should be an object, found {pattern!r}")

@@ -1,34 +1,12 @@
 """experiments/decoding.py, inside.py and t5_vs_bart.py end to end at a tiny scale (a tiny GPT or
 Transformer, a few steps): the paths, files and metrics' ranges, not the figures the full runs report."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-import pytest
-
-from danlu.data.world import write_world
 from danlu.models.checkpoints import save_model
 
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
-
-def script(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def world_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("world")
-    write_world(out, seed=0, size="tiny")
-    return out
-
-
-def test_decoding_script(make_gpt, tokenizer, world_dir, tmp_path):
+def test_decoding_script(script, make_gpt, tokenizer, world_dir, tmp_path):
     ck = save_model(make_gpt(), tmp_path / "model", tokenizer=tokenizer)
     out = tmp_path / "run"
     methods = ["greedy", "beam 4", "repetition 1.3", "no-repeat 3-gram", "top-p 0.9", "contrastive"]
@@ -45,13 +23,13 @@ def test_decoding_script(make_gpt, tokenizer, world_dir, tmp_path):
     assert report["results"]["reference (held-out text)"]["mean_tokens"] == 8
 
 
-def test_story_prompts_are_openings_of_held_out_stories(world_dir):
+def test_story_prompts_are_openings_of_held_out_stories(script, world_dir):
     prompts, rests = script("decoding").story_prompts(world_dir, 5)
     assert len(prompts) == len(rests) > 0 and all(r.startswith(" ") for r in rests)
     assert prompts[0].startswith("This is a story about ") and all(p.endswith(".") for p in prompts)
 
 
-def test_inside_script(make_gpt, tokenizer, world_dir, tmp_path):
+def test_inside_script(script, make_gpt, tokenizer, world_dir, tmp_path):
     ck = save_model(make_gpt(), tmp_path / "model", tokenizer=tokenizer)
     out = tmp_path / "run"
     assert (
@@ -69,7 +47,7 @@ def test_inside_script(make_gpt, tokenizer, world_dir, tmp_path):
     )
 
 
-def test_t5_vs_bart_script(world_dir, tmp_path):
+def test_t5_vs_bart_script(script, world_dir, tmp_path):
     out = tmp_path / "run"
     code = script("t5_vs_bart").main(["--world", str(world_dir), "--out", str(out), "--pretrain-steps", "2",
                                       "--finetune-steps", "2", "--pairs", "24", "--texts", "40", "--test", "4",
@@ -80,6 +58,3 @@ def test_t5_vs_bart_script(world_dir, tmp_path):
     assert all(0 <= r["mean"]["bleu_beam4"] <= 100 and len(r["runs"]) == 1 for r in results.values())
     assert "pretrain_final_val_loss" in results["t5"]["mean"]
     assert "pretrain_final_val_loss" not in results["none"]["mean"]
-
-
-sys.dont_write_bytecode = True  # the scripts are loaded from their paths; no __pycache__ in experiments/

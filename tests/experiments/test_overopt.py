@@ -1,32 +1,18 @@
 """experiments/overopt.py at a tiny scale (a 2-layer GPT, two steps per method), and its best-of-n maths."""
 
-import importlib.util
 import itertools
 import json
 import math
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
-from danlu.data.world import write_world
 
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
-
-
-def script():
-    spec = importlib.util.spec_from_file_location("overopt", EXPERIMENTS / "overopt.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["overopt"] = module  # its dataclass resolves its annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_best_of_n_kl_is_the_exact_kl_of_best_of_n_over_many_equal_outcomes():
+def test_best_of_n_kl_is_the_exact_kl_of_best_of_n_over_many_equal_outcomes(script):
     """π_ref uniform over M outcomes with distinct rewards: best-of-n picks the i-th lowest with probability
     (i/M)^n − ((i−1)/M)^n; its KL to π_ref tends to log n − (n − 1)/n as M grows (Stiennon et al. 2020)."""
-    overopt, M = script(), 20_000
+    overopt, M = script("overopt"), 20_000
     for n in (1, 2, 4, 16, 64):
         kl = 0.0
         for i in range(1, M + 1):
@@ -37,8 +23,8 @@ def test_best_of_n_kl_is_the_exact_kl_of_best_of_n_over_many_equal_outcomes():
     assert overopt.best_of_n_kl(1) == 0.0 and overopt.best_of_n_kl(2) == pytest.approx(math.log(2) - 0.5)
 
 
-def test_best_of_n_estimator_averages_the_best_of_every_subset():
-    overopt, rng = script(), random.Random(0)
+def test_best_of_n_estimator_averages_the_best_of_every_subset(script):
+    overopt, rng = script("overopt"), random.Random(0)
     proxy = [[rng.random() for _ in range(6)] for _ in range(3)]
     gold = [[float(rng.random() > 0.5) for _ in range(6)] for _ in range(3)]
     rows = overopt.best_of_n(proxy, gold, [1, 2, 4, 6])
@@ -67,11 +53,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_overopt_pipeline_tiny(make_gpt, tokenizer, tmp_path, one_thread):
-    world_dir = tmp_path / "world"
-    write_world(world_dir, seed=0, size="tiny")
+def test_overopt_pipeline_tiny(script, make_gpt, tokenizer, world_dir, tmp_path, one_thread):
     logged = []
-    overopt = script()
+    overopt = script("overopt")
     result = overopt.run(tmp_path / "overopt", quick=True, sft_model=make_gpt(), tokenizer=tokenizer,
                           world_dir=world_dir, log=logged.append)  # fmt: skip
     assert {"numbers", "curves", "best_of_n", "figure", "markdown", "seconds", "cpu_seconds"} <= set(result)
@@ -98,6 +82,3 @@ def test_overopt_pipeline_tiny(make_gpt, tokenizer, tmp_path, one_thread):
     # --collect (runs made in parallel) rebuilds the same report from the saved run
     again = overopt.collect(tmp_path / "collected", [tmp_path / "overopt"], log=logged.append)
     assert again["numbers"]["methods"] == saved["numbers"]["methods"] and Path(again["figure"]).is_file()
-
-
-sys.dont_write_bytecode = True

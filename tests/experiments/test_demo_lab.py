@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from danlu.align.reward import RewardModel
-from danlu.data.world import write_world
 from danlu.models.checkpoints import save_model
 from danlu.recipes import lab_stages
 from danlu.recipes.context import DemoContext
@@ -22,8 +21,6 @@ from danlu.recipes.demo import (
     write_report,
 )
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-
 
 def test_lab_group_resolves_to_every_experiment_after_sft_and_the_reward_model():
     stages = resolve_stages("lab")
@@ -34,10 +31,10 @@ def test_lab_group_resolves_to_every_experiment_after_sft_and_the_reward_model()
     assert resolve_stages("lab_inside") == ["world", "tokenizer", "pretrain", "lab_inside"]
 
 
-def test_every_lab_experiment_has_settings_and_a_script():
+def test_every_lab_experiment_has_settings_and_a_script(experiments):
     assert tuple(lab_stages.EXPERIMENTS) == LAB_EXPERIMENTS
     # overopt.py is another helper's and may land later: the stage says so when it is absent
-    assert all((EXPERIMENTS / f"{n}.py").is_file() for n in LAB_EXPERIMENTS if n != "overopt")
+    assert all((experiments / f"{n}.py").is_file() for n in LAB_EXPERIMENTS if n != "overopt")
 
 
 def _ctx(out: Path) -> DemoContext:
@@ -93,18 +90,11 @@ def test_lab_plumbing_on_fake_scripts(tmp_path, monkeypatch):
     assert saved["lab_overopt"]["figures"] == ["lab/overopt/f.png"]
 
 
-@pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("world")
-    write_world(out, seed=0, size="tiny")
-    return out
-
-
-def test_lab_stage_runs_a_real_script(make_gpt, tokenizer, tiny_world, tmp_path, monkeypatch):
+def test_lab_stage_runs_a_real_script(make_gpt, tokenizer, world_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("DANLU_EXPERIMENTS", raising=False)
     ctx = _ctx(tmp_path)
     save_model(make_gpt(), tmp_path / "pretrain" / "checkpoint", tokenizer=tokenizer)
-    (tmp_path / "world").symlink_to(tiny_world)
+    (tmp_path / "world").symlink_to(world_dir)
     result = lab_stages.run_experiment(ctx, "inside")
     assert "failed" not in result and set(result["figures"]) == {
         "lab/inside/attention.png",
@@ -114,12 +104,12 @@ def test_lab_stage_runs_a_real_script(make_gpt, tokenizer, tiny_world, tmp_path,
     assert ctx.sections[0].startswith("## Lab: A look inside")
 
 
-def test_ppo_seeds_script_at_tiny_settings(make_gpt, tokenizer, tiny_world, tmp_path):
-    ppo_seeds = lab_stages.load_script(EXPERIMENTS / "ppo_seeds.py")
+def test_ppo_seeds_script_at_tiny_settings(script, make_gpt, tokenizer, world_dir, tmp_path):
+    ppo_seeds = script("ppo_seeds")
     sft = save_model(make_gpt(), tmp_path / "sft", tokenizer=tokenizer)
     RewardModel(make_gpt(seed=1)).save(tmp_path / "rm", tokenizer)
     out = tmp_path / "run"
-    code = ppo_seeds.main(["--sft", str(sft), "--reward", str(tmp_path / "rm"), "--world", str(tiny_world),
+    code = ppo_seeds.main(["--sft", str(sft), "--reward", str(tmp_path / "rm"), "--world", str(world_dir),
                                      "--out", str(out), "--seeds", "0", "1", "--steps", "1", "--eval-prompts", "4",
                                      "--samples", "1", "--threads", "1"])  # fmt: skip
     assert code == 0 and (out / "ppo_seeds.png").is_file()
@@ -180,4 +170,8 @@ def test_run_entries_get_paths_where_they_take_paths():
     kwargs = lab_stages.EXPERIMENTS["overopt"].run_kwargs(i)
     assert kwargs["sft_model"] is None and kwargs["tokenizer"] is None
     assert kwargs["model_path"] == i.sft_model and kwargs["world_dir"] == i.world
-    assert lab_stages.EXPERIMENTS["icl"].run_kwargs(i)["models"][-1] == ("demo", i.model)
+    # icl.py finds lab_scaling's runs in the folder it is handed (or none, if that stage has not run)
+    assert lab_stages.EXPERIMENTS["icl"].run_kwargs(i) == {
+        "runs": Path("o/lab/scaling"),
+        "models": [("demo", i.model)],
+    }
