@@ -8,9 +8,11 @@
 // The GGUF formats are designed for integer dot products: each row of x is rounded to int8 per block of 32
 // with one scale dx = max|x| / 127 (ggml's Q8 activation format), so a block's product is one int32 dot
 // product of 32 byte pairs, scaled once:
-//   sum_k W[n, k] x[k] ~= sum_g d[n, g] dx[g] (q[n, g, :] . qx[g, :]) + m[n, g] sx[g],   sx[g] = sum of x's block g
-// (the minimum's term uses the exact float block sum). u8 x s8 dot products of 32 bytes: AVX512-VNNI's
-// dpbusd, else AVX2's maddubs + madd (no saturation: |q| <= 128, |qx| <= 127, pair sums <= 32512). Signed Q8
+//   sum_k W[n, k] x[k] ~= sum_g d[n, g] dx[g] (q[n, g, :] . qx[g, :]) + m[n, g] sx[g],   sx[g] = dx[g] sum(qx[g, :])
+// i.e. exactly W . x_hat for the rounded activations x_hat = dx qx. The minimum's term must use the rounded
+// block's sum too (ggml's Q8_1 stores d * sum(q) for this): with x's exact float sum the error would carry
+// m[n, g] * (the block's summed rounding errors), and |m| ~ 8 d; on SmolLM2 that was 4-5x the error.
+// u8 x s8 dot products of 32 bytes: AVX512-VNNI's dpbusd, else AVX2's maddubs + madd (no saturation: |q| <= 128, |qx| <= 127, pair sums <= 32512). Signed Q8
 // codes go through |q| and sign(qx, q), the usual trick for a u8 x s8 instruction.
 // Output rows are split over threads with at::parallel_for (PyTorch's own OpenMP pool).
 #include <ATen/ATen.h>
@@ -41,21 +43,23 @@ inline float half_to_float(uint16_t h) {
 #endif
 }
 
-// One row of x -> int8 codes (K), per-block scale dx (nb) and per-block float sum sx (nb).
+// One row of x -> int8 codes (K), per-block scale dx (nb) and the rounded block's sum sx = dx * sum(q) (nb).
 // Rounding is round-half-to-even of x * (1 / dx), as torch.round does (the Python reference in the tests).
 void quantize_row(const float* x, int64_t K, int8_t* q, float* dx, float* sx) {
   for (int64_t g = 0; g < K / QK; ++g) {
     const float* xb = x + g * QK;
-    float amax = 0.f, sum = 0.f;
-    for (int i = 0; i < QK; ++i) {
-      amax = std::max(amax, std::fabs(xb[i]));
-      sum += xb[i];
-    }
+    float amax = 0.f;
+    for (int i = 0; i < QK; ++i) amax = std::max(amax, std::fabs(xb[i]));
     const float d = amax / 127.f;
     const float inv = d > 0.f ? 1.f / d : 0.f;
-    for (int i = 0; i < QK; ++i) q[g * QK + i] = static_cast<int8_t>(std::nearbyint(xb[i] * inv));
+    int32_t isum = 0;
+    for (int i = 0; i < QK; ++i) {
+      const int8_t c = static_cast<int8_t>(std::nearbyint(xb[i] * inv));
+      q[g * QK + i] = c;
+      isum += c;
+    }
     dx[g] = d;
-    sx[g] = sum;
+    sx[g] = d * static_cast<float>(isum);
   }
 }
 

@@ -163,7 +163,7 @@ def reference_matmul(
 ) -> torch.Tensor:
     """What the kernel computes, in PyTorch: x rounded to int8 per block (round half to even of x · (1/dx),
     dx = max|x| / 127), integer block dot products with the codes, scaled by d · dx, plus the minimum times
-    x's float block sums. The tests compare the kernel (generate/cpu_kernels.py) with it."""
+    the rounded blocks' sums dx · Σ qx: exactly the dequantised weight times the rounded activations. The tests compare the kernel (generate/cpu_kernels.py) with it."""
     M, K = x.shape
     N, nb = scale.shape
     xb = x.float().view(M, nb, cpu_kernels.GROUP)  # (M, nb, 32)
@@ -175,5 +175,6 @@ def reference_matmul(
     dots = torch.einsum("mgk,ngk->mng", qx, q).double()  # (M, N, nb): exact integers
     y = (dots * (scale.double()[None] * dx.double()[:, None])).sum(-1)  # (M, N)
     if minimum is not None:
-        y = y + xb.double().sum(-1) @ minimum.double().T  # the minimum's term: (M, nb) @ (nb, N)
+        sx = qx.sum(-1).double() * dx.double()  # (M, nb): the sum of the rounded block, dx * sum(qx)
+        y = y + sx @ minimum.double().T  # the minimum's term: (M, nb) @ (nb, N)
     return y.float()
