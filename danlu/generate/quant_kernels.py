@@ -81,12 +81,15 @@ class BlockQuantLinear(nn.Module):
     """A linear layer holding 8- or 4-bit group-quantised weights (layouts in the module docstring).
 
     kernel_rows: inputs of up to this many rows take `cpu_kernels`' int8-activation kernel where it applies
-    (0: never, the PyTorch paths only; a large value: always, e.g. to measure its perplexity). Opt-in for now
-    (DANLU_CPU_KERNEL=1, or this attribute): 0.85x llama.cpp's decode speed, but SmolLM2 answered "What is
-    the capital of France?" with "L'Étoile, la Cit" through it, where the float activations say "Paris"; until
-    its outputs are checked the default keeps float activations."""
+    (0: never, the PyTorch paths only; a large value: always, e.g. to measure its perplexity). On by default
+    (DANLU_CPU_KERNEL=0 at import opts out): its outputs are the dequantised weight times the activations
+    rounded to int8 per block of 32, as llama.cpp's own Q4/Q8 kernels compute them; on SmolLM2-135M-Instruct
+    its greedy tokens equal llama.cpp's and its perplexity is within 1% of the float activations'
+    (docs/BENCHMARKS.md). Rounding still flips near ties: "What is the capital of France?" has a 0.08 logit
+    margin in fp32, and both llama.cpp and the kernel answer "L'Étoile, ..." where float activations say Paris.
+    """
 
-    kernel_rows: int = cpu_kernels.MAX_ROWS if os.environ.get("DANLU_CPU_KERNEL") == "1" else 0
+    kernel_rows: int = 0 if os.environ.get("DANLU_CPU_KERNEL") == "0" else cpu_kernels.MAX_ROWS
 
     def __init__(
         self,

@@ -14,15 +14,15 @@ from danlu.models.gpt import GPT, GPTConfig
 
 
 @pytest.fixture(autouse=True)
-def opted_in(monkeypatch):
-    """The kernel is opt-in (DANLU_CPU_KERNEL=1 sets this at import): these tests opt in. Dynamo's caches are
-    reset afterwards: its shapes seen here made a later test's compile trace `is_causal` as a SymBool."""
+def kernel_on(monkeypatch):
+    """The kernel is the default (DANLU_CPU_KERNEL=0 opts out at import): these tests pin it on. Dynamo's caches
+    are reset afterwards: its shapes seen here made a later test's compile trace `is_causal` as a SymBool."""
     monkeypatch.setattr(BlockQuantLinear, "kernel_rows", cpu_kernels.MAX_ROWS)
     yield
     torch._dynamo.reset()
 
 
-def test_the_kernel_is_off_by_default():
+def test_the_kernel_is_on_by_default_and_danlu_cpu_kernel_0_opts_out():
     import os
     import subprocess
     import sys
@@ -30,10 +30,10 @@ def test_the_kernel_is_off_by_default():
     env = {k: v for k, v in os.environ.items() if k != "DANLU_CPU_KERNEL"}
     code = "from danlu.generate.quant_kernels import BlockQuantLinear as B; print(B.kernel_rows)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "0"
-    env["DANLU_CPU_KERNEL"] = "1"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(cpu_kernels.MAX_ROWS)
+    env["DANLU_CPU_KERNEL"] = "0"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
 
 
 def random_layer(kind: str, N: int, K: int, gen: torch.Generator) -> BlockQuantLinear:
