@@ -83,6 +83,7 @@ inline float hsum(__m256 v) {
 #endif
 
 #ifdef DANLU_AVX2
+constexpr int64_t PREFETCH = 2048;  // bytes ahead of the codes being read
 constexpr int64_t CHUNK = 64;  // blocks whose scales are converted at once (a stack array of 64 floats)
 
 // sc[i] = fp16 d[g0 + i] * dx[g0 + i] for i < n, 8 at a time (F16C), so the dot loop below does no scalar
@@ -121,6 +122,7 @@ inline float row_q4(const uint8_t* wc, const uint16_t* ws, const uint16_t* wm, c
     mterm += block_scales(ws + g0, wm + g0, dx + g0, sx + g0, n, sc);
     for (int64_t i = 0; i < n; ++i) {
       const int64_t g = g0 + i;
+      if ((g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(wc + g * 16 + PREFETCH), _MM_HINT_T0);
       const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wc + g * 16));
       // bytes 0..15: low nibbles (elements 0..15); bytes 16..31: high nibbles (elements 16..31)
       const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low4);
@@ -157,6 +159,7 @@ inline float row_q8(const int8_t* wc, const uint16_t* ws, const int8_t* qx, cons
     block_scales(ws + g0, nullptr, dx + g0, nullptr, n, sc);
     for (int64_t i = 0; i < n; ++i) {
       const int64_t g = g0 + i;
+      if ((g & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(wc + g * QK + PREFETCH), _MM_HINT_T0);
       const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wc + g * QK));
       const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + g * QK));
       // |w| as unsigned (-128 -> 0x80 = 128, still right) and a's sign flipped where w < 0
