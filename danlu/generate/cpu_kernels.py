@@ -11,7 +11,9 @@ changed source rebuilds) and loaded as the op `torch.ops.danlu_kernels.block_gem
 lets `torch.compile` keep it inside the compiled decode step's graph.
 
 Where it cannot be used (no C++ compiler, a failed build, `DANLU_CPU_KERNEL=0`, another device or dtype) the
-block layers keep their PyTorch path and one stderr line says so. Numbers: benchmarks/decode_speed.py.
+block layers keep their PyTorch path and one stderr line says so (the opt-out is silent). It is the default
+for GGUF blocks on CPU since its outputs were checked against llama.cpp's and its perplexity measured
+(docs/BENCHMARKS.md). Numbers: benchmarks/decode_speed.py, benchmarks/quant_perplexity.py.
 """
 
 from __future__ import annotations
