@@ -21,6 +21,7 @@ def test_generate_uses_the_chat_template_of_a_chat_model(smollm2_gguf, capsys):
     out = capsys.readouterr()
     assert out.out == expected + "\n"
     assert "generate: chat mode" in out.err and "default for this model" in out.err
+    assert "rounds activations to 8 bits" in out.err and "DANLU_CPU_KERNEL=0" in out.err  # and the opt-out
     assert main([*args, "--raw", question]) == 0
     out = capsys.readouterr()
     assert out.out == danlu.generate(model, tokenizer, question, max_new_tokens=8, quiet=True) + "\n"
