@@ -84,8 +84,9 @@ class BlockQuantLinear(nn.Module):
     (0: never, the PyTorch paths only; a large value: always, e.g. to measure its perplexity). On by default
     (DANLU_CPU_KERNEL=0 at import opts out): its outputs are the dequantised weight times the activations
     rounded to int8 per block of 32, as llama.cpp's own Q4/Q8 kernels compute them; on SmolLM2-135M-Instruct
-    its eager greedy answer to a chat prompt equals llama.cpp's token for token, and its perplexity is within
-    1% of the float activations' (docs/BENCHMARKS.md, "The kernel checked against llama.cpp"). Rounding still flips near ties: "What is the capital of France?" has a 0.08 logit
+    its next-token logits on a chat prompt are closer to llama.cpp's than the float activations' are (the
+    same argmax at every position), and its perplexity is within 1% of the float activations' (docs/BENCHMARKS.md,
+    "The kernel checked against llama.cpp"; benchmarks/kernel_vs_llama_cpp.py). Rounding still flips near ties: "What is the capital of France?" has a 0.08 logit
     margin in fp32, and both llama.cpp and the kernel answer "L'Étoile, ..." where float activations say Paris.
     """
 
