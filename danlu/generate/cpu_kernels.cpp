@@ -8,7 +8,7 @@
 // The GGUF formats are designed for integer dot products: each row of x is rounded to int8 per block of 32
 // with one scale dx = max|x| / 127 (ggml's Q8 activation format), so a block's product is one int32 dot
 // product of 32 byte pairs, scaled once:
-//   sum_k W[n, k] x[k] ~= sum_g d[n, g] dx[g] (q[n, g, :] . qx[g, :]) + m[n, g] sx[g],   sx[g] = dx[g] sum(qx[g, :])
+//   sum_k W[n, k] x[k] ~= sum_g d[n, g] dx[g] (q[n, g, :] . qx[g, :]) + m[n, g] sx[g],  sx[g] = dx[g] sum(qx[g])
 // i.e. exactly W . x_hat for the rounded activations x_hat = dx qx. The minimum's term must use the rounded
 // block's sum too (ggml's Q8_1 stores d * sum(q) for this): with x's exact float sum the error would carry
 // m[n, g] * (the block's summed rounding errors), and |m| ~ 8 d; on SmolLM2 that was 4-5x the error.

@@ -28,9 +28,9 @@ import torch
 from danlu.errors import DanluError
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-# rows of x up to which the kernel serves: decoding and short prompts; longer prefills dequantise and use MKL's
-# GEMM. Measured on SmolLM2-135M (1 thread, CPU time of a forward): the kernel 2.4x cheaper at 16 rows, 2.3-2.5x
-# at 32, 1.8-1.9x at 48, even at 128; the dequantising path pays once per call, the kernel per row.
+# rows of x up to which the kernel serves: decoding and short prompts; longer prefills dequantise and use
+# MKL's GEMM. Measured on SmolLM2-135M (1 thread, CPU time of a forward): the kernel 2.4x cheaper at 16 rows,
+# 2.3-2.5x at 32, 1.8-1.9x at 48, even at 128; the dequantising path pays once per call, the kernel per row.
 MAX_ROWS = 64
 GROUP = 32  # the kernel's block size (GGUF's)
 

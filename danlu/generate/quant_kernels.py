@@ -85,9 +85,10 @@ class BlockQuantLinear(nn.Module):
     (DANLU_CPU_KERNEL=0 at import opts out): its outputs are the dequantised weight times the activations
     rounded to int8 per block of 32, as llama.cpp's own Q4/Q8 kernels compute them; on SmolLM2-135M-Instruct
     its next-token logits on a chat prompt are closer to llama.cpp's than the float activations' are (the
-    same argmax at every position), and its perplexity is within 1% of the float activations' (docs/BENCHMARKS.md,
-    "The kernel checked against llama.cpp"; benchmarks/kernel_vs_llama_cpp.py). Rounding still flips near ties: "What is the capital of France?" has a 0.08 logit
-    margin in fp32, and both llama.cpp and the kernel answer "L'Étoile, ..." where float activations say Paris.
+    same argmax at every position), and its perplexity is within 1% of the float activations'
+    (docs/BENCHMARKS.md, "The kernel checked against llama.cpp"; benchmarks/kernel_vs_llama_cpp.py).
+    Rounding still flips near ties: "What is the capital of France?" has a 0.08 logit margin in fp32, and
+    both llama.cpp and the kernel answer "L'Étoile, ..." where float activations say Paris.
     """
 
     kernel_rows: int = 0 if os.environ.get("DANLU_CPU_KERNEL") == "0" else cpu_kernels.MAX_ROWS
@@ -167,7 +168,8 @@ def reference_matmul(
 ) -> torch.Tensor:
     """What the kernel computes, in PyTorch: x rounded to int8 per block (round half to even of x · (1/dx),
     dx = max|x| / 127), integer block dot products with the codes, scaled by d · dx, plus the minimum times
-    the rounded blocks' sums dx · Σ qx: exactly the dequantised weight times the rounded activations. The tests compare the kernel (generate/cpu_kernels.py) with it."""
+    the rounded blocks' sums dx · Σ qx: exactly the dequantised weight times the rounded activations. The
+    tests compare the kernel (generate/cpu_kernels.py) with it."""
     M, K = x.shape
     N, nb = scale.shape
     xb = x.float().view(M, nb, cpu_kernels.GROUP)  # (M, nb, 32)
