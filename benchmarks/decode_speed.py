@@ -105,7 +105,7 @@ def quantized_variants(model: GPT, gguf: str | None, args, cuda: bool) -> dict[s
             if isinstance(m, BlockQuantLinear):
                 m.kernel_rows = 0
         out["danlu GGUF blocks compiled"] = (loop, True)
-        if cpu_kernels.available():  # the same blocks through danlu's int8-activation kernel (opt-in)
+        if cpu_kernels.available():  # the same blocks through danlu's int8-activation kernel (the default)
             for m in blocks.modules():
                 if isinstance(m, BlockQuantLinear):
                     m.kernel_rows = cpu_kernels.MAX_ROWS

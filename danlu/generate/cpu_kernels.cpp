@@ -8,10 +8,13 @@
 // The GGUF formats are designed for integer dot products: each row of x is rounded to int8 per block of 32
 // with one scale dx = max|x| / 127 (ggml's Q8 activation format), so a block's product is one int32 dot
 // product of 32 byte pairs, scaled once:
-//   sum_k W[n, k] x[k] ~= sum_g d[n, g] dx[g] (q[n, g, :] . qx[g, :]) + m[n, g] sx[g],   sx[g] = sum of x's block g
-// (the minimum's term uses the exact float block sum). u8 x s8 dot products of 32 bytes: AVX512-VNNI's
-// dpbusd, else AVX2's maddubs + madd (no saturation: |q| <= 128, |qx| <= 127, pair sums <= 32512). Signed Q8
-// codes go through |q| and sign(qx, q), the usual trick for a u8 x s8 instruction.
+//   sum_k W[n, k] x[k] ~= sum_g d[n, g] dx[g] (q[n, g, :] . qx[g, :]) + m[n, g] sx[g],  sx[g] = dx[g] sum(qx[g])
+// i.e. exactly W . x_hat for the rounded activations x_hat = dx qx. The minimum's term must use the rounded
+// block's sum too (ggml's Q8_1 stores d * sum(q) for this): with x's exact float sum the error would carry
+// m[n, g] * (the block's summed rounding errors), and |m| ~ 8 d; on SmolLM2 that was 4-5x the error.
+// u8 x s8 dot products of 32 bytes: AVX512-VNNI's dpbusd, else AVX2's maddubs + madd (no saturation:
+// |q| <= 128, |qx| <= 127, pair sums <= 32512). Signed Q8 codes go through |q| and sign(qx, q), the usual
+// trick for a u8 x s8 instruction.
 // Output rows are split over threads with at::parallel_for (PyTorch's own OpenMP pool).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -41,21 +44,23 @@ inline float half_to_float(uint16_t h) {
 #endif
 }
 
-// One row of x -> int8 codes (K), per-block scale dx (nb) and per-block float sum sx (nb).
+// One row of x -> int8 codes (K), per-block scale dx (nb) and the rounded block's sum sx = dx * sum(q) (nb).
 // Rounding is round-half-to-even of x * (1 / dx), as torch.round does (the Python reference in the tests).
 void quantize_row(const float* x, int64_t K, int8_t* q, float* dx, float* sx) {
   for (int64_t g = 0; g < K / QK; ++g) {
     const float* xb = x + g * QK;
-    float amax = 0.f, sum = 0.f;
-    for (int i = 0; i < QK; ++i) {
-      amax = std::max(amax, std::fabs(xb[i]));
-      sum += xb[i];
-    }
+    float amax = 0.f;
+    for (int i = 0; i < QK; ++i) amax = std::max(amax, std::fabs(xb[i]));
     const float d = amax / 127.f;
     const float inv = d > 0.f ? 1.f / d : 0.f;
-    for (int i = 0; i < QK; ++i) q[g * QK + i] = static_cast<int8_t>(std::nearbyint(xb[i] * inv));
+    int32_t isum = 0;
+    for (int i = 0; i < QK; ++i) {
+      const int8_t c = static_cast<int8_t>(std::nearbyint(xb[i] * inv));
+      q[g * QK + i] = c;
+      isum += c;
+    }
     dx[g] = d;
-    sx[g] = sum;
+    sx[g] = d * static_cast<float>(isum);
   }
 }
 
@@ -77,23 +82,59 @@ inline float hsum(__m256 v) {
 }
 #endif
 
+#ifdef DANLU_AVX2
+constexpr int64_t PREFETCH = 2048;  // bytes ahead of the codes being read
+constexpr int64_t CHUNK = 64;  // blocks whose scales are converted at once (a stack array of 64 floats)
+
+// sc[i] = fp16 d[g0 + i] * dx[g0 + i] for i < n, 8 at a time (F16C), so the dot loop below does no scalar
+// half conversions; returns sum_i fp16 m[g0 + i] * sx[g0 + i] (Q4's minimum term), 0 without a minimum
+inline float block_scales(const uint16_t* ws, const uint16_t* wm, const float* dx, const float* sx, int64_t n,
+                          float* sc) {
+  __m256 macc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ws + i)));
+    _mm256_storeu_ps(sc + i, _mm256_mul_ps(d, _mm256_loadu_ps(dx + i)));
+    if (wm) {
+      const __m256 m = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wm + i)));
+      macc = _mm256_fmadd_ps(m, _mm256_loadu_ps(sx + i), macc);
+    }
+  }
+  float mterm = hsum(macc);
+  for (; i < n; ++i) {
+    sc[i] = half_to_float(ws[i]) * dx[i];
+    if (wm) mterm += half_to_float(wm[i]) * sx[i];
+  }
+  return mterm;
+}
+#endif
+
 // y[n] = sum over blocks of one weight row (4-bit) times one quantised activation row
 inline float row_q4(const uint8_t* wc, const uint16_t* ws, const uint16_t* wm, const int8_t* qx,
                     const float* dx, const float* sx, int64_t nb) {
   float mterm = 0.f;
 #ifdef DANLU_AVX2
   const __m256i low4 = _mm256_set1_epi8(0x0F);
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t g = 0; g < nb; ++g) {
-    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wc + g * 16));
-    // bytes 0..15: low nibbles (elements 0..15); bytes 16..31: high nibbles (elements 16..31)
-    const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low4);
-    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + g * QK));
-    const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(w, a));
-    acc = _mm256_fmadd_ps(p, _mm256_set1_ps(half_to_float(ws[g]) * dx[g]), acc);
-    mterm += half_to_float(wm[g]) * sx[g];
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();  // two chains: the FMA latency overlaps
+  alignas(32) float sc[CHUNK];
+  for (int64_t g0 = 0; g0 < nb; g0 += CHUNK) {
+    const int64_t n = std::min(CHUNK, nb - g0);
+    mterm += block_scales(ws + g0, wm + g0, dx + g0, sx + g0, n, sc);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t g = g0 + i;
+      if ((g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(wc + g * 16 + PREFETCH), _MM_HINT_T0);
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wc + g * 16));
+      // bytes 0..15: low nibbles (elements 0..15); bytes 16..31: high nibbles (elements 16..31)
+      const __m256i w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low4);
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + g * QK));
+      const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(w, a));
+      if (i & 1)
+        acc1 = _mm256_fmadd_ps(p, _mm256_broadcast_ss(sc + i), acc1);
+      else
+        acc0 = _mm256_fmadd_ps(p, _mm256_broadcast_ss(sc + i), acc0);
+    }
   }
-  return hsum(acc) + mterm;
+  return hsum(_mm256_add_ps(acc0, acc1)) + mterm;
 #else
   float total = 0.f;
   for (int64_t g = 0; g < nb; ++g) {
@@ -111,15 +152,25 @@ inline float row_q4(const uint8_t* wc, const uint16_t* ws, const uint16_t* wm, c
 
 inline float row_q8(const int8_t* wc, const uint16_t* ws, const int8_t* qx, const float* dx, int64_t nb) {
 #ifdef DANLU_AVX2
-  __m256 acc = _mm256_setzero_ps();
-  for (int64_t g = 0; g < nb; ++g) {
-    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wc + g * QK));
-    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + g * QK));
-    // |w| as unsigned (-128 -> 0x80 = 128, still right) and a's sign flipped where w < 0
-    const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w)));
-    acc = _mm256_fmadd_ps(p, _mm256_set1_ps(half_to_float(ws[g]) * dx[g]), acc);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  alignas(32) float sc[CHUNK];
+  for (int64_t g0 = 0; g0 < nb; g0 += CHUNK) {
+    const int64_t n = std::min(CHUNK, nb - g0);
+    block_scales(ws + g0, nullptr, dx + g0, nullptr, n, sc);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t g = g0 + i;
+      if ((g & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(wc + g * QK + PREFETCH), _MM_HINT_T0);
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wc + g * QK));
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qx + g * QK));
+      // |w| as unsigned (-128 -> 0x80 = 128, still right) and a's sign flipped where w < 0
+      const __m256 p = _mm256_cvtepi32_ps(dot_u8s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w)));
+      if (i & 1)
+        acc1 = _mm256_fmadd_ps(p, _mm256_broadcast_ss(sc + i), acc1);
+      else
+        acc0 = _mm256_fmadd_ps(p, _mm256_broadcast_ss(sc + i), acc0);
+    }
   }
-  return hsum(acc);
+  return hsum(_mm256_add_ps(acc0, acc1));
 #else
   float total = 0.f;
   for (int64_t g = 0; g < nb; ++g) {

@@ -11,7 +11,9 @@ changed source rebuilds) and loaded as the op `torch.ops.danlu_kernels.block_gem
 lets `torch.compile` keep it inside the compiled decode step's graph.
 
 Where it cannot be used (no C++ compiler, a failed build, `DANLU_CPU_KERNEL=0`, another device or dtype) the
-block layers keep their PyTorch path and one stderr line says so. Numbers: benchmarks/decode_speed.py.
+block layers keep their PyTorch path and one stderr line says so (the opt-out is silent). It is the default
+for GGUF blocks on CPU since its outputs were checked against llama.cpp's and its perplexity measured
+(docs/BENCHMARKS.md). Numbers: benchmarks/decode_speed.py, benchmarks/quant_perplexity.py.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ import torch
 from danlu.errors import DanluError
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-MAX_ROWS = 8  # rows of x up to which the kernel serves (decoding; longer prefills use MKL's GEMM)
+# rows of x up to which the kernel serves: decoding and short prompts; longer prefills dequantise and use
+# MKL's GEMM. Measured on SmolLM2-135M (1 thread, CPU time of a forward): the kernel 2.4x cheaper at 16 rows,
+# 2.3-2.5x at 32, 1.8-1.9x at 48, even at 128; the dequantising path pays once per call, the kernel per row.
+MAX_ROWS = 64
 GROUP = 32  # the kernel's block size (GGUF's)
 
 _state: dict[str, object] = {}  # "ok": bool once tried; "why": the reason it is off

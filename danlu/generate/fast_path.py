@@ -129,7 +129,7 @@ def choose_decoding(
         model, fallbacks = quantize_from_gguf(decode_twin(model) if twin else model, path)
         notes += fallbacks
         weights = f"the GGUF's {'/'.join(sorted(blocks))} blocks as stored"
-        kernel = device.type == "cpu" and os.environ.get("DANLU_CPU_KERNEL") == "1"  # opt-in for now
+        kernel = device.type == "cpu" and os.environ.get("DANLU_CPU_KERNEL") != "0"  # on unless opted out
     elif quantize in ("int8", "int4"):
         model = quantize_model(decode_twin(model) if twin else model, bits=8 if quantize == "int8" else 4)
         weights = f"{quantize} weights"
@@ -146,7 +146,10 @@ def choose_decoding(
             f"{inductor_cache_dir()})"
         )
     if kernel:  # so greedy tokens may differ from the float model's: say so
-        message += "; danlu's CPU kernel rounds activations to 8 bits per block of 32, as llama.cpp (DANLU_CPU_KERNEL=1 opted in)"
+        message += (
+            "; danlu's CPU kernel rounds activations to 8 bits per block of 32, as llama.cpp does "
+            "(DANLU_CPU_KERNEL=0 for float activations)"
+        )
     if notes:
         message += "; " + "; ".join(notes)
     return DecodingChoice(model, compile, message, notes)

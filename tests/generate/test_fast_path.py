@@ -14,7 +14,7 @@ import torch
 
 import danlu
 from danlu.errors import DanluError
-from danlu.generate import fast_path
+from danlu.generate import cpu_kernels, fast_path
 from danlu.generate.quant_kernels import BlockQuantLinear
 from danlu.generate.quantize import Int8Linear
 from danlu.models.gguf import GGUFSource, weights_fingerprint
@@ -61,11 +61,11 @@ def test_gguf_load_records_its_blocks_and_the_eager_block_path_is_the_same_model
     with torch.inference_mode():
         for m in twin.modules():
             if isinstance(m, BlockQuantLinear):
-                m.kernel_rows = 8  # opted in: a short prompt's rows through the int8 kernel
+                m.kernel_rows = cpu_kernels.MAX_ROWS  # the default: a short prompt through the kernel
         with_kernel = twin(ids).logits
         for m in twin.modules():
             if isinstance(m, BlockQuantLinear):
-                m.kernel_rows = 0  # the default: the blocks dequantised, float activations
+                m.kernel_rows = 0  # DANLU_CPU_KERNEL=0: the blocks dequantised, float activations
         # the loader's fp32 weights are the blocks dequantised: equal logits, the same model
         assert torch.equal(twin(ids).logits, model(ids).logits)
         # the kernel only rounds activations: the same next token, a next-token distribution close to the

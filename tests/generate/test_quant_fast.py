@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import danlu
 from danlu.cli import main
 from danlu.errors import DanluError
-from danlu.generate import fast_path
+from danlu.generate import cpu_kernels, fast_path
 from danlu.generate.quant_kernels import (
     BlockQuantLinear,
     int4_group_product,
@@ -54,7 +54,8 @@ def test_block_products_equal_the_dequantised_weights():
         else:
             got = int4_group_product(x, layer.codes, layer.scale, layer.minimum)
         assert torch.allclose(got, expected, atol=1e-4)
-        many = x.repeat(3, 1)  # 9 rows: eager dequantise + F.linear (a few rows take cpu_kernels' int8 path)
+        # more rows than cpu_kernels.MAX_ROWS: eager dequantise + F.linear (fewer take the kernel's int8 path)
+        many = x.repeat(cpu_kernels.MAX_ROWS // 3 + 1, 1)
         assert torch.allclose(layer(many)[:3], expected, atol=1e-4)
     q = torch.randint(-127, 128, (48, 128), dtype=torch.int8)
     s = torch.rand(48)
