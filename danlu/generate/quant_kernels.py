@@ -32,6 +32,7 @@ from torch import nn
 
 from danlu.errors import DanluError
 from danlu.generate import cpu_kernels
+from danlu.nn.layers import GatedMLP
 
 
 def int8_channel_product(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -184,3 +185,40 @@ def reference_matmul(
         sx = qx.sum(-1).double() * dx.double()  # (M, nb): the sum of the rounded block, dx * sum(qx)
         y = y + sx @ minimum.double().T  # the minimum's term: (M, nb) @ (nb, N)
     return y.float()
+
+
+class FusedGatedMLP(nn.Module):
+    """A gated FFN (nn.layers.GatedMLP) whose gate and up rows are one BlockQuantLinear: at batch 1 they read
+    the same x, so one product rounds x once and makes one pass over the threads instead of two (30 fewer
+    kernel calls a token for SmolLM2). Each output row is computed alone, so the result equals the two layers'."""
+
+    def __init__(self, mlp: nn.Module) -> None:
+        super().__init__()
+        gate, up = mlp.gate, mlp.up
+        self.act, self.down, self.hidden = mlp.act, mlp.down, gate.out_features
+        minimum = None if gate.minimum is None else torch.cat([gate.minimum, up.minimum])
+        self.gate_up = BlockQuantLinear(
+            gate.bits, torch.cat([gate.codes, up.codes]), torch.cat([gate.scale, up.scale]), minimum
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).split(self.hidden, dim=-1)  # (..., hidden) each
+        return self.down(self.act(gate) * up)
+
+
+def fuse_gate_up(model: nn.Module) -> int:
+    """Replace every gated FFN of `model` whose gate and up are BlockQuantLinear layers of one format (no bias)
+    by a FusedGatedMLP; returns how many were fused."""
+    fused = 0
+    for name, mlp in list(model.named_modules()):
+        gate, up = getattr(mlp, "gate", None), getattr(mlp, "up", None)
+        if not isinstance(mlp, GatedMLP) or not all(isinstance(m, BlockQuantLinear) for m in (gate, up)):
+            continue
+        if (gate.bits, gate.group_size, gate.in_features) != (up.bits, up.group_size, up.in_features):
+            continue
+        if gate.bias is not None or up.bias is not None:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, FusedGatedMLP(mlp))
+        fused += 1
+    return fused

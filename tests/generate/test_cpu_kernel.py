@@ -127,6 +127,27 @@ def test_compiled_step_calls_the_kernel_and_equals_eager():
     assert [int(t) for t in compiled] == [int(t) for t in eager]
 
 
+def test_fused_gate_up_equals_the_two_layers(monkeypatch):
+    import copy
+
+    from danlu.generate.quant_kernels import FusedGatedMLP, fuse_gate_up
+
+    model = tiny_blocks(1)
+    fused = copy.deepcopy(model)
+    assert fuse_gate_up(fused) == 2 and isinstance(fused.blocks[0].mlp, FusedGatedMLP)
+    ids = torch.randint(0, 96, (1, 7), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        # through the kernel each output row is its own dot product: the fused rows are the same numbers
+        assert torch.equal(fused(ids).logits, model(ids).logits)
+        monkeypatch.setattr(BlockQuantLinear, "kernel_rows", 0)  # dequantised weights, float activations
+        assert torch.allclose(fused(ids).logits, model(ids).logits, atol=1e-5)
+        monkeypatch.setattr(BlockQuantLinear, "kernel_rows", cpu_kernels.MAX_ROWS)
+        opts = GenerationOptions(max_new_tokens=8)
+        one = list(generate_ids(model, ids, torch.ones_like(ids), opts, [], compile=True))
+        two = list(generate_ids(fused, ids, torch.ones_like(ids), opts, [], compile=True))
+    assert [int(t) for t in one] == [int(t) for t in two]
+
+
 def test_falls_back_with_one_message_when_the_kernel_cannot_build(monkeypatch, capsys):
     def no_compiler() -> None:
         raise RuntimeError("Error building extension 'danlu_cpu_kernels': g++: not found")
