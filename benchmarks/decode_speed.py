@@ -46,7 +46,7 @@ import torch
 from danlu.generate import cpu_kernels
 from danlu.generate.engine import generate_ids
 from danlu.generate.options import GenerationOptions
-from danlu.generate.quant_kernels import BlockQuantLinear
+from danlu.generate.quant_kernels import BlockQuantLinear, fuse_gate_up
 from danlu.generate.quantize import model_bytes, quantize_from_gguf, quantize_model
 from danlu.generate.speculative import speculative_decode
 from danlu.models.gpt import GPT, GPTConfig
@@ -98,6 +98,7 @@ def quantized_variants(model: GPT, gguf: str | None, args, cuda: bool) -> dict[s
         )
     if gguf and compiled and not cuda and "gguf" not in args.skip:
         blocks, notes = quantize_from_gguf(copy.deepcopy(model), gguf)
+        fuse_gate_up(blocks)  # as the decode path does (fast_path.choose_decoding)
         for note in notes:
             print(f"GGUF blocks: {note}")
         loop = copy.deepcopy(blocks)  # inductor's fused float loop, without danlu's kernel
