@@ -74,7 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="no training: report the runs already in OUT/VARIANT (run in parallel)",
     )
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="no training: one summary over seeds, each DIR an --out of one seed's runs (DIR/VARIANT), into OUT",
+    )
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
 
     import torch
 
@@ -120,14 +129,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def config(args: argparse.Namespace, variant: str) -> Any:
-    """The GRPOConfig of one variant's run: the same for all but the loss, DAPO's β and RLOO's epochs."""
-    from danlu.align.configs import GRPOConfig
+    """The GRPOConfig of one variant's run: the demo's recipe (`align_stages.grpo_config`) with this run's
+    rounds, learning rate and seed; the same for all but the loss, DAPO's β and RLOO's one update per round."""
+    from danlu.recipes.align_stages import grpo_config
 
-    # DAPO's paper trains without the KL term; the others keep DeepSeekMath's β = 0.04 (RLOO: in the reward)
-    return GRPOConfig(max_steps=args.steps, prompts_per_step=args.prompts_per_step, group_size=args.group_size,
-                      inner_epochs=1 if variant == "rloo" else 2, lr=args.lr, decay="constant",
-                      beta=0.0 if variant == "dapo" else 0.04, max_new_tokens=12, loss=variant,
-                      eval_interval=max(1, args.steps // 4), seed=args.seed, device="cpu")  # fmt: skip
+    return grpo_config(args.steps, args.seed, "cpu", loss=variant, lr=args.lr)
 
 
 def scratch_sft(args: argparse.Namespace, test: list[dict]) -> Path:
@@ -167,6 +173,49 @@ def scratch_sft(args: argparse.Namespace, test: list[dict]) -> Path:
     return save_model(tuned, args.out / "sft" / "checkpoint", tokenizer=tokenizer)
 
 
+def merge(dirs: list[Path], out: Path) -> int:
+    """One summary of seeds run as separate processes: per variant, each seed's gain and their mean and spread.
+
+    A seed's runs are DIR/VARIANT (an --out of one seed); the figure shows the mean over seeds with each seed as
+    a dot, so a reader sees the spread beside the binomial standard error of 100 items (≈ 0.045 near 0.5)."""
+    from statistics import mean, stdev
+
+    from danlu.train.metrics import read_metrics
+
+    per_variant: dict[str, list[dict]] = {}
+    for d in dirs:
+        for variant in VARIANTS:
+            if (d / variant / "metrics.jsonl").is_file():
+                r = _result(d / variant, read_metrics(d / variant / "metrics.jsonl"))
+                per_variant.setdefault(variant, []).append(r | {"dir": str(d)})
+    if not per_variant:
+        raise SystemExit(f"error: no DIR/VARIANT/metrics.jsonl under {', '.join(map(str, dirs))}")
+    results = {}
+    for variant, runs in per_variant.items():
+        gains = [r["gain"] for r in runs]
+        results[variant] = {
+            "seeds": [r["config"]["seed"] if r["config"] else None for r in runs],
+            "accuracy_sft": [r["accuracy_sft"] for r in runs],
+            "accuracy": [r["accuracy"] for r in runs],
+            "gains": gains,
+            "gain_mean": mean(gains),
+            "gain_std": stdev(gains) if len(gains) > 1 else 0.0,
+            "gain_min": min(gains),
+            "gain_max": max(gains),
+            "final_kl": [r["kl_curve"][-1][1] if r["kl_curve"] else None for r in runs],
+            "seconds": [r["seconds"] for r in runs],
+            "runs": runs,
+        }
+        print(f"{variant:>8}: gain {mean(gains):+.3f} ± {results[variant]['gain_std']:.3f} over {len(gains)} "
+              f"seeds ({', '.join(f'{g:+.2f}' for g in gains)})")  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"merged": [str(d) for d in dirs], "results": results}
+    (out / "grpo_variants.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    _plot({v: r["runs"] for v, r in results.items()}, out / "grpo_variants.png")
+    print(f"wrote {out / 'grpo_variants.json'} and {out / 'grpo_variants.png'}")
+    return 0
+
+
 def _result(run_dir: Path, logged: list[dict]) -> dict:
     """Accuracy before (step 0: the SFT model) and after (the last evaluation), and the curves, of one run."""
     evals = [(r["step"], r["eval_accuracy"]) for r in logged if "eval_accuracy" in r]
@@ -184,25 +233,42 @@ def _result(run_dir: Path, logged: list[dict]) -> dict:
     }
 
 
-def _plot(results: dict[str, dict], path: Path) -> None:
+def _plot(results: dict[str, Any], path: Path) -> None:
+    """Bars: held-out accuracy of SFT and of each variant (the mean over seeds, each seed a dot); right: the
+    held-out accuracy along the run (mean over seeds) and the training reward (a moving average of 10 rounds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    fig, (bars_ax, curve_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
-    names = ["SFT", *results]
-    sft = next(iter(results.values()))["accuracy_sft"]
-    values = [sft, *(r["accuracy"] for r in results.values())]
-    bars = bars_ax.bar(names, values, color=[f"C{i}" for i in range(len(names))])
-    bars_ax.bar_label(bars, [f"{v:.2f}" for v in values])
+    runs = {v: r if isinstance(r, list) else [r] for v, r in results.items()}  # variant -> one run per seed
+    fig, (bars_ax, curve_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    first = next(iter(runs.values()))
+    per_bar = [[r["accuracy_sft"] for r in first], *([r["accuracy"] for r in rs] for rs in runs.values())]
+    names = ["SFT", *runs]
+    means = [float(np.mean(v)) for v in per_bar]
+    bars = bars_ax.bar(names, means, color=[f"C{i}" for i in range(len(names))], alpha=0.75)
+    for i, values in enumerate(per_bar):
+        bars_ax.plot([i] * len(values), values, "k.", markersize=6)
+    bars_ax.bar_label(bars, [f"{m:.2f}" for m in means])
     bars_ax.set_ylim(0, 1.05)
+    n_seeds = len(first)
     bars_ax.set_ylabel("held-out arithmetic accuracy (greedy)")
-    for i, (name, r) in enumerate(results.items(), start=1):
-        steps, reward = zip(*r["reward_curve"]) if r["reward_curve"] else ((), ())
-        curve_ax.plot(steps, reward, color=f"C{i}", alpha=0.8, label=f"{name}: train reward")
-        if r["eval_curve"]:
-            es, acc = zip(*r["eval_curve"])
+    bars_ax.set_title(f"100 held-out sums; bar = mean of {n_seeds} seed(s), dot = one seed", fontsize=9)
+    bars_ax.tick_params(axis="x", labelsize=8)
+    for i, (name, rs) in enumerate(runs.items(), start=1):
+        if rs[0]["reward_curve"]:
+            steps = np.array([s for s, _ in rs[0]["reward_curve"]])
+            n = min(len(r["reward_curve"]) for r in rs)
+            reward = np.mean([[v for _, v in r["reward_curve"][:n]] for r in rs], axis=0)
+            k = min(10, n)
+            smooth = np.convolve(reward, np.ones(k) / k, mode="valid")  # (n - k + 1,)
+            curve_ax.plot(steps[k - 1 : n], smooth, color=f"C{i}", alpha=0.6, label=f"{name}: train reward")
+        if rs[0]["eval_curve"]:
+            n = min(len(r["eval_curve"]) for r in rs)
+            es = [s for s, _ in rs[0]["eval_curve"][:n]]
+            acc = np.mean([[v for _, v in r["eval_curve"][:n]] for r in rs], axis=0)
             curve_ax.plot(es, acc, "o--", color=f"C{i}", label=f"{name}: held-out accuracy")
     curve_ax.set_xlabel("round")
     curve_ax.set_ylim(0, 1.05)
