@@ -8,21 +8,22 @@ ratio per answer; CISPO (MiniMax-M1) clips a detached IS weight; RLOO (Ahmadian 
 a leave-one-out baseline. The world's reward is verifiable — the checker knows the exact result — so each
 variant is judged by greedy accuracy on the 100 held-out `sft_test` sums, against the SFT model it starts from.
 
-Every variant starts from the same SFT checkpoint with the same steps, prompts, group size and learning rate
-(the `danlu demo --stages grpo` setting, fewer steps), and samples the same training problems (the world's
-arithmetic pool less the held-out sums, as the demo does).
+Every variant starts from the same SFT checkpoint with the same rounds, prompts, group size and learning rate
+(the demo's GRPO recipe, `danlu.recipes.align_stages.grpo_config`, with fewer rounds by default), and samples
+the same training problems (the world's arithmetic pool less the held-out sums, as the demo does). The
+measurement in experiments/README.md: the demo's base, each variant in its own process, then one report:
 
-    danlu demo --stages sft                                  # runs/demo/sft/checkpoint, runs/demo/world
-    python experiments/grpo_variants.py --model runs/demo/sft/checkpoint --world runs/demo/world
+    danlu demo --stages sft --out runs/demo                  # runs/demo/sft/checkpoint, runs/demo/world
+    for v in grpo dapo; do
+        python experiments/grpo_variants.py --model runs/demo/sft/checkpoint --world runs/demo/world \
+            --variants $v --out runs/grpo_variants/s0 &
+    done; wait                                                # then dr_grpo, gspo cispo rloo the same way
+    python experiments/grpo_variants.py --collect --variants grpo dapo dr_grpo --out runs/grpo_variants/s0
+    python experiments/grpo_variants.py --merge runs/grpo_variants/s0 [runs/grpo_variants/s1 ...] \
+        --out runs/grpo_variants                              # seeds (--seed N --out .../sN): mean and spread
 
-Small settings (no pretrained model: a fresh 4-layer GPT fine-tuned on the world's 400 arithmetic records),
-each variant in its own process, then one report:
-
-    python experiments/grpo_variants.py --scratch-sft 800 --variants          # OUT/sft/checkpoint
-    for v in grpo dapo dr_grpo; do
-        python experiments/grpo_variants.py --model runs/grpo_variants/sft/checkpoint --variants $v &
-    done; wait
-    python experiments/grpo_variants.py --collect
+Small settings (no pretrained model: a fresh 4-layer GPT fine-tuned on the world's 400 arithmetic records):
+`--scratch-sft 800 [--with-sums] --variants` writes OUT/sft/checkpoint, then the loop above from it.
 
 Writes OUT/grpo_variants.json and OUT/grpo_variants.png (OUT/VARIANT/ holds each run's metrics and curves).
 """
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         "prompt '9 * 4 =', reply '36'), a stand-in for pretraining: the held-out questions' sums are among them",
     )
     ap.add_argument("--variants", nargs="*", default=["grpo", "dapo", "dr_grpo"], choices=VARIANTS)
-    ap.add_argument("--steps", type=int, default=60)
+    # 120 rounds at lr 4e-5: what fit the measurement on 2 shared cores (~10 s a round); the demo runs 200
+    ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--prompts-per-step", type=int, default=16)
     ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=4e-5)

@@ -35,3 +35,37 @@ def test_merge_reports_each_variants_gain_over_seeds(tmp_path):
     assert abs(dapo["gain_min"] - 0.05) < 1e-9 and abs(dapo["gain_max"] - 0.15) < 1e-9
     assert abs(grpo["final_kl"][0] - 0.04) < 1e-9
     assert (out / "grpo_variants.png").stat().st_size > 0
+
+
+def test_a_variant_runs_end_to_end_with_the_demos_recipe(make_gpt, tokenizer, tmp_path):
+    """Two rounds of DAPO from a tiny checkpoint on a tiny world: the run's config is the demo's recipe
+    (align_stages.grpo_config) with DAPO's β = 0, and the summary scores the 100-or-fewer held-out sums."""
+    from danlu.data.world import write_world
+    from danlu.models.checkpoints import save_model
+    from danlu.recipes.align_stages import grpo_config
+
+    world = tmp_path / "world"
+    write_world(world, seed=0, size="tiny")
+    ck = save_model(make_gpt(), tmp_path / "model", tokenizer=tokenizer)
+    out = tmp_path / "run"
+    argv = [
+        "--model",
+        str(ck),
+        "--world",
+        str(world),
+        "--out",
+        str(out),
+        "--variants",
+        "dapo",
+        "--steps",
+        "2",
+    ]
+    assert load_script(SCRIPT).main(argv) == 0
+    summary = json.loads((out / "grpo_variants.json").read_text())
+    dapo = summary["results"]["dapo"]
+    assert dapo["config"]["beta"] == 0.0 and dapo["config"]["loss"] == "dapo"
+    expected = grpo_config(2, 0, "cpu", loss="dapo", lr=4e-5)
+    assert dapo["config"]["inner_epochs"] == expected.inner_epochs == 2
+    assert dapo["config"]["prompts_per_step"] == expected.prompts_per_step
+    assert 0 <= dapo["accuracy"] <= 1 and dapo["steps"] == 2 and summary["heldout_items"] > 0
+    assert (out / "grpo_variants.png").stat().st_size > 0
