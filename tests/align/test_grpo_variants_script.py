@@ -59,6 +59,8 @@ def test_a_variant_runs_end_to_end_with_the_demos_recipe(make_gpt, tokenizer, tm
         "dapo",
         "--steps",
         "2",
+        "--sampled",
+        "2",
     ]
     assert load_script(SCRIPT).main(argv) == 0
     summary = json.loads((out / "grpo_variants.json").read_text())
@@ -69,3 +71,6 @@ def test_a_variant_runs_end_to_end_with_the_demos_recipe(make_gpt, tokenizer, tm
     assert dapo["config"]["prompts_per_step"] == expected.prompts_per_step
     assert 0 <= dapo["accuracy"] <= 1 and dapo["steps"] == 2 and summary["heldout_items"] > 0
     assert (out / "grpo_variants.png").stat().st_size > 0
+    sampled = dapo["sampled"]  # 2 answers sampled per held-out sum, before and after
+    for when in ("sft", "after"):
+        assert sampled[when]["k"] == 2 and 0 <= sampled[when]["accuracy"] <= sampled[when]["pass_at_k"] <= 1
