@@ -121,9 +121,13 @@ def test_ppo_seeds_script_at_tiny_settings(make_gpt, tokenizer, tiny_world, tmp_
     out = tmp_path / "run"
     code = ppo_seeds.main(["--sft", str(sft), "--reward", str(tmp_path / "rm"), "--world", str(tiny_world),
                                      "--out", str(out), "--seeds", "0", "1", "--steps", "1", "--eval-prompts", "4",
-                                     "--samples", "1", "--threads", "1"])  # fmt: skip
+                                     "--samples", "1", "--threads", "1", "--set", "ppo_epochs=1", "whiten_scores=true",
+                                     "--figure", str(tmp_path / "images" / "ppo.png")])  # fmt: skip
     assert code == 0 and (out / "ppo_seeds.png").is_file()
+    assert (tmp_path / "images" / "ppo.png").read_bytes() == (out / "ppo_seeds.png").read_bytes()
     report = json.loads((out / "ppo_seeds.json").read_text())
+    config = report["seeds"][0]["config"]
+    assert config["ppo_epochs"] == 1 and config["whiten_scores"] is True
     assert [r["seed"] for r in report["seeds"]] == [0, 1] and report["eval_prompts"] == 4
     for r in report["seeds"]:
         assert 0 <= r["before"]["gold"] <= 1 and 0 <= r["after"]["greedy_gold"] <= 1
@@ -181,3 +185,10 @@ def test_run_entries_get_paths_where_they_take_paths():
     assert kwargs["sft_model"] is None and kwargs["tokenizer"] is None
     assert kwargs["model_path"] == i.sft_model and kwargs["world_dir"] == i.world
     assert lab_stages.EXPERIMENTS["icl"].run_kwargs(i)["models"][-1] == ("demo", i.model)
+
+
+def test_ppo_seeds_set_rejects_unknown_or_mistyped_fields():
+    ppo_seeds = lab_stages.load_script(EXPERIMENTS / "ppo_seeds.py")
+    for bad in (["nope=1"], ["ppo_epochs=two"], ["lr"]):
+        with pytest.raises(SystemExit):
+            ppo_seeds.main(["--set", *bad, "--merge", "x"])
