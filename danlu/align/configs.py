@@ -46,6 +46,11 @@ class PPOConfig(LoopConfig):
     # A reward model's scores have no fixed scale (here their spread is ~0.3), so a fixed β weighs the KL against
     # a reward of unknown size; whitened, β·KL is measured in reward standard deviations.
     whiten_scores: bool = option(False, "normalise the reward-model scores to mean 0, std 1 per rollout")
+    # A likelihood-feature reward model's score is a mean over the answer's tokens: paid token by token, each
+    # token's own term reaches its advantage directly instead of through the critic (same return from the start).
+    dense_reward: bool = option(
+        False, "pay the reward model's likelihood term per answer token, not all at the end"
+    )
     max_new_tokens: int = option(24, "longest sampled answer, in tokens")
     temperature: float = option(1.0, "sampling temperature of the rollouts (> 0)")
 
@@ -60,6 +65,8 @@ class PPOConfig(LoopConfig):
             (0 <= self.gamma <= 1 and 0 <= self.lam <= 1, f"gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}"),
             (self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}"),
             (self.temperature > 0, f"temperature must be > 0 to sample rollouts, got {self.temperature}"),
+            (not (self.dense_reward and self.whiten_scores), "dense_reward and whiten_scores exclude each other: "
+             "whitening needs the whole score at once; pick one"),
         ]  # fmt: skip
         return super().problems() + [msg for ok, msg in checks if not ok]
 

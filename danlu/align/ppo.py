@@ -106,11 +106,22 @@ def make_experience(actor, critic, reward_model, ref, tokenizer, prompts: list[s
     old_log_probs = sequence_log_probs(actor, rollout)
     ref_log_probs = sequence_log_probs(ref, rollout)
     old_values = critic_values(critic, rollout) * mask
-    scores = reward_model(
-        rollout.input_ids, rollout.attention_mask, rollout.position_ids, rollout.response_mask
-    )  # (B,)
-    task = whiten(scores[:, None], torch.ones_like(scores[:, None]))[:, 0] if cfg.whiten_scores else scores
-    rewards, kl = kl_penalized_rewards(old_log_probs, ref_log_probs, task, mask, rollout.last_action(), beta)
+    batch = (rollout.input_ids, rollout.attention_mask, rollout.position_ids, rollout.response_mask)
+    if cfg.dense_reward:  # the likelihood term token by token, the head's score on the last token
+        head, terms = reward_model.score_parts(*batch)  # (B,), (B, T - 1)
+        scores = head + terms.sum(-1)
+        rewards, kl = kl_penalized_rewards(
+            old_log_probs, ref_log_probs, head, mask, rollout.last_action(), beta
+        )
+        rewards = rewards + terms * mask
+    else:
+        scores = reward_model(*batch)  # (B,)
+        task = (
+            whiten(scores[:, None], torch.ones_like(scores[:, None]))[:, 0] if cfg.whiten_scores else scores
+        )
+        rewards, kl = kl_penalized_rewards(
+            old_log_probs, ref_log_probs, task, mask, rollout.last_action(), beta
+        )
     advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
         advantages = whiten(advantages, mask)
