@@ -59,6 +59,33 @@ def evaluate(actor, ref, reward_model, tokenizer, prompts: list[str], records: l
     return {k: v / (n if k.startswith("greedy") else n * samples) for k, v in sums.items()}
 
 
+def temperature_baseline(model, reward_model, tokenizer, prompts: list[str], records: list[dict], temperature: float,
+                         max_new_tokens: int, seed: int, batch_size: int = 64) -> dict[str, float]:  # fmt: skip
+    """What sharpening alone buys: the SFT model sampled at `temperature` < 1, its reward-model score, gold
+    reward and exact per-token KL(π_T ‖ π_SFT) (π_T = softmax(logits / T), summed over the vocabulary)."""
+    import torch
+    import torch.nn.functional as F
+
+    from danlu.align.rollout import sample
+    from danlu.data.world import reward
+
+    sums = {"score": 0.0, "gold": 0.0, "kl_per_token": 0.0}
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            chunk, recs = prompts[start : start + batch_size], records[start : start + batch_size]
+            r = sample(model, tokenizer, chunk, max_new_tokens, temperature=temperature, seed=seed + start)
+            sums["score"] += float(
+                reward_model(r.input_ids, r.attention_mask, r.position_ids, r.response_mask).sum()
+            )
+            sums["gold"] += sum(reward(rec, text) for rec, text in zip(recs, r.texts, strict=True))
+            logits = model(r.input_ids, attention_mask=r.attention_mask, position_ids=r.position_ids).logits
+            log_p = F.log_softmax(logits[:, :-1].float(), -1)  # (B, T - 1, V)
+            log_q = F.log_softmax(logits[:, :-1].float() / temperature, -1)
+            kl = (log_q.exp() * (log_q - log_p)).sum(-1) * r.action_mask  # (B, T - 1)
+            sums["kl_per_token"] += float((kl.sum(1) / r.action_mask.sum(1).clamp(min=1)).sum())
+    return {"temperature": temperature} | {k: v / len(prompts) for k, v in sums.items()}
+
+
 def one_seed(
     args: argparse.Namespace, seed: int, sft_model, reward_model, tokenizer, train_prompts, eval_set
 ) -> dict:
@@ -117,12 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                     help="any other PPOConfig field, e.g. --set ppo_epochs=4 target_kl=0.1")  # fmt: skip
     ap.add_argument("--figure", type=Path, help="also copy the figure here (docs/images/ppo_seeds.png)")
+    ap.add_argument("--temperatures", type=float, nargs="*", default=[],
+                    help="also score the SFT model sampled at these temperatures (sharpening alone, its exact KL)")  # fmt: skip
     args = ap.parse_args(argv)
     args.set = parse_overrides(args.set, ap)
     if args.merge:  # seeds run in parallel processes (one --seeds each): one summary of all
         runs = [json.loads((d / "ppo_seeds.json").read_text(encoding="utf-8")) for d in args.merge]
         args.out.mkdir(parents=True, exist_ok=True)
-        head = {k: runs[0][k] for k in ("steps", "eval_prompts", "samples")}
+        head = {
+            k: runs[0][k]
+            for k in ("steps", "eval_prompts", "samples", "temperature_baseline")
+            if k in runs[0]
+        }
         write_summary(
             head | {"merged": [str(d) for d in args.merge]},
             [r for run in runs for r in run["seeds"]],
@@ -136,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     import danlu
     from danlu.align.reward import RewardModel
     from danlu.data.formats import read_jsonl
-    from danlu.recipes.align_stages import STAGE_DEFAULTS
+    from danlu.recipes.align_stages import STAGE_DEFAULTS, ppo_config
     from danlu.tune.sft import prompt_text
 
     if args.threads:
@@ -171,6 +204,23 @@ def main(argv: list[str] | None = None) -> int:
         for s in args.seeds
     ]
     head = {"steps": args.steps, "eval_prompts": len(test), "samples": args.samples}
+    if args.temperatures:
+        head["temperature_baseline"] = [
+            temperature_baseline(
+                sft_model,
+                reward_model,
+                tokenizer,
+                chat(test) * args.samples,
+                test * args.samples,
+                t,
+                ppo_config(1, 0, "cpu").max_new_tokens,
+                seed=4242,
+            )  # fmt: skip
+            for t in args.temperatures
+        ]
+        for b in head["temperature_baseline"]:
+            print(f"SFT at temperature {b['temperature']}: score {b['score']:.3f}, gold {b['gold']:.3f}, "
+                  f"KL/token {b['kl_per_token']:.3f}")  # fmt: skip
     write_summary(head, rows, args.out, args.figure)
     return 0
 
@@ -225,7 +275,7 @@ def write_summary(head: dict, rows: list[dict], out: Path, figure: Path | None =
 def markdown_table(summary: dict) -> str:
     """The seeds' before -> after rows and each gain's mean, sd, min and max, as experiments/README.md shows them."""
     rows = summary["seeds"]
-    lines = ["| seed | RM score, SFT -> PPO | gold, SFT -> PPO | greedy gold | KL/token (bound) | PPO s | holds |",
+    lines = ["| seed | RM score, SFT → PPO | gold, SFT → PPO | greedy gold | KL/token (bound) | PPO s | holds |",
              "|---:|---:|---:|---:|---:|---:|:---:|"]  # fmt: skip
     for r in rows:
         b, a = r["before"], r["after"]

@@ -122,10 +122,12 @@ def test_ppo_seeds_script_at_tiny_settings(make_gpt, tokenizer, tiny_world, tmp_
     code = ppo_seeds.main(["--sft", str(sft), "--reward", str(tmp_path / "rm"), "--world", str(tiny_world),
                                      "--out", str(out), "--seeds", "0", "1", "--steps", "1", "--eval-prompts", "4",
                                      "--samples", "1", "--threads", "1", "--set", "ppo_epochs=1", "whiten_scores=true",
-                                     "--figure", str(tmp_path / "images" / "ppo.png")])  # fmt: skip
+                                     "--figure", str(tmp_path / "images" / "ppo.png"), "--temperatures", "0.5"])  # fmt: skip
     assert code == 0 and (out / "ppo_seeds.png").is_file()
     assert (tmp_path / "images" / "ppo.png").read_bytes() == (out / "ppo_seeds.png").read_bytes()
     report = json.loads((out / "ppo_seeds.json").read_text())
+    (sharp,) = report["temperature_baseline"]
+    assert sharp["temperature"] == 0.5 and sharp["kl_per_token"] >= 0 and 0 <= sharp["gold"] <= 1
     config = report["seeds"][0]["config"]
     assert config["ppo_epochs"] == 1 and config["whiten_scores"] is True
     assert [r["seed"] for r in report["seeds"]] == [0, 1] and report["eval_prompts"] == 4
