@@ -72,6 +72,13 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
 
 
+def leave_one_out_baseline(scores: torch.Tensor, G: int) -> torch.Tensor:
+    """(B,) scores of G consecutive answers per prompt -> each answer's mean of its prompt's other G − 1 scores
+    (RLOO, Ahmadian et al. 2024): independent of the answer itself, so subtracting it keeps the gradient unbiased."""
+    groups = scores.view(-1, G)  # (B / G, G)
+    return ((groups.sum(1, keepdim=True) - groups) / (G - 1)).reshape(-1)
+
+
 @dataclass
 class Experience:
     rollout: Rollout
@@ -99,9 +106,10 @@ def critic_values(critic: RewardModel, rollout: Rollout) -> torch.Tensor:
 @torch.no_grad()
 def make_experience(actor, critic, reward_model, ref, tokenizer, prompts: list[str], cfg: PPOConfig,
                     beta: float, seed: int) -> Experience:  # fmt: skip
+    G = cfg.samples_per_prompt
     rollout = sample(
-        actor, tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, seed=seed
-    )  # on its device
+        actor, tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, seed=seed, num_samples=G
+    )  # on its device; a prompt's G answers in consecutive rows
     mask = rollout.action_mask
     old_log_probs = sequence_log_probs(actor, rollout)
     ref_log_probs = sequence_log_probs(ref, rollout)
@@ -110,15 +118,15 @@ def make_experience(actor, critic, reward_model, ref, tokenizer, prompts: list[s
     if cfg.dense_reward:  # the likelihood term token by token, the head's score on the last token
         head, terms = reward_model.score_parts(*batch)  # (B,), (B, T - 1)
         scores = head + terms.sum(-1)
+        last = head - leave_one_out_baseline(scores, G) if G > 1 else head
         rewards, kl = kl_penalized_rewards(
-            old_log_probs, ref_log_probs, head, mask, rollout.last_action(), beta
+            old_log_probs, ref_log_probs, last, mask, rollout.last_action(), beta
         )
         rewards = rewards + terms * mask
     else:
         scores = reward_model(*batch)  # (B,)
-        task = (
-            whiten(scores[:, None], torch.ones_like(scores[:, None]))[:, 0] if cfg.whiten_scores else scores
-        )
+        task = scores - leave_one_out_baseline(scores, G) if G > 1 else scores
+        task = whiten(task[:, None], torch.ones_like(task[:, None]))[:, 0] if cfg.whiten_scores else task
         rewards, kl = kl_penalized_rewards(
             old_log_probs, ref_log_probs, task, mask, rollout.last_action(), beta
         )
@@ -195,9 +203,9 @@ class PPOObjective(OnlineObjective):
 
     def work(self, step: int) -> StepWork:
         cfg = self.cfg
+        n_prompts = cfg.batch_size // cfg.samples_per_prompt  # each sampled samples_per_prompt times
         prompts = [
-            self.train_prompts[i]
-            for i in step_indices(len(self.train_prompts), cfg.batch_size, cfg.seed, step)
+            self.train_prompts[i] for i in step_indices(len(self.train_prompts), n_prompts, cfg.seed, step)
         ]
         beta = self.kl_ctl.value
         exp = make_experience(self.actor, self.critic, self.reward_model, self.ref, self.tokenizer, prompts, cfg,

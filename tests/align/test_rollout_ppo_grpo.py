@@ -215,3 +215,28 @@ def test_ppo_dense_reward_pays_the_likelihood_term_per_token_with_the_same_retur
     assert not terms.any()
     with pytest.raises(DanluError, match="exclude each other"):
         PPOConfig(dense_reward=True, whiten_scores=True)
+
+
+def test_ppo_samples_per_prompt_subtracts_the_leave_one_out_mean_of_the_siblings(world, tokenizer, make_gpt):
+    from danlu.align.ppo import leave_one_out_baseline, make_experience
+
+    assert torch.allclose(leave_one_out_baseline(torch.tensor([1.0, 2.0, 6.0, 0.0, 4.0, 8.0]), 3),
+                          torch.tensor([4.0, 3.5, 1.5, 6.0, 4.0, 2.0]))  # fmt: skip
+    actor = make_gpt(seed=0).eval()
+    critic, reward_model = RewardModel(make_gpt(seed=1)).eval(), RewardModel(make_gpt(seed=2)).eval()
+    prompts = _chat(tokenizer, [r["prompt"] for r in world.preference_records("train")[:3]])
+    for dense in (False, True):
+        cfg = PPOConfig(batch_size=6, minibatch_size=6, max_new_tokens=5, samples_per_prompt=2, lam=1.0,
+                        dense_reward=dense, device="cpu")  # fmt: skip
+        exp = make_experience(actor, critic, reward_model, actor, tokenizer, prompts, cfg, beta=0.0, seed=3)
+        r = exp.rollout
+        assert r.input_ids.shape[0] == 6 and torch.equal(
+            r.input_ids[0, : r.prompt_len], r.input_ids[1, : r.prompt_len]
+        )
+        # β = 0, γ = λ = 1: the first action's return is the score minus the sibling's score
+        first = r.action_mask.argmax(1)
+        s = exp.scores.view(3, 2)
+        want = torch.stack([s[:, 0] - s[:, 1], s[:, 1] - s[:, 0]], 1).reshape(-1)
+        assert torch.allclose(exp.returns.gather(1, first[:, None])[:, 0], want, atol=1e-5)
+    with pytest.raises(DanluError, match="samples_per_prompt"):
+        PPOConfig(batch_size=6, minibatch_size=6, samples_per_prompt=4)
