@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                     help="any other PPOConfig field, e.g. --set ppo_epochs=4 target_kl=0.1")  # fmt: skip
     ap.add_argument("--figure", type=Path, help="also copy the figure here (docs/images/ppo_seeds.png)")
+    ap.add_argument("--unseen-prompts", action="store_true",
+                    help="train PPO only on preference_train prompts that are not sft_train instructions")  # fmt: skip
     ap.add_argument("--temperatures", type=float, nargs="*", default=[],
                     help="also score the SFT model sampled at these temperatures (sharpening alone, its exact KL)")  # fmt: skip
     args = ap.parse_args(argv)
@@ -198,7 +200,16 @@ def main(argv: list[str] | None = None) -> int:
         return [prompt_text({"instruction": r["prompt"], "output": ""}, tokenizer) for r in records]
 
     test = read_jsonl(args.world / "preference_test.jsonl")[: args.eval_prompts]
-    train_prompts = chat(read_jsonl(args.world / "preference_train.jsonl"))
+    train = read_jsonl(args.world / "preference_train.jsonl")
+    if args.unseen_prompts:  # only the prompts SFT never trained on, as the held-out ones are
+        seen = {r["instruction"] for r in read_jsonl(args.world / "sft_train.jsonl")}
+        train = [r for r in train if r["prompt"] not in seen]
+        if not train:
+            ap.error(
+                f"every preference_train prompt of {args.world} is an sft_train instruction: drop --unseen-prompts"
+            )
+        print(f"{len(train)} training prompts SFT did not see", flush=True)
+    train_prompts = chat(train)
     rows = [
         one_seed(args, s, sft_model, reward_model, tokenizer, train_prompts, (chat(test), test))
         for s in args.seeds
