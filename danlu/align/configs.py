@@ -52,7 +52,7 @@ class PPOConfig(LoopConfig):
         False, "pay the reward model's likelihood term per answer token, not all at the end"
     )
     # One answer per prompt leaves the critic, which sees each prompt about once, as the only baseline; G answers
-    # of a prompt give each one the mean of its G − 1 siblings to beat (leave-one-out, as RLOO), an action-free
+    # of a prompt give each one the mean of its G − 1 siblings to beat (RLOO's leave-one-out, Kool et al. 2019), an action-free
     # baseline that removes the prompt's own difficulty from the reward.
     samples_per_prompt: int = option(
         1, "answers sampled per prompt in a rollout (G > 1: leave-one-out baseline)"

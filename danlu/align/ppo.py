@@ -32,6 +32,7 @@ from torch import nn
 
 from danlu.align.advantages import gae, kl_penalized_rewards, whiten
 from danlu.align.configs import PPOConfig
+from danlu.align.losses import rloo_advantages
 from danlu.align.online import OnlineObjective, step_indices
 from danlu.align.reward import RewardModel
 from danlu.align.rollout import Rollout, masked_mean, sample, sequence_log_probs
@@ -70,13 +71,6 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     """Clipped value loss ½·max((V − G)², (V_old + clip(V − V_old, ±ε_v) − G)²), masked mean."""
     clipped = old_values + (values - old_values).clamp(-clip_range_value, clip_range_value)
     return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
-
-
-def leave_one_out_baseline(scores: torch.Tensor, G: int) -> torch.Tensor:
-    """(B,) scores of G consecutive answers per prompt -> each answer's mean of its prompt's other G − 1 scores
-    (RLOO, Ahmadian et al. 2024): independent of the answer itself, so subtracting it keeps the gradient unbiased."""
-    groups = scores.view(-1, G)  # (B / G, G)
-    return ((groups.sum(1, keepdim=True) - groups) / (G - 1)).reshape(-1)
 
 
 @dataclass
@@ -118,14 +112,15 @@ def make_experience(actor, critic, reward_model, ref, tokenizer, prompts: list[s
     if cfg.dense_reward:  # the likelihood term token by token, the head's score on the last token
         head, terms = reward_model.score_parts(*batch)  # (B,), (B, T - 1)
         scores = head + terms.sum(-1)
-        last = head - leave_one_out_baseline(scores, G) if G > 1 else head
+        # G > 1: the head's share minus the siblings' mean score (RLOO's baseline, Kool et al. 2019)
+        last = head - (scores - rloo_advantages(scores, G)) if G > 1 else head
         rewards, kl = kl_penalized_rewards(
             old_log_probs, ref_log_probs, last, mask, rollout.last_action(), beta
         )
         rewards = rewards + terms * mask
     else:
         scores = reward_model(*batch)  # (B,)
-        task = scores - leave_one_out_baseline(scores, G) if G > 1 else scores
+        task = rloo_advantages(scores, G) if G > 1 else scores  # minus the siblings' mean: unbiased
         task = whiten(task[:, None], torch.ones_like(task[:, None]))[:, 0] if cfg.whiten_scores else task
         rewards, kl = kl_penalized_rewards(
             old_log_probs, ref_log_probs, task, mask, rollout.last_action(), beta
