@@ -59,6 +59,33 @@ def evaluate(actor, ref, reward_model, tokenizer, prompts: list[str], records: l
     return {k: v / (n if k.startswith("greedy") else n * samples) for k, v in sums.items()}
 
 
+def temperature_baseline(model, reward_model, tokenizer, prompts: list[str], records: list[dict], temperature: float,
+                         max_new_tokens: int, seed: int, batch_size: int = 64) -> dict[str, float]:  # fmt: skip
+    """What sharpening alone buys: the SFT model sampled at `temperature` < 1, its reward-model score, gold
+    reward and exact per-token KL(π_T ‖ π_SFT) (π_T = softmax(logits / T), summed over the vocabulary)."""
+    import torch
+    import torch.nn.functional as F
+
+    from danlu.align.rollout import sample
+    from danlu.data.world import reward
+
+    sums = {"score": 0.0, "gold": 0.0, "kl_per_token": 0.0}
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            chunk, recs = prompts[start : start + batch_size], records[start : start + batch_size]
+            r = sample(model, tokenizer, chunk, max_new_tokens, temperature=temperature, seed=seed + start)
+            sums["score"] += float(
+                reward_model(r.input_ids, r.attention_mask, r.position_ids, r.response_mask).sum()
+            )
+            sums["gold"] += sum(reward(rec, text) for rec, text in zip(recs, r.texts, strict=True))
+            logits = model(r.input_ids, attention_mask=r.attention_mask, position_ids=r.position_ids).logits
+            log_p = F.log_softmax(logits[:, :-1].float(), -1)  # (B, T - 1, V)
+            log_q = F.log_softmax(logits[:, :-1].float() / temperature, -1)
+            kl = (log_q.exp() * (log_q - log_p)).sum(-1) * r.action_mask  # (B, T - 1)
+            sums["kl_per_token"] += float((kl.sum(1) / r.action_mask.sum(1).clamp(min=1)).sum())
+    return {"temperature": temperature} | {k: v / len(prompts) for k, v in sums.items()}
+
+
 def one_seed(
     args: argparse.Namespace, seed: int, sft_model, reward_model, tokenizer, train_prompts, eval_set
 ) -> dict:
@@ -71,7 +98,7 @@ def one_seed(
     overrides = {k: v for k, v in (("lr", args.lr), ("init_kl_coef", args.init_kl_coef)) if v is not None}
     if args.whiten_scores:
         overrides["whiten_scores"] = True
-    cfg = replace(ppo_config(args.steps, seed, "cpu"), eval_interval=args.steps, **overrides)
+    cfg = replace(ppo_config(args.steps, seed, "cpu"), eval_interval=args.steps, **overrides, **args.set)
     actor, critic = copy.deepcopy(sft_model).train(), copy.deepcopy(reward_model).train()
     t0 = time.time()
     before = evaluate(sft_model, sft_model, reward_model, tokenizer, prompts, records, cfg.max_new_tokens,
@@ -80,9 +107,11 @@ def one_seed(
                   show_progress=False)  # fmt: skip
     after = evaluate(actor, sft_model, reward_model, tokenizer, prompts, records, cfg.max_new_tokens, args.samples,
                      seed)  # fmt: skip
-    row = {"seed": seed, "config": {k: getattr(cfg, k) for k in ("lr", "init_kl_coef", "target_kl", "whiten_scores")},
+    keys = ("lr", "init_kl_coef", "target_kl", "whiten_scores", *args.set)
+    row = {"seed": seed, "config": {k: getattr(cfg, k) for k in dict.fromkeys(keys)},
            "before": before, "after": after, "kl_bound": cfg.kl_bound,
-           "max_train_kl_per_token": summary.get("max_train_kl_per_token"), "seconds": round(time.time() - t0, 1)}  # fmt: skip
+           "max_train_kl_per_token": summary.get("max_train_kl_per_token"), "ppo_seconds": summary["seconds"],
+           "seconds": round(time.time() - t0, 1)}  # fmt: skip
     row["gain"] = {k: after[k] - before[k] for k in before}
     row["holds"] = (
         row["gain"]["score"] > 0 and row["gain"]["gold"] > 0 and after["kl_per_token"] < cfg.kl_bound
@@ -112,15 +141,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, help="actor learning rate (default: the demo's)")
     ap.add_argument("--init-kl-coef", type=float, help="initial beta (default: the demo's)")
     ap.add_argument("--whiten-scores", action="store_true", help="whiten the reward-model scores per rollout")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="any other PPOConfig field, e.g. --set ppo_epochs=4 target_kl=0.1")  # fmt: skip
+    ap.add_argument("--figure", type=Path, help="also copy the figure here (docs/images/ppo_seeds.png)")
+    ap.add_argument("--unseen-prompts", action="store_true",
+                    help="train PPO only on preference_train prompts that are not sft_train instructions")  # fmt: skip
+    ap.add_argument("--temperatures", type=float, nargs="*", default=[],
+                    help="also score the SFT model sampled at these temperatures (sharpening alone, its exact KL)")  # fmt: skip
     args = ap.parse_args(argv)
+    args.set = parse_overrides(args.set, ap)
     if args.merge:  # seeds run in parallel processes (one --seeds each): one summary of all
         runs = [json.loads((d / "ppo_seeds.json").read_text(encoding="utf-8")) for d in args.merge]
         args.out.mkdir(parents=True, exist_ok=True)
-        head = {k: runs[0][k] for k in ("steps", "eval_prompts", "samples")}
+        head = {
+            k: runs[0][k]
+            for k in ("steps", "eval_prompts", "samples", "temperature_baseline")
+            if k in runs[0]
+        }
         write_summary(
             head | {"merged": [str(d) for d in args.merge]},
             [r for run in runs for r in run["seeds"]],
             args.out,
+            args.figure,
         )
         return 0
 
@@ -129,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     import danlu
     from danlu.align.reward import RewardModel
     from danlu.data.formats import read_jsonl
-    from danlu.recipes.align_stages import STAGE_DEFAULTS
+    from danlu.recipes.align_stages import STAGE_DEFAULTS, ppo_config
     from danlu.tune.sft import prompt_text
 
     if args.threads:
@@ -158,16 +200,63 @@ def main(argv: list[str] | None = None) -> int:
         return [prompt_text({"instruction": r["prompt"], "output": ""}, tokenizer) for r in records]
 
     test = read_jsonl(args.world / "preference_test.jsonl")[: args.eval_prompts]
-    train_prompts = chat(read_jsonl(args.world / "preference_train.jsonl"))
+    train = read_jsonl(args.world / "preference_train.jsonl")
+    if args.unseen_prompts:  # only the prompts SFT never trained on, as the held-out ones are
+        seen = {r["instruction"] for r in read_jsonl(args.world / "sft_train.jsonl")}
+        train = [r for r in train if r["prompt"] not in seen]
+        if not train:
+            ap.error(
+                f"every preference_train prompt of {args.world} is an sft_train instruction: drop --unseen-prompts"
+            )
+        print(f"{len(train)} training prompts SFT did not see", flush=True)
+    train_prompts = chat(train)
     rows = [
         one_seed(args, s, sft_model, reward_model, tokenizer, train_prompts, (chat(test), test))
         for s in args.seeds
     ]
-    write_summary({"steps": args.steps, "eval_prompts": len(test), "samples": args.samples}, rows, args.out)
+    head = {"steps": args.steps, "eval_prompts": len(test), "samples": args.samples}
+    if args.temperatures:
+        head["temperature_baseline"] = [
+            temperature_baseline(
+                sft_model,
+                reward_model,
+                tokenizer,
+                chat(test) * args.samples,
+                test * args.samples,
+                t,
+                ppo_config(1, 0, "cpu").max_new_tokens,
+                seed=4242,
+            )  # fmt: skip
+            for t in args.temperatures
+        ]
+        for b in head["temperature_baseline"]:
+            print(f"SFT at temperature {b['temperature']}: score {b['score']:.3f}, gold {b['gold']:.3f}, "
+                  f"KL/token {b['kl_per_token']:.3f}")  # fmt: skip
+    write_summary(head, rows, args.out, args.figure)
     return 0
 
 
-def write_summary(head: dict, rows: list[dict], out: Path) -> dict:
+def parse_overrides(items: list[str], ap: argparse.ArgumentParser) -> dict:
+    """--set KEY=VALUE pairs -> {field: value}, each value parsed as the PPOConfig field's type."""
+    from dataclasses import fields
+
+    from danlu.align.configs import PPOConfig
+
+    types = {f.name: type(f.default) for f in fields(PPOConfig)}
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in types or types[key] not in (bool, int, float, str):
+            ap.error(f"--set takes KEY=VALUE with KEY a PPOConfig field, got {item!r}")
+        kind = types[key]
+        try:
+            out[key] = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
+        except ValueError:
+            ap.error(f"--set {key} needs a {kind.__name__}, got {text!r}")
+    return out
+
+
+def write_summary(head: dict, rows: list[dict], out: Path, figure: Path | None = None) -> dict:
     """OUT/ppo_seeds.json (the seeds' rows, each gain's mean, sd, min and max) and OUT/ppo_seeds.png."""
     summary = {**head, "seeds": rows}
     for key in ("score", "gold", "greedy_score", "greedy_gold", "kl_per_token"):
@@ -183,11 +272,33 @@ def write_summary(head: dict, rows: list[dict], out: Path) -> dict:
     summary["holds_every_seed"] = all(r["holds"] for r in rows)
     (out / "ppo_seeds.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     plot(rows, out / "ppo_seeds.png")
+    if figure is not None:
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        figure.write_bytes((out / "ppo_seeds.png").read_bytes())
+    print(markdown_table(summary))
     g, s = summary["gain_gold"], summary["gain_score"]
     print(f"over {len(rows)} seeds: score {s['mean']:+.3f} ± {s['sd']:.3f}, gold {g['mean']:+.3f} ± {g['sd']:.3f}; "
           f"holds for every seed: {summary['holds_every_seed']}")  # fmt: skip
     print(f"wrote {out / 'ppo_seeds.json'} and {out / 'ppo_seeds.png'}")
     return summary
+
+
+def markdown_table(summary: dict) -> str:
+    """The seeds' before -> after rows and each gain's mean, sd, min and max, as experiments/README.md shows them."""
+    rows = summary["seeds"]
+    lines = ["| seed | RM score, SFT → PPO | gold, SFT → PPO | greedy gold | KL/token (bound) | PPO s | holds |",
+             "|---:|---:|---:|---:|---:|---:|:---:|"]  # fmt: skip
+    for r in rows:
+        b, a = r["before"], r["after"]
+        lines.append(f"| {r['seed']} | {b['score']:.3f} → {a['score']:.3f} | {b['gold']:.3f} → {a['gold']:.3f} | "
+                     f"{b['greedy_gold']:.3f} → {a['greedy_gold']:.3f} | {a['kl_per_token']:.3f} ({r['kl_bound']}) | "
+                     f"{r.get('ppo_seconds', float('nan')):.0f} | {'yes' if r['holds'] else 'no'} |")  # fmt: skip
+    lines += ["", "| gain over SFT | mean | sd | min | max |", "|---|---:|---:|---:|---:|"]
+    for key, label in (("score", "RM score (sampled)"), ("gold", "gold (sampled)"), ("greedy_score", "RM score (greedy)"),
+                       ("greedy_gold", "gold (greedy)"), ("kl_per_token", "KL per token")):  # fmt: skip
+        g = summary[f"gain_{key}"]
+        lines.append(f"| {label} | {g['mean']:+.3f} | {g['sd']:.3f} | {g['min']:+.3f} | {g['max']:+.3f} |")
+    return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -46,6 +46,17 @@ class PPOConfig(LoopConfig):
     # A reward model's scores have no fixed scale (here their spread is ~0.3), so a fixed β weighs the KL against
     # a reward of unknown size; whitened, β·KL is measured in reward standard deviations.
     whiten_scores: bool = option(False, "normalise the reward-model scores to mean 0, std 1 per rollout")
+    # A likelihood-feature reward model's score is a mean over the answer's tokens: paid token by token, each
+    # token's own term reaches its advantage directly instead of through the critic (same return from the start).
+    dense_reward: bool = option(
+        False, "pay the reward model's likelihood term per answer token, not all at the end"
+    )
+    # One answer per prompt leaves the critic, which sees each prompt about once, as the only baseline; G answers
+    # of a prompt give each one the mean of its G − 1 siblings to beat (RLOO's leave-one-out, Kool et al. 2019), an action-free
+    # baseline that removes the prompt's own difficulty from the reward.
+    samples_per_prompt: int = option(
+        1, "answers sampled per prompt in a rollout (G > 1: leave-one-out baseline)"
+    )
     max_new_tokens: int = option(24, "longest sampled answer, in tokens")
     temperature: float = option(1.0, "sampling temperature of the rollouts (> 0)")
 
@@ -60,6 +71,10 @@ class PPOConfig(LoopConfig):
             (0 <= self.gamma <= 1 and 0 <= self.lam <= 1, f"gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}"),
             (self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}"),
             (self.temperature > 0, f"temperature must be > 0 to sample rollouts, got {self.temperature}"),
+            (self.samples_per_prompt >= 1 and self.batch_size % self.samples_per_prompt == 0,
+             f"samples_per_prompt must be >= 1 and divide batch_size {self.batch_size}, got {self.samples_per_prompt}"),
+            (not (self.dense_reward and self.whiten_scores), "dense_reward and whiten_scores exclude each other: "
+             "whitening needs the whole score at once; pick one"),
         ]  # fmt: skip
         return super().problems() + [msg for ok, msg in checks if not ok]
 

@@ -32,6 +32,7 @@ from torch import nn
 
 from danlu.align.advantages import gae, kl_penalized_rewards, whiten
 from danlu.align.configs import PPOConfig
+from danlu.align.losses import rloo_advantages
 from danlu.align.online import OnlineObjective, step_indices
 from danlu.align.reward import RewardModel
 from danlu.align.rollout import Rollout, masked_mean, sample, sequence_log_probs
@@ -99,18 +100,31 @@ def critic_values(critic: RewardModel, rollout: Rollout) -> torch.Tensor:
 @torch.no_grad()
 def make_experience(actor, critic, reward_model, ref, tokenizer, prompts: list[str], cfg: PPOConfig,
                     beta: float, seed: int) -> Experience:  # fmt: skip
+    G = cfg.samples_per_prompt
     rollout = sample(
-        actor, tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, seed=seed
-    )  # on its device
+        actor, tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, seed=seed, num_samples=G
+    )  # on its device; a prompt's G answers in consecutive rows
     mask = rollout.action_mask
     old_log_probs = sequence_log_probs(actor, rollout)
     ref_log_probs = sequence_log_probs(ref, rollout)
     old_values = critic_values(critic, rollout) * mask
-    scores = reward_model(
-        rollout.input_ids, rollout.attention_mask, rollout.position_ids, rollout.response_mask
-    )  # (B,)
-    task = whiten(scores[:, None], torch.ones_like(scores[:, None]))[:, 0] if cfg.whiten_scores else scores
-    rewards, kl = kl_penalized_rewards(old_log_probs, ref_log_probs, task, mask, rollout.last_action(), beta)
+    batch = (rollout.input_ids, rollout.attention_mask, rollout.position_ids, rollout.response_mask)
+    if cfg.dense_reward:  # the likelihood term token by token, the head's score on the last token
+        head, terms = reward_model.score_parts(*batch)  # (B,), (B, T - 1)
+        scores = head + terms.sum(-1)
+        # G > 1: the head's share minus the siblings' mean score (RLOO's baseline, Kool et al. 2019)
+        last = head - (scores - rloo_advantages(scores, G)) if G > 1 else head
+        rewards, kl = kl_penalized_rewards(
+            old_log_probs, ref_log_probs, last, mask, rollout.last_action(), beta
+        )
+        rewards = rewards + terms * mask
+    else:
+        scores = reward_model(*batch)  # (B,)
+        task = rloo_advantages(scores, G) if G > 1 else scores  # minus the siblings' mean: unbiased
+        task = whiten(task[:, None], torch.ones_like(task[:, None]))[:, 0] if cfg.whiten_scores else task
+        rewards, kl = kl_penalized_rewards(
+            old_log_probs, ref_log_probs, task, mask, rollout.last_action(), beta
+        )
     advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
         advantages = whiten(advantages, mask)
@@ -184,9 +198,9 @@ class PPOObjective(OnlineObjective):
 
     def work(self, step: int) -> StepWork:
         cfg = self.cfg
+        n_prompts = cfg.batch_size // cfg.samples_per_prompt  # each sampled samples_per_prompt times
         prompts = [
-            self.train_prompts[i]
-            for i in step_indices(len(self.train_prompts), cfg.batch_size, cfg.seed, step)
+            self.train_prompts[i] for i in step_indices(len(self.train_prompts), n_prompts, cfg.seed, step)
         ]
         beta = self.kl_ctl.value
         exp = make_experience(self.actor, self.critic, self.reward_model, self.ref, self.tokenizer, prompts, cfg,

@@ -89,6 +89,23 @@ class RewardModel(nn.Module):
         mean_logp = (logp * m).sum(-1) / m.sum(-1).clamp(min=1)
         return score + self.alpha * mean_logp
 
+    def score_parts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                    response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """r(x, y) split over the answer's tokens for PPO's dense reward: (head (B,), terms (B, T − 1)) with
+        head + terms.sum(-1) = forward(...). terms[:, t] = α · log p_φ(x_{t+1} | x_≤t) / |y| on the answer's
+        tokens (the (B, T − 1) action grid of danlu.align.rollout), all zero without the likelihood feature.
+        Rollouts only: right-padded answers after left-padded prompts."""
+        h = self.backbone.hidden_states(input_ids, attention_mask, position_ids=position_ids)  # (B, T, C)
+        last = attention_mask.long().cumsum(-1).argmax(-1)  # (B,) the last real token
+        h_last = h.gather(1, last[:, None, None].expand(-1, 1, h.shape[-1])).squeeze(1)  # (B, C)
+        head = self.head(h_last).squeeze(-1).float()
+        m = response_mask[:, 1:].float()  # (B, T - 1)
+        if not self.likelihood_feature:
+            return head, torch.zeros_like(m)
+        logp = F.log_softmax(self.backbone.lm_head(h[:, :-1]).float(), dim=-1)  # (B, T - 1, V)
+        logp = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        return head, self.alpha * logp * m / m.sum(-1, keepdim=True).clamp(min=1)
+
     def save(self, path: str | Path, tokenizer: Any = None) -> Path:
         """The trunk as a normal checkpoint (loadable by danlu.load) plus reward_head.safetensors."""
         from safetensors.torch import save_file

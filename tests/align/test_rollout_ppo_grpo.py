@@ -180,3 +180,61 @@ def test_ppo_whiten_scores_puts_the_whitened_score_on_the_last_token(world, toke
         s = exp.scores
         want = (s - s.mean()) / s.std(unbiased=False) if whiten_scores else s
         assert torch.allclose(returns, want, atol=1e-4)
+
+
+def test_ppo_dense_reward_pays_the_likelihood_term_per_token_with_the_same_return(world, tokenizer, make_gpt):
+    from danlu.align.ppo import make_experience
+
+    actor = make_gpt(seed=0).eval()
+    critic, reward_model = RewardModel(make_gpt(seed=1)).eval(), RewardModel(make_gpt(seed=2)).eval()
+    with torch.no_grad():  # a head that matters beside the likelihood term
+        reward_model.head.weight.normal_(std=0.5)
+        reward_model.alpha.fill_(0.7)
+    prompts = _chat(tokenizer, [r["prompt"] for r in world.preference_records("train")[:6]])
+    exps = {}
+    for dense in (False, True):
+        cfg = PPOConfig(
+            batch_size=6, minibatch_size=6, max_new_tokens=5, dense_reward=dense, lam=1.0, device="cpu"
+        )
+        exps[dense] = make_experience(
+            actor, critic, reward_model, actor, tokenizer, prompts, cfg, beta=0.0, seed=3
+        )
+    sparse, dense = exps[False], exps[True]
+    assert torch.equal(sparse.rollout.input_ids, dense.rollout.input_ids)  # the same answers
+    assert torch.allclose(dense.scores, sparse.scores, atol=1e-5)  # head + terms = the reward model's score
+    mask = dense.rollout.action_mask
+    first = mask.argmax(1)
+    # β = 0, γ = λ = 1: the first action's return is the whole score either way ...
+    assert torch.allclose(dense.returns.gather(1, first[:, None])[:, 0], sparse.scores, atol=1e-5)
+    # ... but later actions no longer carry the earlier tokens' likelihood terms
+    assert not torch.allclose(dense.returns * mask, sparse.returns * mask, atol=1e-3)
+    plain = RewardModel(make_gpt(seed=2), likelihood_feature=False).eval()
+    r = dense.rollout
+    head, terms = plain.score_parts(r.input_ids, r.attention_mask, r.position_ids, r.response_mask)
+    assert torch.allclose(head, plain(r.input_ids, r.attention_mask, r.position_ids), atol=1e-5)
+    assert not terms.any()
+    with pytest.raises(DanluError, match="exclude each other"):
+        PPOConfig(dense_reward=True, whiten_scores=True)
+
+
+def test_ppo_samples_per_prompt_subtracts_the_leave_one_out_mean_of_the_siblings(world, tokenizer, make_gpt):
+    from danlu.align.ppo import make_experience
+
+    actor = make_gpt(seed=0).eval()
+    critic, reward_model = RewardModel(make_gpt(seed=1)).eval(), RewardModel(make_gpt(seed=2)).eval()
+    prompts = _chat(tokenizer, [r["prompt"] for r in world.preference_records("train")[:3]])
+    for dense in (False, True):
+        cfg = PPOConfig(batch_size=6, minibatch_size=6, max_new_tokens=5, samples_per_prompt=2, lam=1.0,
+                        dense_reward=dense, device="cpu")  # fmt: skip
+        exp = make_experience(actor, critic, reward_model, actor, tokenizer, prompts, cfg, beta=0.0, seed=3)
+        r = exp.rollout
+        assert r.input_ids.shape[0] == 6 and torch.equal(
+            r.input_ids[0, : r.prompt_len], r.input_ids[1, : r.prompt_len]
+        )
+        # β = 0, γ = λ = 1: the first action's return is the score minus the sibling's score
+        first = r.action_mask.argmax(1)
+        s = exp.scores.view(3, 2)
+        want = torch.stack([s[:, 0] - s[:, 1], s[:, 1] - s[:, 0]], 1).reshape(-1)
+        assert torch.allclose(exp.returns.gather(1, first[:, None])[:, 0], want, atol=1e-5)
+    with pytest.raises(DanluError, match="samples_per_prompt"):
+        PPOConfig(batch_size=6, minibatch_size=6, samples_per_prompt=4)

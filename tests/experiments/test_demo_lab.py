@@ -111,9 +111,15 @@ def test_ppo_seeds_script_at_tiny_settings(script, make_gpt, tokenizer, world_di
     out = tmp_path / "run"
     code = ppo_seeds.main(["--sft", str(sft), "--reward", str(tmp_path / "rm"), "--world", str(world_dir),
                                      "--out", str(out), "--seeds", "0", "1", "--steps", "1", "--eval-prompts", "4",
-                                     "--samples", "1", "--threads", "1"])  # fmt: skip
+                                     "--samples", "1", "--threads", "1", "--set", "ppo_epochs=1", "whiten_scores=true",
+                                     "--figure", str(tmp_path / "images" / "ppo.png"), "--temperatures", "0.5"])  # fmt: skip
     assert code == 0 and (out / "ppo_seeds.png").is_file()
+    assert (tmp_path / "images" / "ppo.png").read_bytes() == (out / "ppo_seeds.png").read_bytes()
     report = json.loads((out / "ppo_seeds.json").read_text())
+    (sharp,) = report["temperature_baseline"]
+    assert sharp["temperature"] == 0.5 and sharp["kl_per_token"] >= 0 and 0 <= sharp["gold"] <= 1
+    config = report["seeds"][0]["config"]
+    assert config["ppo_epochs"] == 1 and config["whiten_scores"] is True
     assert [r["seed"] for r in report["seeds"]] == [0, 1] and report["eval_prompts"] == 4
     for r in report["seeds"]:
         assert 0 <= r["before"]["gold"] <= 1 and 0 <= r["after"]["greedy_gold"] <= 1
@@ -175,3 +181,10 @@ def test_run_entries_get_paths_where_they_take_paths():
         "runs": Path("o/lab/scaling"),
         "models": [("demo", i.model)],
     }
+
+
+def test_ppo_seeds_set_rejects_unknown_or_mistyped_fields(script):
+    ppo_seeds = script("ppo_seeds")
+    for bad in (["nope=1"], ["ppo_epochs=two"], ["lr"]):
+        with pytest.raises(SystemExit):
+            ppo_seeds.main(["--set", *bad, "--merge", "x"])
