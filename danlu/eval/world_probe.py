@@ -8,6 +8,8 @@ trains on), so a reader sees what pretraining taught and what it could not:
 - greedy completion: does the model, given "The capital of Zorvia is ", continue with "Velmar."?
 - arithmetic: greedy completion of "a op b =" for problems of the pretraining distribution.
 
+Fact queries that two facts complete ("Hasezo is" → an age or a job) are left out (`unambiguous`).
+
 Held-out accuracy near chance is the expected result, not a failure: the notes' point that knowledge comes from
 pretraining (and, 004, that fine-tuning does not add it) starts here.
 """
@@ -22,7 +24,7 @@ from typing import Any
 from danlu.errors import DanluError
 from danlu.eval.choice import MCItem, evaluate_multiple_choice
 
-__all__ = ["KnowledgeProbe", "probe_knowledge"]
+__all__ = ["KnowledgeProbe", "probe_knowledge", "unambiguous"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class KnowledgeProbe:
     completion_heldout: float
     arithmetic: float
     n_items: dict[str, int]
+    ambiguous_dropped: int = 0  # queries left out because two facts complete them (`unambiguous`)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -44,7 +47,23 @@ class KnowledgeProbe:
             "completion_heldout": self.completion_heldout,
             "arithmetic": self.arithmetic,
             "n_items": self.n_items,
+            "ambiguous_dropped": self.ambiguous_dropped,
         }
+
+
+def unambiguous(records: list[dict]) -> list[dict]:
+    """The records whose query only one fact completes.
+
+    The world states a person's age and job with the same start ("Hasezo is 75 years old.", "Hasezo is a
+    pilot."), an animal's colour and size too ("The meza is white.", "The meza is a large animal."): such a query
+    has two true continuations, so greedy completion can be right and still miss the one answer the record
+    holds, and multiple choice mixes in the other fact's likelihood. Judged on the queries alone (all facts,
+    held-in and held-out alike), never on what a model answers.
+    """
+    answers: dict[str, set[str]] = {}
+    for r in records:
+        answers.setdefault(r["query"], set()).add(r["answer"])
+    return [r for r in records if len(answers[r["query"]]) == 1]
 
 
 def _completion_accuracy(
@@ -72,9 +91,11 @@ def probe_knowledge(
     if n_per_group < 1:
         raise DanluError(f"n_per_group: must be at least 1, got {n_per_group}")
     rng = random.Random(seed)
+    every = world.knowledge_records()
+    clear = unambiguous(every)
     groups = {}
     for name, heldout in (("heldin", False), ("heldout", True)):
-        records = world.knowledge_records(heldout=heldout)
+        records = [r for r in clear if r["heldout"] == heldout]
         if not records:
             raise DanluError(f"world: has no {'held-out' if heldout else 'held-in'} facts to probe")
         groups[name] = rng.sample(records, min(n_per_group, len(records)))
@@ -115,4 +136,5 @@ def probe_knowledge(
             "heldout": len(groups["heldout"]),
             "arithmetic": len(problems),
         },
+        ambiguous_dropped=len(every) - len(clear),
     )

@@ -51,3 +51,36 @@ def test_completion_prompts_end_on_a_word_not_a_lone_space(world, tokenizer, mak
     probe_knowledge(make_gpt("llama-tiny"), tokenizer, world, n_per_group=20, seed=0, batch_size=8)
     english = [p for p in seen if p.isascii() and " = " not in p and not p.endswith("=")]
     assert english and all(not p.endswith(" ") for p in seen)
+
+
+def test_queries_two_facts_complete_are_left_out(world, tokenizer, make_gpt, monkeypatch):
+    import importlib
+    from types import SimpleNamespace
+
+    from danlu.eval import world_probe
+    from danlu.eval.world_probe import unambiguous
+
+    records = world.knowledge_records()
+    by_query: dict[str, set[str]] = {}
+    for r in records:
+        by_query.setdefault(r["query"], set()).add(r["answer"])
+    shared = [r for r in records if len(by_query[r["query"]]) > 1]
+    assert shared  # the world states age and job as "X is ...": one query, two true answers
+    kept = unambiguous(records)
+    assert len(kept) == len(records) - len(shared)
+    assert all(len(by_query[r["query"]]) == 1 for r in kept)
+
+    # Every fact query the probe puts to the model; the model calls are stubbed (seconds, not minutes).
+    asked: list[str] = []
+    engine = importlib.import_module("danlu.generate.engine")
+    monkeypatch.setattr(engine, "generate", lambda model, tok, prompts, **kw: [" ?" for _ in prompts])
+
+    def fake_mc(model, tok, items, **kw):
+        asked.extend(item.query for item in items)
+        return SimpleNamespace(acc=0.0)
+
+    monkeypatch.setattr(world_probe, "evaluate_multiple_choice", fake_mc)
+    probe = probe_knowledge(make_gpt("llama-tiny"), tokenizer, world, n_per_group=10_000, seed=0)
+    assert probe.ambiguous_dropped == len(shared)
+    assert probe.n_items["heldin"] + probe.n_items["heldout"] == len(kept) == len(asked)
+    assert not set(asked) & {r["query"] for r in shared}
