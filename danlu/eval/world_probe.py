@@ -8,7 +8,8 @@ trains on), so a reader sees what pretraining taught and what it could not:
 - greedy completion: does the model, given "The capital of Zorvia is ", continue with "Velmar."?
 - arithmetic: greedy completion of "a op b =" for problems of the pretraining distribution.
 
-Fact queries that two facts complete ("Hasezo is" → an age or a job) are left out (`unambiguous`).
+Fact queries that two facts complete ("Hasezo is" → an age or a job) are left out (`unambiguous`), and
+completion heals the prompt's last token (`_Healer`: BPE merges Chinese answers into the query's last token).
 
 Held-out accuracy near chance is the expected result, not a failure: the notes' point that knowledge comes from
 pretraining (and, 004, that fine-tuning does not add it) starts here.
@@ -66,18 +67,76 @@ def unambiguous(records: list[dict]) -> list[dict]:
     return [r for r in records if len(answers[r["query"]]) == 1]
 
 
+class _Healer:
+    """Token healing (the `guidance` library's name for it): back the prompt up by its last token and let the
+    model's first step pick the best token that starts with that token's text.
+
+    Why: byte-level BPE merges across the point where a query stops. The demo's tokenizer writes
+    "薇帕最喜欢的颜色是橙色" as 薇帕 | 最喜欢的颜色是橙色, so the query "薇帕最喜欢的颜色是" ends on the token
+    最喜欢的颜色是, which in pretraining is almost never followed by a colour as a token of its own: asked that
+    way the model answers from a prompt it never saw. Healed, its first step chooses among 最喜欢的颜色是橙色,
+    最喜欢的颜色是白色, ... (and 最喜欢的颜色是 itself), as it would in the sentence. Only the prompt and the
+    vocabulary are used, never the answer.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        # a lone byte of a multi-byte character decodes to U+FFFD: such a token never starts a healed text
+        self.pieces = [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
+        self._allowed: dict[str, list[int]] = {}
+
+    def allowed(self, text: str) -> list[int]:
+        if text not in self._allowed:
+            self._allowed[text] = [
+                i for i, piece in enumerate(self.pieces) if piece.startswith(text) and "\ufffd" not in piece
+            ]
+        return self._allowed[text]
+
+    def heal(self, model: Any, prompts: list[str]) -> list[str]:
+        """For each prompt, the text its healed first token adds after the prompt ("" when not healed)."""
+        import torch
+
+        rows = []  # (head ids, allowed next ids, text of the removed token)
+        for prompt in prompts:
+            ids = list(self.tokenizer.encode(prompt))
+            last = self.pieces[ids[-1]] if len(ids) >= 2 else ""
+            allowed = self.allowed(last) if last and "\ufffd" not in last else []
+            rows.append((ids[:-1], allowed, last) if allowed else None)
+        extra = [""] * len(prompts)
+        todo = [i for i, row in enumerate(rows) if row is not None]
+        if not todo:
+            return extra
+        device = next(model.parameters()).device
+        T = max(len(rows[i][0]) for i in todo)
+        inputs = torch.zeros(len(todo), T, dtype=torch.long, device=device)  # (B, T), right-padded
+        for b, i in enumerate(todo):
+            inputs[b, : len(rows[i][0])] = torch.tensor(rows[i][0], device=device)
+        with torch.no_grad():
+            out = model(inputs)
+        logits = getattr(out, "logits", out)  # (B, T, V)
+        for b, i in enumerate(todo):
+            head, allowed, last = rows[i]
+            scores = logits[b, len(head) - 1, allowed]  # the next-token logits of the allowed tokens only
+            extra[i] = self.pieces[allowed[int(scores.argmax())]][len(last) :]
+        return extra
+
+
 def _completion_accuracy(
     model: Any, tokenizer: Any, prompts: list[str], answers: list[str], batch: int
 ) -> float:
     from danlu.generate.engine import generate
 
+    healer = _Healer(tokenizer)
     hits = 0
     for start in range(0, len(prompts), batch):
         chunk = prompts[start : start + batch]
-        outs = generate(model, tokenizer, chunk, max_new_tokens=12, temperature=0.0)
-        for text, answer in zip(outs, answers[start : start + batch], strict=True):
+        extra = healer.heal(model, chunk)
+        outs = generate(
+            model, tokenizer, [p + e for p, e in zip(chunk, extra)], max_new_tokens=12, temperature=0.0
+        )
+        for e, text, answer in zip(extra, outs, answers[start : start + batch], strict=True):
             # the answer, then no further digit: "1" must not count for "12"
-            hits += re.match(re.escape(answer.strip()) + r"(?!\d)", text.strip()) is not None
+            hits += re.match(re.escape(answer.strip()) + r"(?!\d)", (e + text).strip()) is not None
     return hits / len(prompts)
 
 
