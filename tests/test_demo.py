@@ -101,10 +101,13 @@ def test_default_demo_pretrains_on_its_own_schedule_and_the_alignment_base_is_un
     alignment stages (and the PPO / GRPO experiments) stand on: 1000 steps, 2e-3 decaying to 2e-4."""
     for stages in ("grpo", "ppo", "sft", "lab", "all"):
         assert _pretrain_flags(stages) == (1000, 2e-3, pytest.approx(2e-4))
+    from danlu.recipes.demo_schedule import PRETRAIN_DEFAULT
+
     steps, lr, min_lr = _pretrain_flags(None)
-    assert steps < 1000 and min_lr == pytest.approx(lr / 100)
+    assert steps < 1000 and min_lr == pytest.approx(lr * PRETRAIN_DEFAULT.final_lr_ratio)
     # flags the user gives win; --min-lr left out follows the given --lr
-    assert _pretrain_flags(None, steps=7, lr=1e-3) == (7, 1e-3, pytest.approx(1e-5))
+    ratio = PRETRAIN_DEFAULT.final_lr_ratio
+    assert _pretrain_flags(None, steps=7, lr=1e-3) == (7, 1e-3, pytest.approx(1e-3 * ratio))
     assert _pretrain_flags("grpo", min_lr=0.0) == (1000, 2e-3, 0.0)
 
 
