@@ -3,7 +3,7 @@
 Stages run in order and each adds its metrics to `metrics.json` (one entry per stage) and a section to
 `report.md`; plots are PNGs beside them. Later stages (SFT, reward, DPO, ...) register themselves in STAGES.
 
-    danlu demo --out runs/demo            # world -> tokenizer -> pretrain -> samples, ~3½ minutes on 2 CPU cores
+    danlu demo --out runs/demo            # world -> tokenizer -> pretrain -> samples, ~3 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
