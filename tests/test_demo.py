@@ -85,6 +85,39 @@ def test_alignment_runs_pretrain_longer_unless_told():
     assert default_pretrain_steps(resolve_stages("all")) == PRETRAIN_STEPS_ALIGN
 
 
+def _pretrain_flags(stages, **given):
+    import argparse
+
+    from danlu.recipes.demo import pretrain_schedule, resolve_stages
+    from danlu.recipes.demo_schedule import resolve_pretrain_flags
+
+    args = argparse.Namespace(**({"steps": None, "lr": None, "min_lr": None} | given))
+    resolve_pretrain_flags(args, pretrain_schedule(resolve_stages(stages)))
+    return args.steps, args.lr, args.min_lr
+
+
+def test_default_demo_pretrains_on_its_own_schedule_and_the_alignment_base_is_unchanged():
+    """Issue 21 item 8: the default group's shorter schedule (3 minutes on 2 cores) must not move the base the
+    alignment stages (and the PPO / GRPO experiments) stand on: 1000 steps, 2e-3 decaying to 2e-4."""
+    for stages in ("grpo", "ppo", "sft", "lab", "all"):
+        assert _pretrain_flags(stages) == (1000, 2e-3, pytest.approx(2e-4))
+    from danlu.recipes.demo_schedule import PRETRAIN_DEFAULT
+
+    steps, lr, min_lr = _pretrain_flags(None)
+    assert steps < 1000 and min_lr == pytest.approx(lr * PRETRAIN_DEFAULT.final_lr_ratio)
+    # flags the user gives win; --min-lr left out follows the given --lr
+    ratio = PRETRAIN_DEFAULT.final_lr_ratio
+    assert _pretrain_flags(None, steps=7, lr=1e-3) == (7, 1e-3, pytest.approx(1e-3 * ratio))
+    assert _pretrain_flags("grpo", min_lr=0.0) == (1000, 2e-3, 0.0)
+
+
+def test_min_lr_above_the_peak_is_refused(capsys, tmp_path):
+    code = main(["demo", "--out", str(tmp_path / "d"), "--lr", "1e-3", "--min-lr", "2e-3"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "--min-lr" in err and "Traceback" not in err
+    assert not (tmp_path / "d" / "world").exists()
+
+
 def _commonmark_fences(markdown: str) -> list[str]:
     from markdown_it import MarkdownIt
 
@@ -148,7 +181,11 @@ def test_sample_prompts_end_on_a_word():
     space token the model rarely saw, and its samples ignore the prompt (found in issue 21's decoding lab)."""
     from danlu.recipes.demo import _sample_prompts
 
-    texts = ["Bonalen likes to read books every day.", "泽林住在维尔马尔。", "The capital of Dedoto is Zadan."]
+    texts = [
+        "Bonalen likes to read books every day.",
+        "泽林住在维尔马尔。",
+        "The capital of Dedoto is Zadan.",
+    ]
     prompts = _sample_prompts(texts, n=4)
     assert prompts == ["Bonalen likes to", "泽林住在", "The capital of", "泽林住在"]
     assert not any(p != p.rstrip() for p in prompts)

@@ -8,9 +8,12 @@ from danlu.errors import DanluError
 from danlu.recipes.demo import (
     DEFAULT_STAGES,
     DEMO_OUTPUTS,
+    PRETRAIN_ALIGN,
+    PRETRAIN_DEFAULT,
     PRETRAIN_STEPS,
     PRETRAIN_STEPS_ALIGN,
     STAGE_GROUPS,
+    pretrain_schedule,
     resolve_stages,
     run_demo,
 )
@@ -59,7 +62,20 @@ def register(sub) -> None:
     )
     p.add_argument("--batch-size", type=int, default=32, help="pretraining sequences per step")
     p.add_argument("--block-size", type=int, default=128, help="pretraining tokens per sequence")
-    p.add_argument("--lr", type=float, default=2e-3, help="pretraining peak learning rate")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"pretraining peak learning rate (none: {PRETRAIN_DEFAULT.lr:g}; {PRETRAIN_ALIGN.lr:g} when alignment "
+        "stages run)",
+    )
+    p.add_argument(
+        "--min-lr",
+        type=float,
+        default=None,
+        help="pretraining learning rate at the end of the cosine decay (none: lr × "
+        f"{PRETRAIN_DEFAULT.final_lr_ratio:g}; lr × {PRETRAIN_ALIGN.final_lr_ratio:g} when alignment stages run)",
+    )
     p.add_argument("--samples", type=int, default=6, help="generations shown at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage headings")
     p.add_argument(
@@ -78,11 +94,14 @@ def check_demo_args(args: argparse.Namespace) -> None:
     from danlu.cli.train import check_preset
     from danlu.data.world.universe import resolve_size
 
-    resolve_stages(args.stages)
+    schedule = pretrain_schedule(resolve_stages(args.stages))
     check_preset(args.preset)
     resolve_size(args.size)
     for name in ("vocab_size", "batch_size", "block_size", "samples"):
         if getattr(args, name) < 1:
             raise DanluError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if (args.steps is not None and args.steps < 1) or not args.lr > 0:
+    if (args.steps is not None and args.steps < 1) or (args.lr is not None and not args.lr > 0):
         raise DanluError(f"--pretrain-steps must be >= 1 and --lr > 0, got {args.steps}, {args.lr}")
+    lr = schedule.lr if args.lr is None else args.lr
+    if args.min_lr is not None and not 0 <= args.min_lr <= lr:
+        raise DanluError(f"--min-lr must be in [0, --lr {lr:g}], got {args.min_lr}")
