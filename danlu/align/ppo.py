@@ -113,18 +113,14 @@ def make_experience(actor, critic, reward_model, ref, tokenizer, prompts: list[s
         head, terms = reward_model.score_parts(*batch)  # (B,), (B, T - 1)
         scores = head + terms.sum(-1)
         # G > 1: the head's share minus the siblings' mean score (RLOO's baseline, Kool et al. 2019)
-        last = head - (scores - rloo_advantages(scores, G)) if G > 1 else head
-        rewards, kl = kl_penalized_rewards(
-            old_log_probs, ref_log_probs, last, mask, rollout.last_action(), beta
-        )
-        rewards = rewards + terms * mask
+        task = head - (scores - rloo_advantages(scores, G)) if G > 1 else head
     else:
         scores = reward_model(*batch)  # (B,)
         task = rloo_advantages(scores, G) if G > 1 else scores  # minus the siblings' mean: unbiased
         task = whiten(task[:, None], torch.ones_like(task[:, None]))[:, 0] if cfg.whiten_scores else task
-        rewards, kl = kl_penalized_rewards(
-            old_log_probs, ref_log_probs, task, mask, rollout.last_action(), beta
-        )
+    rewards, kl = kl_penalized_rewards(old_log_probs, ref_log_probs, task, mask, rollout.last_action(), beta)
+    if cfg.dense_reward:
+        rewards = rewards + terms * mask  # each answer token's own likelihood term
     advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
         advantages = whiten(advantages, mask)

@@ -67,11 +67,11 @@ class RewardModel(nn.Module):
         h = self.backbone.hidden_states(input_ids, attention_mask, position_ids=position_ids)  # (B, T, C)
         return self.head(h).squeeze(-1).float()  # (B, T)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, response_mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-        """r(x, y) per sequence, (B,). The head is read at the last real token (attention_mask gives it under
-        right padding; under left padding it is the last column). response_mask (B, T) marks the answer's
-        tokens, needed by the likelihood feature."""
+    def _head_and_logprobs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The head read at the last real token (B,), and log p(x_t | x_<t) for t = 1 .. T − 1 (B, T − 1) when
+        the likelihood feature is on (else None), from one pass of the trunk."""
         h = self.backbone.hidden_states(input_ids, attention_mask, position_ids=position_ids)  # (B, T, C)
         if attention_mask is None or bool(attention_mask[:, -1].all()):
             last = torch.full((input_ids.shape[0],), input_ids.shape[1] - 1, device=input_ids.device)
@@ -80,11 +80,19 @@ class RewardModel(nn.Module):
         h_last = h.gather(1, last[:, None, None].expand(-1, 1, h.shape[-1])).squeeze(1)  # (B, C)
         score = self.head(h_last).squeeze(-1).float()
         if not self.likelihood_feature:
-            return score
-        if response_mask is None:
+            return score, None
+        return score, token_logprobs(self.backbone.lm_head(h[:, :-1]), input_ids[:, 1:])  # (B, T - 1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, response_mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """r(x, y) per sequence, (B,). The head is read at the last real token (attention_mask gives it under
+        right padding; under left padding it is the last column). response_mask (B, T) marks the answer's
+        tokens, needed by the likelihood feature."""
+        if self.likelihood_feature and response_mask is None:
             raise DanluError("this reward model reads the answer's likelihood: pass response_mask")
-        # log p(x_t | x_<t), t = 1 .. T - 1: (B, T - 1)
-        logp = token_logprobs(self.backbone.lm_head(h[:, :-1]), input_ids[:, 1:])
+        score, logp = self._head_and_logprobs(input_ids, attention_mask, position_ids)
+        if logp is None:
+            return score
         m = response_mask[:, 1:].float()
         mean_logp = (logp * m).sum(-1) / m.sum(-1).clamp(min=1)
         return score + self.alpha * mean_logp
@@ -95,15 +103,10 @@ class RewardModel(nn.Module):
         head + terms.sum(-1) = forward(...). terms[:, t] = α · log p_φ(x_{t+1} | x_≤t) / |y| on the answer's
         tokens (the (B, T − 1) action grid of danlu.align.rollout), all zero without the likelihood feature.
         Rollouts only: right-padded answers after left-padded prompts."""
-        h = self.backbone.hidden_states(input_ids, attention_mask, position_ids=position_ids)  # (B, T, C)
-        last = attention_mask.long().cumsum(-1).argmax(-1)  # (B,) the last real token
-        h_last = h.gather(1, last[:, None, None].expand(-1, 1, h.shape[-1])).squeeze(1)  # (B, C)
-        head = self.head(h_last).squeeze(-1).float()
+        head, logp = self._head_and_logprobs(input_ids, attention_mask, position_ids)
         m = response_mask[:, 1:].float()  # (B, T - 1)
-        if not self.likelihood_feature:
+        if logp is None:
             return head, torch.zeros_like(m)
-        logp = F.log_softmax(self.backbone.lm_head(h[:, :-1]).float(), dim=-1)  # (B, T - 1, V)
-        logp = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
         return head, self.alpha * logp * m / m.sum(-1, keepdim=True).clamp(min=1)
 
     def save(self, path: str | Path, tokenizer: Any = None) -> Path:
