@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEQUANTIZABLE", "DEQUANTIZABLE_NAMES", "GGML_TYPES", "GGUFFile", "dequantize", "gguf_metadata",
            "read_gguf", "config_from_gguf", "unpermute_rope", "state_dict_from_gguf", "load_gguf_model",
-           "GGUFSource", "weights_fingerprint"]  # fmt: skip
+           "GGUFSource", "weights_fingerprint", "block_types"]  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- GGUF -> GPT
@@ -149,8 +149,7 @@ def load_gguf_model(
         ) from e
     model = build_gpt(cfg, sd, str(f.path))  # checks every shape, and that no weight is NaN or infinite
     model = model.to(device=device, dtype=dtype or torch.float32).eval()
-    kinds = {t.type_name for t in f.tensors.values() if len(t.shape) == 2} & set(BLOCK_TYPES)
-    model.gguf_source = GGUFSource(str(f.path), frozenset(kinds), weights_fingerprint(model))
+    model.gguf_source = GGUFSource(str(f.path), frozenset(block_types(f)), weights_fingerprint(model))
     return model
 
 
@@ -181,6 +180,11 @@ def weights_fingerprint(model: torch.nn.Module) -> tuple:
 # The block types whose bits danlu's decoding kernels read as stored (generate/quant_kernels.py):
 # Q8_0 -> 8-bit codes with one scale per 32; Q4_0 / Q4_1 -> 4-bit codes with a scale and a minimum per 32.
 BLOCK_TYPES = ("Q8_0", "Q4_0", "Q4_1")
+
+
+def block_types(f: GGUFFile) -> set[str]:
+    """The BLOCK_TYPES a GGUF file's 2-D tensors are stored in (empty when none are)."""
+    return {t.type_name for t in f.tensors.values() if len(t.shape) == 2} & set(BLOCK_TYPES)
 
 
 def gguf_blocks(f: GGUFFile, name: str) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
