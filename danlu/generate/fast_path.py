@@ -54,10 +54,9 @@ def gguf_block_types(path: str | Path) -> set[str]:
     """The block types (Q8_0, Q4_0, Q4_1) a GGUF file's 2-D tensors are stored in; empty for other files."""
     if not str(path).endswith(".gguf") or not Path(path).is_file():
         return set()
-    from danlu.models.gguf import BLOCK_TYPES, read_gguf
+    from danlu.models.gguf import block_types, read_gguf
 
-    f = read_gguf(path)
-    return {t.type_name for t in f.tensors.values() if len(t.shape) == 2} & set(BLOCK_TYPES)
+    return block_types(read_gguf(path))
 
 
 CLI_HINT = "--quantize, --compile/--no-compile to change"
@@ -103,7 +102,7 @@ def choose_decoding(
     """Quantise `model` (loaded from `path`) and decide on compiling, by the flags or, where they are "auto" /
     None, by the measurements in the module docstring. twin=True quantises a `decode_twin` of the model
     instead of the model itself (the library default, `library_decoding`); hint ends the message."""
-    from danlu.generate.quant_kernels import fuse_gate_up
+    from danlu.generate.quant_kernels import BlockQuantLinear, fuse_gate_up
     from danlu.generate.quantize import quantize_from_gguf, quantize_model
 
     if quantize not in QUANTIZE_CHOICES:
@@ -131,7 +130,7 @@ def choose_decoding(
         fuse_gate_up(model)  # gate and up rows as one product: +10% tokens/s on SmolLM2 (docs/BENCHMARKS.md)
         notes += fallbacks
         weights = f"the GGUF's {'/'.join(sorted(blocks))} blocks as stored"
-        kernel = device.type == "cpu" and os.environ.get("DANLU_CPU_KERNEL") != "0"  # on unless opted out
+        kernel = device.type == "cpu" and BlockQuantLinear.kernel_rows > 0  # the layers' own switch (opt-out)
     elif quantize in ("int8", "int4"):
         model = quantize_model(decode_twin(model) if twin else model, bits=8 if quantize == "int8" else 4)
         weights = f"{quantize} weights"
