@@ -249,6 +249,39 @@ def apply_threads(requested: int, quiet: bool = False) -> int:
     return n
 
 
+# glibc's malloc serves a block over its mmap threshold (at most 32 MiB, adjusted as blocks are freed) with
+# fresh pages from the kernel and returns them on free, so a tensor that size or larger faults in every page
+# again each time it is allocated. One pretraining step of the demo's model makes a (32·128, 2,048) logits
+# tensor of 33.5 MB, and its backward as large again: 12% of the step went to those page faults (the step
+# 0.33 → 0.29 s on 2 cores, the timing in docs/BENCHMARKS.md). Keeping freed memory in the heap lets the next
+# step reuse it; the cost is that the process keeps its peak heap until it exits.
+MMAP_THRESHOLD = 1 << 30  # blocks up to 1 GiB come from the heap
+TRIM_THRESHOLD = (1 << 31) - 1  # never hand the heap's free top back to the kernel
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to reuse freed large blocks instead of unmapping them (see MMAP_THRESHOLD). A no-op
+    off glibc (macOS, Windows, musl) or when the user set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_
+    (or DANLU_KEEP_FREED_MEMORY=0) themselves. Returns whether it was applied."""
+    if os.environ.get("DANLU_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")):
+        return False
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    ok = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(MMAP_THRESHOLD))
+    ok &= libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(TRIM_THRESHOLD))
+    return bool(ok)
+
+
 def heavy(p: argparse.ArgumentParser, func: Any, device: bool = True, validate: Any = None) -> None:
     """Give a command that runs a model `--threads` (and `--device`), and set its handler: the wrapper first
     validates every flag (`validate(args)`, cheap, before any loading), then resolves the device and threads."""
@@ -262,6 +295,7 @@ def heavy(p: argparse.ArgumentParser, func: Any, device: bool = True, validate: 
         if getattr(args, "device", None) is not None:
             args.device = resolve_device(args.device)
         apply_threads(args.threads, quiet=getattr(args, "quiet", False))
+        keep_freed_memory()
         return func(args)
 
     run.__wrapped__ = func  # tests can reach the command itself

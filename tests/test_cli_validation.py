@@ -1,6 +1,9 @@
 """Every flag is checked before any heavy work (issue 20: `--preset nope` was refused only after tokenizing),
 and `--threads` / the oversubscription guard pick a sane PyTorch thread count."""
 
+import os
+import sys
+
 import pytest
 import torch
 
@@ -89,6 +92,39 @@ def test_pick_threads():
     assert flags.pick_threads(0, torch_default=16, n_cpus=4, load=0.0) == 4  # affinity caps it
     assert flags.pick_threads(0, torch_default=2, n_cpus=2, load=7.5) == 1  # oversubscribed: one thread
     assert flags.pick_threads(0, torch_default=8, n_cpus=8, load=5.2) == 3
+
+
+_FAULTS = """
+import resource, sys, torch
+from danlu.flags import keep_freed_memory
+applied = keep_freed_memory()
+def faults_of_one_alloc():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(10 * 1024 * 1024).fill_(1.0)  # 40 MiB, over glibc's largest default mmap threshold (32 MiB)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults_of_one_alloc()
+print(applied, faults_of_one_alloc())
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt: Linux only")
+def test_freed_large_tensors_are_reused_not_faulted_in_again(monkeypatch):
+    """keep_freed_memory (called by every heavy command): the second 40 MiB tensor reuses the first's pages,
+    where by default glibc maps fresh ones and faults in all 10,240 of them again."""
+    import subprocess
+
+    def run(env_extra):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env_extra
+        out = subprocess.run(
+            [sys.executable, "-c", _FAULTS], env=env, capture_output=True, text=True, check=True
+        )
+        applied, faults = out.stdout.split()
+        return applied == "True", int(faults)
+
+    applied, faults = run({})
+    assert applied and faults < 1000
+    applied, faults = run({"DANLU_KEEP_FREED_MEMORY": "0"})  # opted out: glibc's default, every page again
+    assert not applied and faults > 9000
 
 
 def test_busy_machine_gets_fewer_threads_and_a_note(capsys, monkeypatch):
