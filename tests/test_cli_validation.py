@@ -102,15 +102,16 @@ def faults_of_one_alloc():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.empty(10 * 1024 * 1024).fill_(1.0)  # 40 MiB, over glibc's largest default mmap threshold (32 MiB)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-faults_of_one_alloc()
-print(applied, faults_of_one_alloc())
+# the first few aligned blocks (torch asks posix_memalign for 64-byte alignment) still grow the heap; then reuse
+warm = [faults_of_one_alloc() for _ in range(8)]
+print(applied, max(faults_of_one_alloc() for _ in range(4)))
 """
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt: Linux only")
 def test_freed_large_tensors_are_reused_not_faulted_in_again(monkeypatch):
-    """keep_freed_memory (called by every heavy command): the second 40 MiB tensor reuses the first's pages,
-    where by default glibc maps fresh ones and faults in all 10,240 of them again."""
+    """keep_freed_memory (called by every heavy command): once the heap has grown, a 40 MiB tensor reuses freed
+    pages, where by default glibc maps fresh ones and faults in all 10,240 of them again, every time."""
     import subprocess
 
     def run(env_extra):

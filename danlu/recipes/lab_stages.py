@@ -80,8 +80,9 @@ LAB_EXPERIMENTS: tuple[LabExperiment, ...] = (
                   lambda i: ["--world", str(i.world), "--tokenizer", str(i.tokenizer), "--out", str(i.out_dir),
                              "--seed", str(i.seed), "--threads", str(i.threads)]),
     LabExperiment("icl", "In-context learning: k-shot prompting",
+                  # what the report's settings line shows: run() is called, quick=True caps it at these
                   lambda i: ["--model", str(i.model), "--world", str(i.world), "--out", str(i.out_dir),
-                             "--seed", str(i.seed), "--limit", "100"],
+                             "--seed", str(i.seed), "--items", "8", "--max-new-tokens", "4"],
                   # lab_scaling's runs of their longest budget when it ran before (icl.py finds them: it alone
                   # knows scaling.py's folders), then the demo's own model
                   run_kwargs=lambda i: {"runs": i.out_dir.parent / "scaling", "models": [("demo", i.model)]}),
@@ -90,8 +91,7 @@ LAB_EXPERIMENTS: tuple[LabExperiment, ...] = (
                              "--max-steps", "300"]),
     LabExperiment("grpo_variants", "GRPO, DAPO and Dr. GRPO on held-out arithmetic",
                   lambda i: ["--model", str(i.sft_model), "--world", str(i.world), "--out", str(i.out_dir),
-                             "--seed", str(i.seed), "--threads", str(i.threads), "--steps", "30",
-                             "--lr", "1e-4"],
+                             "--seed", str(i.seed), "--threads", str(i.threads), "--steps", "30"],
                   needs=("sft",)),
     LabExperiment("ppo_seeds", "PPO's gain over SFT, three seeds",
                   lambda i: ["--sft", str(i.sft_model), "--reward", str(i.reward_model), "--world", str(i.world),
