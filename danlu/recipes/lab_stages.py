@@ -24,6 +24,7 @@ import inspect
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -247,6 +248,9 @@ def run_experiment(ctx: DemoContext, name: str) -> dict[str, Any]:
     settings = " ".join(exp.argv(inputs)).replace(str(ctx.out) + "/", "")
     text = result.get("section") or result.get("markdown")
     body = (text.split("\n", 1)[1].lstrip() if str(text).startswith("#") else str(text)) if text else ""
+    # The section's own image lines name the figure by the path the script wrote (absolute under --out): the
+    # figures follow the settings line as links relative to report.md, so the folder can move.
+    body = re.sub(r"\n{3,}", "\n\n", re.sub(r"^!\[[^\]]*\]\([^)]*\)[ \t]*$", "", body, flags=re.M)).strip()
     table = "| number | value |\n|---|---:|\n" + "".join(f"| `{k}` | {v} |\n" for k, v in numbers.items())
     ctx.sections.append(_section(exp, (
         f"{body}\n\n" if body else ""

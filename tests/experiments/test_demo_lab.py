@@ -57,7 +57,7 @@ from pathlib import Path
 def run(out_dir, quick=False, seed=None, unknown_to_lab=1):
     (out_dir / "f.png").write_bytes(b"png")
     return {"numbers": {"gold_peak_kl": 0.5, "quick": quick, "seed": seed}, "figure": str(out_dir / "f.png"),
-            "section": "## Own title\\n\\nThe gold reward peaks at KL 0.5."}
+            "section": f"## Own title\\n\\nThe gold reward peaks at KL 0.5.\\n\\n![F]({out_dir / 'f.png'})\\n"}
 """
 
 
@@ -85,6 +85,12 @@ def test_lab_plumbing_on_fake_scripts(tmp_path, monkeypatch):
     report = (ctx.out / "report.md").read_text()
     assert "![decoding](lab/decoding/decoding.png)" in report and "The gold reward peaks at KL 0.5." in report
     assert "Own title" not in report  # the script's heading gives way to the lab's numbered one
+    # the script's own image line (an absolute path) gives way to the lab's link relative to report.md
+    assert (
+        report.count("f.png") == 1
+        and "![overopt](lab/overopt/f.png)" in report
+        and f"]({tmp_path}" not in report
+    )
     assert "Failed: `ValueError: no model here`" in report and "cot.py` is not in this tree" in report
     saved = json.loads((ctx.out / "metrics.json").read_text())["stages"]
     assert saved["lab_overopt"]["figures"] == ["lab/overopt/f.png"]
