@@ -16,6 +16,7 @@ ONLINE_LOSSES = (*GROUP_LOSSES, "rloo")
 # The clip-higher upper epsilon a variant's paper uses when --clip-high is not given (DAPO §3.1: 0.28; CISPO
 # clips the IS weight the same way); the others clip symmetrically at --clip-range.
 CLIP_HIGH = {"dapo": 0.28, "cispo": 0.28}
+ACTOR_PARAMS = ("all", "norms")  # PPOConfig.actor_params
 
 
 @dataclass
@@ -57,6 +58,10 @@ class PPOConfig(LoopConfig):
     samples_per_prompt: int = option(
         1, "answers sampled per prompt in a rollout (G > 1: leave-one-out baseline)"
     )
+    # Which of the actor's parameters PPO trains. "norms": its normalisation gains alone (danlu.tune.norm_tuning):
+    # on the demo's model all-weights PPO raised the proxy score but not gold; the gains turned the same KL into
+    # sharpening that raised both (experiments/README.md, "PPO's gain over SFT").
+    actor_params: str = option("all", "actor parameters PPO trains: all, or norms (the norm gains alone)")
     max_new_tokens: int = option(24, "longest sampled answer, in tokens")
     temperature: float = option(1.0, "sampling temperature of the rollouts (> 0)")
 
@@ -71,6 +76,8 @@ class PPOConfig(LoopConfig):
             (0 <= self.gamma <= 1 and 0 <= self.lam <= 1, f"gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}"),
             (self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}"),
             (self.temperature > 0, f"temperature must be > 0 to sample rollouts, got {self.temperature}"),
+            (self.actor_params in ACTOR_PARAMS,
+             f"actor_params must be one of {', '.join(ACTOR_PARAMS)}, got {self.actor_params!r}"),
             (self.samples_per_prompt >= 1 and self.batch_size % self.samples_per_prompt == 0,
              f"samples_per_prompt must be >= 1 and divide batch_size {self.batch_size}, got {self.samples_per_prompt}"),
             (not (self.dense_reward and self.whiten_scores), "dense_reward and whiten_scores exclude each other: "

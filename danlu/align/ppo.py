@@ -23,6 +23,7 @@ moving the policy far from the one that collected the data. β adapts to hold th
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from danlu.errors import DanluError
 from danlu.train.loop import StepWork, param_groups, run
 from danlu.train.metrics import read_metrics
 from danlu.tune.lora import finish_lora, wrap_lora
+from danlu.tune.norm_tuning import train_only_norms
 
 
 class AdaptiveKLController:
@@ -247,12 +249,15 @@ def ppo(
         raise DanluError("PPO needs at least one training prompt")
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
+    if lora is not None and cfg.actor_params != "all":
+        raise DanluError(f"LoRA trains its adapters; actor_params={cfg.actor_params!r} needs lora=None")
     ref = ref if ref is not None else copy.deepcopy(actor)
     wrap_lora(actor, lora)  # a no-op without a LoRA config
     objective = PPOObjective(
         actor, critic, reward_model, ref, tokenizer, train_prompts, cfg, eval_prompts or []
     )
-    result = run(objective, cfg, out_dir, on_step=on_step)
+    with train_only_norms(actor) if cfg.actor_params == "norms" else nullcontext():
+        result = run(objective, cfg, out_dir, on_step=on_step)
     finish_lora(actor, lora, out_dir / "adapter", base_name)  # OUT/adapter, then merged in place
     actor.eval()
     summary: dict[str, Any] = {"config": asdict(cfg), "steps": cfg.max_steps, "seconds": result["seconds"]}

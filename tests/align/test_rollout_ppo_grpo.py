@@ -111,6 +111,36 @@ def test_ppo_runs_and_starts_at_zero_kl(world, tokenizer, make_gpt, tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in actor.state_dict().items())
 
 
+def test_ppo_on_the_norm_gains_changes_them_alone_and_leaves_requires_grad_as_it_was(world, tokenizer, make_gpt,
+                                                                                      tmp_path):  # fmt: skip
+    """actor_params="norms" (the demo's recipe): every norm gain may move, no other weight does; afterwards
+    the actor is trainable everywhere again, as it was handed in."""
+    from danlu.tune.norm_tuning import norm_parameters
+
+    actor = make_gpt(seed=0)
+    critic, reward_model = RewardModel(make_gpt(seed=1)), RewardModel(make_gpt(seed=1))
+    prompts = _chat(tokenizer, [r["prompt"] for r in world.preference_records("train")[:8]])
+    norms = {id(p) for p in norm_parameters(actor)}
+    assert len(norms) == 2 * actor.config.n_layer + 1  # two per block and the final one
+    before = {n: p.detach().clone() for n, p in actor.named_parameters()}
+    cfg = PPOConfig(max_steps=2, batch_size=4, minibatch_size=2, max_new_tokens=6, eval_interval=0, lr=1e-2,
+                    actor_params="norms", device="cpu")  # fmt: skip
+    ppo(actor, critic, reward_model, tokenizer, prompts, tmp_path, cfg, show_progress=False)
+    moved = {n for n, p in actor.named_parameters() if not torch.equal(before[n], p)}
+    assert moved and moved <= {n for n, p in actor.named_parameters() if id(p) in norms}
+    assert all(p.requires_grad for p in actor.parameters())
+    with pytest.raises(DanluError, match="actor_params must be one of all, norms"):
+        PPOConfig(actor_params="biases")
+
+
+def test_norm_tuning_needs_norms():
+    from danlu.tune.norm_tuning import train_only_norms
+
+    with pytest.raises(DanluError, match="has no norm layers"):
+        with train_only_norms(torch.nn.Linear(2, 2)):
+            pass
+
+
 def test_ppo_and_grpo_configs_reject_bad_values():
     with pytest.raises(DanluError, match="minibatch_size"):
         PPOConfig(batch_size=4, minibatch_size=8)
