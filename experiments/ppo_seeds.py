@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/ppo_seeds"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="PPO rounds (default: the demo's)")
-    ap.add_argument("--eval-prompts", type=int, default=128, help="held-out prompts scored")
+    # all of them (408 in the default world): at 128 one seed's gold difference carried a standard error of ~0.03
+    ap.add_argument("--eval-prompts", type=int, default=None, help="held-out prompts scored (default: all)")
     ap.add_argument("--samples", type=int, default=2, help="sampled answers per held-out prompt")
     ap.add_argument(
         "--merge", type=Path, nargs="+", help="no training: merge these runs' ppo_seeds.json into OUT"
