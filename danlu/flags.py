@@ -252,9 +252,9 @@ def apply_threads(requested: int, quiet: bool = False) -> int:
 # glibc's malloc serves a block over its mmap threshold (at most 32 MiB, adjusted as blocks are freed) with
 # fresh pages from the kernel and returns them on free, so a tensor that size or larger faults in every page
 # again each time it is allocated. One pretraining step of the demo's model makes a (32·128, 2,048) logits
-# tensor of 33.5 MB, and its backward as large again: 12% of the step went to those page faults (the step
-# 0.33 → 0.29 s on 2 cores, the timing in docs/BENCHMARKS.md). Keeping freed memory in the heap lets the next
-# step reuse it; the cost is that the process keeps its peak heap until it exits.
+# tensor of 33.5 MB, and its backward as large again: `danlu demo` took 193 s with those page faults and 168 s
+# without, the same CPU seconds and figures (docs/BENCHMARKS.md, "Freed large tensors reused"). Keeping freed
+# memory in the heap lets the next step reuse it; the cost is that the process keeps its peak heap until it exits.
 MMAP_THRESHOLD = 1 << 30  # blocks up to 1 GiB come from the heap
 TRIM_THRESHOLD = (1 << 31) - 1  # never hand the heap's free top back to the kernel
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
@@ -269,13 +269,12 @@ def keep_freed_memory() -> bool:
     if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")):
         return False
     import ctypes
-    import platform
 
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
     try:
+        if not os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):  # musl, or another libc
+            return False
         libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    except (AttributeError, ValueError, OSError):  # not a glibc system (macOS, Windows)
         return False
     ok = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(MMAP_THRESHOLD))
     ok &= libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(TRIM_THRESHOLD))
