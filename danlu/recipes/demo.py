@@ -370,8 +370,7 @@ def default_pretrain_steps(stages: list[str]) -> int:
 STATE_FILE = "demo_state.json"
 DEMO_OUTPUTS = (STATE_FILE, "metrics.json", "report.md")
 # lab_full: a flag newer than some runs (their settings lack it); it changes only lab stages, each rerun afresh
-# Flags that change how a run goes, not what it computes: a resume may differ in them (--threads: the machine's
-# load decides the count `--threads 0` picks, so a resumed run would otherwise be refused on a busier machine).
+# How a run goes, not what it computes: a resume may change them (`--threads 0` picks by the machine's load).
 _NOT_SETTINGS = {"func", "quiet", "resume", "overwrite", "stages", "out", "command", "lab_full", "threads"}
 _JSON_STATE = ("em_by_model", "samples")  # plain data later stages or the closing lines read
 
