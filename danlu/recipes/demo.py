@@ -369,8 +369,7 @@ def default_pretrain_steps(stages: list[str]) -> int:
 # rewritten after each stage: `danlu demo --resume` reloads what finished stages left on disk and goes on.
 STATE_FILE = "demo_state.json"
 DEMO_OUTPUTS = (STATE_FILE, "metrics.json", "report.md")
-# lab_full: a flag newer than some runs (their settings lack it); it changes only lab stages, each rerun afresh
-# How a run goes, not what it computes: a resume may change them (`--threads 0` picks by the machine's load).
+# How a run goes, not what it computes: --threads 0 picks by the load; lab_full reruns only lab stages, afresh
 _NOT_SETTINGS = {"func", "quiet", "resume", "overwrite", "stages", "out", "command", "lab_full", "threads"}
 _JSON_STATE = ("em_by_model", "samples")  # plain data later stages or the closing lines read
 
