@@ -109,7 +109,7 @@ print(applied, max(faults_of_one_alloc() for _ in range(4)))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt: Linux only")
-def test_freed_large_tensors_are_reused_not_faulted_in_again(monkeypatch):
+def test_freed_large_tensors_are_reused_not_faulted_in_again():
     """keep_freed_memory (called by every heavy command): once the heap has grown, a 40 MiB tensor reuses freed
     pages, where by default glibc maps fresh ones and faults in all 10,240 of them again, every time."""
     import subprocess

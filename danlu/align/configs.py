@@ -61,7 +61,9 @@ class PPOConfig(LoopConfig):
     # Which of the actor's parameters PPO trains. "norms": its normalisation gains alone (danlu.tune.norm_tuning):
     # on the demo's model all-weights PPO raised the proxy score but not gold; the gains turned the same KL into
     # sharpening that raised both (experiments/README.md, "PPO's gain over SFT").
-    actor_params: str = option("all", "actor parameters PPO trains: all, or norms (the norm gains alone)")
+    actor_params: str = option(
+        "all", "actor parameters PPO trains: all, or norms (the norm gains alone)", choices=ACTOR_PARAMS
+    )
     max_new_tokens: int = option(24, "longest sampled answer, in tokens")
     temperature: float = option(1.0, "sampling temperature of the rollouts (> 0)")
 
@@ -76,7 +78,7 @@ class PPOConfig(LoopConfig):
             (0 <= self.gamma <= 1 and 0 <= self.lam <= 1, f"gamma and lam must be in [0, 1], got {self.gamma}, {self.lam}"),
             (self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}"),
             (self.temperature > 0, f"temperature must be > 0 to sample rollouts, got {self.temperature}"),
-            (self.actor_params in ACTOR_PARAMS,
+            (self.actor_params in ACTOR_PARAMS,  # choices= covers the flag; this, a config built in Python
              f"actor_params must be one of {', '.join(ACTOR_PARAMS)}, got {self.actor_params!r}"),
             (self.samples_per_prompt >= 1 and self.batch_size % self.samples_per_prompt == 0,
              f"samples_per_prompt must be >= 1 and divide batch_size {self.batch_size}, got {self.samples_per_prompt}"),

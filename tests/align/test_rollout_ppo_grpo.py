@@ -131,6 +131,11 @@ def test_ppo_on_the_norm_gains_changes_them_alone_and_leaves_requires_grad_as_it
     assert all(p.requires_grad for p in actor.parameters())
     with pytest.raises(DanluError, match="actor_params must be one of all, norms"):
         PPOConfig(actor_params="biases")
+    from danlu.cli import main
+
+    with pytest.raises(SystemExit):  # the flag offers the same choices (argparse's one error line, exit 2)
+        main(["ppo", "--model", "m", "--reward-model", "r", "--data", "d", "--out", str(tmp_path / "o"),
+              "--actor-params", "biases"])  # fmt: skip
 
 
 def test_norm_tuning_needs_norms():
