@@ -262,8 +262,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (ma
 
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to reuse freed large blocks instead of unmapping them (see MMAP_THRESHOLD). A no-op
-    off glibc (macOS, Windows, musl) or when the user set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_
-    (or DANLU_KEEP_FREED_MEMORY=0) themselves. Returns whether it was applied."""
+    off glibc (macOS, Windows, musl), with DANLU_KEEP_FREED_MEMORY=0, or when the user tunes glibc's malloc
+    themselves (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or GLIBC_TUNABLES set). Returns whether it was
+    applied."""
     if os.environ.get("DANLU_KEEP_FREED_MEMORY", "1") == "0":
         return False
     if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")):
